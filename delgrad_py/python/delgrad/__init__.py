@@ -1,0 +1,26 @@
+"""delgrad: exact, event-based gradients for weights and delays in spiking neural networks.
+
+The numerics live in the Rust core (``delgrad._core``); this package converts, orchestrates and
+documents. Spike batches are Arrow tables with columns ``sample`` (uint32), ``neuron`` (uint32)
+and ``time`` (float64); pyarrow RecordBatches/Tables and polars DataFrames are accepted
+without copies.
+"""
+
+from delgrad._core import Neuron, ParameterError, ShapeError, SpikeError, Trace, __version__
+from delgrad.functional import LayerGrad, layer_backward, layer_forward
+from delgrad.network import Layer, Network, NetworkGrad
+
+__all__ = [
+    "Layer",
+    "LayerGrad",
+    "Network",
+    "NetworkGrad",
+    "Neuron",
+    "ParameterError",
+    "ShapeError",
+    "SpikeError",
+    "Trace",
+    "__version__",
+    "layer_backward",
+    "layer_forward",
+]

@@ -1,0 +1,171 @@
+"""Feed-forward TTFS networks: parameters in numpy, passes in the Rust core."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+from delgrad import _core
+from delgrad._arrays import DELAY_KINDS, as_f64, delay_kind_of
+from delgrad._core import Neuron, ParameterError, ShapeError, Trace
+from delgrad.functional import SpikesLike
+
+
+@dataclass
+class Layer:
+    """One fully connected layer: ``weights`` ``(n_out, n_in)`` and delays of one kind."""
+
+    weights: NDArray[np.float64]
+    delays: NDArray[np.float64] = field(default_factory=lambda: np.zeros(0))
+    delay_kind: str = "none"
+
+    def __post_init__(self) -> None:
+        self.weights = as_f64(self.weights, "weights", ndim=2)
+        d = as_f64(self.delays, "delays") if self.delays is not None else None
+        if self.delay_kind == "none":
+            d = np.zeros(0)
+        else:
+            self.delay_kind = delay_kind_of(self.weights, d, self.delay_kind)
+        self.delays = d
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.weights.shape  # type: ignore[return-value]
+
+    def as_args(self) -> tuple[NDArray[np.float64], str, NDArray[np.float64] | None]:
+        return self.weights, self.delay_kind, (None if self.delay_kind == "none" else self.delays)
+
+
+@dataclass(frozen=True)
+class NetworkGrad:
+    """Gradients for every layer (``layers[l] = (dL/dweights, dL/ddelays)``) and for every
+    input spike row (``inputs``)."""
+
+    layers: list[tuple[NDArray[np.float64], NDArray[np.float64]]]
+    inputs: NDArray[np.float64]
+
+
+def _delay_shape(kind: str, n_out: int, n_in: int) -> tuple[int, ...]:
+    return {"none": (0,), "synaptic": (n_out, n_in), "axonal": (n_in,), "dendritic": (n_out,)}[kind]
+
+
+class Network:
+    """A feed-forward network of time-to-first-spike layers.
+
+    ``forward`` returns a :class:`Trace` holding every layer's spikes in the Rust core;
+    ``backward`` turns ``dL/dT`` on the output layer's first spike times into exact gradients for
+    every weight and delay. Parameters are plain numpy arrays in ``layers``.
+    """
+
+    def __init__(self, layers: Sequence[Layer], neuron: Neuron) -> None:
+        if not layers:
+            raise ShapeError("network: needs at least one layer")
+        for l, (a, b) in enumerate(zip(layers, layers[1:])):
+            if b.shape[1] != a.shape[0]:
+                raise ShapeError(
+                    f"network: layer {l + 1} has n_in = {b.shape[1]} but layer {l} has "
+                    f"n_out = {a.shape[0]}"
+                )
+        self.layers = list(layers)
+        self.neuron = neuron
+
+    @classmethod
+    def random(
+        cls,
+        sizes: Sequence[int],
+        neuron: Neuron,
+        *,
+        delay_kind: str | Sequence[str] = "synaptic",
+        weight_mean: float | Sequence[float] = (1.5, 0.5),
+        weight_std: float | Sequence[float] = (0.8, 0.8),
+        delay_range: tuple[float, float] = (0.0, 0.1),
+        seed: int = 0,
+    ) -> Network:
+        """Gaussian weights and uniform delays, per layer, from ``numpy.random.default_rng(seed)``.
+
+        ``sizes`` lists the widths, input first (Yin-Yang: ``[5, 30, 3]`` with a bias input).
+        Per-layer settings take a scalar or a sequence with one entry per layer.
+        """
+        if len(sizes) < 2:
+            raise ShapeError(f"sizes needs at least an input and an output width, got {sizes}")
+        n_layers = len(sizes) - 1
+
+        def per_layer(v, name):
+            vals = [v] * n_layers if isinstance(v, (int, float, str)) else list(v)
+            if len(vals) != n_layers:
+                raise ShapeError(f"{name}: {len(vals)} values for {n_layers} layers")
+            return vals
+
+        kinds = per_layer(delay_kind, "delay_kind")
+        means = per_layer(weight_mean, "weight_mean")
+        stds = per_layer(weight_std, "weight_std")
+        for k in kinds:
+            if k not in DELAY_KINDS:
+                raise ParameterError(f"delay_kind must be one of {DELAY_KINDS}, got {k!r}")
+        rng = np.random.default_rng(seed)
+        layers = []
+        for l in range(n_layers):
+            n_in, n_out = sizes[l], sizes[l + 1]
+            w = rng.normal(means[l], stds[l], size=(n_out, n_in))
+            d = rng.uniform(*delay_range, size=_delay_shape(kinds[l], n_out, n_in))
+            layers.append(Layer(w, d, kinds[l]))
+        return cls(layers, neuron)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.layers[0].shape[1]] + [l.shape[0] for l in self.layers]
+
+    def _args(self) -> list[tuple]:
+        return [l.as_args() for l in self.layers]
+
+    def forward(self, spikes: SpikesLike, n_samples: int) -> Trace:
+        """Spikes of every layer for a batch of input spikes."""
+        return _core.network_forward(spikes, self._args(), self.neuron, int(n_samples))
+
+    def backward(self, spikes: SpikesLike, trace: Trace, grad_times: ArrayLike) -> NetworkGrad:
+        """Gradients given ``grad_times = dL/dT``, shape ``(n_samples, n_out)``, on the output
+        layer's first spike times (entries of silent neurons are ignored).
+
+        ``trace`` may come from :meth:`forward` or be built from recorded spikes with
+        ``Trace.from_tables`` (training in the loop).
+        """
+        g = as_f64(grad_times, "grad_times", ndim=2)
+        layers, gin = _core.network_backward(spikes, self._args(), self.neuron, trace, g)
+        return NetworkGrad(layers=layers, inputs=gin)
+
+    def n_parameters(self) -> int:
+        return int(sum(l.weights.size + l.delays.size for l in self.layers))
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        """Writes the parameters (``.npz``) and the architecture (inside it, as JSON)."""
+        meta = {
+            "neuron": {"tau_m": self.neuron.tau_m, "tau_s": self.neuron.tau_s,
+                       "theta": self.neuron.theta, "mode": self.neuron.mode},
+            "delay_kinds": [l.delay_kind for l in self.layers],
+        }
+        arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+        for l, layer in enumerate(self.layers):
+            arrays[f"w{l}"] = layer.weights
+            arrays[f"d{l}"] = layer.delays
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Network:
+        with np.load(path) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            layers = [
+                Layer(z[f"w{l}"], z[f"d{l}"], kind) for l, kind in enumerate(meta["delay_kinds"])
+            ]
+        return cls(layers, Neuron(**meta["neuron"]))
+
+    def __repr__(self) -> str:
+        kinds = ",".join(l.delay_kind for l in self.layers)
+        return f"Network(sizes={self.sizes}, delays=[{kinds}], {self.neuron!r})"

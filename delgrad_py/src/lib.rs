@@ -1,0 +1,359 @@
+//! Python bindings of delgrad-core. Only conversion and GIL release live here: Arrow tables come
+//! in through the PyCapsule interface (no copy), numpy parameters are borrowed in place, and the
+//! work runs with the GIL released.
+
+use arrow_array::RecordBatch;
+use delgrad_core::{self as core, DelayKind, LayerRef, Network, SpikeTable, Spikes};
+use numpy::ndarray::{ArrayD, IxDyn};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::create_exception;
+use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3_arrow::input::AnyRecordBatch;
+use pyo3_arrow::PyRecordBatch;
+
+create_exception!(delgrad, SpikeError, PyValueError, "A spike table is malformed (column, null, NaN, id out of range).");
+create_exception!(delgrad, ShapeError, PyValueError, "Arrays whose shapes do not fit together.");
+create_exception!(delgrad, ParameterError, PyValueError, "A parameter value the model cannot use.");
+
+fn to_py(e: core::Error) -> PyErr {
+    match e {
+        core::Error::Spikes(m) => SpikeError::new_err(m),
+        core::Error::Shape(m) => ShapeError::new_err(m),
+        core::Error::Parameter(m) => ParameterError::new_err(m),
+        core::Error::Interrupted => PyKeyboardInterrupt::new_err("interrupted"),
+    }
+}
+
+/// The LIF neuron of DESIGN.md: `dV/dt = -V/tau_m + I`, `dI/dt = -I/tau_s`, threshold `theta`.
+#[pyclass(frozen, module = "delgrad", name = "Neuron", eq)]
+#[derive(Clone, PartialEq)]
+struct PyNeuron {
+    inner: core::Neuron,
+}
+
+#[pymethods]
+impl PyNeuron {
+    #[new]
+    #[pyo3(signature = (tau_m = 2.0, tau_s = 1.0, theta = 1.0, mode = "ttfs"))]
+    fn new(tau_m: f64, tau_s: f64, theta: f64, mode: &str) -> PyResult<Self> {
+        if mode != "ttfs" {
+            return Err(ParameterError::new_err(format!(
+                "neuron: mode '{mode}' is not available in this build (available: 'ttfs')"
+            )));
+        }
+        Ok(Self { inner: core::Neuron::new(tau_m, tau_s, theta).map_err(to_py)? })
+    }
+    #[getter]
+    fn tau_m(&self) -> f64 {
+        self.inner.tau_m
+    }
+    #[getter]
+    fn tau_s(&self) -> f64 {
+        self.inner.tau_s
+    }
+    #[getter]
+    fn theta(&self) -> f64 {
+        self.inner.theta
+    }
+    #[getter]
+    fn mode(&self) -> &'static str {
+        "ttfs"
+    }
+    fn __repr__(&self) -> String {
+        format!(
+            "Neuron(tau_m={:?}, tau_s={:?}, theta={:?}, mode='ttfs')",
+            self.inner.tau_m, self.inner.tau_s, self.inner.theta
+        )
+    }
+    fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
+        let n = slf.get().inner;
+        let args = PyTuple::new(slf.py(), [n.tau_m, n.tau_s, n.theta])?;
+        Ok((slf.get_type().into_any(), args))
+    }
+}
+
+fn read_table(obj: AnyRecordBatch, what: &str, with_grad: bool) -> PyResult<SpikeTable> {
+    let reader = obj.into_reader()?;
+    let batches: Vec<RecordBatch> = reader
+        .collect::<Result<_, _>>()
+        .map_err(|e| SpikeError::new_err(format!("{what}: {e}")))?;
+    SpikeTable::from_batches(&batches, what, with_grad).map_err(to_py)
+}
+
+/// Borrowed parameters of one layer; the numpy arrays stay alive (and read-only) meanwhile.
+struct LayerArgs<'py> {
+    weights: PyReadonlyArray2<'py, f64>,
+    kind: DelayKind,
+    delays: Option<PyReadonlyArrayDyn<'py, f64>>,
+}
+
+impl<'py> LayerArgs<'py> {
+    fn extract(obj: &Bound<'py, PyAny>) -> PyResult<Self> {
+        let (weights, kind, delays): (PyReadonlyArray2<f64>, String, Option<PyReadonlyArrayDyn<f64>>) =
+            obj.extract()?;
+        Ok(Self { weights, kind: DelayKind::parse(&kind).map_err(to_py)?, delays })
+    }
+    fn as_ref(&self, what: &str) -> PyResult<LayerRef<'_>> {
+        let shape = self.weights.shape();
+        let w = self
+            .weights
+            .as_slice()
+            .map_err(|_| ShapeError::new_err(format!("{what}: weights must be C-contiguous")))?;
+        let d: &[f64] = match &self.delays {
+            Some(d) => d
+                .as_slice()
+                .map_err(|_| ShapeError::new_err(format!("{what}: delays must be C-contiguous")))?,
+            None => &[],
+        };
+        if let Some(d) = &self.delays {
+            let want_ndim = if self.kind == DelayKind::Synaptic { 2 } else { 1 };
+            if self.kind != DelayKind::None && d.ndim() != want_ndim {
+                return Err(ShapeError::new_err(format!(
+                    "{what}: {} delays must be {want_ndim}-dimensional, got shape {:?}",
+                    self.kind.name(),
+                    d.shape()
+                )));
+            }
+            if self.kind == DelayKind::Synaptic && d.shape() != shape {
+                return Err(ShapeError::new_err(format!(
+                    "{what}: synaptic delays have shape {:?}, weights have {:?}",
+                    d.shape(),
+                    shape
+                )));
+            }
+        }
+        LayerRef::new(shape[0], shape[1], w, self.kind, d, what).map_err(to_py)
+    }
+}
+
+fn delay_grad_array<'py>(py: Python<'py>, layer: &LayerRef, g: Vec<f64>) -> Bound<'py, PyArrayDyn<f64>> {
+    let shape = match layer.kind {
+        DelayKind::None => vec![0],
+        DelayKind::Synaptic => vec![layer.n_out, layer.n_in],
+        DelayKind::Axonal => vec![layer.n_in],
+        DelayKind::Dendritic => vec![layer.n_out],
+    };
+    ArrayD::from_shape_vec(IxDyn(&shape), g).expect("gradient has the parameter's shape").into_pyarray(py)
+}
+
+fn matrix<'py>(py: Python<'py>, rows: usize, cols: usize, v: Vec<f64>) -> Bound<'py, PyArray2<f64>> {
+    numpy::ndarray::Array2::from_shape_vec((rows, cols), v).expect("dense matrix").into_pyarray(py)
+}
+
+#[pyfunction]
+#[pyo3(signature = (spikes, weights, delays, delay_kind, neuron, n_samples))]
+fn layer_forward<'py>(
+    py: Python<'py>,
+    spikes: AnyRecordBatch,
+    weights: PyReadonlyArray2<'py, f64>,
+    delays: Option<PyReadonlyArrayDyn<'py, f64>>,
+    delay_kind: &str,
+    neuron: &PyNeuron,
+    n_samples: usize,
+) -> PyResult<Bound<'py, PyAny>> {
+    let table = read_table(spikes, "spikes", false)?;
+    let args = LayerArgs { weights, kind: DelayKind::parse(delay_kind).map_err(to_py)?, delays };
+    let layer = args.as_ref("layer")?;
+    let n = neuron.inner;
+    let out = py.detach(|| core::layer_forward(&n, layer, &table, n_samples)).map_err(to_py)?;
+    PyRecordBatch::new(out.to_record_batch(None)).into_pyarrow(py)
+}
+
+#[pyfunction]
+#[pyo3(signature = (spikes, weights, delays, delay_kind, neuron, out, grad, n_samples))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn layer_backward<'py>(
+    py: Python<'py>,
+    spikes: AnyRecordBatch,
+    weights: PyReadonlyArray2<'py, f64>,
+    delays: Option<PyReadonlyArrayDyn<'py, f64>>,
+    delay_kind: &str,
+    neuron: &PyNeuron,
+    out: AnyRecordBatch,
+    grad: PyReadonlyArrayDyn<'py, f64>,
+    n_samples: usize,
+) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let table = read_table(spikes, "spikes", false)?;
+    let out = read_table(out, "out", false)?;
+    let args = LayerArgs { weights, kind: DelayKind::parse(delay_kind).map_err(to_py)?, delays };
+    let layer = args.as_ref("layer")?;
+    if grad.ndim() != 1 {
+        return Err(ShapeError::new_err(format!("grad must be 1-dimensional, got shape {:?}", grad.shape())));
+    }
+    let g = grad.as_slice().map_err(|_| ShapeError::new_err("grad must be contiguous"))?;
+    let n = neuron.inner;
+    let (lg, gin) =
+        py.detach(|| core::layer_backward(&n, layer, &table, n_samples, &out, g)).map_err(to_py)?;
+    Ok((
+        matrix(py, layer.n_out, layer.n_in, lg.weights),
+        delay_grad_array(py, &layer, lg.delays),
+        gin.into_pyarray(py),
+    ))
+}
+
+/// The spikes of every layer of a network for a batch, kept on the Rust side for the backward
+/// pass; exported to Arrow or numpy on request.
+#[pyclass(frozen, module = "delgrad._core")]
+struct Trace {
+    n_samples: usize,
+    sizes: Vec<usize>,
+    layers: Vec<Spikes>,
+}
+
+#[pymethods]
+impl Trace {
+    #[getter]
+    fn n_samples(&self) -> usize {
+        self.n_samples
+    }
+    #[getter]
+    fn sizes(&self) -> Vec<usize> {
+        self.sizes.clone()
+    }
+    #[getter]
+    fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+    fn n_spikes(&self, layer: usize) -> PyResult<usize> {
+        Ok(self.get(layer)?.len())
+    }
+    /// Spikes of one layer as a pyarrow RecordBatch (sample, neuron, time[, layer]).
+    #[pyo3(signature = (layer, with_layer = false))]
+    fn spikes<'py>(&self, py: Python<'py>, layer: usize, with_layer: bool) -> PyResult<Bound<'py, PyAny>> {
+        let sp = self.get(layer)?;
+        let tag = with_layer.then_some(layer as u16);
+        PyRecordBatch::new(sp.to_record_batch(tag)).into_pyarrow(py)
+    }
+    /// First spike time of each neuron, shape (n_samples, n_neurons); inf where silent.
+    fn first_times<'py>(&self, py: Python<'py>, layer: usize) -> PyResult<Bound<'py, PyArray2<f64>>> {
+        let sp = self.get(layer)?;
+        let n = self.sizes[layer];
+        Ok(matrix(py, self.n_samples, n, sp.first_times(n)))
+    }
+    /// Spikes recorded elsewhere (hardware): one table per layer, ids checked against `sizes`.
+    #[staticmethod]
+    fn from_tables(tables: Vec<AnyRecordBatch>, sizes: Vec<usize>, n_samples: usize) -> PyResult<Self> {
+        if tables.len() != sizes.len() {
+            return Err(ShapeError::new_err(format!(
+                "Trace.from_tables: {} tables for {} layer sizes",
+                tables.len(),
+                sizes.len()
+            )));
+        }
+        let mut layers = Vec::with_capacity(tables.len());
+        for (l, (t, &n)) in tables.into_iter().zip(&sizes).enumerate() {
+            let what = format!("layer {l} spikes");
+            let t = read_table(t, &what, false)?;
+            t.validate(&what, n_samples, n).map_err(to_py)?;
+            let (sp, _) = Spikes::from_table(&t, n_samples);
+            core::network::check_spikes(&sp, n_samples, n, &what).map_err(to_py)?;
+            layers.push(sp);
+        }
+        Ok(Self { n_samples, sizes, layers })
+    }
+}
+
+impl Trace {
+    fn get(&self, layer: usize) -> PyResult<&Spikes> {
+        self.layers.get(layer).ok_or_else(|| {
+            pyo3::exceptions::PyIndexError::new_err(format!(
+                "layer {layer} out of range (the trace has {} layers)",
+                self.layers.len()
+            ))
+        })
+    }
+}
+
+fn extract_layers<'py>(layers: &Bound<'py, PyAny>) -> PyResult<Vec<LayerArgs<'py>>> {
+    layers.try_iter()?.map(|l| LayerArgs::extract(&l?)).collect()
+}
+
+fn layer_refs<'a>(args: &'a [LayerArgs]) -> PyResult<Vec<LayerRef<'a>>> {
+    args.iter().enumerate().map(|(l, a)| a.as_ref(&format!("layer {l}"))).collect()
+}
+
+#[pyfunction]
+fn network_forward(
+    py: Python<'_>,
+    spikes: AnyRecordBatch,
+    layers: &Bound<'_, PyAny>,
+    neuron: &PyNeuron,
+    n_samples: usize,
+) -> PyResult<Trace> {
+    let table = read_table(spikes, "spikes", false)?;
+    let args = extract_layers(layers)?;
+    let net = Network::new(neuron.inner, layer_refs(&args)?).map_err(to_py)?;
+    let sizes = net.layers.iter().map(|l| l.n_out).collect();
+    let out = py.detach(|| net.forward(&table, n_samples)).map_err(to_py)?;
+    Ok(Trace { n_samples, sizes, layers: out })
+}
+
+/// Gradients for a network given `grad_times`, `dL/dT` on the output layer's first spike times,
+/// shape (n_samples, n_out) (entries of silent neurons are ignored).
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn network_backward<'py>(
+    py: Python<'py>,
+    spikes: AnyRecordBatch,
+    layers: &Bound<'py, PyAny>,
+    neuron: &PyNeuron,
+    trace: &Trace,
+    grad_times: PyReadonlyArray2<'py, f64>,
+) -> PyResult<(Vec<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>)>, Bound<'py, PyArray1<f64>>)> {
+    let table = read_table(spikes, "spikes", false)?;
+    let args = extract_layers(layers)?;
+    let net = Network::new(neuron.inner, layer_refs(&args)?).map_err(to_py)?;
+    let n_out = *trace.sizes.last().expect("a trace has layers");
+    if grad_times.shape() != [trace.n_samples, n_out] {
+        return Err(ShapeError::new_err(format!(
+            "grad_times has shape {:?}, expected (n_samples, n_out) = ({}, {n_out})",
+            grad_times.shape(),
+            trace.n_samples
+        )));
+    }
+    let dense = grad_times.as_slice().map_err(|_| ShapeError::new_err("grad_times must be C-contiguous"))?;
+    let n_samples = trace.n_samples;
+    let g = py
+        .detach(|| {
+            let rows = trace.layers.last().expect("layers").gather(dense, n_out);
+            net.backward(&table, n_samples, &trace.layers, &rows)
+        })
+        .map_err(to_py)?;
+    let grads = net
+        .layers
+        .iter()
+        .zip(g.layers)
+        .map(|(l, lg)| (matrix(py, l.n_out, l.n_in, lg.weights), delay_grad_array(py, l, lg.delays)))
+        .collect();
+    Ok((grads, g.inputs.into_pyarray(py)))
+}
+
+/// Data-buffer addresses of the spike columns as the core reads them (zero-copy checks).
+#[pyfunction]
+fn _column_addresses<'py>(py: Python<'py>, spikes: AnyRecordBatch) -> PyResult<Bound<'py, PyDict>> {
+    let t = read_table(spikes, "spikes", false)?;
+    let d = PyDict::new(py);
+    d.set_item("sample", t.sample().as_ptr() as usize)?;
+    d.set_item("neuron", t.neuron().as_ptr() as usize)?;
+    d.set_item("time", t.time().as_ptr() as usize)?;
+    Ok(d)
+}
+
+#[pymodule]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<PyNeuron>()?;
+    m.add_class::<Trace>()?;
+    m.add_function(wrap_pyfunction!(layer_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(layer_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(network_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(network_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(_column_addresses, m)?)?;
+    m.add("SpikeError", py.get_type::<SpikeError>())?;
+    m.add("ShapeError", py.get_type::<ShapeError>())?;
+    m.add("ParameterError", py.get_type::<ParameterError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}

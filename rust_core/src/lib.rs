@@ -1,0 +1,56 @@
+//! delgrad-core: exact, event-based spike times and gradients for spiking neural networks.
+//!
+//! Pure Rust, no Python. Where to find things:
+//! - [`neuron`]: the model (`dV/dt = -V/tau_m + I`, `dI/dt = -I/tau_s`), its PSP kernel and
+//!   closed-form free evolution;
+//! - [`solver`]: the spike-time solver (Lambert W, quadratic, bracketed Newton);
+//! - [`ttfs`]: time-to-first-spike layers for one sample, forward scan and IFT gradients;
+//! - [`layer`]: weights and the three delay parametrisations;
+//! - [`network`]: feed-forward networks over whole batches, parallel over samples;
+//! - [`spikes`]: Arrow spike tables in, grouped spikes out.
+
+pub mod error;
+pub mod layer;
+pub mod network;
+pub mod neuron;
+pub mod solver;
+pub mod spikes;
+pub mod ttfs;
+
+pub use error::{Error, Result};
+pub use layer::{DelayKind, LayerGrad, LayerRef};
+pub use network::{NetGrad, Network};
+pub use neuron::Neuron;
+pub use spikes::{SpikeTable, Spikes};
+
+/// Forward pass of a single layer: the output spikes of every sample.
+pub fn layer_forward(neuron: &Neuron, layer: LayerRef, input: &SpikeTable, n_samples: usize) -> Result<Spikes> {
+    let net = Network::new(*neuron, vec![layer])?;
+    Ok(net.forward(input, n_samples)?.pop().expect("one layer"))
+}
+
+/// Backward pass of a single layer. `out` are the layer's output spikes (any row order) and
+/// `grad[k]` is `dL/dt` of row `k` of `out`. Returns the parameter gradients and `dL/dt` of each
+/// row of `input`.
+pub fn layer_backward(
+    neuron: &Neuron,
+    layer: LayerRef,
+    input: &SpikeTable,
+    n_samples: usize,
+    out: &SpikeTable,
+    grad: &[f64],
+) -> Result<(LayerGrad, Vec<f64>)> {
+    if grad.len() != out.len() {
+        return Err(error::shape_err(format!(
+            "layer_backward: grad has {} entries but out has {} rows",
+            grad.len(),
+            out.len()
+        )));
+    }
+    out.validate("out", n_samples, layer.n_out)?;
+    let (spikes, perm) = Spikes::from_table(out, n_samples);
+    let grad_sorted: Vec<f64> = perm.iter().map(|&r| grad[r]).collect();
+    let net = Network::new(*neuron, vec![layer])?;
+    let mut g = net.backward(input, n_samples, &[spikes], &grad_sorted)?;
+    Ok((g.layers.pop().expect("one layer"), g.inputs))
+}

@@ -1,0 +1,252 @@
+//! Feed-forward TTFS networks over whole batches: samples are independent, so the batch is cut
+//! into fixed chunks processed in parallel (rayon). Gradients are summed per chunk and the chunk
+//! sums are added in chunk order, so results do not depend on the number of threads.
+
+use std::ops::Range;
+
+use rayon::prelude::*;
+
+use crate::error::{shape_err, spikes_err, Result};
+use crate::layer::{LayerGrad, LayerRef};
+use crate::neuron::Neuron;
+use crate::spikes::{SpikeTable, Spikes};
+use crate::ttfs::{self, In, Scratch};
+
+#[derive(Debug, Clone)]
+pub struct Network<'a> {
+    pub neuron: Neuron,
+    pub layers: Vec<LayerRef<'a>>,
+}
+
+/// Gradients of a loss for every layer and for every input spike row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NetGrad {
+    pub layers: Vec<LayerGrad>,
+    /// `dL/dt` of each row of the input table, in the table's row order.
+    pub inputs: Vec<f64>,
+}
+
+/// Deterministic split of `n` samples into chunks: enough for load balancing, few enough that
+/// per-chunk gradient buffers stay small.
+fn chunks(n: usize) -> Vec<Range<usize>> {
+    let size = n.div_ceil(64).max(16);
+    (0..n).step_by(size).map(|s| s..(s + size).min(n)).collect()
+}
+
+impl<'a> Network<'a> {
+    pub fn new(neuron: Neuron, layers: Vec<LayerRef<'a>>) -> Result<Self> {
+        if layers.is_empty() {
+            return Err(shape_err("network: needs at least one layer"));
+        }
+        for (l, w) in layers.windows(2).enumerate() {
+            if w[1].n_in != w[0].n_out {
+                return Err(shape_err(format!(
+                    "network: layer {} has n_in = {} but layer {l} has n_out = {}",
+                    l + 1,
+                    w[1].n_in,
+                    w[0].n_out
+                )));
+            }
+        }
+        Ok(Self { neuron, layers })
+    }
+
+    pub fn n_in(&self) -> usize {
+        self.layers[0].n_in
+    }
+
+    fn check_input(&self, input: &SpikeTable, n_samples: usize) -> Result<()> {
+        input.validate("spikes", n_samples, self.n_in())
+    }
+
+    /// Spikes of every layer for every sample of `input`.
+    pub fn forward(&self, input: &SpikeTable, n_samples: usize) -> Result<Vec<Spikes>> {
+        self.check_input(input, n_samples)?;
+        let grouping = input.group(n_samples);
+        let parts: Vec<Vec<Spikes>> = chunks(n_samples)
+            .into_par_iter()
+            .map(|range| {
+                let mut scratch = Scratch::default();
+                let mut outs: Vec<Spikes> =
+                    self.layers.iter().map(|_| Spikes { offsets: vec![0], ..Default::default() }).collect();
+                let mut cur: Vec<In> = Vec::new();
+                let mut next: Vec<In> = Vec::new();
+                for s in range {
+                    cur.clear();
+                    cur.extend(grouping.rows(s).map(|r| (input.neuron()[r], input.time()[r])));
+                    for (layer, out) in self.layers.iter().zip(outs.iter_mut()) {
+                        next.clear();
+                        ttfs::layer_forward(&self.neuron, layer, &cur, &mut next, &mut scratch);
+                        for &(j, t) in &next {
+                            out.neuron.push(j);
+                            out.time.push(t);
+                        }
+                        out.offsets.push(out.neuron.len());
+                        std::mem::swap(&mut cur, &mut next);
+                    }
+                }
+                outs
+            })
+            .collect();
+        let mut per_layer: Vec<Vec<Spikes>> = self.layers.iter().map(|_| Vec::new()).collect();
+        for part in parts {
+            for (l, sp) in part.into_iter().enumerate() {
+                per_layer[l].push(sp);
+            }
+        }
+        Ok(per_layer.into_iter().map(Spikes::concat).collect())
+    }
+
+    /// Gradients given the spikes of every layer (computed by `forward`, or recorded on
+    /// hardware) and `dL/dt` of each spike of the last layer.
+    pub fn backward(
+        &self,
+        input: &SpikeTable,
+        n_samples: usize,
+        spikes: &[Spikes],
+        grad_out: &[f64],
+    ) -> Result<NetGrad> {
+        self.check_input(input, n_samples)?;
+        if spikes.len() != self.layers.len() {
+            return Err(shape_err(format!(
+                "backward: got spikes of {} layers for a network of {} layers",
+                spikes.len(),
+                self.layers.len()
+            )));
+        }
+        for (l, (sp, layer)) in spikes.iter().zip(&self.layers).enumerate() {
+            check_spikes(sp, n_samples, layer.n_out, &format!("layer {l} spikes"))?;
+        }
+        let last = spikes.last().expect("at least one layer");
+        if grad_out.len() != last.len() {
+            return Err(shape_err(format!(
+                "backward: grad has {} entries but the output layer has {} spikes",
+                grad_out.len(),
+                last.len()
+            )));
+        }
+        if let Some(k) = grad_out.iter().position(|g| !g.is_finite()) {
+            return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
+        }
+        let grouping = input.group(n_samples);
+        let n_layers = self.layers.len();
+
+        struct Part {
+            gw: Vec<Vec<f64>>,
+            gd: Vec<Vec<f64>>,
+            gin: Vec<(usize, f64)>,
+        }
+        let parts: Vec<Part> = chunks(n_samples)
+            .into_par_iter()
+            .map(|range| {
+                let mut scratch = Scratch::default();
+                let mut part = Part {
+                    gw: self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect(),
+                    gd: self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect(),
+                    gin: Vec::new(),
+                };
+                let mut rows: Vec<usize> = Vec::new();
+                let mut inputs: Vec<In> = Vec::new();
+                let mut outputs: Vec<In> = Vec::new();
+                let mut g_cur: Vec<f64> = Vec::new();
+                let mut g_in: Vec<f64> = Vec::new();
+                for s in range {
+                    let r = last.range(s);
+                    g_cur.clear();
+                    g_cur.extend_from_slice(&grad_out[r]);
+                    for l in (0..n_layers).rev() {
+                        inputs.clear();
+                        if l == 0 {
+                            rows.clear();
+                            rows.extend(grouping.rows(s));
+                            inputs.extend(rows.iter().map(|&r| (input.neuron()[r], input.time()[r])));
+                        } else {
+                            let prev = &spikes[l - 1];
+                            let r = prev.range(s);
+                            inputs.extend(prev.neuron[r.clone()].iter().copied().zip(prev.time[r].iter().copied()));
+                        }
+                        let sp = &spikes[l];
+                        let r = sp.range(s);
+                        outputs.clear();
+                        outputs.extend(sp.neuron[r.clone()].iter().copied().zip(sp.time[r].iter().copied()));
+                        g_in.clear();
+                        g_in.resize(inputs.len(), 0.0);
+                        ttfs::layer_backward(
+                            &self.neuron,
+                            &self.layers[l],
+                            &inputs,
+                            &outputs,
+                            &g_cur,
+                            &mut part.gw[l],
+                            &mut part.gd[l],
+                            &mut g_in,
+                            &mut scratch,
+                        );
+                        std::mem::swap(&mut g_cur, &mut g_in);
+                    }
+                    part.gin.extend(rows.iter().copied().zip(g_cur.iter().copied()));
+                }
+                part
+            })
+            .collect();
+
+        let mut gw: Vec<Vec<f64>> = self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect();
+        let mut gd = gw.clone();
+        let mut inputs = vec![0.0; input.len()];
+        for part in parts {
+            for l in 0..n_layers {
+                add(&mut gw[l], &part.gw[l]);
+                add(&mut gd[l], &part.gd[l]);
+            }
+            for (r, g) in part.gin {
+                inputs[r] = g;
+            }
+        }
+        let layers = self
+            .layers
+            .iter()
+            .zip(gw.into_iter().zip(gd))
+            .map(|(layer, (w, d))| LayerGrad { weights: w, delays: layer.reduce_delay_grad(&d) })
+            .collect();
+        Ok(NetGrad { layers, inputs })
+    }
+}
+
+fn add(acc: &mut [f64], x: &[f64]) {
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// A layer's spikes as the backward pass needs them: ids in range, finite times, at most one
+/// spike per neuron and sample (TTFS).
+pub fn check_spikes(sp: &Spikes, n_samples: usize, n_out: usize, what: &str) -> Result<()> {
+    if sp.n_samples() != n_samples {
+        return Err(shape_err(format!(
+            "{what}: cover {} samples, expected {n_samples}",
+            sp.n_samples()
+        )));
+    }
+    for s in 0..n_samples {
+        let r = sp.range(s);
+        let mut prev: Option<u32> = None;
+        for k in r {
+            let j = sp.neuron[k];
+            if j as usize >= n_out {
+                return Err(spikes_err(format!(
+                    "{what}: neuron id {j} of sample {s} is out of range (the layer has {n_out} neurons)"
+                )));
+            }
+            if !sp.time[k].is_finite() {
+                return Err(spikes_err(format!("{what}: time of neuron {j} in sample {s} is {}", sp.time[k])));
+            }
+            if prev == Some(j) {
+                return Err(spikes_err(format!(
+                    "{what}: neuron {j} spikes more than once in sample {s}; a TTFS neuron has one spike"
+                )));
+            }
+            prev = Some(j);
+        }
+    }
+    Ok(())
+}

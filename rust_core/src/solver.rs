@@ -1,0 +1,118 @@
+//! The spike-time solver: the first `s` in `[0, len]` at which the free membrane potential,
+//! started from state `(v, i)` with `v < theta`, reaches `theta`.
+//!
+//! No time grid. The structure that makes this exact and cheap: on a free interval V has at
+//! most one stationary point `s_c` and relaxes monotonically to 0 after it, so a crossing exists
+//! iff `V(min(s_c, len)) >= theta`, and then it is the unique root on the increasing stretch
+//! `[0, min(s_c, len)]`. That root is found in closed form where one exists (Lambert W for
+//! `tau_m = tau_s`, a quadratic for `tau_m = 2 tau_s`) and by safeguarded Newton otherwise.
+
+use crate::neuron::{Neuron, Solver};
+
+/// First threshold crossing within `[0, len]` (`len` may be infinite), or `None`.
+pub fn first_crossing(n: &Neuron, v: f64, i: f64, len: f64) -> Option<f64> {
+    debug_assert!(v < n.theta);
+    // With I <= 0 the potential can only approach 0 from below or decay: never theta > 0.
+    if !(i > 0.0) {
+        return None;
+    }
+    let peak = n.stationary_point(v, i)?;
+    let end = peak.min(len);
+    if n.voltage(v, i, end) < n.theta {
+        return None;
+    }
+    let s = match n.solver() {
+        Solver::LambertW => lambert_root(n, v, i),
+        Solver::Quadratic => quadratic_root(n, v, i),
+        Solver::Bracketed => None,
+    };
+    let s = match s {
+        Some(s) if (0.0..=end).contains(&s) => polish(n, v, i, s, end),
+        // The closed form fell outside the bracket by rounding (a crossing at an interval end):
+        // the bracketed solver settles it.
+        _ => bracketed_root(n, v, i, end),
+    };
+    Some(s)
+}
+
+/// `tau_m = tau_s = tau`: `(v + i s) e^{-s/tau} = theta`, i.e. with `y = s + v/i`,
+/// `(-y/tau) e^{-y/tau} = z`, `z = -theta/(i tau) e^{-v/(i tau)}`. The rising side of the
+/// PSP is the principal branch.
+fn lambert_root(n: &Neuron, v: f64, i: f64) -> Option<f64> {
+    let tau = n.tau_m;
+    let log_mz = (n.theta / (i * tau)).ln() - v / (i * tau);
+    if log_mz > -1.0 {
+        return None;
+    }
+    let z = -log_mz.exp();
+    let w = lambert_w::lambert_w0(z);
+    if !w.is_finite() {
+        return None;
+    }
+    Some((-tau * w - v / i).max(0.0))
+}
+
+/// `tau_m = 2 tau_s`: with `x = e^{-s/tau_m}`, `V = a x - b x^2` (`b = c i`, `a = v + b`,
+/// `c = 2 tau_s`). The first crossing in time is the larger root in `x`.
+fn quadratic_root(n: &Neuron, v: f64, i: f64) -> Option<f64> {
+    let c = 2.0 * n.tau_s;
+    let b = c * i;
+    let a = v + b;
+    let disc = a * a - 4.0 * b * n.theta;
+    if !(a > 0.0) || disc < 0.0 {
+        return None;
+    }
+    // a > 0: no cancellation in a + sqrt(disc).
+    let x = ((a + disc.sqrt()) / (2.0 * b)).min(1.0);
+    Some(-n.tau_m * x.ln())
+}
+
+/// Safeguarded Newton on the increasing stretch `[0, end]` where `V(0) < theta <= V(end)`.
+fn bracketed_root(n: &Neuron, v: f64, i: f64, end: f64) -> f64 {
+    let f = |s: f64| n.voltage(v, i, s) - n.theta;
+    let (mut lo, mut hi) = (0.0_f64, end);
+    if f(hi) == 0.0 {
+        return hi;
+    }
+    let mut s = hi;
+    for _ in 0..200 {
+        let fs = f(s);
+        if fs == 0.0 {
+            return s;
+        }
+        if fs < 0.0 {
+            lo = s;
+        } else {
+            hi = s;
+        }
+        let d = n.voltage_ds(v, i, s);
+        let mut next = if d > 0.0 { s - fs / d } else { f64::NAN };
+        if !(next > lo && next < hi) {
+            next = 0.5 * (lo + hi);
+        }
+        if (next - s).abs() <= 4.0 * f64::EPSILON * s.abs().max(1e-300) || hi - lo <= f64::EPSILON * hi.abs() {
+            return next;
+        }
+        s = next;
+    }
+    0.5 * (lo + hi)
+}
+
+/// One Newton step on the exact voltage, kept only if it improves the residual and stays in
+/// the bracket. The closed forms go through `ln`/`sqrt`/`W` and lose a few ulps near tangency.
+fn polish(n: &Neuron, v: f64, i: f64, s: f64, end: f64) -> f64 {
+    let r = n.voltage(v, i, s) - n.theta;
+    if r == 0.0 {
+        return s;
+    }
+    let d = n.voltage_ds(v, i, s);
+    if !(d > 0.0) {
+        return s;
+    }
+    let t = s - r / d;
+    if (0.0..=end).contains(&t) && (n.voltage(v, i, t) - n.theta).abs() < r.abs() {
+        t
+    } else {
+        s
+    }
+}

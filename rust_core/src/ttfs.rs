@@ -1,0 +1,166 @@
+//! Time-to-first-spike layers for one sample: the causal-set scan (forward) and the
+//! implicit-function-theorem gradients (backward, DelGrad / Fast&Deep).
+//!
+//! Forward: sort the arrivals `a = t_i + d_ji`; walk them keeping the state `(V, I)`; after each
+//! prefix ask the solver for the first crossing before the next arrival. The first prefix that
+//! yields one fixes the spike; no time grid is involved.
+//!
+//! Backward: at the spike, `V(T; w, a) = theta` with `V = sum_k w_k K(T - a_k)` over the causal
+//! arrivals, so `dT/dp = -(dV/dp) / (dV/dT)`:
+//! `dT/dw_k = -K(T - a_k) / V'(T)`, `dT/da_k = w_k K'(T - a_k) / V'(T)`, with
+//! `V'(T) = I(T) - theta / tau_m`. A delay enters only through `a_k`, so `dT/dd_ji = dT/dt_i`
+//! for every synapse `i -> j` that carried a causal arrival.
+
+use crate::layer::{DelayKind, LayerRef};
+use crate::neuron::Neuron;
+use crate::solver::first_crossing;
+
+/// One input spike of a sample: (source neuron, time).
+pub type In = (u32, f64);
+
+/// Reusable buffers, one set per worker thread.
+#[derive(Default)]
+pub struct Scratch {
+    arrivals: Vec<(f64, f64, u32)>,
+    order: Vec<(f64, u32)>,
+}
+
+/// The smallest `V'(T)` used in a gradient. At an exact tangency the true derivative is
+/// infinite; this floor keeps it finite (and huge) instead of producing inf/NaN.
+const SLOPE_FLOOR: f64 = 1e-12;
+
+/// First spike time of one neuron given its arrivals sorted by time: `(arrival, weight)`.
+pub fn first_spike(n: &Neuron, arrivals: &[(f64, f64, u32)]) -> Option<f64> {
+    let (mut v, mut i) = (0.0, 0.0);
+    let mut k = 0;
+    while k < arrivals.len() {
+        let a = arrivals[k].0;
+        if k > 0 {
+            (v, i) = n.evolve(v, i, a - arrivals[k - 1].0);
+        }
+        // Simultaneous arrivals act as one jump.
+        while k < arrivals.len() && arrivals[k].0 == a {
+            i += arrivals[k].1;
+            k += 1;
+        }
+        if v >= n.theta {
+            // Only reachable by rounding when the previous interval's crossing sat on its end.
+            return Some(a);
+        }
+        let len = if k < arrivals.len() { arrivals[k].0 - a } else { f64::INFINITY };
+        if let Some(s) = first_crossing(n, v, i, len) {
+            return Some(a + s);
+        }
+    }
+    None
+}
+
+/// Forward pass of one TTFS layer for one sample. Appends `(neuron, time)` for every output
+/// neuron that spikes, in neuron order.
+pub fn layer_forward(
+    n: &Neuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    out: &mut Vec<In>,
+    scratch: &mut Scratch,
+) {
+    let Scratch { arrivals, order } = scratch;
+    if inputs.is_empty() {
+        return;
+    }
+    // Without synaptic delays the arrival order is the same for every target: sort once.
+    let shared_order = layer.kind != DelayKind::Synaptic;
+    if shared_order {
+        order.clear();
+        order.extend(inputs.iter().map(|&(i, t)| (t + axonal(layer, i as usize), i)));
+        order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+    }
+    for j in 0..layer.n_out {
+        arrivals.clear();
+        if shared_order {
+            let dj = dend(layer, j);
+            let row = &layer.weights[j * layer.n_in..(j + 1) * layer.n_in];
+            arrivals.extend(order.iter().map(|&(a, i)| (a + dj, row[i as usize], i)));
+        } else {
+            fill_arrivals(layer, j, inputs, arrivals);
+            arrivals.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        }
+        if let Some(t) = first_spike(n, arrivals) {
+            out.push((j as u32, t));
+        }
+    }
+}
+
+#[inline]
+fn axonal(layer: &LayerRef, i: usize) -> f64 {
+    if layer.kind == DelayKind::Axonal {
+        layer.delays[i]
+    } else {
+        0.0
+    }
+}
+
+#[inline]
+fn dend(layer: &LayerRef, j: usize) -> f64 {
+    if layer.kind == DelayKind::Dendritic {
+        layer.delays[j]
+    } else {
+        0.0
+    }
+}
+
+#[inline]
+fn fill_arrivals(layer: &LayerRef, j: usize, inputs: &[In], arrivals: &mut Vec<(f64, f64, u32)>) {
+    let row = &layer.weights[j * layer.n_in..(j + 1) * layer.n_in];
+    arrivals.extend(
+        inputs.iter().enumerate().map(|(r, &(i, t))| (t + layer.delay(j, i as usize), row[i as usize], r as u32)),
+    );
+}
+
+/// Backward pass of one TTFS layer for one sample.
+///
+/// `outputs[k] = (j, T)` with loss gradient `gout[k] = dL/dT`. Accumulates `dL/dw` and the
+/// per-synapse `dL/dd` (both `(n_out, n_in)` row-major) and `dL/dt` of each input spike.
+#[allow(clippy::too_many_arguments)]
+pub fn layer_backward(
+    n: &Neuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    gw: &mut [f64],
+    gd: &mut [f64],
+    gin: &mut [f64],
+    scratch: &mut Scratch,
+) {
+    let arrivals = &mut scratch.arrivals;
+    for (&(j, t_out), &g) in outputs.iter().zip(gout) {
+        if g == 0.0 {
+            continue;
+        }
+        let j = j as usize;
+        arrivals.clear();
+        fill_arrivals(layer, j, inputs, arrivals);
+        // Causal set: arrivals strictly before the spike (an arrival at T has K = 0 and
+        // does not influence the crossing from the left).
+        let mut current = 0.0;
+        for &(a, w, _) in arrivals.iter() {
+            if a < t_out {
+                current += w * (-(t_out - a) / n.tau_s).exp();
+            }
+        }
+        let slope = (current - n.theta / n.tau_m).max(SLOPE_FLOOR);
+        let scale = g / slope;
+        for &(a, w, r) in arrivals.iter() {
+            if a >= t_out {
+                continue;
+            }
+            let s = t_out - a;
+            let i = inputs[r as usize].0 as usize;
+            gw[j * layer.n_in + i] -= scale * n.kernel(s);
+            let ga = scale * w * n.kernel_ds(s);
+            gd[j * layer.n_in + i] += ga;
+            gin[r as usize] += ga;
+        }
+    }
+}
