@@ -3,9 +3,13 @@
 //! work runs with the GIL released.
 
 use arrow_array::RecordBatch;
+use delgrad_core::loss::Loss;
 use delgrad_core::{self as core, DelayKind, LayerRef, Network, SpikeTable, Spikes};
 use numpy::ndarray::{ArrayD, IxDyn};
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
+    PyUntypedArrayMethods,
+};
 use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
@@ -274,37 +278,90 @@ fn layer_refs<'a>(args: &'a [LayerArgs]) -> PyResult<Vec<LayerRef<'a>>> {
     args.iter().enumerate().map(|(l, a)| a.as_ref(&format!("layer {l}"))).collect()
 }
 
+/// Input spikes validated and grouped by sample once, for repeated batched passes. A batch is
+/// a selection of sample indices; the spikes stay in the caller's Arrow buffers.
+#[pyclass(frozen, module = "delgrad._core", name = "SpikeSet")]
+struct PySpikeSet {
+    inner: core::SpikeSet,
+}
+
+#[pymethods]
+impl PySpikeSet {
+    #[new]
+    fn new(py: Python<'_>, spikes: AnyRecordBatch, n_samples: usize) -> PyResult<Self> {
+        let table = read_table(spikes, "spikes", false)?;
+        let inner = py.detach(|| core::SpikeSet::new(table, n_samples)).map_err(to_py)?;
+        Ok(Self { inner })
+    }
+    #[getter]
+    fn n_samples(&self) -> usize {
+        self.inner.grouping.n_samples()
+    }
+    #[getter]
+    fn n_spikes(&self) -> usize {
+        self.inner.table.len()
+    }
+    #[getter]
+    fn n_channels(&self) -> usize {
+        self.inner.n_channels
+    }
+    fn __len__(&self) -> usize {
+        self.n_samples()
+    }
+    fn __repr__(&self) -> String {
+        format!("SpikeSet(n_samples={}, n_spikes={})", self.n_samples(), self.n_spikes())
+    }
+}
+
+fn select_slice<'a>(select: &'a Option<PyReadonlyArray1<'_, u32>>) -> PyResult<Option<&'a [u32]>> {
+    select
+        .as_ref()
+        .map(|a| a.as_slice().map_err(|_| ShapeError::new_err("select must be contiguous")))
+        .transpose()
+}
+
 #[pyfunction]
+#[pyo3(signature = (spikes, select, layers, neuron))]
 fn network_forward(
     py: Python<'_>,
-    spikes: AnyRecordBatch,
+    spikes: &PySpikeSet,
+    select: Option<PyReadonlyArray1<'_, u32>>,
     layers: &Bound<'_, PyAny>,
     neuron: &PyNeuron,
-    n_samples: usize,
 ) -> PyResult<Trace> {
-    let table = read_table(spikes, "spikes", false)?;
     let args = extract_layers(layers)?;
     let net = Network::new(neuron.inner, layer_refs(&args)?).map_err(to_py)?;
+    let input = spikes.inner.input(select_slice(&select)?).map_err(to_py)?;
     let sizes = net.layers.iter().map(|l| l.n_out).collect();
-    let out = py.detach(|| net.forward(&table, n_samples)).map_err(to_py)?;
+    let n_samples = input.n_samples();
+    let out = py.detach(|| net.forward(&input)).map_err(to_py)?;
     Ok(Trace { n_samples, sizes, layers: out })
 }
 
 /// Gradients for a network given `grad_times`, `dL/dT` on the output layer's first spike times,
 /// shape (n_samples, n_out) (entries of silent neurons are ignored).
 #[pyfunction]
+#[pyo3(signature = (spikes, select, layers, neuron, trace, grad_times))]
 #[allow(clippy::type_complexity)]
 fn network_backward<'py>(
     py: Python<'py>,
-    spikes: AnyRecordBatch,
+    spikes: &PySpikeSet,
+    select: Option<PyReadonlyArray1<'py, u32>>,
     layers: &Bound<'py, PyAny>,
     neuron: &PyNeuron,
     trace: &Trace,
     grad_times: PyReadonlyArray2<'py, f64>,
 ) -> PyResult<(Vec<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>)>, Bound<'py, PyArray1<f64>>)> {
-    let table = read_table(spikes, "spikes", false)?;
     let args = extract_layers(layers)?;
     let net = Network::new(neuron.inner, layer_refs(&args)?).map_err(to_py)?;
+    let input = spikes.inner.input(select_slice(&select)?).map_err(to_py)?;
+    if input.n_samples() != trace.n_samples {
+        return Err(ShapeError::new_err(format!(
+            "the batch has {} samples but the trace has {}",
+            input.n_samples(),
+            trace.n_samples
+        )));
+    }
     let n_out = *trace.sizes.last().expect("a trace has layers");
     if grad_times.shape() != [trace.n_samples, n_out] {
         return Err(ShapeError::new_err(format!(
@@ -314,11 +371,10 @@ fn network_backward<'py>(
         )));
     }
     let dense = grad_times.as_slice().map_err(|_| ShapeError::new_err("grad_times must be C-contiguous"))?;
-    let n_samples = trace.n_samples;
     let g = py
         .detach(|| {
             let rows = trace.layers.last().expect("layers").gather(dense, n_out);
-            net.backward(&table, n_samples, &trace.layers, &rows)
+            net.backward(&input, &trace.layers, &rows)
         })
         .map_err(to_py)?;
     let grads = net
@@ -328,6 +384,38 @@ fn network_backward<'py>(
         .map(|(l, lg)| (matrix(py, l.n_out, l.n_in, lg.weights), delay_grad_array(py, l, lg.delays)))
         .collect();
     Ok((grads, g.inputs.into_pyarray(py)))
+}
+
+/// Loss on first spike times `(n_samples, n_out)` (inf = silent): returns the mean loss,
+/// `dL/dt` of the same shape, and the predicted classes (-1 when every output is silent).
+#[pyfunction]
+#[pyo3(signature = (times, labels, kind, tau_s, t_silent, delta = 0.3, xi = 0.2, alpha = 0.005, beta = 2.7))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn loss<'py>(
+    py: Python<'py>,
+    times: PyReadonlyArray2<'py, f64>,
+    labels: PyReadonlyArray1<'py, i64>,
+    kind: &str,
+    tau_s: f64,
+    t_silent: f64,
+    delta: f64,
+    xi: f64,
+    alpha: f64,
+    beta: f64,
+) -> PyResult<(f64, Bound<'py, PyArray2<f64>>, Bound<'py, PyArray1<i64>>)> {
+    let loss = match kind {
+        "mse" => Loss::Mse { delta },
+        "ce" | "cross_entropy" => Loss::CrossEntropy { xi, alpha, beta },
+        _ => return Err(ParameterError::new_err(format!("unknown loss '{kind}' (expected 'mse' or 'ce')"))),
+    };
+    let shape = times.shape().to_vec();
+    let t = times.as_slice().map_err(|_| ShapeError::new_err("times must be C-contiguous"))?;
+    let l = labels.as_slice().map_err(|_| ShapeError::new_err("labels must be contiguous"))?;
+    if shape[0] != l.len() {
+        return Err(ShapeError::new_err(format!("times have {} rows but there are {} labels", shape[0], l.len())));
+    }
+    let out = core::loss::evaluate(t, shape[1], l, loss, tau_s, t_silent).map_err(to_py)?;
+    Ok((out.loss, matrix(py, shape[0], shape[1], out.grad), out.predictions.into_pyarray(py)))
 }
 
 /// Data-buffer addresses of the spike columns as the core reads them (zero-copy checks).
@@ -346,6 +434,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     m.add_class::<PyNeuron>()?;
     m.add_class::<Trace>()?;
+    m.add_class::<PySpikeSet>()?;
+    m.add_function(wrap_pyfunction!(loss, m)?)?;
     m.add_function(wrap_pyfunction!(layer_forward, m)?)?;
     m.add_function(wrap_pyfunction!(layer_backward, m)?)?;
     m.add_function(wrap_pyfunction!(network_forward, m)?)?;

@@ -11,6 +11,7 @@
 
 pub mod error;
 pub mod layer;
+pub mod loss;
 pub mod network;
 pub mod neuron;
 pub mod solver;
@@ -19,14 +20,14 @@ pub mod ttfs;
 
 pub use error::{Error, Result};
 pub use layer::{DelayKind, LayerGrad, LayerRef};
-pub use network::{NetGrad, Network};
+pub use network::{Input, NetGrad, Network, SpikeSet};
 pub use neuron::Neuron;
 pub use spikes::{SpikeTable, Spikes};
 
 /// Forward pass of a single layer: the output spikes of every sample.
 pub fn layer_forward(neuron: &Neuron, layer: LayerRef, input: &SpikeTable, n_samples: usize) -> Result<Spikes> {
     let net = Network::new(*neuron, vec![layer])?;
-    Ok(net.forward(input, n_samples)?.pop().expect("one layer"))
+    Ok(net.forward_table(input, n_samples)?.pop().expect("one layer"))
 }
 
 /// Backward pass of a single layer. `out` are the layer's output spikes (any row order) and
@@ -51,6 +52,6 @@ pub fn layer_backward(
     let (spikes, perm) = Spikes::from_table(out, n_samples);
     let grad_sorted: Vec<f64> = perm.iter().map(|&r| grad[r]).collect();
     let net = Network::new(*neuron, vec![layer])?;
-    let mut g = net.backward(input, n_samples, &[spikes], &grad_sorted)?;
+    let mut g = net.backward_table(input, n_samples, &[spikes], &grad_sorted)?;
     Ok((g.layers.pop().expect("one layer"), g.inputs))
 }

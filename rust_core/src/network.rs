@@ -9,7 +9,7 @@ use rayon::prelude::*;
 use crate::error::{shape_err, spikes_err, Result};
 use crate::layer::{LayerGrad, LayerRef};
 use crate::neuron::Neuron;
-use crate::spikes::{SpikeTable, Spikes};
+use crate::spikes::{Grouping, RowIter, SpikeTable, Spikes};
 use crate::ttfs::{self, In, Scratch};
 
 #[derive(Debug, Clone)]
@@ -24,6 +24,57 @@ pub struct NetGrad {
     pub layers: Vec<LayerGrad>,
     /// `dL/dt` of each row of the input table, in the table's row order.
     pub inputs: Vec<f64>,
+}
+
+/// The input spikes of a batch: a validated table, its rows grouped by sample, and optionally a
+/// selection of samples forming the batch (so a whole data split can stay in one Arrow table and
+/// batches are chosen by index, without copying spikes).
+#[derive(Debug, Clone)]
+pub struct Input<'a> {
+    pub table: &'a SpikeTable,
+    pub grouping: &'a Grouping,
+    pub select: Option<&'a [u32]>,
+}
+
+impl Input<'_> {
+    pub fn n_samples(&self) -> usize {
+        self.select.map_or(self.grouping.n_samples(), |s| s.len())
+    }
+    fn rows(&self, s: usize) -> RowIter<'_> {
+        self.grouping.rows(self.select.map_or(s, |sel| sel[s] as usize))
+    }
+}
+
+/// A spike table validated and grouped once, for repeated batched use.
+#[derive(Debug, Clone)]
+pub struct SpikeSet {
+    pub table: SpikeTable,
+    pub grouping: Grouping,
+    /// One more than the largest neuron id (0 for an empty table).
+    pub n_channels: usize,
+}
+
+impl SpikeSet {
+    pub fn new(table: SpikeTable, n_samples: usize) -> Result<Self> {
+        table.validate("spikes", n_samples, u32::MAX as usize + 1)?;
+        let grouping = table.group(n_samples);
+        let n_channels = table.neuron().iter().max().map_or(0, |&m| m as usize + 1);
+        Ok(Self { table, grouping, n_channels })
+    }
+
+    /// The batch made of samples `select` (all samples, in order, for `None`).
+    pub fn input<'a>(&'a self, select: Option<&'a [u32]>) -> Result<Input<'a>> {
+        if let Some(sel) = select {
+            let n = self.grouping.n_samples();
+            if let Some(k) = sel.iter().position(|&s| s as usize >= n) {
+                return Err(shape_err(format!(
+                    "select: sample {} at position {k} is out of range (the set has {n} samples)",
+                    sel[k]
+                )));
+            }
+        }
+        Ok(Input { table: &self.table, grouping: &self.grouping, select })
+    }
 }
 
 /// Deterministic split of `n` samples into chunks: enough for load balancing, few enough that
@@ -55,14 +106,42 @@ impl<'a> Network<'a> {
         self.layers[0].n_in
     }
 
-    fn check_input(&self, input: &SpikeTable, n_samples: usize) -> Result<()> {
-        input.validate("spikes", n_samples, self.n_in())
+    fn check_input(&self, input: &Input) -> Result<()> {
+        // Per-row ids were checked when the set was built; only the width is network-specific.
+        let n_in = self.n_in();
+        let t = input.table;
+        if let Some(r) = t.neuron().iter().position(|&j| j as usize >= n_in) {
+            return Err(spikes_err(format!(
+                "spikes: neuron id {} at row {r} is out of range (the network has {n_in} inputs)",
+                t.neuron()[r]
+            )));
+        }
+        Ok(())
     }
 
-    /// Spikes of every layer for every sample of `input`.
-    pub fn forward(&self, input: &SpikeTable, n_samples: usize) -> Result<Vec<Spikes>> {
-        self.check_input(input, n_samples)?;
-        let grouping = input.group(n_samples);
+    /// Spikes of every layer for every sample of a table.
+    pub fn forward_table(&self, table: &SpikeTable, n_samples: usize) -> Result<Vec<Spikes>> {
+        let set = SpikeSet::new(table.clone(), n_samples)?;
+        self.forward(&set.input(None)?)
+    }
+
+    /// Gradients for a table of input spikes; see [`Network::backward`].
+    pub fn backward_table(
+        &self,
+        table: &SpikeTable,
+        n_samples: usize,
+        spikes: &[Spikes],
+        grad_out: &[f64],
+    ) -> Result<NetGrad> {
+        let set = SpikeSet::new(table.clone(), n_samples)?;
+        self.backward(&set.input(None)?, spikes, grad_out)
+    }
+
+    /// Spikes of every layer for every sample of the batch.
+    pub fn forward(&self, input: &Input) -> Result<Vec<Spikes>> {
+        self.check_input(input)?;
+        let n_samples = input.n_samples();
+        let table = input.table;
         let parts: Vec<Vec<Spikes>> = chunks(n_samples)
             .into_par_iter()
             .map(|range| {
@@ -73,7 +152,7 @@ impl<'a> Network<'a> {
                 let mut next: Vec<In> = Vec::new();
                 for s in range {
                     cur.clear();
-                    cur.extend(grouping.rows(s).map(|r| (input.neuron()[r], input.time()[r])));
+                    cur.extend(input.rows(s).map(|r| (table.neuron()[r], table.time()[r])));
                     for (layer, out) in self.layers.iter().zip(outs.iter_mut()) {
                         next.clear();
                         ttfs::layer_forward(&self.neuron, layer, &cur, &mut next, &mut scratch);
@@ -99,14 +178,10 @@ impl<'a> Network<'a> {
 
     /// Gradients given the spikes of every layer (computed by `forward`, or recorded on
     /// hardware) and `dL/dt` of each spike of the last layer.
-    pub fn backward(
-        &self,
-        input: &SpikeTable,
-        n_samples: usize,
-        spikes: &[Spikes],
-        grad_out: &[f64],
-    ) -> Result<NetGrad> {
-        self.check_input(input, n_samples)?;
+    pub fn backward(&self, input: &Input, spikes: &[Spikes], grad_out: &[f64]) -> Result<NetGrad> {
+        self.check_input(input)?;
+        let n_samples = input.n_samples();
+        let table = input.table;
         if spikes.len() != self.layers.len() {
             return Err(shape_err(format!(
                 "backward: got spikes of {} layers for a network of {} layers",
@@ -128,7 +203,6 @@ impl<'a> Network<'a> {
         if let Some(k) = grad_out.iter().position(|g| !g.is_finite()) {
             return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
         }
-        let grouping = input.group(n_samples);
         let n_layers = self.layers.len();
 
         struct Part {
@@ -158,8 +232,8 @@ impl<'a> Network<'a> {
                         inputs.clear();
                         if l == 0 {
                             rows.clear();
-                            rows.extend(grouping.rows(s));
-                            inputs.extend(rows.iter().map(|&r| (input.neuron()[r], input.time()[r])));
+                            rows.extend(input.rows(s));
+                            inputs.extend(rows.iter().map(|&r| (table.neuron()[r], table.time()[r])));
                         } else {
                             let prev = &spikes[l - 1];
                             let r = prev.range(s);
@@ -192,7 +266,7 @@ impl<'a> Network<'a> {
 
         let mut gw: Vec<Vec<f64>> = self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect();
         let mut gd = gw.clone();
-        let mut inputs = vec![0.0; input.len()];
+        let mut inputs = vec![0.0; table.len()];
         for part in parts {
             for l in 0..n_layers {
                 add(&mut gw[l], &part.gw[l]);

@@ -6,7 +6,15 @@ and ``time`` (float64); pyarrow RecordBatches/Tables and polars DataFrames are a
 without copies.
 """
 
-from delgrad._core import Neuron, ParameterError, ShapeError, SpikeError, Trace, __version__
+from delgrad._core import (
+    Neuron,
+    ParameterError,
+    ShapeError,
+    SpikeError,
+    SpikeSet,
+    Trace,
+    __version__,
+)
 from delgrad.functional import LayerGrad, layer_backward, layer_forward
 from delgrad.network import Layer, Network, NetworkGrad
 
@@ -19,6 +27,7 @@ __all__ = [
     "ParameterError",
     "ShapeError",
     "SpikeError",
+    "SpikeSet",
     "Trace",
     "__version__",
     "layer_backward",

@@ -12,7 +12,7 @@ from numpy.typing import ArrayLike, NDArray
 
 from delgrad import _core
 from delgrad._arrays import DELAY_KINDS, as_f64, delay_kind_of
-from delgrad._core import Neuron, ParameterError, ShapeError, Trace
+from delgrad._core import Neuron, ParameterError, ShapeError, SpikeSet, Trace
 from delgrad.functional import SpikesLike
 
 
@@ -48,6 +48,24 @@ class NetworkGrad:
 
     layers: list[tuple[NDArray[np.float64], NDArray[np.float64]]]
     inputs: NDArray[np.float64]
+
+
+def as_spike_set(spikes: SpikesLike | SpikeSet, n_samples: int | None) -> SpikeSet:
+    """A :class:`SpikeSet` for ``spikes`` (validated and grouped once)."""
+    if isinstance(spikes, SpikeSet):
+        return spikes
+    if n_samples is None:
+        raise ShapeError("n_samples is required when spikes is a table")
+    return SpikeSet(spikes, int(n_samples))
+
+
+def _select(select: ArrayLike | None) -> NDArray[np.uint32] | None:
+    if select is None:
+        return None
+    a = np.asarray(select)
+    if a.ndim != 1 or (a.size and (a.dtype.kind not in "iu" or a.min() < 0)):
+        raise ShapeError("select must be a 1-d array of non-negative sample indices")
+    return np.ascontiguousarray(a, dtype=np.uint32)
 
 
 def _delay_shape(kind: str, n_out: int, n_in: int) -> tuple[int, ...]:
@@ -123,19 +141,42 @@ class Network:
     def _args(self) -> list[tuple]:
         return [l.as_args() for l in self.layers]
 
-    def forward(self, spikes: SpikesLike, n_samples: int) -> Trace:
-        """Spikes of every layer for a batch of input spikes."""
-        return _core.network_forward(spikes, self._args(), self.neuron, int(n_samples))
+    def forward(
+        self,
+        spikes: SpikesLike | SpikeSet,
+        n_samples: int | None = None,
+        *,
+        select: ArrayLike | None = None,
+    ) -> Trace:
+        """Spikes of every layer for a batch.
 
-    def backward(self, spikes: SpikesLike, trace: Trace, grad_times: ArrayLike) -> NetworkGrad:
+        ``spikes`` is an Arrow table (then ``n_samples`` is required) or a :class:`SpikeSet`
+        holding a whole split; ``select`` picks the samples forming the batch (sample ``k`` of
+        the batch is ``select[k]`` of the set).
+        """
+        spikes = as_spike_set(spikes, n_samples)
+        return _core.network_forward(spikes, _select(select), self._args(), self.neuron)
+
+    def backward(
+        self,
+        spikes: SpikesLike | SpikeSet,
+        trace: Trace,
+        grad_times: ArrayLike,
+        *,
+        select: ArrayLike | None = None,
+    ) -> NetworkGrad:
         """Gradients given ``grad_times = dL/dT``, shape ``(n_samples, n_out)``, on the output
         layer's first spike times (entries of silent neurons are ignored).
 
         ``trace`` may come from :meth:`forward` or be built from recorded spikes with
-        ``Trace.from_tables`` (training in the loop).
+        ``Trace.from_tables`` (training in the loop). ``grads.inputs`` is aligned with the rows
+        of the input table (rows of unselected samples get 0).
         """
+        spikes = as_spike_set(spikes, trace.n_samples if select is None else None)
         g = as_f64(grad_times, "grad_times", ndim=2)
-        layers, gin = _core.network_backward(spikes, self._args(), self.neuron, trace, g)
+        layers, gin = _core.network_backward(
+            spikes, _select(select), self._args(), self.neuron, trace, g
+        )
         return NetworkGrad(layers=layers, inputs=gin)
 
     def n_parameters(self) -> int:
