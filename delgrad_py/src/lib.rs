@@ -220,20 +220,20 @@ impl Trace {
     fn n_layers(&self) -> usize {
         self.layers.len()
     }
-    fn n_spikes(&self, layer: usize) -> PyResult<usize> {
+    fn n_spikes(&self, layer: isize) -> PyResult<usize> {
         Ok(self.get(layer)?.len())
     }
     /// Spikes of one layer as a pyarrow RecordBatch (sample, neuron, time[, layer]).
     #[pyo3(signature = (layer, with_layer = false))]
-    fn spikes<'py>(&self, py: Python<'py>, layer: usize, with_layer: bool) -> PyResult<Bound<'py, PyAny>> {
+    fn spikes<'py>(&self, py: Python<'py>, layer: isize, with_layer: bool) -> PyResult<Bound<'py, PyAny>> {
         let sp = self.get(layer)?;
-        let tag = with_layer.then_some(layer as u16);
+        let tag = with_layer.then_some(self.index(layer)? as u16);
         PyRecordBatch::new(sp.to_record_batch(tag)).into_pyarrow(py)
     }
     /// First spike time of each neuron, shape (n_samples, n_neurons); inf where silent.
-    fn first_times<'py>(&self, py: Python<'py>, layer: usize) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    fn first_times<'py>(&self, py: Python<'py>, layer: isize) -> PyResult<Bound<'py, PyArray2<f64>>> {
         let sp = self.get(layer)?;
-        let n = self.sizes[layer];
+        let n = self.sizes[self.index(layer)?];
         Ok(matrix(py, self.n_samples, n, sp.first_times(n)))
     }
     /// Spikes recorded elsewhere (hardware): one table per layer, ids checked against `sizes`.
@@ -260,13 +260,21 @@ impl Trace {
 }
 
 impl Trace {
-    fn get(&self, layer: usize) -> PyResult<&Spikes> {
-        self.layers.get(layer).ok_or_else(|| {
-            pyo3::exceptions::PyIndexError::new_err(format!(
-                "layer {layer} out of range (the trace has {} layers)",
-                self.layers.len()
-            ))
-        })
+    /// A layer index, counting from the end when negative (as Python sequences do).
+    fn index(&self, layer: isize) -> PyResult<usize> {
+        let n = self.layers.len() as isize;
+        let l = if layer < 0 { layer + n } else { layer };
+        if (0..n).contains(&l) {
+            Ok(l as usize)
+        } else {
+            Err(pyo3::exceptions::PyIndexError::new_err(format!(
+                "layer {layer} out of range (the trace has {n} layers)"
+            )))
+        }
+    }
+
+    fn get(&self, layer: isize) -> PyResult<&Spikes> {
+        Ok(&self.layers[self.index(layer)?])
     }
 }
 

@@ -49,6 +49,10 @@ pub fn layer_backward(
         )));
     }
     out.validate("out", n_samples, layer.n_out)?;
+    // Checked here, before reordering, so that a message names the caller's row.
+    if let Some(k) = grad.iter().position(|g| !g.is_finite()) {
+        return Err(error::spikes_err(format!("grad: entry {k} (row {k} of out) is {} (must be finite)", grad[k])));
+    }
     let (spikes, perm) = Spikes::from_table(out, n_samples);
     let grad_sorted: Vec<f64> = perm.iter().map(|&r| grad[r]).collect();
     let net = Network::new(*neuron, vec![layer])?;

@@ -28,6 +28,10 @@ pub struct Neuron {
     pub theta: f64,
     // 1/tau_s - 1/tau_m, the rate of the kernel's expm1 form (0 for equal taus).
     delta: f64,
+    // Reciprocals: divisions in the inner loops cost more than the exponentials' neighbours.
+    pub(crate) inv_tau_m: f64,
+    pub(crate) inv_tau_s: f64,
+    inv_delta: f64,
     solver: Solver,
 }
 
@@ -49,29 +53,84 @@ impl Neuron {
             Solver::Bracketed
         };
         let delta = if tau_m == tau_s { 0.0 } else { 1.0 / tau_s - 1.0 / tau_m };
-        Ok(Self { tau_m, tau_s, theta, delta, solver })
+        let inv_delta = if delta == 0.0 { 0.0 } else { 1.0 / delta };
+        Ok(Self {
+            tau_m,
+            tau_s,
+            theta,
+            delta,
+            inv_tau_m: 1.0 / tau_m,
+            inv_tau_s: 1.0 / tau_s,
+            inv_delta,
+            solver,
+        })
     }
 
     pub fn solver(&self) -> Solver {
         self.solver
     }
 
-    /// Membrane response `K(s)` to a unit current jump `s` after it (0 for `s <= 0`).
+    /// `(exp(-s/tau_m), exp(-s/tau_s))` with as few transcendental calls as the ratio allows:
+    /// these exponentials are most of the cost of a pass.
+    #[inline]
+    pub fn decays(&self, s: f64) -> (f64, f64) {
+        match self.solver {
+            Solver::LambertW => {
+                let e = (-s * self.inv_tau_s).exp();
+                (e, e)
+            }
+            Solver::Quadratic => {
+                let x = (-s * self.inv_tau_m).exp();
+                (x, x * x)
+            }
+            Solver::Bracketed => ((-s * self.inv_tau_m).exp(), (-s * self.inv_tau_s).exp()),
+        }
+    }
+
+    /// `K(s)` from the decays at `s`.
     ///
-    /// Written as `exp(-s/tau_s) * expm1(s * delta) / delta`, which equals the textbook
-    /// `tau_m tau_s / (tau_m - tau_s) (exp(-s/tau_m) - exp(-s/tau_s))` but stays accurate when
-    /// the two time constants are close, and becomes `s exp(-s/tau)` at `delta = 0`.
+    /// `K = (e^{-s/tau_m} - e^{-s/tau_s}) / delta` with `delta = 1/tau_s - 1/tau_m`, which is the
+    /// textbook `tau_m tau_s / (tau_m - tau_s) (...)`; for a general ratio and short `s` the
+    /// difference is taken as `e^{-s/tau_s} expm1(s delta)` so that it keeps its relative
+    /// accuracy when the time constants are close. Equal taus: `s e^{-s/tau}`.
+    #[inline]
+    pub fn kernel_from(&self, s: f64, em: f64, es: f64) -> f64 {
+        match self.solver {
+            Solver::LambertW => s * es,
+            Solver::Quadratic => (em - es) * self.inv_delta,
+            Solver::Bracketed => {
+                let x = s * self.delta;
+                if x.abs() < 0.5 {
+                    es * x.exp_m1() * self.inv_delta
+                } else {
+                    (em - es) * self.inv_delta
+                }
+            }
+        }
+    }
+
+    /// Membrane response `K(s)` to a unit current jump `s` after it (0 for `s <= 0`).
     #[inline]
     pub fn kernel(&self, s: f64) -> f64 {
         if s <= 0.0 {
             return 0.0;
         }
-        let e = (-s / self.tau_s).exp();
-        if self.delta == 0.0 {
-            s * e
-        } else {
-            e * (s * self.delta).exp_m1() / self.delta
+        let (em, es) = self.decays(s);
+        self.kernel_from(s, em, es)
+    }
+
+    /// `K(s)` given `es = exp(-s / tau_s)` already computed (the backward pass needs both).
+    #[inline]
+    pub fn kernel_with(&self, s: f64, es: f64) -> f64 {
+        if s <= 0.0 {
+            return 0.0;
         }
+        let em = match self.solver {
+            Solver::LambertW => es,
+            Solver::Quadratic => es.sqrt(),
+            Solver::Bracketed => (-s * self.inv_tau_m).exp(),
+        };
+        self.kernel_from(s, em, es)
     }
 
     /// `dK/ds`, from the ODE itself: `K' = -K / tau_m + exp(-s / tau_s)`.
@@ -80,29 +139,31 @@ impl Neuron {
         if s <= 0.0 {
             return 0.0;
         }
-        -self.kernel(s) / self.tau_m + (-s / self.tau_s).exp()
+        let (em, es) = self.decays(s);
+        -self.kernel_from(s, em, es) * self.inv_tau_m + es
     }
 
     /// `(V, I)` after `s >= 0` of free evolution from `(v, i)`.
     #[inline]
     pub fn evolve(&self, v: f64, i: f64, s: f64) -> (f64, f64) {
-        if s == 0.0 {
+        if s <= 0.0 {
             return (v, i);
         }
-        (v * (-s / self.tau_m).exp() + i * self.kernel(s), i * (-s / self.tau_s).exp())
+        let (em, es) = self.decays(s);
+        (v * em + i * self.kernel_from(s, em, es), i * es)
     }
 
-    /// `V` after `s` of free evolution.
+    /// `V` after `s >= 0` of free evolution.
     #[inline]
     pub fn voltage(&self, v: f64, i: f64, s: f64) -> f64 {
-        v * (-s / self.tau_m).exp() + i * self.kernel(s)
+        self.evolve(v, i, s).0
     }
 
-    /// `dV/ds` after `s` of free evolution.
+    /// `dV/ds` after `s >= 0` of free evolution.
     #[inline]
     pub fn voltage_ds(&self, v: f64, i: f64, s: f64) -> f64 {
-        let vs = self.voltage(v, i, s);
-        -vs / self.tau_m + i * (-s / self.tau_s).exp()
+        let (vs, is) = self.evolve(v, i, s);
+        -vs * self.inv_tau_m + is
     }
 
     /// The time `s > 0` at which the free voltage has its only stationary point, if any.

@@ -21,18 +21,42 @@ pub fn first_crossing(n: &Neuron, v: f64, i: f64, len: f64) -> Option<f64> {
     if n.voltage(v, i, end) < n.theta {
         return None;
     }
+    Some(root_on_rise(n, v, i, end))
+}
+
+/// [`first_crossing`] on a finite interval whose end state `(v_end, i_end)` the caller has
+/// already computed (the scan needs it for the next interval anyway). The slopes at both ends
+/// decide most intervals without locating the stationary point: rising at the end means rising
+/// throughout, falling at both ends means falling throughout.
+#[inline]
+pub fn crossing_in_interval(n: &Neuron, v: f64, i: f64, len: f64, v_end: f64, i_end: f64) -> Option<f64> {
+    debug_assert!(v < n.theta);
+    if !(i > 0.0) {
+        return None;
+    }
+    let slope_end = i_end - v_end * n.inv_tau_m;
+    if slope_end >= 0.0 {
+        return (v_end >= n.theta).then(|| root_on_rise(n, v, i, len));
+    }
+    if i - v * n.inv_tau_m <= 0.0 {
+        return None;
+    }
+    first_crossing(n, v, i, len)
+}
+
+/// The root of `V = theta` on `[0, end]`, where V rises from below theta to at least theta.
+fn root_on_rise(n: &Neuron, v: f64, i: f64, end: f64) -> f64 {
     let s = match n.solver() {
         Solver::LambertW => lambert_root(n, v, i),
         Solver::Quadratic => quadratic_root(n, v, i),
         Solver::Bracketed => None,
     };
-    let s = match s {
+    match s {
         Some(s) if (0.0..=end).contains(&s) => polish(n, v, i, s, end),
         // The closed form fell outside the bracket by rounding (a crossing at an interval end):
         // the bracketed solver settles it.
         _ => bracketed_root(n, v, i, end),
-    };
-    Some(s)
+    }
 }
 
 /// `tau_m = tau_s = tau`: `(v + i s) e^{-s/tau} = theta`, i.e. with `y = s + v/i`,
@@ -98,19 +122,25 @@ fn bracketed_root(n: &Neuron, v: f64, i: f64, end: f64) -> f64 {
     0.5 * (lo + hi)
 }
 
-/// One Newton step on the exact voltage, kept only if it improves the residual and stays in
-/// the bracket. The closed forms go through `ln`/`sqrt`/`W` and lose a few ulps near tangency.
+/// One Newton step on the exact voltage. The closed forms go through `ln`/`sqrt`/`W` and lose
+/// a few ulps; a step that is a small correction is taken as is, anything larger (near a
+/// tangency, where Newton is unreliable) is only kept if it improves the residual.
 fn polish(n: &Neuron, v: f64, i: f64, s: f64, end: f64) -> f64 {
-    let r = n.voltage(v, i, s) - n.theta;
+    let (vs, is) = n.evolve(v, i, s);
+    let r = vs - n.theta;
     if r == 0.0 {
         return s;
     }
-    let d = n.voltage_ds(v, i, s);
+    let d = is - vs * n.inv_tau_m;
     if !(d > 0.0) {
         return s;
     }
-    let t = s - r / d;
-    if (0.0..=end).contains(&t) && (n.voltage(v, i, t) - n.theta).abs() < r.abs() {
+    let step = r / d;
+    let t = s - step;
+    if !(0.0..=end).contains(&t) {
+        return s;
+    }
+    if step.abs() <= 1e-9 * (1.0 + s.abs()) || (n.voltage(v, i, t) - n.theta).abs() < r.abs() {
         t
     } else {
         s

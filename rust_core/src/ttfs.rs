@@ -13,7 +13,7 @@
 
 use crate::layer::{DelayKind, LayerRef};
 use crate::neuron::Neuron;
-use crate::solver::first_crossing;
+use crate::solver::{crossing_in_interval, first_crossing};
 
 /// One input spike of a sample: (source neuron, time).
 pub type In = (u32, f64);
@@ -23,21 +23,19 @@ pub type In = (u32, f64);
 pub struct Scratch {
     arrivals: Vec<(f64, f64, u32)>,
     order: Vec<(f64, u32)>,
+    exps: Vec<f64>,
 }
 
 /// The smallest `V'(T)` used in a gradient. At an exact tangency the true derivative is
 /// infinite; this floor keeps it finite (and huge) instead of producing inf/NaN.
 const SLOPE_FLOOR: f64 = 1e-12;
 
-/// First spike time of one neuron given its arrivals sorted by time: `(arrival, weight)`.
+/// First spike time of one neuron given its arrivals sorted by time: `(arrival, weight, _)`.
 pub fn first_spike(n: &Neuron, arrivals: &[(f64, f64, u32)]) -> Option<f64> {
     let (mut v, mut i) = (0.0, 0.0);
     let mut k = 0;
     while k < arrivals.len() {
         let a = arrivals[k].0;
-        if k > 0 {
-            (v, i) = n.evolve(v, i, a - arrivals[k - 1].0);
-        }
         // Simultaneous arrivals act as one jump.
         while k < arrivals.len() && arrivals[k].0 == a {
             i += arrivals[k].1;
@@ -47,10 +45,15 @@ pub fn first_spike(n: &Neuron, arrivals: &[(f64, f64, u32)]) -> Option<f64> {
             // Only reachable by rounding when the previous interval's crossing sat on its end.
             return Some(a);
         }
-        let len = if k < arrivals.len() { arrivals[k].0 - a } else { f64::INFINITY };
-        if let Some(s) = first_crossing(n, v, i, len) {
+        if k == arrivals.len() {
+            return first_crossing(n, v, i, f64::INFINITY).map(|s| a + s);
+        }
+        let len = arrivals[k].0 - a;
+        let (v_end, i_end) = n.evolve(v, i, len);
+        if let Some(s) = crossing_in_interval(n, v, i, len, v_end, i_end) {
             return Some(a + s);
         }
+        (v, i) = (v_end, i_end);
     }
     None
 }
@@ -64,7 +67,7 @@ pub fn layer_forward(
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) {
-    let Scratch { arrivals, order } = scratch;
+    let Scratch { arrivals, order, .. } = scratch;
     if inputs.is_empty() {
         return;
     }
@@ -83,7 +86,8 @@ pub fn layer_forward(
             arrivals.extend(order.iter().map(|&(a, i)| (a + dj, row[i as usize], i)));
         } else {
             fill_arrivals(layer, j, inputs, arrivals);
-            arrivals.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+            // Arrival times are finite (inputs and parameters are validated).
+            arrivals.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
         }
         if let Some(t) = first_spike(n, arrivals) {
             out.push((j as u32, t));
@@ -133,7 +137,7 @@ pub fn layer_backward(
     gin: &mut [f64],
     scratch: &mut Scratch,
 ) {
-    let arrivals = &mut scratch.arrivals;
+    let Scratch { arrivals, exps, .. } = scratch;
     for (&(j, t_out), &g) in outputs.iter().zip(gout) {
         if g == 0.0 {
             continue;
@@ -142,23 +146,28 @@ pub fn layer_backward(
         arrivals.clear();
         fill_arrivals(layer, j, inputs, arrivals);
         // Causal set: arrivals strictly before the spike (an arrival at T has K = 0 and
-        // does not influence the crossing from the left).
+        // does not influence the crossing from the left). First pass: the current at T, with
+        // each arrival's exp(-s/tau_s) kept for the second pass.
         let mut current = 0.0;
+        exps.clear();
         for &(a, w, _) in arrivals.iter() {
+            let e = if a < t_out { (-(t_out - a) * n.inv_tau_s).exp() } else { f64::NAN };
             if a < t_out {
-                current += w * (-(t_out - a) / n.tau_s).exp();
+                current += w * e;
             }
+            exps.push(e);
         }
-        let slope = (current - n.theta / n.tau_m).max(SLOPE_FLOOR);
+        let slope = (current - n.theta * n.inv_tau_m).max(SLOPE_FLOOR);
         let scale = g / slope;
-        for &(a, w, r) in arrivals.iter() {
+        for (&(a, w, r), &e) in arrivals.iter().zip(exps.iter()) {
             if a >= t_out {
                 continue;
             }
-            let s = t_out - a;
+            let k = n.kernel_with(t_out - a, e);
             let i = inputs[r as usize].0 as usize;
-            gw[j * layer.n_in + i] -= scale * n.kernel(s);
-            let ga = scale * w * n.kernel_ds(s);
+            gw[j * layer.n_in + i] -= scale * k;
+            // K'(s) = -K(s)/tau_m + exp(-s/tau_s)
+            let ga = scale * w * (e - k * n.inv_tau_m);
             gd[j * layer.n_in + i] += ga;
             gin[r as usize] += ga;
         }

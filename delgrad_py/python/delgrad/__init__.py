@@ -16,11 +16,13 @@ from delgrad._core import (
     __version__,
 )
 from delgrad.functional import LayerGrad, layer_backward, layer_forward
+from delgrad.model import Model
 from delgrad.network import Layer, Network, NetworkGrad
 
 __all__ = [
     "Layer",
     "LayerGrad",
+    "Model",
     "Network",
     "NetworkGrad",
     "Neuron",

@@ -139,6 +139,9 @@ def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, f
         best = metrics.sort("validation_acc", descending=True).row(0, named=True)
         lines += ["", f"Best validation accuracy {100 * best['validation_acc']:.2f} % at epoch "
                       f"{best['epoch']} (test {100 * best['test_acc']:.2f} % there)."]
+    if cfg.get("train", {}).get("select_on", "validation"):
+        lines += ["", "The saved model holds the parameters of the epoch with the best "
+                      f"{cfg.get('train', {}).get('select_on', 'validation')} accuracy; the table above evaluates it."]
     if train_seconds is not None:
         lines += ["", f"Training wall time: {train_seconds:.1f} s."]
     for title, name in figs:

@@ -44,6 +44,9 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     seed: int = 0
     checkpoint_every: int = 10
+    # Early-stopping style model selection: at the end, restore the parameters of the epoch with
+    # the best accuracy on this evaluation split (None: keep the last epoch's parameters).
+    select_on: str | None = "validation"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
@@ -137,6 +140,7 @@ class Trainer:
         self.epoch = 0
         self.bump_streak = 0
         self.history: list[dict[str, Any]] = []
+        self.best: tuple[float, int, list[np.ndarray]] | None = None  # (acc, epoch, params)
 
     # --- one step ---------------------------------------------------------------------------
 
@@ -228,13 +232,30 @@ class Trainer:
                     row[f"{name}_silent_l{l}"] = s
             row["seconds"] = time.perf_counter() - t0
             self.history.append(row)
+            sel = self.cfg.select_on
+            if sel and f"{sel}_acc" in row and (self.best is None or row[f"{sel}_acc"] > self.best[0]):
+                self.best = (row[f"{sel}_acc"], self.epoch, self._snapshot())
             if on_epoch:
                 on_epoch(row)
             if run_dir is not None and (
                 self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs
             ):
                 self.save_checkpoint(run_dir)
+        if self.best is not None:
+            self._restore(self.best[2])
         return self.history
+
+    @property
+    def best_epoch(self) -> int | None:
+        return None if self.best is None else self.best[1]
+
+    def _snapshot(self) -> list[np.ndarray]:
+        return [a.copy() for l in self.net.layers for a in (l.weights, l.delays)]
+
+    def _restore(self, snap: list[np.ndarray]) -> None:
+        for k, layer in enumerate(self.net.layers):
+            layer.weights = snap[2 * k].copy()
+            layer.delays = snap[2 * k + 1].copy()
 
     # --- checkpoints ------------------------------------------------------------------------
 
@@ -246,6 +267,9 @@ class Trainer:
         for l, (layer, raw) in enumerate(zip(self.net.layers, self.raw_delays)):
             arrays[f"w{l}"] = layer.weights
             arrays[f"raw{l}"] = raw
+        if self.best is not None:
+            for k, a in enumerate(self.best[2]):
+                arrays[f"best{k}"] = a
         for k, (m, v) in enumerate(zip(self.adam.m or [], self.adam.v or [])):
             arrays[f"m{k}"] = m
             arrays[f"v{k}"] = v
@@ -255,6 +279,7 @@ class Trainer:
             "bump_streak": self.bump_streak,
             "rng": self.rng.bit_generator.state,
             "history": self.history,
+            "best": None if self.best is None else [self.best[0], self.best[1]],
         }
         tmp = ckpt / "state.npz.tmp"
         with open(tmp, "wb") as f:
@@ -275,8 +300,11 @@ class Trainer:
             for l, layer in enumerate(self.net.layers):
                 layer.weights = z[f"w{l}"].copy()
                 self.raw_delays[l] = z[f"raw{l}"].copy()
+            if meta.get("best") is not None:
+                snap = [z[f"best{k}"].copy() for k in range(2 * len(self.net.layers))]
+                self.best = (meta["best"][0], meta["best"][1], snap)
             n = len(self._params())
-            if f"m0" in z:
+            if "m0" in z:
                 self.adam.m = [z[f"m{k}"].copy() for k in range(n)]
                 self.adam.v = [z[f"v{k}"].copy() for k in range(n)]
         self.adam.t = meta["adam_t"]

@@ -10,29 +10,38 @@ zero or more record batches). Nothing is pickled.
 
 Request header, common fields:
 
-=========  ==========================================================================
-``v``      protocol version (int); the daemon answers ``bad_version`` to any other
-``op``     ``hello`` | ``configure`` | ``run`` | ``status``
-``id``     request id, a non-empty string (<= 128 chars); a retry re-sends the same id
-``session`` optional string (<= 128 chars) naming the client across reconnects; replies are
-           cached per (session, id), or per (socket identity, id) without a session
-=========  ==========================================================================
+===========  ========================================================================
+``v``        protocol version (int); the daemon answers ``bad_version`` to any other
+``op``       ``hello`` | ``configure`` | ``run`` | ``status``
+``id``       request id, a non-empty string (<= 128 chars); a retry re-sends the same id
+``session``  optional string (<= 128 chars) naming the client across reconnects; replies
+             are cached per (session, id), or per (socket identity, id) without one
+===========  ========================================================================
 
 Per op (fields beyond the common ones; ``[frames]`` are the body frames):
 
-``hello``      request: nothing. reply: ``backend`` (name), ``capabilities`` (object: neurons,
-               weight bits, time quantum, delay range, limits, ...), ``versions``.
+``hello``      request: nothing. reply: ``backend`` (name), ``capabilities`` (neurons,
+               weight_bits, weight_max_int, default_weight_scale, delay_kinds, delay_range,
+               time_quantum (tau) and time_quantum_s, tau_chip_s, speedup, duration,
+               nonidealities, limits), ``versions``, ``ops``.
 ``configure``  request: ``neuron`` {tau_m, tau_s, theta, mode}, ``layers`` [{n_in, n_out,
-               delay_kind}], optional ``weight_scale`` (number or one per layer),
-               optional ``input_replication`` (int >= 1) ; [weights, delays].
+               delay_kind}], optional ``weight_scale`` (number, or one per layer), optional
+               ``input_replication`` (int >= 1); [weights, delays].
                reply: ``config_id``, the *realised* ``neuron``/``layers``/``input_replication``,
-               ``report`` (what was quantised or clipped); [realised weights, realised delays].
-``run``        request: ``config_id``, ``n_samples``, optional ``seed`` (int, per-run noise),
-               optional ``duration`` (recording window, in tau_s); [input spikes].
-               reply: ``config_id``, ``n_samples``, ``sizes``, ``seed``, ``health`` {dropped_inputs,
-               lost_events, wall_time_s, ...}; [spikes of layer 0, spikes of layer 1, ...].
-``status``     request: nothing. reply: ``backend``, ``uptime_s``, ``counters`` {requests, runs,
-               configures, cache_hits, errors, ...}, ``configs``, ``cache``.
+               ``report`` (per layer: weight_scale, weights_clipped, max_weight_change,
+               delays_clipped; neurons_used); [realised weights, realised delays].
+``run``        request: ``config_id``, ``n_samples``, optional ``seed`` (int >= 0, the run's
+               noise), optional ``duration`` (recording window, tau); [input spikes], whose
+               ``neuron`` is the input *channel*, ``< n_in / input_replication``; channel
+               ``c`` drives input rows ``c + k * n_channels`` (see :func:`replicate_inputs`).
+               reply: ``config_id``, ``n_samples``, ``sizes``, ``seed``, ``health``
+               {input_events, dropped_inputs, played_events, recorded_events (per layer),
+               lost_events, lost_per_layer, duration, chip_time_s, wall_time_s};
+               [spikes of layer 0, spikes of layer 1, ...].
+``status``     request: nothing. reply: ``backend``, ``pid``, ``uptime_s``, ``busy_s``,
+               ``counters`` {requests, runs, configures, cache_hits, errors, input_events,
+               recorded_events, dropped_inputs, lost_events, ...}, ``errors`` (per code),
+               ``configs``, ``cache`` {entries, bytes}.
 
 Every reply carries ``v``, ``id`` (``null`` when the request had no readable id), ``op`` and
 ``ok``. Errors are replies ``{"ok": false, "code": ..., "message": ...}`` with a code from
@@ -222,12 +231,14 @@ def field(header: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *
 
 
 def int_field(header: Mapping[str, Any], name: str, *, lo: int, hi: int, required: bool = True,
-              default: int | None = None) -> int | None:
+              default: int | None = None, limit: bool = False) -> int | None:
+    """An int in ``[lo, hi]``; with ``limit``, ``hi`` is a size limit and exceeding it is
+    ``too_large`` rather than ``bad_field``."""
     v = field(header, name, int, required=required, default=default)
     if v is None:
         return None
     if not lo <= v <= hi:
-        code = TOO_LARGE if v > hi and name in ("n_samples",) else BAD_FIELD
+        code = TOO_LARGE if limit and v > hi else BAD_FIELD
         raise ProtocolError(code, f"header field {name!r} = {v} is outside [{lo}, {hi}]")
     return v
 
@@ -239,7 +250,8 @@ def number_field(header: Mapping[str, Any], name: str, *, positive: bool = True,
         return None
     v = float(v)
     if not math.isfinite(v) or (positive and v <= 0):
-        raise ProtocolError(BAD_FIELD, f"header field {name!r} must be finite and > 0, got {v}")
+        need = "finite and > 0" if positive else "finite"
+        raise ProtocolError(BAD_FIELD, f"header field {name!r} must be {need}, got {v}")
     return v
 
 
@@ -309,15 +321,16 @@ def decode_table(frame: Any, schema: pa.Schema, what: str, *,
         got = reader.schema
     except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as e:
         raise ProtocolError(BAD_FRAME, f"{what}: not an Arrow IPC stream ({e})") from None
+    exact = got.equals(schema)
     names = got.names
     want = {f.name: f.type for f in schema}
-    if sorted(names) != sorted(want) or len(set(names)) != len(names):
+    if not exact and (sorted(names) != sorted(want) or len(set(names)) != len(names)):
         raise ProtocolError(
             BAD_SCHEMA,
             f"{what}: columns {names} but the protocol needs exactly {list(want)} "
             f"({', '.join(f'{n}: {t}' for n, t in want.items())})",
         )
-    for f in got:
+    for f in () if exact else got:
         if f.type != want[f.name]:
             raise ProtocolError(
                 BAD_SCHEMA, f"{what}: column {f.name!r} is {f.type}, the protocol needs {want[f.name]}"
@@ -328,19 +341,26 @@ def decode_table(frame: Any, schema: pa.Schema, what: str, *,
         for b in reader:
             rows += b.num_rows
             if max_rows is not None and rows > max_rows:
-                raise ProtocolError(TOO_LARGE, f"{what}: more than {max_rows} rows (the daemon's limit)")
+                raise ProtocolError(TOO_LARGE, f"{what}: more than {max_rows} rows")
             b.validate(full=True)
             batches.append(b)
     except ProtocolError:
         raise
     except (pa.ArrowInvalid, pa.ArrowException, OSError, ValueError) as e:
         raise ProtocolError(BAD_FRAME, f"{what}: truncated or corrupt Arrow IPC stream ({e})") from None
-    table = pa.Table.from_batches(batches, schema=got).select(schema.names)
-    for name in schema.names:
-        if table.column(name).null_count:
+    if len(batches) == 1:  # the usual case: no concatenation
+        data: pa.RecordBatch | pa.Table = batches[0]
+    else:
+        data = pa.Table.from_batches(batches, schema=got).combine_chunks()
+    for name, col in zip(data.schema.names, data.columns):
+        if col.null_count:
             raise ProtocolError(BAD_SPIKES if schema is SPIKE_SCHEMA else BAD_PARAMETERS,
-                                f"{what}: column {name!r} has {table.column(name).null_count} nulls")
-    return _single_batch(table, schema)
+                                f"{what}: column {name!r} has {col.null_count} nulls")
+    if isinstance(data, pa.Table):
+        return _single_batch(data.select(schema.names), schema)
+    if exact:  # what our own encoder sends: no rebuilding
+        return data
+    return pa.RecordBatch.from_arrays([data.column(n) for n in schema.names], schema=schema)
 
 
 # --- spikes -------------------------------------------------------------------------------------
@@ -359,6 +379,8 @@ def as_spike_batch(spikes: Any) -> pa.RecordBatch:
     """Any Arrow spike table (RecordBatch, Table, RecordBatchReader, polars DataFrame, or
     anything exporting ``__arrow_c_stream__``) as one RecordBatch with :data:`SPIKE_SCHEMA`."""
     if isinstance(spikes, pa.RecordBatch):
+        if spikes.schema.equals(SPIKE_SCHEMA):
+            return spikes
         table = pa.Table.from_batches([spikes])
     elif isinstance(spikes, pa.Table):
         table = spikes
@@ -384,17 +406,17 @@ def _single_batch(table: pa.Table, schema: pa.Schema) -> pa.RecordBatch:
 
 
 def spike_columns(rb: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Zero-copy numpy views of a validated spike batch's columns."""
-    return (rb.column("sample").to_numpy(), rb.column("neuron").to_numpy(),
-            rb.column("time").to_numpy())
+    """Zero-copy numpy views of a spike batch's columns (in :data:`SPIKE_SCHEMA` order, as
+    every batch made or decoded here is)."""
+    s, n, t = rb.columns
+    return s.to_numpy(), n.to_numpy(), t.to_numpy()
 
 
 def check_spikes(rb: pa.RecordBatch, n_samples: int, n_neurons: int, what: str) -> None:
     """Vectorised checks: finite times, sample and neuron ids in range."""
     s, n, t = spike_columns(rb)
-    bad = ~np.isfinite(t)
-    if bad.any():
-        row = int(np.argmax(bad))
+    if not np.isfinite(t).all():
+        row = int(np.argmax(~np.isfinite(t)))
         raise ProtocolError(BAD_SPIKES, f"{what}: time at row {row} is {t[row]} (must be finite)")
     if s.size and int(s.max()) >= n_samples:
         row = int(np.argmax(s >= n_samples))
@@ -409,18 +431,27 @@ def check_spikes(rb: pa.RecordBatch, n_samples: int, n_neurons: int, what: str) 
         )
 
 
-def replicate_inputs(rb: pa.RecordBatch, n_channels: int, replication: int) -> pa.RecordBatch:
+def replicate_inputs(rb: Any, n_channels: int, replication: int) -> pa.RecordBatch:
     """Input replication as the backends do it: channel ``c`` drives input rows
     ``c, c + n_channels, ..., c + (replication - 1) * n_channels`` at the same time.
 
     The host needs this too: the backward pass takes the replicated input spikes.
     """
+    rb = as_spike_batch(rb)
     if replication == 1:
         return rb
-    s, n, t = spike_columns(rb)
-    k = np.repeat(np.arange(replication, dtype=np.uint32), len(n))
-    return spike_batch(np.tile(s, replication), np.tile(n, replication) + k * np.uint32(n_channels),
-                       np.tile(t, replication))
+    return spike_batch(*replicate_columns(*spike_columns(rb), n_channels, replication))
+
+
+def replicate_columns(sample: np.ndarray, neuron: np.ndarray, time: np.ndarray, n_channels: int,
+                      replication: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`replicate_inputs` on numpy columns."""
+    if replication == 1:
+        return sample, neuron, time
+    offsets = np.arange(replication, dtype=np.uint32)[:, None] * np.uint32(n_channels)
+    return (np.broadcast_to(sample, (replication, sample.size)).ravel(),
+            (neuron[None, :] + offsets).ravel(),
+            np.broadcast_to(time, (replication, time.size)).ravel())
 
 
 # --- networks -----------------------------------------------------------------------------------
@@ -513,8 +544,13 @@ def decode_network(header: Mapping[str, Any], frames: Sequence[Any]) -> Any:
         raise ProtocolError(BAD_FRAME, f"configure needs 2 body frames (weights, delays), got {len(frames)}")
     n_syn = sum(s["n_in"] * s["n_out"] for s in layers)
     n_del = sum(_delay_count(s["delay_kind"], s["n_out"], s["n_in"]) for s in layers)
-    wrb = decode_table(frames[0], WEIGHT_SCHEMA, "weights", max_rows=n_syn)
-    drb = decode_table(frames[1], DELAY_SCHEMA, "delays", max_rows=n_del)
+    try:
+        wrb = decode_table(frames[0], WEIGHT_SCHEMA, "weights", max_rows=n_syn)
+        drb = decode_table(frames[1], DELAY_SCHEMA, "delays", max_rows=n_del)
+    except ProtocolError as e:
+        if e.code != TOO_LARGE:
+            raise
+        raise ProtocolError(BAD_PARAMETERS, f"{e.message}: more than the declared layers have") from None
     if wrb.num_rows != n_syn:
         raise ProtocolError(BAD_PARAMETERS, f"weights: {wrb.num_rows} rows for {n_syn} synapses")
     if drb.num_rows != n_del:

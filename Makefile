@@ -1,0 +1,35 @@
+# Two commands do everything on a fresh machine:
+#   make run    create .venv, build (release), run the main job (Yin-Yang, 4-30-3, synaptic delays)
+#   make test   build, cargo test, pytest
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+PIPELINE ?= pipelines/yinyang_synaptic.toml
+
+.PHONY: run test install cargo-test pytest bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+
+# `pip install -e` builds the Rust extension in release mode (maturin, Cargo.lock respected).
+install: $(PY)
+	$(PY) -m pip install -e ".[test,digits]"
+
+run: install
+	$(VENV)/bin/delgrad run $(PIPELINE)
+
+cargo-test:
+	cargo test --locked --release -p delgrad-core
+
+pytest: install
+	$(PY) -m pytest
+
+test: install cargo-test
+	$(PY) -m pytest
+
+bench: install
+	$(PY) benchmarks/ttfs_throughput.py
+
+clean:
+	rm -rf target $(VENV) runs

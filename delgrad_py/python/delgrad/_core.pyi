@@ -1,0 +1,96 @@
+"""Type stubs of the compiled extension (Rust, PyO3). Keep in step with delgrad_py/src/lib.rs."""
+
+from typing import Any, final
+
+import numpy as np
+import pyarrow as pa
+from numpy.typing import NDArray
+
+__version__: str
+
+class SpikeError(ValueError): ...
+class ShapeError(ValueError): ...
+class ParameterError(ValueError): ...
+
+@final
+class Neuron:
+    def __init__(
+        self, tau_m: float = 2.0, tau_s: float = 1.0, theta: float = 1.0, mode: str = "ttfs"
+    ) -> None: ...
+    @property
+    def tau_m(self) -> float: ...
+    @property
+    def tau_s(self) -> float: ...
+    @property
+    def theta(self) -> float: ...
+    @property
+    def mode(self) -> str: ...
+
+@final
+class SpikeSet:
+    def __init__(self, spikes: Any, n_samples: int) -> None: ...
+    @property
+    def n_samples(self) -> int: ...
+    @property
+    def n_spikes(self) -> int: ...
+    @property
+    def n_channels(self) -> int: ...
+    def __len__(self) -> int: ...
+
+@final
+class Trace:
+    @property
+    def n_samples(self) -> int: ...
+    @property
+    def sizes(self) -> list[int]: ...
+    @property
+    def n_layers(self) -> int: ...
+    def n_spikes(self, layer: int) -> int: ...
+    def spikes(self, layer: int, with_layer: bool = False) -> pa.RecordBatch: ...
+    def first_times(self, layer: int) -> NDArray[np.float64]: ...
+    @staticmethod
+    def from_tables(tables: list[Any], sizes: list[int], n_samples: int) -> Trace: ...
+
+_LayerArgs = tuple[NDArray[np.float64], str, NDArray[np.float64] | None]
+
+def layer_forward(
+    spikes: Any,
+    weights: NDArray[np.float64],
+    delays: NDArray[np.float64] | None,
+    delay_kind: str,
+    neuron: Neuron,
+    n_samples: int,
+) -> pa.RecordBatch: ...
+def layer_backward(
+    spikes: Any,
+    weights: NDArray[np.float64],
+    delays: NDArray[np.float64] | None,
+    delay_kind: str,
+    neuron: Neuron,
+    out: Any,
+    grad: NDArray[np.float64],
+    n_samples: int,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]: ...
+def network_forward(
+    spikes: SpikeSet, select: NDArray[np.uint32] | None, layers: list[_LayerArgs], neuron: Neuron
+) -> Trace: ...
+def network_backward(
+    spikes: SpikeSet,
+    select: NDArray[np.uint32] | None,
+    layers: list[_LayerArgs],
+    neuron: Neuron,
+    trace: Trace,
+    grad_times: NDArray[np.float64],
+) -> tuple[list[tuple[NDArray[np.float64], NDArray[np.float64]]], NDArray[np.float64]]: ...
+def loss(
+    times: NDArray[np.float64],
+    labels: NDArray[np.int64],
+    kind: str,
+    tau_s: float,
+    t_silent: float,
+    delta: float = 0.3,
+    xi: float = 0.2,
+    alpha: float = 0.005,
+    beta: float = 2.7,
+) -> tuple[float, NDArray[np.float64], NDArray[np.int64]]: ...
+def _column_addresses(spikes: Any) -> dict[str, int]: ...

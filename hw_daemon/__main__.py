@@ -1,0 +1,98 @@
+"""Command line: ``python -m hw_daemon --backend emulator --bind tcp://127.0.0.1:5555``.
+
+On start-up the daemon prints one JSON line to stdout, ``{"event": "ready", "endpoint": ...,
+"pid": ...}``, once its socket is bound (``tcp://127.0.0.1:*`` binds a free port; the line says
+which). Logs go to stderr. SIGTERM and SIGINT stop it cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+
+from hw_daemon.backends import BACKENDS, BackendUnavailable, make_backend
+from hw_daemon.server import Daemon, Limits, serve
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m hw_daemon", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--backend", choices=BACKENDS, default="emulator")
+    ap.add_argument("--bind", default="tcp://127.0.0.1:5555",
+                    help="ROUTER endpoint (tcp://host:port, tcp://127.0.0.1:* for a free port, ipc://path)")
+    ap.add_argument("--pub", default=None, help="also bind a PUB socket streaming recorded spikes")
+    g = ap.add_argument_group("emulator")
+    g.add_argument("--chip-seed", type=int, default=0, help="identity of the emulated chip (fixed mismatch)")
+    g.add_argument("--ideal", action="store_true",
+                   help="no threshold offsets, noise, jitter, time quantisation or event loss")
+    g.add_argument("--weight-scale", type=float, default=None, help="default software->hardware weight scale")
+    g.add_argument("--delay-max", type=float, default=None, help="largest realisable axonal delay (tau)")
+    g.add_argument("--duration", type=float, default=None, help="default recording window (tau)")
+    g.add_argument("--event-loss", type=float, default=None, help="probability of losing a recorded event")
+    g = ap.add_argument_group("limits and caches")
+    g.add_argument("--max-samples", type=int, default=Limits.max_samples)
+    g.add_argument("--max-spikes", type=int, default=Limits.max_spikes)
+    g.add_argument("--max-frame-bytes", type=int, default=Limits.max_frame_bytes)
+    g.add_argument("--max-configs", type=int, default=64)
+    g.add_argument("--cache-entries", type=int, default=4096, help="replies kept for idempotent retries")
+    g.add_argument("--cache-bytes", type=int, default=256 << 20)
+    g = ap.add_argument_group("CURVE authentication")
+    g.add_argument("--curve-secret", default=None, help="server certificate with secret key (.key_secret)")
+    g.add_argument("--curve-allow", action="append", default=[],
+                   help="allowed client public key file, or directory of *.key files (repeatable)")
+    ap.add_argument("--log-level", default="INFO")
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    log = logging.getLogger("hw_daemon")
+    options: dict = {}
+    if args.backend == "emulator":
+        from hw_daemon.backends.emulator import EmulatorParams
+
+        base = EmulatorParams.ideal() if args.ideal else EmulatorParams()
+        options = {k: getattr(base, k) for k in EmulatorParams.__dataclass_fields__}
+        for name in ("weight_scale", "delay_max", "duration", "event_loss"):
+            if getattr(args, name) is not None:
+                options[name] = getattr(args, name)
+        options["chip_seed"] = args.chip_seed
+    try:
+        backend = make_backend(args.backend, **options)
+    except BackendUnavailable as e:
+        log.error("%s", e)
+        return 2
+    limits = Limits(max_samples=args.max_samples, max_spikes=args.max_spikes,
+                    max_frame_bytes=args.max_frame_bytes)
+    daemon = Daemon(backend, limits=limits, max_configs=args.max_configs,
+                    cache_entries=args.cache_entries, cache_bytes=args.cache_bytes)
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("signal %d: shutting down", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+
+    def ready(info: dict) -> None:
+        print(json.dumps(info), flush=True)
+
+    try:
+        serve(daemon, args.bind, pub=args.pub, curve_secret=args.curve_secret,
+              curve_allow=args.curve_allow, stop=stop, on_ready=ready)
+    except Exception as e:  # bind failures, unreadable key files: say so and exit non-zero
+        log.error("cannot serve: %s: %s", type(e).__name__, e)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
