@@ -24,6 +24,27 @@ pub struct Scratch {
     arrivals: Vec<(f64, f64, u32)>,
     order: Vec<(f64, u32)>,
     exps: Vec<f64>,
+    by_time: Vec<In>,
+}
+
+/// Sorts arrivals by time. Inputs are pre-sorted by spike time, so with delays that are small
+/// against the gaps between spikes the arrivals are nearly sorted and insertion sort is linear.
+#[inline]
+fn sort_arrivals(arrivals: &mut [(f64, f64, u32)]) {
+    if arrivals.len() > 48 {
+        // Arrival times are finite (inputs and parameters are validated).
+        arrivals.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+        return;
+    }
+    for k in 1..arrivals.len() {
+        let x = arrivals[k];
+        let mut m = k;
+        while m > 0 && arrivals[m - 1].0 > x.0 {
+            arrivals[m] = arrivals[m - 1];
+            m -= 1;
+        }
+        arrivals[m] = x;
+    }
 }
 
 /// The smallest `V'(T)` used in a gradient. At an exact tangency the true derivative is
@@ -67,10 +88,14 @@ pub fn layer_forward(
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) {
-    let Scratch { arrivals, order, .. } = scratch;
+    let Scratch { arrivals, order, by_time, .. } = scratch;
     if inputs.is_empty() {
         return;
     }
+    by_time.clear();
+    by_time.extend_from_slice(inputs);
+    by_time.sort_unstable_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
+    let inputs = &by_time[..];
     // Without synaptic delays the arrival order is the same for every target: sort once.
     let shared_order = layer.kind != DelayKind::Synaptic;
     if shared_order {
@@ -86,8 +111,7 @@ pub fn layer_forward(
             arrivals.extend(order.iter().map(|&(a, i)| (a + dj, row[i as usize], i)));
         } else {
             fill_arrivals(layer, j, inputs, arrivals);
-            // Arrival times are finite (inputs and parameters are validated).
-            arrivals.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
+            sort_arrivals(arrivals);
         }
         if let Some(t) = first_spike(n, arrivals) {
             out.push((j as u32, t));
