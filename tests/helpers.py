@@ -137,3 +137,30 @@ def layer_cases(draw, *, kinds=DELAY_KINDS, max_in=6, max_out=4, max_samples=3,
     rows = [rows[k] for k in perm]
     return dict(n_in=n_in, n_out=n_out, kind=kind, n_samples=n_samples, weights=w, delays=d,
                 rows=rows)
+
+
+@st.composite
+def network_cases(draw, max_in=5, max_hidden=5, w=(1.4, 1.0), d=(0.0, 1.5), p_spike=0.8,
+                  t_max=3.0, with_loss=False):
+    """A random 2-layer network (any delay kinds) and a batch of input rows for it."""
+    sizes = [draw(st.integers(1, max_in)), draw(st.integers(1, max_hidden)), draw(st.integers(1, 3))]
+    kinds = [draw(st.sampled_from(("none", "synaptic", "axonal", "dendritic"))) for _ in range(2)]
+    seed = draw(st.integers(0, 2**32 - 1))
+    n_samples = draw(st.integers(1, 3))
+    rng = np.random.default_rng(seed)
+    layers = []
+    for l, kind in enumerate(kinds):
+        n_in, n_out = sizes[l], sizes[l + 1]
+        # Mostly excitatory, so that the hidden layer spikes and drives the output.
+        wts = rng.normal(w[0], w[1], size=(n_out, n_in))
+        shape = {"none": None, "synaptic": (n_out, n_in), "axonal": (n_in,),
+                 "dendritic": (n_out,)}[kind]
+        dl = None if shape is None else rng.uniform(d[0], d[1], size=shape)
+        layers.append((wts, dl, kind))
+    rows = [(s, i, float(rng.uniform(0.0, t_max)))
+            for s in range(n_samples) for i in range(sizes[0]) if rng.random() < p_spike]
+    rng.shuffle(rows)
+    case = dict(sizes=sizes, layers=layers, rows=rows, n_samples=n_samples)
+    if with_loss:
+        case["c"] = rng.uniform(-1, 1, size=(n_samples, sizes[-1]))
+    return case

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import delgrad
 import reference as ref
 from helpers import (
+    network_cases,
     examples,
     RATIOS,
     assert_times_close,
@@ -122,31 +123,6 @@ def test_some_cases_spike_and_some_are_silent():
 
 
 # --- networks ---------------------------------------------------------------------------------
-
-@st.composite
-def network_cases(draw):
-    sizes = [draw(st.integers(1, 5)), draw(st.integers(1, 5)), draw(st.integers(1, 3))]
-    kinds = [draw(st.sampled_from(("none", "synaptic", "axonal", "dendritic"))) for _ in range(2)]
-    seed = draw(st.integers(0, 2**32 - 1))
-    n_samples = draw(st.integers(1, 3))
-    rng = np.random.default_rng(seed)
-    layers = []
-    for l, kind in enumerate(kinds):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        # Mostly excitatory, so that the hidden layer spikes and drives the output.
-        w = rng.normal(1.4, 1.0, size=(n_out, n_in))
-        shape = {"none": None, "synaptic": (n_out, n_in), "axonal": (n_in,),
-                 "dendritic": (n_out,)}[kind]
-        d = None if shape is None else rng.uniform(0.0, 1.5, size=shape)
-        layers.append((w, d, kind))
-    rows = []
-    for s in range(n_samples):
-        for i in range(sizes[0]):
-            if rng.random() < 0.8:
-                rows.append((s, i, float(rng.uniform(0.0, 3.0))))
-    rng.shuffle(rows)
-    return dict(sizes=sizes, layers=layers, rows=rows, n_samples=n_samples)
-
 
 def _network(layers, neuron):
     return delgrad.Network(

@@ -21,6 +21,7 @@ from hypothesis import strategies as st
 import delgrad
 import reference as ref
 from helpers import (
+    network_cases,
     GRAD_RATIOS,
     examples,
     finite,
@@ -179,35 +180,10 @@ def test_layer_backward_out_row_order_does_not_matter(ratio):
 
 # --- network ----------------------------------------------------------------------------------
 
-@st.composite
-def network_cases(draw):
-    sizes = [draw(st.integers(1, 4)), draw(st.integers(1, 4)), draw(st.integers(1, 3))]
-    kinds = [draw(st.sampled_from(("none", "synaptic", "axonal", "dendritic"))) for _ in range(2)]
-    seed = draw(st.integers(0, 2**32 - 1))
-    n_samples = draw(st.integers(1, 3))
-    rng = np.random.default_rng(seed)
-    layers = []
-    for l, kind in enumerate(kinds):
-        n_in, n_out = sizes[l], sizes[l + 1]
-        w = rng.normal(1.6, 0.9, size=(n_out, n_in))
-        shape = {"none": None, "synaptic": (n_out, n_in), "axonal": (n_in,),
-                 "dendritic": (n_out,)}[kind]
-        d = None if shape is None else rng.uniform(0.05, 1.0, size=shape)
-        layers.append((w, d, kind))
-    rows = []
-    for s in range(n_samples):
-        for i in range(sizes[0]):
-            if rng.random() < 0.85:
-                rows.append((s, i, float(rng.uniform(0.0, 2.0))))
-    rng.shuffle(rows)
-    c = rng.uniform(-1, 1, size=(n_samples, sizes[-1]))
-    return dict(sizes=sizes, layers=layers, rows=rows, n_samples=n_samples, c=c)
-
-
 @pytest.mark.parametrize("ratio", list(GRAD_RATIOS))
 @settings(max_examples=examples(30), deadline=None,
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(case=network_cases())
+@given(case=network_cases(max_in=4, max_hidden=4, w=(1.6, 0.9), d=(0.05, 1.0), p_spike=0.85, t_max=2.0, with_loss=True))
 def test_network_gradients_match_finite_differences(ratio, case):
     tau_m, tau_s = GRAD_RATIOS[ratio]
     n = case["n_samples"]

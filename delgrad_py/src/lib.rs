@@ -146,6 +146,17 @@ fn matrix<'py>(py: Python<'py>, rows: usize, cols: usize, v: Vec<f64>) -> Bound<
     numpy::ndarray::Array2::from_shape_vec((rows, cols), v).expect("dense matrix").into_pyarray(py)
 }
 
+/// The arguments every single-layer call starts from.
+fn layer_call<'py>(
+    spikes: AnyRecordBatch,
+    weights: PyReadonlyArray2<'py, f64>,
+    delays: Option<PyReadonlyArrayDyn<'py, f64>>,
+    delay_kind: &str,
+) -> PyResult<(SpikeTable, LayerArgs<'py>)> {
+    let table = read_table(spikes, "spikes", false)?;
+    Ok((table, LayerArgs { weights, kind: DelayKind::parse(delay_kind).map_err(to_py)?, delays }))
+}
+
 #[pyfunction]
 #[pyo3(signature = (spikes, weights, delays, delay_kind, neuron, n_samples))]
 fn layer_forward<'py>(
@@ -157,8 +168,7 @@ fn layer_forward<'py>(
     neuron: &PyNeuron,
     n_samples: usize,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let table = read_table(spikes, "spikes", false)?;
-    let args = LayerArgs { weights, kind: DelayKind::parse(delay_kind).map_err(to_py)?, delays };
+    let (table, args) = layer_call(spikes, weights, delays, delay_kind)?;
     let layer = args.as_ref("layer")?;
     let n = neuron.inner;
     let out = py.detach(|| core::layer_forward(&n, layer, &table, n_samples)).map_err(to_py)?;
@@ -179,9 +189,8 @@ fn layer_backward<'py>(
     grad: PyReadonlyArrayDyn<'py, f64>,
     n_samples: usize,
 ) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArray1<f64>>)> {
-    let table = read_table(spikes, "spikes", false)?;
+    let (table, args) = layer_call(spikes, weights, delays, delay_kind)?;
     let out = read_table(out, "out", false)?;
-    let args = LayerArgs { weights, kind: DelayKind::parse(delay_kind).map_err(to_py)?, delays };
     let layer = args.as_ref("layer")?;
     if grad.ndim() != 1 {
         return Err(ShapeError::new_err(format!("grad must be 1-dimensional, got shape {:?}", grad.shape())));

@@ -9,6 +9,9 @@
 //! - [`network`]: feed-forward networks over whole batches, parallel over samples;
 //! - [`spikes`]: Arrow spike tables in, grouped spikes out.
 
+// `!(x > 0.0)` is meant: it is also true for NaN, which must take the "no spike" path.
+#![allow(clippy::neg_cmp_op_on_partial_ord)]
+
 pub mod error;
 pub mod layer;
 pub mod loss;

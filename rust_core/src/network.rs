@@ -142,6 +142,8 @@ impl<'a> Network<'a> {
         self.check_input(input)?;
         let n_samples = input.n_samples();
         let table = input.table;
+        let factors: Vec<Option<Vec<f64>>> =
+            self.layers.iter().map(|l| ttfs::delay_factors(&self.neuron, l)).collect();
         let parts: Vec<Vec<Spikes>> = chunks(n_samples)
             .into_par_iter()
             .map(|range| {
@@ -153,9 +155,9 @@ impl<'a> Network<'a> {
                 for s in range {
                     cur.clear();
                     cur.extend(input.rows(s).map(|r| (table.neuron()[r], table.time()[r])));
-                    for (layer, out) in self.layers.iter().zip(outs.iter_mut()) {
+                    for ((layer, out), f) in self.layers.iter().zip(outs.iter_mut()).zip(&factors) {
                         next.clear();
-                        ttfs::layer_forward(&self.neuron, layer, &cur, &mut next, &mut scratch);
+                        ttfs::layer_forward(&self.neuron, layer, &cur, f.as_deref(), &mut next, &mut scratch);
                         for &(j, t) in &next {
                             out.neuron.push(j);
                             out.time.push(t);
@@ -204,6 +206,8 @@ impl<'a> Network<'a> {
             return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
         }
         let n_layers = self.layers.len();
+        let factors: Vec<Option<Vec<f64>>> =
+            self.layers.iter().map(|l| ttfs::delay_factors(&self.neuron, l)).collect();
 
         struct Part {
             gw: Vec<Vec<f64>>,
@@ -251,9 +255,8 @@ impl<'a> Network<'a> {
                             &inputs,
                             &outputs,
                             &g_cur,
-                            &mut part.gw[l],
-                            &mut part.gd[l],
-                            &mut g_in,
+                            factors[l].as_deref(),
+                            (&mut part.gw[l], &mut part.gd[l], &mut g_in),
                             &mut scratch,
                         );
                         std::mem::swap(&mut g_cur, &mut g_in);

@@ -119,20 +119,6 @@ impl Neuron {
         self.kernel_from(s, em, es)
     }
 
-    /// `K(s)` given `es = exp(-s / tau_s)` already computed (the backward pass needs both).
-    #[inline]
-    pub fn kernel_with(&self, s: f64, es: f64) -> f64 {
-        if s <= 0.0 {
-            return 0.0;
-        }
-        let em = match self.solver {
-            Solver::LambertW => es,
-            Solver::Quadratic => es.sqrt(),
-            Solver::Bracketed => (-s * self.inv_tau_m).exp(),
-        };
-        self.kernel_from(s, em, es)
-    }
-
     /// `dK/ds`, from the ODE itself: `K' = -K / tau_m + exp(-s / tau_s)`.
     #[inline]
     pub fn kernel_ds(&self, s: f64) -> f64 {
@@ -151,6 +137,31 @@ impl Neuron {
         }
         let (em, es) = self.decays(s);
         (v * em + i * self.kernel_from(s, em, es), i * es)
+    }
+
+    /// [`Neuron::evolve`] with the decays `(exp(-s/tau_m), exp(-s/tau_s))` supplied.
+    #[inline]
+    pub fn evolve_with(&self, v: f64, i: f64, s: f64, em: f64, es: f64) -> (f64, f64) {
+        if s <= 0.0 {
+            return (v, i);
+        }
+        (v * em + i * self.kernel_from(s, em, es), i * es)
+    }
+
+    /// Whether both decays are powers of the single factor `exp(-s/tau_m)` (ratio 1 or 2), so
+    /// that they can be built from per-spike and per-synapse factors without calling `exp`.
+    pub fn single_rate(&self) -> bool {
+        self.solver != Solver::Bracketed
+    }
+
+    /// `exp(-s/tau_s)` from `em = exp(-s/tau_m)` for a [`Neuron::single_rate`] neuron.
+    #[inline]
+    pub fn es_from_em(&self, em: f64) -> f64 {
+        if self.solver == Solver::Quadratic {
+            em * em
+        } else {
+            em
+        }
     }
 
     /// `V` after `s >= 0` of free evolution.

@@ -23,14 +23,16 @@ pub type In = (u32, f64);
 pub struct Scratch {
     arrivals: Vec<(f64, f64, u32)>,
     order: Vec<(f64, u32)>,
-    exps: Vec<f64>,
+    exps: Vec<(f64, f64)>,
     by_time: Vec<In>,
+    fwd: Vec<(f64, f64, f64)>,
+    up: Vec<f64>,
 }
 
 /// Sorts arrivals by time. Inputs are pre-sorted by spike time, so with delays that are small
 /// against the gaps between spikes the arrivals are nearly sorted and insertion sort is linear.
 #[inline]
-fn sort_arrivals(arrivals: &mut [(f64, f64, u32)]) {
+fn sort_arrivals<T: Copy>(arrivals: &mut [(f64, f64, T)]) {
     if arrivals.len() > 48 {
         // Arrival times are finite (inputs and parameters are validated).
         arrivals.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
@@ -52,7 +54,18 @@ fn sort_arrivals(arrivals: &mut [(f64, f64, u32)]) {
 const SLOPE_FLOOR: f64 = 1e-12;
 
 /// First spike time of one neuron given its arrivals sorted by time: `(arrival, weight, _)`.
-pub fn first_spike(n: &Neuron, arrivals: &[(f64, f64, u32)]) -> Option<f64> {
+pub fn first_spike<T: Copy>(n: &Neuron, arrivals: &[(f64, f64, T)]) -> Option<f64> {
+    scan(n, arrivals, |_, _, len| n.decays(len))
+}
+
+/// The causal-set scan. `decay(k, m, len)` gives `(exp(-len/tau_m), exp(-len/tau_s))` for the
+/// interval from arrival `k` to arrival `m`, `len` long.
+#[inline]
+fn scan<T: Copy>(
+    n: &Neuron,
+    arrivals: &[(f64, f64, T)],
+    decay: impl Fn(usize, usize, f64) -> (f64, f64),
+) -> Option<f64> {
     let (mut v, mut i) = (0.0, 0.0);
     let mut k = 0;
     while k < arrivals.len() {
@@ -70,7 +83,8 @@ pub fn first_spike(n: &Neuron, arrivals: &[(f64, f64, u32)]) -> Option<f64> {
             return first_crossing(n, v, i, f64::INFINITY).map(|s| a + s);
         }
         let len = arrivals[k].0 - a;
-        let (v_end, i_end) = n.evolve(v, i, len);
+        let (em, es) = decay(k - 1, k, len);
+        let (v_end, i_end) = n.evolve_with(v, i, len, em, es);
         if let Some(s) = crossing_in_interval(n, v, i, len, v_end, i_end) {
             return Some(a + s);
         }
@@ -79,16 +93,41 @@ pub fn first_spike(n: &Neuron, arrivals: &[(f64, f64, u32)]) -> Option<f64> {
     None
 }
 
+/// `exp(d_ji / tau_m)` for every synapse of a layer, for [`layer_forward`]'s exp-free scan;
+/// `None` when the neuron's ratio needs two rates.
+///
+/// Why: the decay over an interval is `exp(-(a_m - a_k)/tau_m) = x_k / x_m` with
+/// `x = exp((t - t_ref)/tau_m) exp(d/tau_m)` per arrival, a product of one factor per input
+/// spike (shared by all targets) and one per synapse (shared by the whole batch). That removes
+/// the exponential from every interval of the scan, which was most of its cost.
+pub fn delay_factors(n: &Neuron, layer: &LayerRef) -> Option<Vec<f64>> {
+    if !n.single_rate() {
+        return None;
+    }
+    let mut f = Vec::with_capacity(layer.n_out * layer.n_in);
+    for j in 0..layer.n_out {
+        for i in 0..layer.n_in {
+            f.push((layer.delay(j, i) * n.inv_tau_m).exp());
+        }
+    }
+    Some(f)
+}
+
+/// Spans longer than this many `tau_m` would overflow the factors: such samples take the
+/// exponential path.
+const MAX_FACTOR_SPAN: f64 = 500.0;
+
 /// Forward pass of one TTFS layer for one sample. Appends `(neuron, time)` for every output
 /// neuron that spikes, in neuron order.
 pub fn layer_forward(
     n: &Neuron,
     layer: &LayerRef,
     inputs: &[In],
+    factors: Option<&[f64]>,
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) {
-    let Scratch { arrivals, order, by_time, .. } = scratch;
+    let Scratch { order, by_time, fwd, up, .. } = scratch;
     if inputs.is_empty() {
         return;
     }
@@ -96,24 +135,49 @@ pub fn layer_forward(
     by_time.extend_from_slice(inputs);
     by_time.sort_unstable_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
     let inputs = &by_time[..];
+    let t_ref = inputs[0].1;
+    let max_delay = layer.delays.iter().fold(0.0_f64, |m, &d| m.max(d));
+    let span = inputs[inputs.len() - 1].1 - t_ref + max_delay;
+    let factors = factors.filter(|_| span * n.inv_tau_m < MAX_FACTOR_SPAN);
+    up.clear();
+    if factors.is_some() {
+        up.extend(inputs.iter().map(|&(_, t)| ((t - t_ref) * n.inv_tau_m).exp()));
+    }
     // Without synaptic delays the arrival order is the same for every target: sort once.
     let shared_order = layer.kind != DelayKind::Synaptic;
     if shared_order {
         order.clear();
-        order.extend(inputs.iter().map(|&(i, t)| (t + axonal(layer, i as usize), i)));
+        order.extend(inputs.iter().enumerate().map(|(r, &(i, t))| (t + axonal(layer, i as usize), r as u32)));
         order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
     }
     for j in 0..layer.n_out {
-        arrivals.clear();
+        fwd.clear();
+        let row = &layer.weights[j * layer.n_in..(j + 1) * layer.n_in];
+        let frow = factors.map(|f| &f[j * layer.n_in..(j + 1) * layer.n_in]);
+        let factor = |r: usize, i: usize| frow.map_or(0.0, |f| up[r] * f[i]);
         if shared_order {
             let dj = dend(layer, j);
-            let row = &layer.weights[j * layer.n_in..(j + 1) * layer.n_in];
-            arrivals.extend(order.iter().map(|&(a, i)| (a + dj, row[i as usize], i)));
+            fwd.extend(order.iter().map(|&(a, r)| {
+                let i = inputs[r as usize].0 as usize;
+                (a + dj, row[i], factor(r as usize, i))
+            }));
         } else {
-            fill_arrivals(layer, j, inputs, arrivals);
-            sort_arrivals(arrivals);
+            fwd.extend(inputs.iter().enumerate().map(|(r, &(i, t))| {
+                let i = i as usize;
+                (t + layer.delays[j * layer.n_in + i], row[i], factor(r, i))
+            }));
+            sort_arrivals(fwd);
         }
-        if let Some(t) = first_spike(n, arrivals) {
+        let t = if frow.is_some() {
+            let f = &fwd[..];
+            scan(n, f, |k, m, _| {
+                let em = f[k].2 / f[m].2;
+                (em, n.es_from_em(em))
+            })
+        } else {
+            first_spike(n, fwd)
+        };
+        if let Some(t) = t {
             out.push((j as u32, t));
         }
     }
@@ -156,42 +220,64 @@ pub fn layer_backward(
     inputs: &[In],
     outputs: &[In],
     gout: &[f64],
-    gw: &mut [f64],
-    gd: &mut [f64],
-    gin: &mut [f64],
+    factors: Option<&[f64]>,
+    grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut Scratch,
 ) {
-    let Scratch { arrivals, exps, .. } = scratch;
+    let (gw, gd, gin) = grads;
+    let Scratch { arrivals, exps, up, .. } = scratch;
+    if inputs.is_empty() {
+        return;
+    }
+    // The same per-spike x per-synapse factors as the forward scan, so that each causal
+    // arrival costs a product instead of an exponential.
+    let t_ref = inputs.iter().fold(f64::INFINITY, |m, x| m.min(x.1));
+    up.clear();
+    if factors.is_some() {
+        up.extend(inputs.iter().map(|&(_, t)| ((t - t_ref) * n.inv_tau_m).exp()));
+    }
     for (&(j, t_out), &g) in outputs.iter().zip(gout) {
         if g == 0.0 {
             continue;
         }
         let j = j as usize;
+        let frow = factors
+            .filter(|_| (t_out - t_ref) * n.inv_tau_m < MAX_FACTOR_SPAN)
+            .map(|f| &f[j * layer.n_in..(j + 1) * layer.n_in]);
+        let y = (-(t_out - t_ref) * n.inv_tau_m).exp();
         arrivals.clear();
         fill_arrivals(layer, j, inputs, arrivals);
         // Causal set: arrivals strictly before the spike (an arrival at T has K = 0 and
         // does not influence the crossing from the left). First pass: the current at T, with
-        // each arrival's exp(-s/tau_s) kept for the second pass.
+        // each arrival's decays kept for the second pass.
         let mut current = 0.0;
         exps.clear();
-        for &(a, w, _) in arrivals.iter() {
-            let e = if a < t_out { (-(t_out - a) * n.inv_tau_s).exp() } else { f64::NAN };
+        for &(a, w, r) in arrivals.iter() {
+            let d = if a >= t_out {
+                (f64::NAN, f64::NAN)
+            } else if let Some(f) = frow {
+                let em = up[r as usize] * f[inputs[r as usize].0 as usize] * y;
+                (em, n.es_from_em(em))
+            } else {
+                let s = t_out - a;
+                ((-s * n.inv_tau_m).exp(), (-s * n.inv_tau_s).exp())
+            };
             if a < t_out {
-                current += w * e;
+                current += w * d.1;
             }
-            exps.push(e);
+            exps.push(d);
         }
         let slope = (current - n.theta * n.inv_tau_m).max(SLOPE_FLOOR);
         let scale = g / slope;
-        for (&(a, w, r), &e) in arrivals.iter().zip(exps.iter()) {
+        for (&(a, w, r), &(em, es)) in arrivals.iter().zip(exps.iter()) {
             if a >= t_out {
                 continue;
             }
-            let k = n.kernel_with(t_out - a, e);
+            let k = n.kernel_from(t_out - a, em, es);
             let i = inputs[r as usize].0 as usize;
             gw[j * layer.n_in + i] -= scale * k;
             // K'(s) = -K(s)/tau_m + exp(-s/tau_s)
-            let ga = scale * w * (e - k * n.inv_tau_m);
+            let ga = scale * w * (es - k * n.inv_tau_m);
             gd[j * layer.n_in + i] += ga;
             gin[r as usize] += ga;
         }
