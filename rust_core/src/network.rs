@@ -34,6 +34,8 @@ pub struct Input<'a> {
     pub table: &'a SpikeTable,
     pub grouping: &'a Grouping,
     pub select: Option<&'a [u32]>,
+    /// One more than the largest neuron id in the table.
+    pub n_channels: usize,
 }
 
 impl Input<'_> {
@@ -73,7 +75,7 @@ impl SpikeSet {
                 )));
             }
         }
-        Ok(Input { table: &self.table, grouping: &self.grouping, select })
+        Ok(Input { table: &self.table, grouping: &self.grouping, select, n_channels: self.n_channels })
     }
 }
 
@@ -107,8 +109,12 @@ impl<'a> Network<'a> {
     }
 
     fn check_input(&self, input: &Input) -> Result<()> {
-        // Per-row ids were checked when the set was built; only the width is network-specific.
+        // Per-row ids were checked when the set was built; only the width is network-specific,
+        // and the set knows its largest id, so the rows are only scanned to name the culprit.
         let n_in = self.n_in();
+        if input.n_channels <= n_in {
+            return Ok(());
+        }
         let t = input.table;
         if let Some(r) = t.neuron().iter().position(|&j| j as usize >= n_in) {
             return Err(spikes_err(format!(
@@ -142,7 +148,7 @@ impl<'a> Network<'a> {
         self.check_input(input)?;
         let n_samples = input.n_samples();
         let table = input.table;
-        let factors: Vec<Option<Vec<f64>>> =
+        let factors: Vec<Option<ttfs::DelayFactors>> =
             self.layers.iter().map(|l| ttfs::delay_factors(&self.neuron, l)).collect();
         let parts: Vec<Vec<Spikes>> = chunks(n_samples)
             .into_par_iter()
@@ -157,7 +163,7 @@ impl<'a> Network<'a> {
                     cur.extend(input.rows(s).map(|r| (table.neuron()[r], table.time()[r])));
                     for ((layer, out), f) in self.layers.iter().zip(outs.iter_mut()).zip(&factors) {
                         next.clear();
-                        ttfs::layer_forward(&self.neuron, layer, &cur, f.as_deref(), &mut next, &mut scratch);
+                        ttfs::layer_forward(&self.neuron, layer, &cur, f.as_ref(), &mut next, &mut scratch);
                         for &(j, t) in &next {
                             out.neuron.push(j);
                             out.time.push(t);
@@ -206,7 +212,7 @@ impl<'a> Network<'a> {
             return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
         }
         let n_layers = self.layers.len();
-        let factors: Vec<Option<Vec<f64>>> =
+        let factors: Vec<Option<ttfs::DelayFactors>> =
             self.layers.iter().map(|l| ttfs::delay_factors(&self.neuron, l)).collect();
 
         struct Part {
@@ -255,7 +261,7 @@ impl<'a> Network<'a> {
                             &inputs,
                             &outputs,
                             &g_cur,
-                            factors[l].as_deref(),
+                            factors[l].as_ref(),
                             (&mut part.gw[l], &mut part.gd[l], &mut g_in),
                             &mut scratch,
                         );

@@ -100,17 +100,27 @@ fn scan<T: Copy>(
 /// `x = exp((t - t_ref)/tau_m) exp(d/tau_m)` per arrival, a product of one factor per input
 /// spike (shared by all targets) and one per synapse (shared by the whole batch). That removes
 /// the exponential from every interval of the scan, which was most of its cost.
-pub fn delay_factors(n: &Neuron, layer: &LayerRef) -> Option<Vec<f64>> {
+pub fn delay_factors(n: &Neuron, layer: &LayerRef) -> Option<DelayFactors> {
     if !n.single_rate() {
         return None;
     }
-    let mut f = Vec::with_capacity(layer.n_out * layer.n_in);
+    let mut per_synapse = Vec::with_capacity(layer.n_out * layer.n_in);
     for j in 0..layer.n_out {
         for i in 0..layer.n_in {
-            f.push((layer.delay(j, i) * n.inv_tau_m).exp());
+            per_synapse.push((layer.delay(j, i) * n.inv_tau_m).exp());
         }
     }
-    Some(f)
+    let max_delay = layer.delays.iter().fold(0.0_f64, |m, &d| m.max(d));
+    Some(DelayFactors { per_synapse, max_delay })
+}
+
+/// Per-batch data of a layer for the exp-free scan (see [`delay_factors`]).
+#[derive(Debug, Clone)]
+pub struct DelayFactors {
+    /// `exp(d_ji / tau_m)`, `(n_out, n_in)` row-major.
+    pub per_synapse: Vec<f64>,
+    /// The largest delay, which bounds a sample's span of arrival times.
+    pub max_delay: f64,
 }
 
 /// Spans longer than this many `tau_m` would overflow the factors: such samples take the
@@ -123,7 +133,7 @@ pub fn layer_forward(
     n: &Neuron,
     layer: &LayerRef,
     inputs: &[In],
-    factors: Option<&[f64]>,
+    factors: Option<&DelayFactors>,
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) {
@@ -136,9 +146,9 @@ pub fn layer_forward(
     by_time.sort_unstable_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
     let inputs = &by_time[..];
     let t_ref = inputs[0].1;
-    let max_delay = layer.delays.iter().fold(0.0_f64, |m, &d| m.max(d));
-    let span = inputs[inputs.len() - 1].1 - t_ref + max_delay;
-    let factors = factors.filter(|_| span * n.inv_tau_m < MAX_FACTOR_SPAN);
+    let factors = factors
+        .filter(|f| (inputs[inputs.len() - 1].1 - t_ref + f.max_delay) * n.inv_tau_m < MAX_FACTOR_SPAN)
+        .map(|f| &f.per_synapse[..]);
     up.clear();
     if factors.is_some() {
         up.extend(inputs.iter().map(|&(_, t)| ((t - t_ref) * n.inv_tau_m).exp()));
@@ -220,7 +230,7 @@ pub fn layer_backward(
     inputs: &[In],
     outputs: &[In],
     gout: &[f64],
-    factors: Option<&[f64]>,
+    factors: Option<&DelayFactors>,
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut Scratch,
 ) {
@@ -229,6 +239,7 @@ pub fn layer_backward(
     if inputs.is_empty() {
         return;
     }
+    let factors = factors.map(|f| &f.per_synapse[..]);
     // The same per-spike x per-synapse factors as the forward scan, so that each causal
     // arrival costs a product instead of an exponential.
     let t_ref = inputs.iter().fold(f64::INFINITY, |m, x| m.min(x.1));
