@@ -435,6 +435,14 @@ fn loss<'py>(
     Ok((out.loss, matrix(py, shape[0], shape[1], out.grad), out.predictions.into_pyarray(py)))
 }
 
+/// Earliest-spiking neuron of each row of `times` (n_samples, n_out); -1 when all are silent.
+#[pyfunction]
+fn predict<'py>(py: Python<'py>, times: PyReadonlyArray2<'py, f64>) -> PyResult<Bound<'py, PyArray1<i64>>> {
+    let n_out = times.shape()[1];
+    let t = times.as_slice().map_err(|_| ShapeError::new_err("times must be C-contiguous"))?;
+    Ok(core::loss::predict(t, n_out).into_pyarray(py))
+}
+
 /// Data-buffer addresses of the spike columns as the core reads them (zero-copy checks).
 #[pyfunction]
 fn _column_addresses<'py>(py: Python<'py>, spikes: AnyRecordBatch) -> PyResult<Bound<'py, PyDict>> {
@@ -453,6 +461,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Trace>()?;
     m.add_class::<PySpikeSet>()?;
     m.add_function(wrap_pyfunction!(loss, m)?)?;
+    m.add_function(wrap_pyfunction!(predict, m)?)?;
     m.add_function(wrap_pyfunction!(layer_forward, m)?)?;
     m.add_function(wrap_pyfunction!(layer_backward, m)?)?;
     m.add_function(wrap_pyfunction!(network_forward, m)?)?;

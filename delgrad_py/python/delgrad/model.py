@@ -10,9 +10,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from delgrad import _core
 from delgrad._core import ShapeError
 from delgrad.data.encoding import LatencyEncoder
-from delgrad.losses import LossConfig, spike_time_loss
 from delgrad.network import Network
 
 
@@ -52,9 +52,7 @@ class Model:
 
     def predict(self, features: ArrayLike) -> NDArray[np.int64]:
         """Class of each row: the output neuron that spikes first (-1 if none spikes)."""
-        t = self.output_times(features)
-        dummy = np.zeros(len(t), dtype=np.int64)
-        return spike_time_loss(t, dummy, LossConfig()).predictions
+        return _core.predict(self.output_times(features))
 
     # --- persistence -------------------------------------------------------------------------
 
