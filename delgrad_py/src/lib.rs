@@ -325,6 +325,14 @@ impl PySpikeSet {
     fn __len__(&self) -> usize {
         self.n_samples()
     }
+    /// The spikes of samples `select` (all when None) as one RecordBatch, samples renumbered
+    /// `0..len(select)` in the order given.
+    #[pyo3(signature = (select=None))]
+    fn select(&self, py: Python<'_>, select: Option<PyReadonlyArray1<'_, u32>>) -> PyResult<Py<PyAny>> {
+        let sel = select_slice(&select)?;
+        let spikes = py.detach(|| self.inner.gather(sel)).map_err(to_py)?;
+        Ok(PyRecordBatch::new(spikes.to_record_batch(None)).into_pyarrow(py)?.unbind())
+    }
     fn __repr__(&self) -> String {
         format!("SpikeSet(n_samples={}, n_spikes={})", self.n_samples(), self.n_spikes())
     }
@@ -358,8 +366,8 @@ fn network_forward(
 /// Gradients for a network given `grad_times`, `dL/dT` on the output layer's first spike times,
 /// shape (n_samples, n_out) (entries of silent neurons are ignored).
 #[pyfunction]
-#[pyo3(signature = (spikes, select, layers, neuron, trace, grad_times))]
-#[allow(clippy::type_complexity)]
+#[pyo3(signature = (spikes, select, layers, neuron, trace, grad_times, min_slope=None))]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
 fn network_backward<'py>(
     py: Python<'py>,
     spikes: &PySpikeSet,
@@ -368,9 +376,13 @@ fn network_backward<'py>(
     neuron: &PyNeuron,
     trace: &Trace,
     grad_times: PyReadonlyArray2<'py, f64>,
+    min_slope: Option<f64>,
 ) -> PyResult<(Vec<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>)>, Bound<'py, PyArray1<f64>>)> {
     let args = extract_layers(layers)?;
-    let net = Network::new(neuron.inner, layer_refs(&args)?).map_err(to_py)?;
+    let mut net = Network::new(neuron.inner, layer_refs(&args)?).map_err(to_py)?;
+    if let Some(m) = min_slope {
+        net = net.with_min_slope(m).map_err(to_py)?;
+    }
     let input = spikes.inner.input(select_slice(&select)?).map_err(to_py)?;
     if input.n_samples() != trace.n_samples {
         return Err(ShapeError::new_err(format!(

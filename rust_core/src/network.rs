@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use rayon::prelude::*;
 
-use crate::error::{shape_err, spikes_err, Result};
+use crate::error::{param_err, shape_err, spikes_err, Result};
 use crate::layer::{LayerGrad, LayerRef};
 use crate::neuron::Neuron;
 use crate::spikes::{Grouping, RowIter, SpikeTable, Spikes};
@@ -16,6 +16,10 @@ use crate::ttfs::{self, In, Scratch};
 pub struct Network<'a> {
     pub neuron: Neuron,
     pub layers: Vec<LayerRef<'a>>,
+    /// Floor on `V'(T)` in the gradient formulas. Exact spike times never go below it except at
+    /// a tangency; recorded (hardware) times can sit where the host's model has `V' <= 0`, and
+    /// a larger floor bounds what those spikes contribute.
+    pub min_slope: f64,
 }
 
 /// Gradients of a loss for every layer and for every input spike row.
@@ -77,13 +81,49 @@ impl SpikeSet {
         }
         Ok(Input { table: &self.table, grouping: &self.grouping, select, n_channels: self.n_channels })
     }
+
+    /// The spikes of samples `select`, renumbered `0..select.len()` in that order, in the input
+    /// order within each sample (what a hardware run or a log needs as one table).
+    pub fn gather(&self, select: Option<&[u32]>) -> Result<Spikes> {
+        let input = self.input(select)?;
+        let n = input.n_samples();
+        let (neurons, times) = (self.table.neuron(), self.table.time());
+        let mut out = Spikes { offsets: Vec::with_capacity(n + 1), neuron: Vec::new(), time: Vec::new() };
+        out.offsets.push(0);
+        for s in 0..n {
+            for r in input.rows(s) {
+                out.neuron.push(neurons[r]);
+                out.time.push(times[r]);
+            }
+            out.offsets.push(out.neuron.len());
+        }
+        Ok(out)
+    }
 }
+
+/// Batches smaller than this run on the calling thread: waking rayon's workers costs more than
+/// the work, and on a loaded machine it can cost milliseconds of scheduling latency (what a
+/// hardware loop of small batches notices).
+const PARALLEL_MIN_SAMPLES: usize = 64;
 
 /// Deterministic split of `n` samples into chunks: enough for load balancing, few enough that
 /// per-chunk gradient buffers stay small.
 fn chunks(n: usize) -> Vec<Range<usize>> {
+    if n < PARALLEL_MIN_SAMPLES {
+        return std::iter::once(0..n).collect();
+    }
     let size = n.div_ceil(64).max(16);
     (0..n).step_by(size).map(|s| s..(s + size).min(n)).collect()
+}
+
+/// `f` over the chunks of `n` samples, in chunk order; in parallel unless there is one chunk.
+fn map_chunks<T: Send>(n: usize, f: impl Fn(Range<usize>) -> T + Sync + Send) -> Vec<T> {
+    let ranges = chunks(n);
+    if ranges.len() == 1 {
+        ranges.into_iter().map(f).collect()
+    } else {
+        ranges.into_par_iter().map(f).collect()
+    }
 }
 
 impl<'a> Network<'a> {
@@ -101,7 +141,16 @@ impl<'a> Network<'a> {
                 )));
             }
         }
-        Ok(Self { neuron, layers })
+        Ok(Self { neuron, layers, min_slope: ttfs::SLOPE_FLOOR })
+    }
+
+    /// Sets the floor on `V'(T)` used by `backward` (see the field).
+    pub fn with_min_slope(mut self, min_slope: f64) -> Result<Self> {
+        if !(min_slope.is_finite() && min_slope > 0.0) {
+            return Err(param_err(format!("min_slope must be finite and > 0, got {min_slope}")));
+        }
+        self.min_slope = min_slope;
+        Ok(self)
     }
 
     pub fn n_in(&self) -> usize {
@@ -150,9 +199,7 @@ impl<'a> Network<'a> {
         let table = input.table;
         let factors: Vec<Option<ttfs::DelayFactors>> =
             self.layers.iter().map(|l| ttfs::delay_factors(&self.neuron, l)).collect();
-        let parts: Vec<Vec<Spikes>> = chunks(n_samples)
-            .into_par_iter()
-            .map(|range| {
+        let parts: Vec<Vec<Spikes>> = map_chunks(n_samples, |range| {
                 let mut scratch = Scratch::default();
                 let mut outs: Vec<Spikes> =
                     self.layers.iter().map(|_| Spikes { offsets: vec![0], ..Default::default() }).collect();
@@ -173,8 +220,7 @@ impl<'a> Network<'a> {
                     }
                 }
                 outs
-            })
-            .collect();
+            });
         let mut per_layer: Vec<Vec<Spikes>> = self.layers.iter().map(|_| Vec::new()).collect();
         for part in parts {
             for (l, sp) in part.into_iter().enumerate() {
@@ -220,9 +266,7 @@ impl<'a> Network<'a> {
             gd: Vec<Vec<f64>>,
             gin: Vec<(usize, f64)>,
         }
-        let parts: Vec<Part> = chunks(n_samples)
-            .into_par_iter()
-            .map(|range| {
+        let parts: Vec<Part> = map_chunks(n_samples, |range| {
                 let mut scratch = Scratch::default();
                 let mut part = Part {
                     gw: self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect(),
@@ -262,6 +306,7 @@ impl<'a> Network<'a> {
                             &outputs,
                             &g_cur,
                             factors[l].as_ref(),
+                            self.min_slope,
                             (&mut part.gw[l], &mut part.gd[l], &mut g_in),
                             &mut scratch,
                         );
@@ -270,8 +315,7 @@ impl<'a> Network<'a> {
                     part.gin.extend(rows.iter().copied().zip(g_cur.iter().copied()));
                 }
                 part
-            })
-            .collect();
+            });
 
         let mut gw: Vec<Vec<f64>> = self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect();
         let mut gd = gw.clone();

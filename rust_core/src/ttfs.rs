@@ -49,9 +49,9 @@ fn sort_arrivals<T: Copy>(arrivals: &mut [(f64, f64, T)]) {
     }
 }
 
-/// The smallest `V'(T)` used in a gradient. At an exact tangency the true derivative is
-/// infinite; this floor keeps it finite (and huge) instead of producing inf/NaN.
-const SLOPE_FLOOR: f64 = 1e-12;
+/// The smallest `V'(T)` used in a gradient by default. At an exact tangency the true derivative
+/// is infinite; this floor keeps it finite (and huge) instead of producing inf/NaN.
+pub const SLOPE_FLOOR: f64 = 1e-12;
 
 /// First spike time of one neuron given its arrivals sorted by time: `(arrival, weight, _)`.
 pub fn first_spike<T: Copy>(n: &Neuron, arrivals: &[(f64, f64, T)]) -> Option<f64> {
@@ -231,6 +231,7 @@ pub fn layer_backward(
     outputs: &[In],
     gout: &[f64],
     factors: Option<&DelayFactors>,
+    min_slope: f64,
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut Scratch,
 ) {
@@ -278,7 +279,7 @@ pub fn layer_backward(
             }
             exps.push(d);
         }
-        let slope = (current - n.theta * n.inv_tau_m).max(SLOPE_FLOOR);
+        let slope = (current - n.theta * n.inv_tau_m).max(min_slope);
         let scale = g / slope;
         for (&(a, w, r), &(em, es)) in arrivals.iter().zip(exps.iter()) {
             if a >= t_out {

@@ -36,6 +36,7 @@ class SpikeSet:
     @property
     def n_channels(self) -> int: ...
     def __len__(self) -> int: ...
+    def select(self, select: NDArray[np.uint32] | None = None) -> pa.RecordBatch: ...
 
 @final
 class Trace:
@@ -81,6 +82,7 @@ def network_backward(
     neuron: Neuron,
     trace: Trace,
     grad_times: NDArray[np.float64],
+    min_slope: float | None = None,
 ) -> tuple[list[tuple[NDArray[np.float64], NDArray[np.float64]]], NDArray[np.float64]]: ...
 def loss(
     times: NDArray[np.float64],

@@ -164,6 +164,7 @@ class Network:
         grad_times: ArrayLike,
         *,
         select: ArrayLike | None = None,
+        min_slope: float | None = None,
     ) -> NetworkGrad:
         """Gradients given ``grad_times = dL/dT``, shape ``(n_samples, n_out)``, on the output
         layer's first spike times (entries of silent neurons are ignored).
@@ -171,11 +172,16 @@ class Network:
         ``trace`` may come from :meth:`forward` or be built from recorded spikes with
         ``Trace.from_tables`` (training in the loop). ``grads.inputs`` is aligned with the rows
         of the input table (rows of unselected samples get 0).
+
+        ``min_slope`` floors the membrane slope ``V'(T)`` in the formulas (default 1e-12, only
+        ever reached at a tangency). Recorded spikes can sit where the host's model of the neuron
+        is flat or falling (threshold mismatch on a chip); a floor of a few percent of
+        ``theta / tau_m`` keeps their contributions bounded.
         """
         spikes = as_spike_set(spikes, trace.n_samples if select is None else None)
         g = as_f64(grad_times, "grad_times", ndim=2)
         layers, gin = _core.network_backward(
-            spikes, _select(select), self._args(), self.neuron, trace, g
+            spikes, _select(select), self._args(), self.neuron, trace, g, min_slope
         )
         return NetworkGrad(layers=layers, inputs=gin)
 

@@ -6,6 +6,9 @@ Run directory::
     config.toml          the resolved configuration (after --set overrides)
     data/                spikes.parquet + samples.parquet (encoded data set)
     metrics.parquet      one row per epoch
+    hardware.json        in-the-loop runs only: backend, realised configuration, counters and
+                         the trained model's accuracy measured on the hardware
+    hw_daemon.log        the log of the daemon the pipeline started (if it started one)
     spikes_test.parquet  test-set spikes of every layer (sample, neuron, time, layer)
     model/               network.npz + model.json (Model.load)
     checkpoint/          resumable training state
@@ -15,8 +18,11 @@ Run directory::
 from __future__ import annotations
 
 import copy
+import json
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +130,10 @@ def _raw_splits(cfg: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 def encoder_of(cfg: dict[str, Any]) -> LatencyEncoder:
-    return LatencyEncoder(**cfg["encoding"])
+    enc = dict(cfg["encoding"])
+    if enc.get("bias_time") is False:  # TOML has no null: `bias_time = false` means no bias input
+        enc["bias_time"] = None
+    return LatencyEncoder(**enc)
 
 
 def encode(cfg: dict[str, Any], run_dir: Path) -> Path:
@@ -181,18 +190,81 @@ def run(
 
     net = build_network(cfg, n_in, n_classes(cfg))
     tcfg = TrainConfig.from_dict(cfg["train"])
-    trainer = Trainer(net, tcfg, forward=forward)
+    splits = {"train": train, "validation": val, "test": test}
 
-    t0 = time.perf_counter()
-    with _progress(progress, tcfg.epochs) as on_epoch:
-        history = trainer.fit(train, {"validation": val, "test": test}, run_dir=run_dir, on_epoch=on_epoch)
-    wall = time.perf_counter() - t0
+    with hardware_loop(cfg, run_dir) as loop:
+        trainer = Trainer(net, tcfg, forward=forward or loop)
+        t0 = time.perf_counter()
+        with _progress(progress, tcfg.epochs) as on_epoch:
+            history = trainer.fit(train, {"validation": val, "test": test}, run_dir=run_dir, on_epoch=on_epoch)
+        wall = time.perf_counter() - t0
+        if loop is not None:
+            _write_hardware_record(run_dir, loop, net, splits, tcfg, cfg)
     pl.DataFrame(history).write_parquet(run_dir / "metrics.parquet")
 
     model = Model(net, encoder_of(cfg), cfg["data"]["dataset"], int(_raw_dim(data_dir)))
     model.save(run_dir)
     evaluate_run(run_dir, train_seconds=wall)
     return run_dir
+
+
+@contextmanager
+def hardware_loop(cfg: dict[str, Any], run_dir: Path) -> Iterator[Any]:
+    """The pipeline's ``[hardware]`` table as a :class:`HardwareLoop` (None without one).
+
+    With no ``endpoint`` the pipeline starts its own emulator daemon on a free loopback port
+    and stops that process, by its pid, when training ends.
+    """
+    hw = cfg.get("hardware")
+    if not hw or not hw.get("enabled", True):
+        yield None
+        return
+    from delgrad.hardware import HardwareClient, HardwareLoop, start_daemon
+
+    unknown = set(hw) - {"enabled", "endpoint", "backend", "chip_seed", "ideal", "weight_scale",
+                         "input_replication", "max_batch", "timeout", "retries", "seed"}
+    if unknown:
+        raise ValueError(f"[hardware]: unknown keys {sorted(unknown)}")
+    daemon = None
+    endpoint = hw.get("endpoint") or ""
+    if not endpoint:
+        daemon = start_daemon("tcp://127.0.0.1:*", backend=hw.get("backend", "emulator"),
+                              chip_seed=int(hw.get("chip_seed", 0)),
+                              args=["--ideal"] if hw.get("ideal", False) else [],
+                              log_path=run_dir / "hw_daemon.log")
+        endpoint = daemon.endpoint
+    try:
+        with HardwareClient(endpoint, timeout=float(hw.get("timeout", 30.0)),
+                            retries=int(hw.get("retries", 5))) as client:
+            yield HardwareLoop(client, seed=int(hw.get("seed", cfg["train"].get("seed", 0))),
+                               weight_scale=hw.get("weight_scale"),
+                               input_replication=int(hw.get("input_replication", 1)),
+                               max_batch=int(hw.get("max_batch", 1000)))
+    finally:
+        if daemon is not None:
+            daemon.stop()
+
+
+def _write_hardware_record(run_dir: Path, loop: Any, net: Network, splits: dict[str, Split],
+                           tcfg: TrainConfig, cfg: dict[str, Any]) -> None:
+    """Measures the trained (restored best) parameters on the hardware and writes
+    ``hardware.json``: what the report quotes as the in-the-loop result."""
+    accuracy = {}
+    for name, split in splits.items():
+        r = evaluate(net, split, tcfg.loss, loop)
+        accuracy[name] = {"acc": r.accuracy, "loss": r.loss}
+    configured = loop.configure(net)
+    record = {
+        "endpoint": loop.client.endpoint,
+        "hardware": {k: v for k, v in cfg["hardware"].items()},
+        "backend": loop.client.hello(),
+        "config_id": configured.config_id,
+        "realised": loop.client.config_info(configured.config_id).get("report"),
+        "counters": loop.counters,
+        "client": loop.client.stats,
+        "accuracy": accuracy,
+    }
+    (run_dir / "hardware.json").write_text(json.dumps(record, indent=1, default=float))
 
 
 def _raw_dim(data_dir: Path) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,24 @@ def plot_delays(network, out: Path) -> str | None:
     return _save(fig, out / "delays.png")
 
 
+def _hardware_lines(hw: dict[str, Any]) -> list[str]:
+    backend = hw.get("backend", {})
+    caps = backend.get("capabilities", {})
+    c = hw.get("counters", {})
+    lines = [
+        f"Trained in the loop on `{backend.get('backend', '?')}` ({caps.get('model', '')}, chip seed "
+        f"{caps.get('chip_seed', '?')}) through `{hw.get('endpoint')}`: {c.get('runs', 0)} runs, "
+        f"{c.get('configures', 0)} configurations, {c.get('dropped_inputs', 0)} dropped inputs, "
+        f"{c.get('lost_events', 0)} lost events. Measured on the hardware:",
+        "",
+        "| split | accuracy | loss |",
+        "|---|---|---|",
+    ]
+    for name, r in hw.get("accuracy", {}).items():
+        lines.append(f"| {name} | {100 * r['acc']:.2f} % | {r['loss']:.5f} |")
+    return lines
+
+
 def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, float], split, ev,
                  train_seconds: float | None) -> Path:
     """Writes ``plots/*.png`` and ``report.md`` for a finished run."""
@@ -133,6 +152,11 @@ def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, f
         "| split | accuracy | loss |",
         "|---|---|---|",
     ]
+    hw_path = run_dir / "hardware.json"
+    hw = json.loads(hw_path.read_text()) if hw_path.exists() else None
+    if hw is not None:
+        lines[-2:] = _hardware_lines(hw) + ["", "The same parameters in the ideal simulation (no hardware effects):", "",
+                                           "| split | accuracy | loss |", "|---|---|---|"]
     for split_name in ("train", "validation", "test"):
         lines.append(f"| {split_name} | {100 * results[f'{split_name}_acc']:.2f} % | {results[f'{split_name}_loss']:.5f} |")
     if metrics is not None and metrics.height:

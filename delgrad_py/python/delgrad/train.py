@@ -35,6 +35,9 @@ class TrainConfig:
     lr_step: int = 20
     lr_gamma: float = 0.95
     max_grad_norm: float | None = None
+    # Floor on V'(T) in the gradient formulas (None: the exact 1e-12). In the loop, recorded
+    # spikes can sit where the host's model is flat; see Network.backward.
+    min_slope: float | None = None
     # DelGrad / Fast&Deep weight bumping: when a layer has more silent neurons in a batch than
     # `max_silent` allows, the silent neurons' input weights grow by `bump` and the step is skipped.
     max_silent: list[float] = field(default_factory=lambda: [0.3, 0.0])
@@ -95,9 +98,13 @@ def silent_fractions(trace: Trace) -> list[float]:
     ]
 
 
-def evaluate(net: Network, split: Split, loss: LossConfig) -> EvalResult:
-    """Loss, accuracy and silent fractions of ``net`` on a whole split (one core call)."""
-    trace = net.forward(split.spikes)
+Forward = Callable[[Network, SpikeSet, "NDArray[np.uint32] | None"], Trace]
+
+
+def evaluate(net: Network, split: Split, loss: LossConfig, forward: Forward | None = None) -> EvalResult:
+    """Loss, accuracy and silent fractions of ``net`` on a whole split (one core call, or
+    ``forward(net, spikes, None)`` when given: a hardware loop evaluates on the hardware)."""
+    trace = forward(net, split.spikes, None) if forward else net.forward(split.spikes)
     res = spike_time_loss(trace.first_times(trace.n_layers - 1), split.labels, loss, net.neuron.tau_s)
     return EvalResult(
         loss=res.loss,
@@ -111,15 +118,18 @@ def evaluate(net: Network, split: Split, loss: LossConfig) -> EvalResult:
 class Trainer:
     """Trains a :class:`Network` in place; see the module docstring.
 
-    ``forward`` may be replaced (training in the loop): it maps ``(network, spikes, select)`` to
-    a :class:`Trace` of recorded spikes, and the exact gradients are evaluated at those times.
+    ``forward`` may be replaced (training in the loop, :class:`delgrad.hardware.HardwareLoop`):
+    it maps ``(network, spikes, select)`` to a :class:`Trace` of recorded spikes, and the exact
+    gradients are evaluated at those times (with ``forward.backward_network(net)`` when it has
+    one, see :meth:`backward_network`). The per-epoch evaluations use it too, so the accuracies
+    in the history are the hardware's.
     """
 
     def __init__(
         self,
         net: Network,
         config: TrainConfig,
-        forward: Callable[[Network, SpikeSet, NDArray[np.uint32]], Trace] | None = None,
+        forward: Forward | None = None,
     ) -> None:
         self.net = net
         self.cfg = config
@@ -127,6 +137,7 @@ class Trainer:
         self.lr = _per_layer(config.lr, n, "lr")
         self.lr_delay = _per_layer(config.lr_delay, n, "lr_delay")
         self.max_silent = _per_layer(config.max_silent, n, "max_silent")
+        self.eval_forward = forward
         self.forward = forward or (lambda net, spikes, sel: net.forward(spikes, select=sel))
         # The optimiser sees raw delay parameters (identity for clipping, logits for sigmoid).
         self.raw_delays = [config.delay.to_raw(l.delays) for l in net.layers]
@@ -143,6 +154,14 @@ class Trainer:
         self.best: tuple[float, int, list[np.ndarray]] | None = None  # (acc, epoch, params)
 
     # --- one step ---------------------------------------------------------------------------
+
+    def backward_network(self) -> Network:
+        """The network the gradient formulas are evaluated with: the trained (float) network,
+        or, in the loop, the network the hardware realised (``forward.backward_network``), so
+        the formulas see the weights that produced the recorded times and the gradient passes
+        straight through the quantisation to the float parameters."""
+        realised = getattr(self.forward, "backward_network", None)
+        return realised(self.net) if realised is not None else self.net
 
     def _params(self) -> list[NDArray[np.float64]]:
         out = []
@@ -181,7 +200,8 @@ class Trainer:
         correct = int(np.sum(res.predictions == labels))
         if self._bump(trace):
             return res.loss, correct
-        g = self.net.backward(split.spikes, trace, res.grad, select=select)
+        g = self.backward_network().backward(split.spikes, trace, res.grad, select=select,
+                                             min_slope=self.cfg.min_slope)
         grads = []
         for (gw, gd), layer, raw in zip(g.layers, self.net.layers, self.raw_delays):
             grads.append(gw)
@@ -225,7 +245,7 @@ class Trainer:
             t0 = time.perf_counter()
             row: dict[str, Any] = {"epoch": self.epoch + 1, **self.run_epoch(train)}
             for name, split in evals.items():
-                r = evaluate(self.net, split, self.cfg.loss)
+                r = evaluate(self.net, split, self.cfg.loss, self.eval_forward)
                 row[f"{name}_loss"] = r.loss
                 row[f"{name}_acc"] = r.accuracy
                 for l, s in enumerate(r.silent):

@@ -2,6 +2,7 @@
 
 * :class:`HardwareClient` — hello / configure / run / status with timeouts, retries (same
   request id, so never executed twice) and reconnection.
+* :class:`HardwareLoop` — a trainer forward that runs on the hardware (training in the loop).
 * :func:`start_daemon` / :func:`stop_daemon` — run a daemon subprocess (tests, pipelines).
 * :mod:`delgrad.hardware.protocol` — frames, schemas and error codes of the wire protocol.
 """
@@ -14,6 +15,7 @@ from delgrad.hardware.client import (
     RunResult,
 )
 from delgrad.hardware.daemon import DaemonProcess, ipc_endpoint, start_daemon, stop_daemon
+from delgrad.hardware.loop import HardwareLoop
 from delgrad.hardware.protocol import ERROR_CODES, PROTOCOL_VERSION, ProtocolError, replicate_inputs, spike_batch
 
 __all__ = [
@@ -23,6 +25,7 @@ __all__ = [
     "DaemonProcess",
     "HardwareClient",
     "HardwareError",
+    "HardwareLoop",
     "HardwareTimeout",
     "ProtocolError",
     "RunResult",
