@@ -16,9 +16,9 @@ import polars as pl
 import pytest
 
 import delgrad
-from delgrad.data.encoding import LatencyEncoder
-from delgrad.data.yinyang import yinyang_splits
 from delgrad import pipeline
+from delgrad.data.encoding import LatencyEncoder, spike_batch
+from delgrad.data.yinyang import yinyang_splits
 from delgrad.hardware import HardwareClient, HardwareLoop, start_daemon
 from delgrad.train import Split, TrainConfig, Trainer, evaluate
 
@@ -183,3 +183,40 @@ def test_yinyang_hw_pipeline_trains_through_its_own_daemon(tmp_path):
     # The daemon the pipeline started is gone (stopped by its pid).
     log = (run_dir / "hw_daemon.log").read_text()
     assert "shutdown" in log.lower() or "stopp" in log.lower()
+
+
+def test_min_slope_bounds_what_off_model_spikes_contribute():
+    """A recorded spike later than the model's (a chip threshold above theta) can sit where the
+    host's V' is negative; the default floor then yields ~1e12-sized gradients, ``min_slope``
+    bounds them, and exact spike times (V' above the floor) are unaffected."""
+    net = delgrad.Network.random([3, 2], delgrad.Neuron(tau_m=1.0, tau_s=1.0, theta=1.0),
+                                 delay_kind="none", weight_mean=2.5, weight_std=0.1, seed=0)
+    x = spike_batch([0, 0, 0], [0, 1, 2], [0.0, 0.1, 0.2])
+    exact = net.forward(x, n_samples=1)
+    g = np.ones((1, 2))
+    default = net.backward(x, exact, g)
+    floored = net.backward(x, exact, g, min_slope=1e-3)
+    for a, b in zip(default.layers, floored.layers):
+        np.testing.assert_array_equal(a[0], b[0])
+
+    late = exact.first_times(0) + 3.0  # far past the PSP peak: the model's V' < 0 there
+    rec = delgrad.Trace.from_tables(
+        [spike_batch([0, 0], [0, 1], late[0])], [2], 1)
+    huge = net.backward(x, rec, g).layers[0][0]
+    small = net.backward(x, rec, g, min_slope=0.2).layers[0][0]
+    smaller = net.backward(x, rec, g, min_slope=0.4).layers[0][0]
+    assert np.abs(huge).max() > 1e9
+    assert 0 < np.abs(small).max() < 100
+    np.testing.assert_allclose(smaller, small / 2)  # the floor is the slope used: g * K / floor
+    with pytest.raises(delgrad.ParameterError, match="min_slope"):
+        net.backward(x, rec, g, min_slope=0.0)
+
+
+def test_spike_set_select_renumbers_and_checks_indices():
+    x = spike_batch([0, 0, 1, 2, 2], [0, 1, 0, 1, 0], [0.1, 0.2, 0.3, 0.4, 0.5])
+    s = delgrad.SpikeSet(x, 4)
+    got = s.select(np.array([2, 3, 0], np.uint32)).to_pydict()
+    assert got == {"sample": [0, 0, 2, 2], "neuron": [1, 0, 0, 1], "time": [0.4, 0.5, 0.1, 0.2]}
+    assert s.select().num_rows == 5
+    with pytest.raises(delgrad.ShapeError, match="sample 4 at position 1"):
+        s.select(np.array([0, 4], np.uint32))
