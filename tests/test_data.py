@@ -507,3 +507,25 @@ def test_digits_split_and_encoding(tmp_path):
     ds = SpikeDataset(tmp_path, "train")
     order = _check_epoch(ds, *splits["train"], encoder, 150, 0)
     np.testing.assert_array_equal(np.sort(order), np.arange(len(splits["train"][1])))
+
+
+def test_temporal_patterns_class_is_the_firing_order():
+    from delgrad.data.temporal import temporal_patterns, temporal_splits
+
+    x, y = temporal_patterns(600, n_channels=3, gap=10.0, jitter=0.3, span=30.0, seed=5)
+    assert x.shape == (600, 3) and x.min() >= 0 and x.max() <= 1
+    assert set(np.unique(y)) == set(range(6))  # 3! orders
+    perms = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+    order = np.argsort(x, axis=1)
+    np.testing.assert_array_equal(order, np.array(perms)[y])
+    t = np.sort(x * 30.0, axis=1)
+    assert np.all(np.diff(t, axis=1) > 10.0 - 6 * 0.3)  # spikes a whole gap apart
+    again = temporal_patterns(600, n_channels=3, gap=10.0, jitter=0.3, span=30.0, seed=5)
+    np.testing.assert_array_equal(again[0], x)
+    s = temporal_splits(seed=1)
+    assert [len(s[k][1]) for k in ("train", "validation", "test")] == [3000, 600, 600]
+    assert not np.array_equal(s["train"][0][:600], s["test"][0])
+    with pytest.raises(ValueError, match="n_classes"):
+        temporal_patterns(10, n_channels=2, n_classes=3)
+    with pytest.raises(ValueError, match="span"):
+        temporal_patterns(10, n_channels=3, gap=10.0, span=20.0)
