@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -44,6 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--curve-secret", default=None, help="server certificate with secret key (.key_secret)")
     g.add_argument("--curve-allow", action="append", default=[],
                    help="allowed client public key file, or directory of *.key files (repeatable)")
+    ap.add_argument("--parent-pid", type=int, default=None,
+                    help="shut down cleanly when this process exits (a daemon started for one job "
+                         "must not outlive it, even if the job is killed)")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
@@ -81,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    if args.parent_pid is not None:
+        threading.Thread(target=_watch_parent, args=(args.parent_pid, stop, log), daemon=True).start()
 
     def ready(info: dict) -> None:
         print(json.dumps(info), flush=True)
@@ -92,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
         log.error("cannot serve: %s: %s", type(e).__name__, e)
         return 1
     return 0
+
+
+def _watch_parent(pid: int, stop: threading.Event, log: logging.Logger) -> None:
+    # When the parent dies we are re-parented, so getppid() changes; no signal is needed.
+    while not stop.wait(0.5):
+        if os.getppid() != pid:
+            log.info("parent process %d is gone: shutting down", pid)
+            stop.set()
 
 
 if __name__ == "__main__":

@@ -441,6 +441,43 @@ def test_sigterm_and_sigint_stop_cleanly(tmp_path):
         d.stop()
 
 
+def test_daemon_exits_when_the_job_that_started_it_is_killed(tmp_path):
+    """A training job killed with SIGKILL cannot stop its daemon; the daemon notices that its
+    parent is gone and shuts down cleanly by itself."""
+    import signal
+    import subprocess
+
+    job = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys, time\n"
+         "from delgrad.hardware import start_daemon\n"
+         f"d = start_daemon(log_path={str(tmp_path / 'd.log')!r})\n"
+         "print(d.pid, d.endpoint, flush=True)\n"
+         "time.sleep(60)\n"],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        pid, endpoint = job.stdout.readline().split()
+        pid = int(pid)
+        assert status(endpoint)["backend"] == "emulator"
+    finally:
+        job.kill()
+        job.wait(timeout=10)
+        job.stdout.close()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
+            "zombie" not in Path(f"/proc/{pid}/status").read_text().lower():
+        time.sleep(0.1)
+    try:
+        alive = os.path.exists(f"/proc/{pid}") and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        alive = False
+    if alive:
+        os.kill(pid, signal.SIGKILL)  # leave nothing behind, then fail
+    assert not alive, "the orphaned daemon kept running"
+    log = (tmp_path / "d.log").read_text()
+    assert "parent process" in log and "stopped" in log
+
+
 def test_brainscales2_backend_refuses_to_start(tmp_path):
     with pytest.raises(RuntimeError, match="hxcomm/grenade not installed"):
         start_daemon(backend="brainscales2", log_path=tmp_path / "bss2.log", ready_timeout=20)

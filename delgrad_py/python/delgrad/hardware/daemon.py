@@ -94,13 +94,15 @@ class DaemonProcess:
 def start_daemon(bind: str = "tcp://127.0.0.1:*", *, backend: str = "emulator",
                  chip_seed: int = 0, pub: str | None = None, args: Sequence[str] = (),
                  log_path: str | Path | None = None, root: str | Path | None = None,
-                 python: str = sys.executable, ready_timeout: float = 30.0) -> DaemonProcess:
+                 python: str = sys.executable, ready_timeout: float = 30.0,
+                 exit_with_parent: bool = True) -> DaemonProcess:
     """Starts ``python -m hw_daemon`` and waits until it serves.
 
     ``bind`` defaults to a free loopback port (the daemon binds ``tcp://127.0.0.1:*`` and
     reports the port); use :func:`ipc_endpoint` for ipc. ``args`` are extra command-line flags
     (``--ideal``, ``--max-spikes``, ``--curve-secret``...). The daemon's log goes to ``log_path``
-    (a temp file by default).
+    (a temp file by default). With ``exit_with_parent`` the daemon shuts itself down when
+    this process ends, however it ends (a killed training job leaves no daemon behind).
     """
     root = Path(root) if root is not None else find_daemon_root()
     if log_path is None:
@@ -112,6 +114,8 @@ def start_daemon(bind: str = "tcp://127.0.0.1:*", *, backend: str = "emulator",
             "--chip-seed", str(chip_seed), *args]
     if pub is not None:
         argv += ["--pub", pub]
+    if exit_with_parent:
+        argv += ["--parent-pid", str(os.getpid())]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     with open(log_path, "ab") as log:
