@@ -143,7 +143,8 @@ pub fn layer_forward(
     }
     by_time.clear();
     by_time.extend_from_slice(inputs);
-    by_time.sort_unstable_by(|a, b| a.1.partial_cmp(&b.1).unwrap_or(std::cmp::Ordering::Equal));
+    // Times are finite (validated at the boundary), so total order = numeric order here.
+    by_time.sort_unstable_by(|a, b| a.1.total_cmp(&b.1));
     let inputs = &by_time[..];
     let t_ref = inputs[0].1;
     let factors = factors
@@ -172,10 +173,14 @@ pub fn layer_forward(
                 (a + dj, row[i], factor(r as usize, i))
             }));
         } else {
-            fwd.extend(inputs.iter().enumerate().map(|(r, &(i, t))| {
-                let i = i as usize;
-                (t + layer.delays[j * layer.n_in + i], row[i], factor(r, i))
-            }));
+            let drow = &layer.delays[j * layer.n_in..(j + 1) * layer.n_in];
+            match frow {
+                Some(f) => fwd.extend(inputs.iter().zip(up.iter()).map(|(&(i, t), &u)| {
+                    let i = i as usize;
+                    (t + drow[i], row[i], u * f[i])
+                })),
+                None => fwd.extend(inputs.iter().map(|&(i, t)| (t + drow[i as usize], row[i as usize], 0.0))),
+            }
             sort_arrivals(fwd);
         }
         let t = if frow.is_some() {
