@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from delgrad.sweep import MissingRayError, SweepSpecError, run_sweep
+    from delgrad.sweep import MissingRayError, RayConnectionError, SweepSpecError, run_sweep
     from delgrad.sweep_spec import load_spec
 
     try:
@@ -59,7 +59,7 @@ def _sweep(args: argparse.Namespace) -> int:
             return 0
         res = run_sweep(args.spec, address=args.address, max_parallel=args.max_parallel, out=args.out,
                         cpus_per_trial=args.cpus_per_trial, progress=not args.quiet)
-    except (MissingRayError, SweepSpecError) as e:
+    except (MissingRayError, RayConnectionError, SweepSpecError) as e:
         print(f"delgrad sweep: {e}", file=sys.stderr)
         return 2
     t = res.table

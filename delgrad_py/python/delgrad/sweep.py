@@ -32,9 +32,9 @@ from typing import Any
 
 import polars as pl
 
-from delgrad.sweep_spec import SweepSpec, SweepSpecError, Trial, load_spec
+from delgrad.sweep_spec import SweepSpec, SweepSpecError, Trial, load_spec, toml_value
 
-__all__ = ["MissingRayError", "SweepResult", "SweepSpecError", "import_ray", "run_sweep", "run_trial"]
+__all__ = ["MissingRayError", "RayConnectionError", "SweepResult", "SweepSpecError", "import_ray", "run_sweep", "run_trial"]
 
 RAY_HINT = ("delgrad sweep needs Ray, an optional extra: pip install 'delgrad[sweep]' "
             "(from a checkout: pip install -e '.[sweep]', or make install)")
@@ -45,6 +45,10 @@ _LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
 
 class MissingRayError(ImportError):
     """Ray is not installed; the message says how to get it."""
+
+
+class RayConnectionError(RuntimeError):
+    """``--address`` names no reachable Ray cluster."""
 
 
 def import_ray():
@@ -127,11 +131,12 @@ def results_table(spec: SweepSpec, trials: list[Trial], rows: dict[str, dict[str
     """One row per trial that has a result: the axis values (one column per dotted key), then
     :data:`RESULT_COLUMNS`. Trials without a result yet (still running) are left out."""
     records = []
+    text_axes = _mixed_axes(spec, trials)
     for t in trials:
         r = rows.get(t.name)
         if r is None:
             continue
-        rec: dict[str, Any] = dict(t.params)
+        rec: dict[str, Any] = {k: (toml_value(v) if k in text_axes else v) for k, v in t.params.items()}
         rec.update({c: r.get(c) for c in RESULT_COLUMNS})
         rec["reused"] = bool(r.get("reused", False))
         rec["run_dir"] = str((sweep_dir / "trials" / t.name).relative_to(sweep_dir))
@@ -145,6 +150,17 @@ def results_table(spec: SweepSpec, trials: list[Trial], rows: dict[str, dict[str
     if not records:
         return pl.DataFrame(schema={k: pl.Utf8 for k in spec.axes} | schema)
     return pl.DataFrame(records, schema_overrides=schema, infer_schema_length=None)
+
+
+def _mixed_axes(spec: SweepSpec, trials: list[Trial]) -> set[str]:
+    """Axes whose values do not share one column type (e.g. ``0.005`` and ``[0.005, 0.001]``);
+    their column holds the values as the TOML text of ``--set``."""
+    mixed = set()
+    for k in spec.axes:
+        kinds = {type(t.params[k]).__name__ for t in trials}
+        if len(kinds - {"int"} if "float" in kinds else kinds) > 1:
+            mixed.add(k)
+    return mixed
 
 
 def _write_parquet(df: pl.DataFrame, path: Path) -> None:
@@ -170,7 +186,10 @@ def _init_ray(ray, address: str | None) -> bool:
     if ray.is_initialized():  # e.g. a test or notebook that set Ray up itself
         return False
     if address:
-        ray.init(address=address, log_to_driver=False)
+        try:
+            ray.init(address=address, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            raise RayConnectionError(f"cannot join the Ray cluster at {address!r}: {e}") from None
     else:
         ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
                  object_store_memory=_LOCAL_OBJECT_STORE_BYTES)
@@ -242,7 +261,9 @@ def _run_on_ray(ray, spec: SweepSpec, todo: list[Trial], sweep_dir: Path, rows: 
         # Each trial's Rust core runs a rayon pool; sized to the trial's CPUs so parallel trials
         # do not oversubscribe the cores Ray gave them.
         threads = str(max(1, int(cpus)))
-        task = ray.remote(num_cpus=cpus, max_retries=0,
+        # Ray retries a task only when its worker or node dies (run_trial itself never raises);
+        # a retried trial resumes from its checkpoint.
+        task = ray.remote(num_cpus=cpus,
                           runtime_env={"env_vars": {"RAYON_NUM_THREADS": threads}})(run_trial)
         queue = list(todo)
         pending: dict[Any, Trial] = {}

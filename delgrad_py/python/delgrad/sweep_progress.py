@@ -52,7 +52,7 @@ class SweepProgress:
             from rich.markup import escape
 
             msg = f"[red]failed[/] {trial.name}  {escape(str(row.get('error')))}"
-        self.bar.console.print(msg, highlight=False)
+        self.bar.console.print(msg, highlight=False, soft_wrap=True)  # whole lines in log files
         self.bar.update(self.task, completed=self.done, info=self._info())
 
     def __exit__(self, *exc) -> None:
