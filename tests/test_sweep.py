@@ -186,6 +186,17 @@ def test_missing_ray_says_how_to_get_it(monkeypatch, tmp_path: Path, capsys) -> 
     assert not (tmp_path / "sweeps").exists(), "nothing ran"
 
 
+def test_unreachable_address_fails_fast(tmp_path: Path, capsys) -> None:
+    pytest.importorskip("ray")
+    spec = write_spec(tmp_path / "s.toml", TINY)
+    # Port 1 on loopback: nothing listens there, so the connection is refused at once.
+    assert cli.main(["sweep", str(spec), "--address", "127.0.0.1:1", "--out", str(tmp_path / "o")]) == 2
+    assert "cannot join the Ray cluster at '127.0.0.1:1'" in capsys.readouterr().err
+    assert cli.main(["sweep", str(spec), "--address", "nonsense", "--out", str(tmp_path / "o")]) == 2
+    assert "expected 'auto'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists(), "nothing ran"
+
+
 @pytest.mark.parametrize("body, message", [
     ('[grid]\n"train.epochz" = [1, 2]\n', "unknown pipeline key 'train.epochz'"),
     ('[grid]\n"netwrk.hidden" = [[4]]\n', "unknown pipeline key 'netwrk.hidden'"),

@@ -196,6 +196,20 @@ def _init_ray(ray, address: str | None) -> bool:
     return True
 
 
+def _check_reachable(address: str) -> None:
+    """Fails fast when a ``host:port`` address has nothing listening: Ray itself keeps retrying
+    such an address for minutes. ``auto`` and ``ray://`` addresses are left to Ray."""
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise RayConnectionError(f"--address {address!r}: expected 'auto', 'ray://HOST:PORT' or 'HOST:PORT'")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
+    except OSError as e:
+        raise RayConnectionError(f"cannot join the Ray cluster at {address!r}: nothing answers there ({e})") from None
+
+
 def run_sweep(
     spec_path: str | Path,
     *,
@@ -213,6 +227,8 @@ def run_sweep(
     """
     ray = import_ray()
     spec = load_spec(spec_path)
+    if address:
+        _check_reachable(address)
     if max_parallel is not None and max_parallel < 1:
         raise SweepSpecError(f"max_parallel must be >= 1, got {max_parallel}")
     cpus = float(cpus_per_trial or spec.cpus_per_trial)
