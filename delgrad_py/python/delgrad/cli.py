@@ -17,7 +17,20 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="re-evaluate a finished run directory and rewrite its report")
     e.add_argument("run_dir")
+    s = sub.add_parser("sweep", help="run a sweep of pipeline runs on Ray (pip install 'delgrad[sweep]')")
+    s.add_argument("spec", help="sweep TOML, e.g. pipelines/sweeps/yinyang_delays.toml")
+    s.add_argument("--address", help="Ray cluster to join ('auto' or 'ray://host:10001'); default: a local "
+                   "Ray on this machine's cores")
+    s.add_argument("--max-parallel", type=int, metavar="N", help="at most N trials at once")
+    s.add_argument("--cpus-per-trial", type=float, metavar="C", help="CPUs (and rayon threads) per trial; "
+                   "default from the sweep file, else 1")
+    s.add_argument("--out", help="sweep directory (default: the sweep file's 'out'); re-running resumes")
+    s.add_argument("--dry-run", action="store_true", help="list the trials and exit")
+    s.add_argument("--quiet", action="store_true", help="no progress output")
     args = p.parse_args(argv)
+
+    if args.cmd == "sweep":
+        return _sweep(args)
 
     from delgrad import pipeline
 
@@ -30,6 +43,31 @@ def main(argv: list[str] | None = None) -> int:
         for k, v in res.items():
             print(f"{k:>16}: {v:.4f}")
     return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from delgrad.sweep import MissingRayError, RayConnectionError, SweepSpecError, run_sweep
+    from delgrad.sweep_spec import load_spec
+
+    try:
+        if args.dry_run:
+            spec = load_spec(args.spec)
+            trials = spec.trials()
+            for t in trials:
+                print(t.name, " ".join(f"--set {o}" for o in t.overrides))
+            print(f"{len(trials)} trials; base pipeline {spec.pipeline}; sweep directory {args.out or spec.out}")
+            return 0
+        res = run_sweep(args.spec, address=args.address, max_parallel=args.max_parallel, out=args.out,
+                        cpus_per_trial=args.cpus_per_trial, progress=not args.quiet)
+    except (MissingRayError, RayConnectionError, SweepSpecError) as e:
+        print(f"delgrad sweep: {e}", file=sys.stderr)
+        return 2
+    t = res.table
+    print(f"sweep directory: {res.sweep_dir}")
+    print(f"{len(t)} trials: {int((t['status'] == 'ok').sum())} ok, {int((t['status'] == 'failed').sum())} failed; "
+          f"ran {res.ran}, reused {res.reused}; {res.wall_s:.1f} s")
+    print(f"table: {res.sweep_dir / 'results.parquet'}  report: {res.sweep_dir / 'report.md'}")
+    return 1 if (t["status"] == "failed").any() else 0
 
 
 if __name__ == "__main__":
