@@ -1,0 +1,312 @@
+//! Multi-spike LIF neurons: exact event-driven simulation with reset to 0 after every spike and an
+//! optional refractory time (issue 4, forward pass).
+//!
+//! The model is DESIGN.md's (`dV/dt = -V/tau_m + I`, `dI/dt = -I/tau_s`, unit capacitance). A spike
+//! at `V = theta` resets `V` to 0; `I` continues. With `t_ref > 0`, `V` is clamped at 0 for
+//! `t_ref` after the spike while `I` keeps evolving (arrivals still add to it). Between events the
+//! state evolves in closed form ([`Neuron::evolve`]) and every threshold crossing is located by the
+//! TTFS engine's solver ([`crate::solver`]): closed forms for `tau_m = tau_s` and
+//! `tau_m = 2 tau_s`, bracketed Newton otherwise. No time grid anywhere.
+//!
+//! Feed-forward layers are simulated target by target: all arrivals to a layer are known from the
+//! previous layer's spikes and the delays, so each target neuron is an independent scan over its
+//! own sorted arrivals. Recurrent layers need a global event queue (a binary heap of arrivals and
+//! predicted spikes, with stale predictions invalidated by a per-neuron version counter).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use crate::error::{param_err, Result};
+use crate::layer::LayerRef;
+use crate::neuron::Neuron;
+use crate::solver::{crossing_in_interval, first_crossing};
+use crate::ttfs::In;
+
+/// A multi-spike neuron: the LIF model plus what only the multi-spike mode has.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MultiNeuron {
+    pub neuron: Neuron,
+    /// Refractory time: `V` is held at 0 for `t_ref` after each spike (`I` keeps evolving).
+    pub t_ref: f64,
+    /// End of the simulated trial: spikes after `t_end` are not produced (may be infinite; then
+    /// a neuron is simulated until its input has decayed and it cannot cross any more).
+    pub t_end: f64,
+    /// Safety cap on the spikes of one layer in one sample (runaway recurrent excitation without
+    /// refractoriness would otherwise never stop). Exceeding it is an error of the batch call.
+    pub max_spikes: usize,
+}
+
+impl MultiNeuron {
+    pub fn new(neuron: Neuron, t_ref: f64, t_end: f64) -> Result<Self> {
+        if !(t_ref.is_finite() && t_ref >= 0.0) {
+            return Err(param_err(format!("neuron: t_ref must be finite and >= 0, got {t_ref}")));
+        }
+        if t_end.is_nan() {
+            return Err(param_err("neuron: t_end must not be NaN"));
+        }
+        Ok(Self { neuron, t_ref, t_end, max_spikes: 10_000_000 })
+    }
+}
+
+/// Sorts `(time, ...)` records by time. Times are finite, so `total_cmp` is the numeric order
+/// (up to `-0.0 < 0.0`, which does not change any result).
+#[inline]
+pub(crate) fn sort_by_time<T>(v: &mut [T], key: impl Fn(&T) -> f64) {
+    v.sort_unstable_by(|a, b| key(a).total_cmp(&key(b)));
+}
+
+/// Simulates one neuron from rest on its arrivals `(time, weight)` sorted by time, appending its
+/// spike times to `out`. Returns `false` if `max_spikes` was reached (the output is truncated).
+pub fn simulate(m: &MultiNeuron, arrivals: &[(f64, f64)], out: &mut Vec<f64>) -> bool {
+    let n = &m.neuron;
+    if arrivals.is_empty() {
+        return true;
+    }
+    let start = out.len();
+    let (mut v, mut i) = (0.0_f64, 0.0_f64);
+    let mut t = arrivals[0].0;
+    let mut k = 0;
+    // Apply the arrivals at time t.
+    while k < arrivals.len() && arrivals[k].0 <= t {
+        i += arrivals[k].1;
+        k += 1;
+    }
+    let mut refr_end = f64::NEG_INFINITY;
+    loop {
+        let na = if k < arrivals.len() { arrivals[k].0 } else { f64::INFINITY };
+        if na > m.t_end && t > m.t_end {
+            break;
+        }
+        if refr_end > t {
+            // Refractory: V stays at 0, I decays; arrivals still add to I.
+            if refr_end <= na {
+                i *= (-(refr_end - t) * n.inv_tau_s).exp();
+                t = refr_end;
+            } else {
+                i *= (-(na - t) * n.inv_tau_s).exp();
+                t = na;
+                while k < arrivals.len() && arrivals[k].0 <= t {
+                    i += arrivals[k].1;
+                    k += 1;
+                }
+            }
+            continue;
+        }
+        let crossing = if v >= n.theta {
+            // Only by rounding, when the previous interval's crossing sat on its end.
+            Some(0.0)
+        } else if na == f64::INFINITY {
+            first_crossing(n, v, i, f64::INFINITY)
+        } else {
+            let len = na - t;
+            let (em, es) = n.decays(len);
+            let (ve, ie) = n.evolve_with(v, i, len, em, es);
+            match crossing_in_interval(n, v, i, len, ve, ie) {
+                Some(s) => Some(s),
+                None => {
+                    v = ve;
+                    i = ie;
+                    t = na;
+                    while k < arrivals.len() && arrivals[k].0 <= t {
+                        i += arrivals[k].1;
+                        k += 1;
+                    }
+                    continue;
+                }
+            }
+        };
+        match crossing {
+            Some(s) => {
+                let ts = t + s;
+                if ts > m.t_end {
+                    break;
+                }
+                if out.len() - start >= m.max_spikes {
+                    return false;
+                }
+                out.push(ts);
+                i *= (-s * n.inv_tau_s).exp();
+                v = 0.0;
+                t = ts;
+                refr_end = ts + m.t_ref;
+            }
+            None => break,
+        }
+    }
+    true
+}
+
+/// Reusable buffers of the forward pass, one set per worker thread.
+#[derive(Default)]
+pub struct Scratch {
+    arrivals: Vec<(f64, f64)>,
+    times: Vec<f64>,
+}
+
+/// Forward pass of one feed-forward multi-spike layer for one sample. Appends `(neuron, time)`
+/// for every output spike, sorted by neuron then time. Returns `false` if a neuron hit
+/// `max_spikes`.
+pub fn layer_forward(m: &MultiNeuron, layer: &LayerRef, inputs: &[In], out: &mut Vec<In>, scratch: &mut Scratch) -> bool {
+    let Scratch { arrivals, times } = scratch;
+    let mut ok = true;
+    if inputs.is_empty() {
+        return true;
+    }
+    for j in 0..layer.n_out {
+        arrivals.clear();
+        let row = &layer.weights[j * layer.n_in..(j + 1) * layer.n_in];
+        arrivals.extend(inputs.iter().filter_map(|&(i, t)| {
+            let w = row[i as usize];
+            (w != 0.0).then(|| (t + layer.delay(j, i as usize), w))
+        }));
+        sort_by_time(arrivals, |x| x.0);
+        times.clear();
+        ok &= simulate(m, arrivals, times);
+        out.extend(times.iter().map(|&t| (j as u32, t)));
+    }
+    ok
+}
+
+/// A recurrent layer: feed-forward weights `ff` (`n_out x n_in`) plus recurrent weights `rec`
+/// (`n_out x n_out`, `rec[j, i]` from neuron `i` to neuron `j` of the same layer), each synapse
+/// with its own delay.
+#[derive(Debug, Clone, Copy)]
+pub struct RecLayer<'a> {
+    pub ff: LayerRef<'a>,
+    pub rec: LayerRef<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    time: f64,
+    // 0: predicted spike (before arrivals at the same time: V reached theta from the left),
+    // 1: arrival.
+    kind: u8,
+    neuron: u32,
+    // Arrival: weight; prediction: the neuron's version when it was made.
+    w: f64,
+    version: u32,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest event first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .time
+            .total_cmp(&self.time)
+            .then(other.kind.cmp(&self.kind))
+            .then(other.neuron.cmp(&self.neuron))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    v: f64,
+    i: f64,
+    t: f64,
+    refr_end: f64,
+    version: u32,
+}
+
+/// `(V, I)` of a neuron advanced from its state time to `to`, honouring the refractory clamp.
+#[inline]
+fn advance(n: &Neuron, st: &State, to: f64) -> (f64, f64) {
+    if to <= st.t {
+        return (st.v, st.i);
+    }
+    if st.refr_end > st.t {
+        if to <= st.refr_end {
+            return (0.0, st.i * (-(to - st.t) * n.inv_tau_s).exp());
+        }
+        let i_r = st.i * (-(st.refr_end - st.t) * n.inv_tau_s).exp();
+        return n.evolve(0.0, i_r, to - st.refr_end);
+    }
+    n.evolve(st.v, st.i, to - st.t)
+}
+
+/// The next threshold crossing of a neuron without further input, if any.
+fn predict(m: &MultiNeuron, st: &State) -> Option<f64> {
+    let n = &m.neuron;
+    let (start, v, i) = if st.refr_end > st.t {
+        (st.refr_end, 0.0, st.i * (-(st.refr_end - st.t) * n.inv_tau_s).exp())
+    } else {
+        (st.t, st.v, st.i)
+    };
+    if v >= n.theta {
+        return Some(start);
+    }
+    first_crossing(n, v, i, f64::INFINITY).map(|s| start + s)
+}
+
+/// Forward pass of one recurrent multi-spike layer for one sample (global event queue). Appends
+/// `(neuron, time)` for every spike, sorted by neuron then time. Returns `false` if the layer
+/// hit `max_spikes`.
+pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: &mut Vec<In>) -> bool {
+    let n = &m.neuron;
+    let (ff, rec) = (&layer.ff, &layer.rec);
+    let n_out = ff.n_out;
+    let mut heap: BinaryHeap<Event> = BinaryHeap::with_capacity(inputs.len() * n_out);
+    for j in 0..n_out {
+        for &(i, t) in inputs {
+            let w = ff.weight(j, i as usize);
+            if w != 0.0 {
+                let time = t + ff.delay(j, i as usize);
+                heap.push(Event { time, kind: 1, neuron: j as u32, w, version: 0 });
+            }
+        }
+    }
+    let mut st = vec![State { v: 0.0, i: 0.0, t: f64::NEG_INFINITY, refr_end: f64::NEG_INFINITY, version: 0 }; n_out];
+    let start = out.len();
+    while let Some(ev) = heap.pop() {
+        if ev.time > m.t_end {
+            break;
+        }
+        let j = ev.neuron as usize;
+        if ev.kind == 1 {
+            let s = &mut st[j];
+            let (v, i) = if s.t == f64::NEG_INFINITY { (0.0, 0.0) } else { advance(n, s, ev.time) };
+            s.v = v;
+            s.i = i + ev.w;
+            s.t = ev.time;
+        } else {
+            if ev.version != st[j].version {
+                continue;
+            }
+            if out.len() - start >= m.max_spikes {
+                return false;
+            }
+            let s = &mut st[j];
+            let (_, i) = advance(n, s, ev.time);
+            s.v = 0.0;
+            s.i = i;
+            s.t = ev.time;
+            s.refr_end = ev.time + m.t_ref;
+            out.push((j as u32, ev.time));
+            for target in 0..n_out {
+                let w = rec.weight(target, j);
+                if w != 0.0 {
+                    let time = ev.time + rec.delay(target, j);
+                    heap.push(Event { time, kind: 1, neuron: target as u32, w, version: 0 });
+                }
+            }
+        }
+        let s = &mut st[j];
+        s.version = s.version.wrapping_add(1);
+        if let Some(tp) = predict(m, s) {
+            heap.push(Event { time: tp, kind: 0, neuron: j as u32, w: 0.0, version: s.version });
+        }
+    }
+    out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    true
+}
