@@ -49,7 +49,7 @@
 use std::collections::BinaryHeap;
 
 use crate::layer::LayerRef;
-use crate::multi::{sort_by_time, MultiNeuron, RecLayer};
+use crate::multi::{bucket_sort, spike_factors, DelayFactors, MultiNeuron, RecLayer, SortBuf};
 use crate::ttfs::In;
 
 /// The smallest `V'(t_k^-)` used at a spike (at an exact tangency the true derivative is
@@ -62,6 +62,10 @@ const SLOPE_FLOOR: f64 = 1e-12;
 pub struct Arr {
     pub a: f64,
     pub w: f64,
+    /// `exp((a - t_0)/tau_m)`, `exp((a - t_0)/tau_s)` (see [`crate::multi::DelayFactors`]);
+    /// only read when the trace is `factored`.
+    pub fm: f64,
+    pub fs: f64,
     pub syn: u32,
     pub src: u32,
 }
@@ -69,11 +73,19 @@ pub struct Arr {
 /// `I(to)` from the arrivals strictly before `to`, continuing a forward sweep whose state is
 /// `(cur_i at cur_t, next arrival k)`.
 #[inline]
-fn current_at(n: &crate::neuron::Neuron, arr: &[Arr], to: f64, cur_i: &mut f64, cur_t: &mut f64, k: &mut usize) -> f64 {
+fn current_at(
+    n: &crate::neuron::Neuron,
+    arr: &[Arr],
+    factored: bool,
+    to: f64,
+    cur_i: &mut f64,
+    cur_t: &mut f64,
+    k: &mut usize,
+) -> f64 {
     while *k < arr.len() && arr[*k].a < to {
         let x = arr[*k];
         if *cur_t > f64::NEG_INFINITY {
-            *cur_i *= (-(x.a - *cur_t) * n.inv_tau_s).exp();
+            *cur_i *= if factored { arr[*k - 1].fs / x.fs } else { (-(x.a - *cur_t) * n.inv_tau_s).exp() };
         }
         *cur_i += x.w;
         *cur_t = x.a;
@@ -94,6 +106,10 @@ pub struct Trace {
     pub arrivals: Vec<Arr>,
     /// The neuron's spikes: time, index of the spike in the `dL/dt` buffer (sorted by time).
     pub spikes: Vec<(f64, u32)>,
+    /// Whether the arrivals carry valid factors.
+    pub factored: bool,
+    sort: SortBuf<Arr>,
+    prev_arr: bool,
     i_spike: Vec<f64>,
     i_ref: Vec<f64>,
     ka: usize,
@@ -127,7 +143,8 @@ impl Trace {
         };
         let end = t_last + m.t_ref;
         self.arrivals.retain(|x| x.a < end);
-        sort_by_time(&mut self.arrivals, |x| x.a);
+        bucket_sort(&mut self.arrivals, &mut self.sort, |x| x.a);
+        self.prev_arr = false;
         self.ka = self.arrivals.len();
         // I along the events. Ties: a spike comes before arrivals at its own time.
         self.i_spike.clear();
@@ -136,10 +153,10 @@ impl Trace {
         let mut k = 0;
         for q in 0..self.spikes.len() {
             let ts = self.spikes[q].0;
-            let x = current_at(n, &self.arrivals, ts, &mut cur_i, &mut cur_t, &mut k);
+            let x = current_at(n, &self.arrivals, self.factored, ts, &mut cur_i, &mut cur_t, &mut k);
             self.i_spike.push(x);
             if m.t_ref > 0.0 {
-                let x = current_at(n, &self.arrivals, ts + m.t_ref, &mut cur_i, &mut cur_t, &mut k);
+                let x = current_at(n, &self.arrivals, self.factored, ts + m.t_ref, &mut cur_i, &mut cur_t, &mut k);
                 self.i_ref.push(x);
             }
         }
@@ -173,12 +190,19 @@ impl Trace {
         let (te, rank) = ev;
         if self.t < f64::INFINITY && self.t > te {
             let s = self.t - te;
-            let (em, es) = n.decays(s);
-            let k = n.kernel_from(s, em, es);
+            let (em, es) = if self.factored && self.prev_arr && rank == 2 {
+                // From arrival ka back to arrival ka - 1.
+                let (p, q) = (&self.arrivals[self.ka - 1], &self.arrivals[self.ka]);
+                (p.fm / q.fm, p.fs / q.fs)
+            } else {
+                n.decays(s)
+            };
+            let k = n.kernel_from_fast(s, em, es);
             self.li = es * self.li + k * self.lv;
             self.lv *= em;
         }
         self.t = te;
+        self.prev_arr = rank == 2;
         match rank {
             2 => {
                 self.ka -= 1;
@@ -220,6 +244,8 @@ pub struct Scratch {
     trace: Trace,
     gsrc: Vec<f64>,
     traces: Vec<Trace>,
+    um: Vec<f64>,
+    us: Vec<f64>,
 }
 
 /// Backward pass of one feed-forward multi-spike layer for one sample.
@@ -233,11 +259,13 @@ pub fn layer_backward(
     inputs: &[In],
     outputs: &[In],
     gout: &[f64],
+    factors: Option<&DelayFactors>,
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut Scratch,
 ) {
     let (gw, gd, gin) = grads;
-    let Scratch { trace, gsrc, .. } = scratch;
+    let Scratch { trace, gsrc, um, us, .. } = scratch;
+    let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
     let n_in_spikes = inputs.len();
     gsrc.clear();
     gsrc.resize(n_in_spikes, 0.0);
@@ -252,11 +280,24 @@ pub fn layer_backward(
         trace.clear();
         trace.spikes.extend((start..k).map(|q| (outputs[q].1, (n_in_spikes + q) as u32)));
         let end = outputs[k - 1].1 + m.t_ref;
+        if trace.spikes.iter().all(|&(_, q)| gsrc[q as usize] == 0.0) {
+            // No loss reaches this neuron's spikes: its adjoint is 0 throughout.
+            continue;
+        }
         let row = j * layer.n_in;
-        trace.arrivals.extend(inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
-            let a = t + layer.delay(j, i as usize);
-            (a < end).then(|| Arr { a, w: layer.weights[row + i as usize], syn: (row + i as usize) as u32, src: r as u32 })
-        }));
+        trace.factored = factors.is_some();
+        match factors {
+            Some(f) => trace.arrivals.extend(inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
+                let (i, q) = (i as usize, row + i as usize);
+                let a = t + layer.delay(j, i);
+                (a < end).then(|| Arr { a, w: layer.weights[q], fm: um[r] * f.fm[q], fs: us[r] * f.fs[q], syn: q as u32, src: r as u32 })
+            })),
+            None => trace.arrivals.extend(inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
+                let (i, q) = (i as usize, row + i as usize);
+                let a = t + layer.delay(j, i);
+                (a < end).then(|| Arr { a, w: layer.weights[q], fm: f64::NAN, fs: f64::NAN, syn: q as u32, src: r as u32 })
+            })),
+        }
         if trace.prepare(m) {
             trace.run(m, gsrc, gw, gd);
         }
@@ -300,12 +341,20 @@ pub fn recurrent_backward(
     }
     let off = n_out * ff.n_in;
     for (j, tr) in traces.iter_mut().enumerate() {
+        tr.factored = false;
         let Some(&(t_last, _)) = tr.spikes.last() else { continue };
         let end = t_last + m.t_ref;
         let row = j * ff.n_in;
         tr.arrivals.extend(inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
             let a = t + ff.delay(j, i as usize);
-            (a < end).then(|| Arr { a, w: ff.weights[row + i as usize], syn: (row + i as usize) as u32, src: r as u32 })
+            (a < end).then(|| Arr {
+                a,
+                w: ff.weights[row + i as usize],
+                fm: f64::NAN,
+                fs: f64::NAN,
+                syn: (row + i as usize) as u32,
+                src: r as u32,
+            })
         }));
         let rrow = j * n_out;
         tr.arrivals.extend(outputs.iter().enumerate().filter_map(|(q, &(i, t))| {
@@ -313,6 +362,8 @@ pub fn recurrent_backward(
             (a < end).then(|| Arr {
                 a,
                 w: rec.weights[rrow + i as usize],
+                fm: f64::NAN,
+                fs: f64::NAN,
                 syn: (off + rrow + i as usize) as u32,
                 src: (n_in_spikes + q) as u32,
             })

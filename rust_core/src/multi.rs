@@ -55,25 +55,169 @@ pub(crate) fn sort_by_time<T>(v: &mut [T], key: impl Fn(&T) -> f64) {
     v.sort_unstable_by(|a, b| key(a).total_cmp(&key(b)));
 }
 
+/// Buffers of [`bucket_sort`].
+#[derive(Debug)]
+pub struct SortBuf<T> {
+    buf: Vec<T>,
+    bucket: Vec<u32>,
+    counts: Vec<u32>,
+}
+
+impl<T> Default for SortBuf<T> {
+    fn default() -> Self {
+        Self { buf: Vec::new(), bucket: Vec::new(), counts: Vec::new() }
+    }
+}
+
+/// Sorts records by time in expected linear time: one bucket per record over the time span, a
+/// counting scatter, then insertion sort (records are only out of order within a bucket).
+/// Falls back to a comparison sort when a bucket is crowded (strongly clustered times).
+pub fn bucket_sort<T: Copy>(v: &mut Vec<T>, sb: &mut SortBuf<T>, key: impl Fn(&T) -> f64) {
+    let n = v.len();
+    if n <= 48 {
+        insertion_sort(v, &key);
+        return;
+    }
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for x in v.iter() {
+        let t = key(x);
+        lo = lo.min(t);
+        hi = hi.max(t);
+    }
+    if !(hi > lo) {
+        return;
+    }
+    let scale = n as f64 / (hi - lo);
+    let last = (n - 1) as u32;
+    sb.bucket.clear();
+    sb.bucket.extend(v.iter().map(|x| (((key(x) - lo) * scale) as u32).min(last)));
+    sb.counts.clear();
+    sb.counts.resize(n + 1, 0);
+    let mut crowded = false;
+    for &b in &sb.bucket {
+        let c = &mut sb.counts[b as usize + 1];
+        *c += 1;
+        crowded |= *c > 32;
+    }
+    if crowded {
+        sort_by_time(v, key);
+        return;
+    }
+    for b in 0..n {
+        sb.counts[b + 1] += sb.counts[b];
+    }
+    sb.buf.clear();
+    sb.buf.resize(n, v[0]);
+    for (x, &b) in v.iter().zip(&sb.bucket) {
+        let c = &mut sb.counts[b as usize];
+        sb.buf[*c as usize] = *x;
+        *c += 1;
+    }
+    insertion_sort(&mut sb.buf, &key);
+    std::mem::swap(v, &mut sb.buf);
+}
+
+#[inline]
+fn insertion_sort<T: Copy>(v: &mut [T], key: &impl Fn(&T) -> f64) {
+    for k in 1..v.len() {
+        let x = v[k];
+        let kx = key(&x);
+        let mut m = k;
+        while m > 0 && key(&v[m - 1]) > kx {
+            v[m] = v[m - 1];
+            m -= 1;
+        }
+        v[m] = x;
+    }
+}
+
+/// `exp(d_ji / tau_m)` and `exp(d_ji / tau_s)` of every synapse of a layer, computed once per
+/// batch. With the per-spike factors `exp((t_i - t_0)/tau)` of a sample, each arrival carries
+/// `exp((a - t_0)/tau)` as a product, and the decay over the interval between two arrivals is a
+/// quotient: the scans and the adjoint sweeps then need no `exp` between consecutive arrivals
+/// (the same device as the TTFS scan's, for both time constants).
+#[derive(Debug, Clone)]
+pub struct DelayFactors {
+    pub fm: Vec<f64>,
+    pub fs: Vec<f64>,
+    pub max_delay: f64,
+}
+
+pub fn delay_factors(n: &Neuron, layer: &LayerRef) -> DelayFactors {
+    let mut fm = Vec::with_capacity(layer.n_out * layer.n_in);
+    let mut fs = Vec::with_capacity(layer.n_out * layer.n_in);
+    for j in 0..layer.n_out {
+        for i in 0..layer.n_in {
+            let d = layer.delay(j, i);
+            fm.push((d * n.inv_tau_m).exp());
+            fs.push((d * n.inv_tau_s).exp());
+        }
+    }
+    let max_delay = layer.delays.iter().fold(0.0_f64, |m, &d| m.max(d));
+    DelayFactors { fm, fs, max_delay }
+}
+
+/// Spans longer than this many time constants would overflow the factors: such samples take
+/// the exponential path.
+const MAX_FACTOR_SPAN: f64 = 600.0;
+
+/// The per-spike factors of one sample's inputs, or `false` when the span is too long.
+pub fn spike_factors(n: &Neuron, inputs: &[In], max_delay: f64, um: &mut Vec<f64>, us: &mut Vec<f64>) -> bool {
+    um.clear();
+    us.clear();
+    let (mut t0, mut t1) = (f64::INFINITY, f64::NEG_INFINITY);
+    for &(_, t) in inputs {
+        t0 = t0.min(t);
+        t1 = t1.max(t);
+    }
+    if (t1 - t0 + max_delay) * n.inv_tau_m.max(n.inv_tau_s) >= MAX_FACTOR_SPAN {
+        return false;
+    }
+    for &(_, t) in inputs {
+        um.push(((t - t0) * n.inv_tau_m).exp());
+        us.push(((t - t0) * n.inv_tau_s).exp());
+    }
+    true
+}
+
+/// An arrival in the forward scan: time, weight, and `exp((a - t_0)/tau_m)`,
+/// `exp((a - t_0)/tau_s)` (NaN when the sample takes the exponential path).
+#[derive(Debug, Clone, Copy)]
+pub struct FArr {
+    pub a: f64,
+    pub w: f64,
+    pub fm: f64,
+    pub fs: f64,
+}
+
 /// Simulates one neuron from rest on its arrivals `(time, weight)` sorted by time, appending its
 /// spike times to `out`. Returns `false` if `max_spikes` was reached (the output is truncated).
 pub fn simulate(m: &MultiNeuron, arrivals: &[(f64, f64)], out: &mut Vec<f64>) -> bool {
+    let arr: Vec<FArr> = arrivals.iter().map(|&(a, w)| FArr { a, w, fm: f64::NAN, fs: f64::NAN }).collect();
+    simulate_arr(m, &arr, false, out)
+}
+
+/// [`simulate`] on [`FArr`] records; with `factored`, the decays between consecutive arrivals
+/// come from the records' factors.
+pub fn simulate_arr(m: &MultiNeuron, arrivals: &[FArr], factored: bool, out: &mut Vec<f64>) -> bool {
     let n = &m.neuron;
     if arrivals.is_empty() {
         return true;
     }
     let start = out.len();
     let (mut v, mut i) = (0.0_f64, 0.0_f64);
-    let mut t = arrivals[0].0;
+    let mut t = arrivals[0].a;
     let mut k = 0;
     // Apply the arrivals at time t.
-    while k < arrivals.len() && arrivals[k].0 <= t {
-        i += arrivals[k].1;
+    while k < arrivals.len() && arrivals[k].a <= t {
+        i += arrivals[k].w;
         k += 1;
     }
+    // Whether the state sits at arrival k - 1 (so the factors give the next decay).
+    let mut at_arrival = true;
     let mut refr_end = f64::NEG_INFINITY;
     loop {
-        let na = if k < arrivals.len() { arrivals[k].0 } else { f64::INFINITY };
+        let na = if k < arrivals.len() { arrivals[k].a } else { f64::INFINITY };
         if na > m.t_end && t > m.t_end {
             break;
         }
@@ -82,13 +226,15 @@ pub fn simulate(m: &MultiNeuron, arrivals: &[(f64, f64)], out: &mut Vec<f64>) ->
             if refr_end <= na {
                 i *= (-(refr_end - t) * n.inv_tau_s).exp();
                 t = refr_end;
+                at_arrival = false;
             } else {
                 i *= (-(na - t) * n.inv_tau_s).exp();
                 t = na;
-                while k < arrivals.len() && arrivals[k].0 <= t {
-                    i += arrivals[k].1;
+                while k < arrivals.len() && arrivals[k].a <= t {
+                    i += arrivals[k].w;
                     k += 1;
                 }
+                at_arrival = true;
             }
             continue;
         }
@@ -99,18 +245,25 @@ pub fn simulate(m: &MultiNeuron, arrivals: &[(f64, f64)], out: &mut Vec<f64>) ->
             first_crossing(n, v, i, f64::INFINITY)
         } else {
             let len = na - t;
-            let (em, es) = n.decays(len);
-            let (ve, ie) = n.evolve_with(v, i, len, em, es);
-            match crossing_in_interval(n, v, i, len, ve, ie) {
+            let (em, es) = if factored && at_arrival {
+                let (p, q) = (&arrivals[k - 1], &arrivals[k]);
+                (p.fm / q.fm, p.fs / q.fs)
+            } else {
+                n.decays(len)
+            };
+            let (ve, ie) = (v * em + i * n.kernel_from_fast(len, em, es), i * es);
+            // With I <= 0 no crossing is possible: skip the solver's checks.
+            match if i > 0.0 { crossing_in_interval(n, v, i, len, ve, ie) } else { None } {
                 Some(s) => Some(s),
                 None => {
                     v = ve;
                     i = ie;
                     t = na;
-                    while k < arrivals.len() && arrivals[k].0 <= t {
-                        i += arrivals[k].1;
+                    while k < arrivals.len() && arrivals[k].a <= t {
+                        i += arrivals[k].w;
                         k += 1;
                     }
+                    at_arrival = true;
                     continue;
                 }
             }
@@ -129,6 +282,7 @@ pub fn simulate(m: &MultiNeuron, arrivals: &[(f64, f64)], out: &mut Vec<f64>) ->
                 v = 0.0;
                 t = ts;
                 refr_end = ts + m.t_ref;
+                at_arrival = false;
             }
             None => break,
         }
@@ -139,29 +293,53 @@ pub fn simulate(m: &MultiNeuron, arrivals: &[(f64, f64)], out: &mut Vec<f64>) ->
 /// Reusable buffers of the forward pass, one set per worker thread.
 #[derive(Default)]
 pub struct Scratch {
-    arrivals: Vec<(f64, f64)>,
+    arrivals: Vec<FArr>,
+    sort: SortBuf<FArr>,
     times: Vec<f64>,
+    um: Vec<f64>,
+    us: Vec<f64>,
 }
 
 /// Forward pass of one feed-forward multi-spike layer for one sample. Appends `(neuron, time)`
-/// for every output spike, sorted by neuron then time. Returns `false` if a neuron hit
+/// for every output spike, sorted by neuron then time. `factors` (from [`delay_factors`], once
+/// per batch) make the scan exp-free between arrivals. Returns `false` if a neuron hit
 /// `max_spikes`.
-pub fn layer_forward(m: &MultiNeuron, layer: &LayerRef, inputs: &[In], out: &mut Vec<In>, scratch: &mut Scratch) -> bool {
-    let Scratch { arrivals, times } = scratch;
+pub fn layer_forward(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    factors: Option<&DelayFactors>,
+    out: &mut Vec<In>,
+    scratch: &mut Scratch,
+) -> bool {
+    let Scratch { arrivals, sort, times, um, us } = scratch;
     let mut ok = true;
     if inputs.is_empty() {
         return true;
     }
+    let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
     for j in 0..layer.n_out {
         arrivals.clear();
-        let row = &layer.weights[j * layer.n_in..(j + 1) * layer.n_in];
-        arrivals.extend(inputs.iter().filter_map(|&(i, t)| {
-            let w = row[i as usize];
-            (w != 0.0).then(|| (t + layer.delay(j, i as usize), w))
-        }));
-        sort_by_time(arrivals, |x| x.0);
+        let row = j * layer.n_in;
+        let w = &layer.weights[row..row + layer.n_in];
+        match factors {
+            Some(f) => {
+                let (fm, fs) = (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in]);
+                arrivals.extend(inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
+                    let i = i as usize;
+                    (w[i] != 0.0).then(|| FArr { a: t + layer.delay(j, i), w: w[i], fm: um[r] * fm[i], fs: us[r] * fs[i] })
+                }));
+            }
+            None => {
+                arrivals.extend(inputs.iter().filter_map(|&(i, t)| {
+                    let i = i as usize;
+                    (w[i] != 0.0).then(|| FArr { a: t + layer.delay(j, i), w: w[i], fm: f64::NAN, fs: f64::NAN })
+                }));
+            }
+        }
+        bucket_sort(arrivals, sort, |x| x.a);
         times.clear();
-        ok &= simulate(m, arrivals, times);
+        ok &= simulate_arr(m, arrivals, factors.is_some(), times);
         out.extend(times.iter().map(|&t| (j as u32, t)));
     }
     ok

@@ -149,6 +149,8 @@ impl<'a> MultiNetwork<'a> {
         self.check_input(input)?;
         let n_samples = input.n_samples();
         let table = input.table;
+        let factors: Vec<multi::DelayFactors> =
+            self.layers.iter().map(|l| multi::delay_factors(&self.neuron.neuron, &l.ff)).collect();
         let parts: Vec<Result<Vec<Spikes>>> = chunks(n_samples)
             .into_par_iter()
             .map(|range| {
@@ -163,7 +165,14 @@ impl<'a> MultiNetwork<'a> {
                     for (l, (layer, out)) in self.layers.iter().zip(outs.iter_mut()).enumerate() {
                         next.clear();
                         let ok = match &layer.rec {
-                            None => multi::layer_forward(&self.neuron, &layer.ff, &cur, &mut next, &mut scratch),
+                            None => multi::layer_forward(
+                                &self.neuron,
+                                &layer.ff,
+                                &cur,
+                                Some(&factors[l]),
+                                &mut next,
+                                &mut scratch,
+                            ),
                             Some(rec) => multi::recurrent_forward(
                                 &self.neuron,
                                 &RecLayer { ff: layer.ff, rec: *rec },
@@ -231,6 +240,8 @@ impl<'a> MultiNetwork<'a> {
             .map(|l| l.ff.n_out * l.ff.n_in + l.rec.map_or(0, |r| r.n_out * r.n_in))
             .collect();
         let n_layers = self.layers.len();
+        let factors: Vec<multi::DelayFactors> =
+            self.layers.iter().map(|l| multi::delay_factors(&self.neuron.neuron, &l.ff)).collect();
         struct Part {
             gw: Vec<Vec<f64>>,
             gd: Vec<Vec<f64>>,
@@ -274,6 +285,7 @@ impl<'a> MultiNetwork<'a> {
                                 &inputs,
                                 &outputs,
                                 &g_cur,
+                                Some(&factors[l]),
                                 grads,
                                 &mut scratch,
                             ),
