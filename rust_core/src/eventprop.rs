@@ -49,7 +49,8 @@
 use std::collections::BinaryHeap;
 
 use crate::layer::LayerRef;
-use crate::multi::{bucket_sort, spike_factors, DelayFactors, MultiNeuron, RecLayer, SortBuf};
+use crate::layer::DelayKind;
+use crate::multi::{bucket_fill, bucket_sort, spike_factors, time_range, DelayFactors, MultiNeuron, RecLayer, SortBuf};
 use crate::ttfs::In;
 
 /// The smallest `V'(t_k^-)` used at a spike (at an exact tangency the true derivative is
@@ -108,7 +109,9 @@ pub struct Trace {
     pub spikes: Vec<(f64, u32)>,
     /// Whether the arrivals carry valid factors.
     pub factored: bool,
-    sort: SortBuf<Arr>,
+    /// Whether the caller filled `arrivals` already sorted and without those after the end.
+    pub presorted: bool,
+    pub sort: SortBuf<Arr>,
     prev_arr: bool,
     i_spike: Vec<f64>,
     i_ref: Vec<f64>,
@@ -142,8 +145,13 @@ impl Trace {
             return false;
         };
         let end = t_last + m.t_ref;
-        self.arrivals.retain(|x| x.a < end);
-        bucket_sort(&mut self.arrivals, &mut self.sort, |x| x.a);
+        if self.presorted {
+            // Built sorted and filtered by the caller.
+            debug_assert!(self.arrivals.windows(2).all(|w| w[0].a <= w[1].a));
+        } else {
+            self.arrivals.retain(|x| x.a < end);
+            bucket_sort(&mut self.arrivals, &mut self.sort, |x| x.a);
+        }
         self.prev_arr = false;
         self.ka = self.arrivals.len();
         // I along the events. Ties: a spike comes before arrivals at its own time.
@@ -253,6 +261,7 @@ pub struct Scratch {
 /// `outputs` are the layer's spikes sorted by neuron then time, `gout[k] = dL/dt` of
 /// `outputs[k]`. Accumulates `dL/dw` and the per-synapse `dL/dd` (`(n_out, n_in)` row-major) and
 /// `dL/dt` of each input spike into `grads`.
+#[allow(clippy::too_many_arguments)]
 pub fn layer_backward(
     m: &MultiNeuron,
     layer: &LayerRef,
@@ -266,6 +275,7 @@ pub fn layer_backward(
     let (gw, gd, gin) = grads;
     let Scratch { trace, gsrc, um, us, .. } = scratch;
     let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
+    let (lo, hi) = time_range(inputs, layer);
     let n_in_spikes = inputs.len();
     gsrc.clear();
     gsrc.resize(n_in_spikes, 0.0);
@@ -286,17 +296,36 @@ pub fn layer_backward(
         }
         let row = j * layer.n_in;
         trace.factored = factors.is_some();
-        match factors {
-            Some(f) => trace.arrivals.extend(inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
-                let (i, q) = (i as usize, row + i as usize);
-                let a = t + layer.delay(j, i);
-                (a < end).then(|| Arr { a, w: layer.weights[q], fm: um[r] * f.fm[q], fs: us[r] * f.fs[q], syn: q as u32, src: r as u32 })
-            })),
-            None => trace.arrivals.extend(inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
-                let (i, q) = (i as usize, row + i as usize);
-                let a = t + layer.delay(j, i);
-                (a < end).then(|| Arr { a, w: layer.weights[q], fm: f64::NAN, fs: f64::NAN, syn: q as u32, src: r as u32 })
-            })),
+        trace.presorted = true;
+        let Trace { arrivals, sort, .. } = &mut *trace;
+        let key = |x: &Arr| x.a;
+        match (factors, layer.kind) {
+            (Some(f), DelayKind::Synaptic) => {
+                let (fm, fs, d) = (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in], &layer.delays[row..row + layer.n_in]);
+                let w = &layer.weights[row..row + layer.n_in];
+                let items = inputs.iter().zip(um.iter().zip(us.iter())).enumerate().filter_map(|(r, (&(i, t), (&xm, &xs)))| {
+                    let i = i as usize;
+                    let a = t + d[i];
+                    (a < end).then(|| Arr { a, w: w[i], fm: xm * fm[i], fs: xs * fs[i], syn: (row + i) as u32, src: r as u32 })
+                });
+                bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, key);
+            }
+            (Some(f), _) => {
+                let items = inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
+                    let (i, q) = (i as usize, row + i as usize);
+                    let a = t + layer.delay(j, i);
+                    (a < end).then(|| Arr { a, w: layer.weights[q], fm: um[r] * f.fm[q], fs: us[r] * f.fs[q], syn: q as u32, src: r as u32 })
+                });
+                bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, key);
+            }
+            (None, _) => {
+                let items = inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
+                    let (i, q) = (i as usize, row + i as usize);
+                    let a = t + layer.delay(j, i);
+                    (a < end).then(|| Arr { a, w: layer.weights[q], fm: f64::NAN, fs: f64::NAN, syn: q as u32, src: r as u32 })
+                });
+                bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, key);
+            }
         }
         if trace.prepare(m) {
             trace.run(m, gsrc, gw, gd);
@@ -342,6 +371,7 @@ pub fn recurrent_backward(
     let off = n_out * ff.n_in;
     for (j, tr) in traces.iter_mut().enumerate() {
         tr.factored = false;
+        tr.presorted = false;
         let Some(&(t_last, _)) = tr.spikes.last() else { continue };
         let end = t_last + m.t_ref;
         let row = j * ff.n_in;

@@ -17,7 +17,7 @@ use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 use crate::error::{param_err, Result};
-use crate::layer::LayerRef;
+use crate::layer::{DelayKind, LayerRef};
 use crate::neuron::Neuron;
 use crate::solver::{crossing_in_interval, first_crossing};
 use crate::ttfs::In;
@@ -115,6 +115,61 @@ pub fn bucket_sort<T: Copy>(v: &mut Vec<T>, sb: &mut SortBuf<T>, key: impl Fn(&T
     }
     insertion_sort(&mut sb.buf, &key);
     std::mem::swap(v, &mut sb.buf);
+}
+
+/// Fills `out` with the records of `items` sorted by time, bucketing while the records are
+/// produced (one pass fewer than [`bucket_sort`]): `n_hint` records are expected, all times in
+/// `[lo, hi]`. Same fallback for crowded buckets.
+pub fn bucket_fill<T: Copy>(
+    n_hint: usize,
+    lo: f64,
+    hi: f64,
+    sb: &mut SortBuf<T>,
+    out: &mut Vec<T>,
+    items: impl Iterator<Item = T>,
+    key: impl Fn(&T) -> f64,
+) {
+    out.clear();
+    let nb = n_hint.max(1);
+    let span = hi - lo;
+    if !(span > 0.0) || !span.is_finite() || nb <= 48 {
+        out.extend(items);
+        bucket_sort(out, sb, key);
+        return;
+    }
+    let scale = nb as f64 / span;
+    let last = (nb - 1) as u32;
+    sb.buf.clear();
+    sb.bucket.clear();
+    sb.counts.clear();
+    sb.counts.resize(nb + 1, 0);
+    let mut crowded = false;
+    for x in items {
+        let b = (((key(&x) - lo) * scale).max(0.0) as u32).min(last);
+        sb.buf.push(x);
+        sb.bucket.push(b);
+        let c = &mut sb.counts[b as usize + 1];
+        *c += 1;
+        crowded |= *c > 32;
+    }
+    if sb.buf.is_empty() {
+        return;
+    }
+    if crowded {
+        out.extend_from_slice(&sb.buf);
+        sort_by_time(out, key);
+        return;
+    }
+    for b in 0..nb {
+        sb.counts[b + 1] += sb.counts[b];
+    }
+    out.resize(sb.buf.len(), sb.buf[0]);
+    for (x, &b) in sb.buf.iter().zip(&sb.bucket) {
+        let c = &mut sb.counts[b as usize];
+        out[*c as usize] = *x;
+        *c += 1;
+    }
+    insertion_sort(out, &key);
 }
 
 #[inline]
@@ -318,31 +373,51 @@ pub fn layer_forward(
         return true;
     }
     let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
+    let (lo, hi) = time_range(inputs, layer);
     for j in 0..layer.n_out {
-        arrivals.clear();
         let row = j * layer.n_in;
         let w = &layer.weights[row..row + layer.n_in];
-        match factors {
-            Some(f) => {
-                let (fm, fs) = (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in]);
-                arrivals.extend(inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
+        match (factors, layer.kind) {
+            (Some(f), DelayKind::Synaptic) => {
+                let (fm, fs, d) = (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in], &layer.delays[row..row + layer.n_in]);
+                let items = inputs.iter().zip(um.iter().zip(us.iter())).filter_map(|(&(i, t), (&xm, &xs))| {
                     let i = i as usize;
-                    (w[i] != 0.0).then(|| FArr { a: t + layer.delay(j, i), w: w[i], fm: um[r] * fm[i], fs: us[r] * fs[i] })
-                }));
+                    (w[i] != 0.0).then(|| FArr { a: t + d[i], w: w[i], fm: xm * fm[i], fs: xs * fs[i] })
+                });
+                bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, |x| x.a);
             }
-            None => {
-                arrivals.extend(inputs.iter().filter_map(|&(i, t)| {
+            (Some(f), _) => {
+                let (fm, fs) = (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in]);
+                let items = inputs.iter().zip(um.iter().zip(us.iter())).filter_map(|(&(i, t), (&xm, &xs))| {
+                    let i = i as usize;
+                    (w[i] != 0.0).then(|| FArr { a: t + layer.delay(j, i), w: w[i], fm: xm * fm[i], fs: xs * fs[i] })
+                });
+                bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, |x| x.a);
+            }
+            (None, _) => {
+                let items = inputs.iter().filter_map(|&(i, t)| {
                     let i = i as usize;
                     (w[i] != 0.0).then(|| FArr { a: t + layer.delay(j, i), w: w[i], fm: f64::NAN, fs: f64::NAN })
-                }));
+                });
+                bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, |x| x.a);
             }
         }
-        bucket_sort(arrivals, sort, |x| x.a);
         times.clear();
         ok &= simulate_arr(m, arrivals, factors.is_some(), times);
         out.extend(times.iter().map(|&t| (j as u32, t)));
     }
     ok
+}
+
+/// Bounds of the arrival times of a layer's inputs: `[min t, max t + max delay]`.
+pub fn time_range(inputs: &[In], layer: &LayerRef) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for &(_, t) in inputs {
+        lo = lo.min(t);
+        hi = hi.max(t);
+    }
+    let max_delay = layer.delays.iter().fold(0.0_f64, |m, &d| m.max(d));
+    (lo, hi + max_delay)
 }
 
 /// A recurrent layer: feed-forward weights `ff` (`n_out x n_in`) plus recurrent weights `rec`

@@ -131,6 +131,7 @@ fn exp_mean_term(n: &Neuron, tau_w: f64, t_end: f64, a: f64) -> (f64, f64) {
 #[derive(Default)]
 pub struct Scratch {
     arr: Vec<(f64, f64, u32)>,
+    terms: Vec<(f64, f64)>,
 }
 
 impl Readout<'_> {
@@ -144,6 +145,17 @@ impl Readout<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Whether the arrival time of a spike is the same for every class (no per-target delays),
+    /// so that per-spike terms are computed once for all classes.
+    fn shared_arrivals(&self) -> bool {
+        matches!(self.layer.kind, crate::layer::DelayKind::None | crate::layer::DelayKind::Axonal)
+    }
+
+    fn fill_terms(&self, n: &Neuron, tau_w: f64, inputs: &[In], terms: &mut Vec<(f64, f64)>) {
+        terms.clear();
+        terms.extend(inputs.iter().map(|&(i, t)| exp_mean_term(n, tau_w, self.t_end, t + self.layer.delay(0, i as usize))));
     }
 
     fn fill(&self, c: usize, inputs: &[In], arr: &mut Vec<(f64, f64, u32)>) {
@@ -160,6 +172,15 @@ impl Readout<'_> {
 
     /// The readout values of one sample (`out` has `n_out` entries).
     pub fn forward_sample(&self, n: &Neuron, inputs: &[In], out: &mut [f64], scratch: &mut Scratch) {
+        if let (ReadoutKind::ExpMean { tau_w }, true) = (self.kind, self.shared_arrivals()) {
+            self.fill_terms(n, tau_w, inputs, &mut scratch.terms);
+            let l = &self.layer;
+            for (c, y) in out.iter_mut().enumerate() {
+                let row = &l.weights[c * l.n_in..(c + 1) * l.n_in];
+                *y = inputs.iter().zip(&scratch.terms).map(|(&(i, _), &(f, _))| row[i as usize] * f).sum();
+            }
+            return;
+        }
         for (c, y) in out.iter_mut().enumerate() {
             match self.kind {
                 ReadoutKind::Max => {
@@ -192,6 +213,13 @@ impl Readout<'_> {
     ) {
         let (gw, gd, gin) = grads;
         let l = &self.layer;
+        let shared = match self.kind {
+            ReadoutKind::ExpMean { tau_w } if self.shared_arrivals() => {
+                self.fill_terms(n, tau_w, inputs, &mut scratch.terms);
+                true
+            }
+            _ => false,
+        };
         for (c, &g) in dy.iter().enumerate() {
             if g == 0.0 {
                 continue;
@@ -227,7 +255,8 @@ impl Readout<'_> {
                 ReadoutKind::ExpMean { tau_w } => {
                     for (r, &(i, t)) in inputs.iter().enumerate() {
                         let i = i as usize;
-                        let (f, df) = exp_mean_term(n, tau_w, self.t_end, t + l.delay(c, i));
+                        let (f, df) =
+                            if shared { scratch.terms[r] } else { exp_mean_term(n, tau_w, self.t_end, t + l.delay(c, i)) };
                         let w = l.weights[row + i];
                         gw[row + i] += g * f;
                         gd[row + i] += g * w * df;

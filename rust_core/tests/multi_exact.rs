@@ -682,3 +682,90 @@ fn runaway_recurrent_activity_is_an_error_not_a_hang() {
     let out = multi_network::layer_forward(&m, MultiLayer { ff, rec: Some(rec) }, &table(&[(0, 0, 0.0)]), 1).unwrap();
     assert!(!out.is_empty() && out.time.iter().all(|&t| t <= 1.0));
 }
+
+// ---------------------------------------------------------------- larger fan-in (bucket sort, factored sweeps)
+
+#[test]
+fn forward_matches_reference_many_arrivals() {
+    let mut n_ok = 0;
+    for seed in 0..4u64 {
+        for (tm, t_ref) in [(2.0, 0.0), (1.5, 0.2), (1.0, 0.0), (4.0, 0.1)] {
+            let mut rng = Rng(500 + seed);
+            let (n_in, n) = (30, 3);
+            let inputs = random_inputs(&mut rng, 1, n_in, 4, 6.0);
+            let w = rng.vec(n * n_in, -0.3, 1.2);
+            let d = rng.vec(n * n_in, 0.0, 1.5);
+            let m = MultiNeuron::new(Neuron::new(tm, 1.0, 1.0).unwrap(), t_ref, f64::INFINITY).unwrap();
+            let ff = LayerRef::new(n, n_in, &w, DelayKind::Synaptic, &d, "ff").unwrap();
+            let out = multi_network::layer_forward(&m, MultiLayer { ff, rec: None }, &table(&inputs), 1).unwrap();
+            let arr: Vec<Vec<(f64, f64)>> = (0..n)
+                .map(|j| inputs.iter().map(|&(_, i, t)| (t + d[j * n_in + i as usize], w[j * n_in + i as usize])).collect())
+                .collect();
+            let (want, near) = reference_layer(tm, 1.0, 1.0, t_ref, &arr, None);
+            if near < 1e-6 {
+                continue;
+            }
+            for (j, want_j) in want.iter().enumerate() {
+                let got: Vec<f64> = (0..out.len()).filter(|&k| out.neuron[k] == j as u32).map(|k| out.time[k]).collect();
+                assert_eq!(got.len(), want_j.len(), "seed {seed} tm {tm} neuron {j}: {got:?} vs {want_j:?}");
+                for (g, r) in got.iter().zip(want_j) {
+                    assert!((g - r).abs() < 1e-9, "seed {seed} tm {tm} neuron {j}: core {g}, reference {r}");
+                }
+            }
+            assert!(out.len() > 10, "too few spikes ({})", out.len());
+            n_ok += 1;
+        }
+    }
+    assert!(n_ok >= 12, "only {n_ok} well-conditioned cases");
+}
+
+#[test]
+fn gradients_many_arrivals() {
+    for (tm, t_ref) in [(2.0, 0.0), (1.5, 0.2), (4.0, 0.0)] {
+        run_cases(&format!("fan-in 30 tm={tm} t_ref={t_ref}"), 2, |rng| {
+            Case::new(rng, tm, t_ref, 30, &[3], &[false], (-0.3, 1.2)).with_readout(rng, 2, ReadoutKind::ExpMean { tau_w: 5.0 }, 8.0)
+        });
+    }
+}
+
+#[test]
+fn readout_with_per_source_delays_equals_synaptic_form() {
+    // Axonal delays take the shared per-spike path; the same delays written per synapse take the
+    // general one. Values and gradients must agree.
+    let mut rng = Rng(9);
+    let n = Neuron::new(2.0, 1.0, 1.0).unwrap();
+    let (n_h, n_out) = (5, 3);
+    let w = rng.vec(n_out * n_h, -1.0, 1.0);
+    let dax = rng.vec(n_h, 0.0, 1.0);
+    let dsyn: Vec<f64> = (0..n_out * n_h).map(|k| dax[k % n_h]).collect();
+    let mut sp = Spikes { offsets: vec![0], ..Default::default() };
+    for s in 0..2 {
+        for j in 0..n_h {
+            for _ in 0..3 {
+                sp.neuron.push(j as u32);
+                sp.time.push(rng.uniform(-0.5, 5.0));
+            }
+            let r = sp.time.len() - 3..sp.time.len();
+            sp.time[r].sort_by(f64::total_cmp);
+        }
+        sp.offsets.push(sp.neuron.len());
+        let _ = s;
+    }
+    let kind = ReadoutKind::ExpMean { tau_w: 4.0 };
+    let a = Readout { layer: LayerRef::new(n_out, n_h, &w, DelayKind::Axonal, &dax, "a").unwrap(), kind, t_end: 6.0 };
+    let b = Readout { layer: LayerRef::new(n_out, n_h, &w, DelayKind::Synaptic, &dsyn, "b").unwrap(), kind, t_end: 6.0 };
+    let (ya, yb) = (a.forward(&n, &sp).unwrap(), b.forward(&n, &sp).unwrap());
+    for (x, y) in ya.iter().zip(&yb) {
+        assert!((x - y).abs() < 1e-13, "{x} vs {y}");
+    }
+    let dy: Vec<f64> = (0..ya.len()).map(|k| 0.3 - 0.1 * k as f64).collect();
+    let (ga, gia) = a.backward(&n, &sp, &dy).unwrap();
+    let (gb, gib) = b.backward(&n, &sp, &dy).unwrap();
+    for (x, y) in ga.weights.iter().zip(&gb.weights).chain(gia.iter().zip(&gib)) {
+        assert!((x - y).abs() < 1e-13, "{x} vs {y}");
+    }
+    let gd_syn_summed: Vec<f64> = (0..n_h).map(|i| (0..n_out).map(|c| gb.delays[c * n_h + i]).sum()).collect();
+    for (x, y) in ga.delays.iter().zip(&gd_syn_summed) {
+        assert!((x - y).abs() < 1e-13, "{x} vs {y}");
+    }
+}
