@@ -15,7 +15,13 @@ class ParameterError(ValueError): ...
 @final
 class Neuron:
     def __init__(
-        self, tau_m: float = 2.0, tau_s: float = 1.0, theta: float = 1.0, mode: str = "ttfs"
+        self,
+        tau_m: float = 2.0,
+        tau_s: float = 1.0,
+        theta: float = 1.0,
+        mode: str = "ttfs",
+        t_ref: float = 0.0,
+        t_end: float = float("inf"),
     ) -> None: ...
     @property
     def tau_m(self) -> float: ...
@@ -25,6 +31,10 @@ class Neuron:
     def theta(self) -> float: ...
     @property
     def mode(self) -> str: ...
+    @property
+    def t_ref(self) -> float: ...
+    @property
+    def t_end(self) -> float: ...
 
 @final
 class SpikeSet:
@@ -71,6 +81,32 @@ def layer_backward(
     grad: NDArray[np.float64],
     n_samples: int,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]: ...
+def readout_forward(
+    spikes: Any,
+    weights: NDArray[np.float64],
+    delays: NDArray[np.float64] | None,
+    delay_kind: str,
+    neuron: Neuron,
+    n_samples: int,
+    kind: str,
+    t_end: float,
+    tau_w: float | None = None,
+) -> NDArray[np.float64]: ...
+def readout_backward(
+    spikes: Any,
+    weights: NDArray[np.float64],
+    delays: NDArray[np.float64] | None,
+    delay_kind: str,
+    neuron: Neuron,
+    n_samples: int,
+    kind: str,
+    t_end: float,
+    dy: NDArray[np.float64],
+    tau_w: float | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]: ...
+def readout_cross_entropy(
+    values: NDArray[np.float64], labels: NDArray[np.int64]
+) -> tuple[float, NDArray[np.float64], NDArray[np.int64]]: ...
 def network_forward(
     spikes: SpikeSet, select: NDArray[np.uint32] | None, layers: list[_LayerArgs], neuron: Neuron
 ) -> Trace: ...
