@@ -130,9 +130,63 @@ def test_readout_values_and_gradients(kind):
         assert abs(gin[r] - num) <= 1e-5 * (1 + abs(num)), (r, gin[r], num)
 
 
-def test_network_level_multi_is_refused_clearly():
+def test_ttfs_network_calls_refuse_a_multi_neuron_clearly():
     n = delgrad.Neuron(mode="multi")
     rows, w, d = case()
     s = _core.SpikeSet(batch(rows), 2)
-    with pytest.raises(_core.ParameterError, match="multi"):
+    with pytest.raises(_core.ParameterError, match="multi_network_forward"):
         _core.network_forward(s, None, [(w, "synaptic", d)], n)
+
+
+@pytest.mark.parametrize("t_ref", [0.0, 0.2])
+def test_multi_network_recurrent_backward_matches_finite_differences(t_ref):
+    rng = np.random.default_rng(11)
+    rows, w1, d1 = case(seed=5, n_in=3, n_out=3)
+    w2 = rng.uniform(-0.5, 4.0, (2, 3))
+    d2 = rng.uniform(0.0, 1.0, (2, 3))
+    rw = rng.uniform(-0.8, 0.6, (3, 3))
+    rd = rng.uniform(0.1, 1.0, (3, 3))
+    n = delgrad.Neuron(2.0, 1.0, 1.0, mode="multi", t_ref=t_ref)
+    s = _core.SpikeSet(batch(rows), 2)
+    params = [w1, d1, rw, rd, w2, d2]
+
+    def run(p):
+        layers = [(p[0], "synaptic", p[1]), (p[4], "synaptic", p[5])]
+        rec = [(p[2], "synaptic", p[3]), None]
+        tr = _core.multi_network_forward(s, None, layers, n, rec)
+        o = tr.spikes(-1).to_pydict()
+        c = np.array([0.4 + 0.3 * j for j in o["neuron"]]) * np.where(np.array(o["sample"]) == 1, -0.5, 1.0)
+        struct = [tuple(tr.spikes(l).to_pydict()["neuron"]) for l in range(2)]
+        return tr, c, float(np.dot(c, o["time"])), struct, layers, rec
+
+    tr, c, _, struct0, layers, rec = run(params)
+    assert sum(tr.n_spikes(l) for l in range(2)) > 12
+    (g_ff, g_rec, g_in) = _core.multi_network_backward(s, None, layers, n, tr, c, rec)
+    assert g_rec[1] is None and g_rec[0] is not None
+    analytic = [g_ff[0][0], g_ff[0][1], g_rec[0][0], g_rec[0][1], g_ff[1][0], g_ff[1][1]]
+    checked = 0
+    for q, arr in enumerate(params):
+        for idx in np.ndindex(arr.shape):
+            vals = []
+            for e in (H, -H):
+                p = [x.copy() for x in params]
+                p[q][idx] += e
+                _, _, lv, st, _, _ = run(p)
+                vals.append((lv, st))
+            if vals[0][1] != struct0 or vals[1][1] != struct0:
+                continue
+            num = (vals[0][0] - vals[1][0]) / (2 * H)
+            assert abs(analytic[q][idx] - num) <= 1e-5 * (1 + abs(num)), (q, idx, analytic[q][idx], num)
+            checked += 1
+    assert checked > 30
+    assert g_in.shape == (len(rows),)
+
+
+def test_trace_from_tables_accepts_repeated_spikes_in_multi_mode():
+    rows, w, d = case()
+    n = delgrad.Neuron(2.0, 1.0, 1.0, mode="multi")
+    out = _core.layer_forward(batch(rows), w, d, "synaptic", n, 2)
+    with pytest.raises(_core.SpikeError):
+        _core.Trace.from_tables([out], [3], 2)
+    tr = _core.Trace.from_tables([out], [3], 2, mode="multi")
+    assert tr.n_spikes(0) == out.num_rows

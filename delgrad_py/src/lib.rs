@@ -110,8 +110,8 @@ impl PyNeuron {
     fn ttfs(&self, what: &str) -> PyResult<core::Neuron> {
         if self.multi.is_some() {
             return Err(ParameterError::new_err(format!(
-                "{what}: mode='multi' is available through layer_forward/layer_backward and the readout \
-                 functions; network-level multi-spike calls are not exposed to Python yet"
+                "{what}: this call is for TTFS networks; for mode='multi' use multi_network_forward / \
+                 multi_network_backward"
             )));
         }
         Ok(self.inner)
@@ -396,7 +396,11 @@ impl Trace {
     }
     /// Spikes recorded elsewhere (hardware): one table per layer, ids checked against `sizes`.
     #[staticmethod]
-    fn from_tables(tables: Vec<AnyRecordBatch>, sizes: Vec<usize>, n_samples: usize) -> PyResult<Self> {
+    #[pyo3(signature = (tables, sizes, n_samples, mode = "ttfs"))]
+    fn from_tables(tables: Vec<AnyRecordBatch>, sizes: Vec<usize>, n_samples: usize, mode: &str) -> PyResult<Self> {
+        if mode != "ttfs" && mode != "multi" {
+            return Err(ParameterError::new_err(format!("Trace.from_tables: unknown mode '{mode}'")));
+        }
         if tables.len() != sizes.len() {
             return Err(ShapeError::new_err(format!(
                 "Trace.from_tables: {} tables for {} layer sizes",
@@ -410,7 +414,11 @@ impl Trace {
             let t = read_table(t, &what, false)?;
             t.validate(&what, n_samples, n).map_err(to_py)?;
             let (sp, _) = Spikes::from_table(&t, n_samples);
-            core::network::check_spikes(&sp, n_samples, n, &what).map_err(to_py)?;
+            if mode == "multi" {
+                core::multi_network::check_multi_spikes(&sp, n_samples, n, &what).map_err(to_py)?;
+            } else {
+                core::network::check_spikes(&sp, n_samples, n, &what).map_err(to_py)?;
+            }
             layers.push(sp);
         }
         Ok(Self { n_samples, sizes, layers })
@@ -552,6 +560,114 @@ fn network_backward<'py>(
     Ok((grads, g.inputs.into_pyarray(py)))
 }
 
+/// The optional recurrent parameters of each layer, borrowed like [`LayerArgs`].
+fn extract_recurrent<'py>(rec: &Option<Bound<'py, PyAny>>, n_layers: usize) -> PyResult<Vec<Option<LayerArgs<'py>>>> {
+    let Some(rec) = rec else { return Ok((0..n_layers).map(|_| None).collect()) };
+    let v: Vec<Option<LayerArgs>> = rec
+        .try_iter()?
+        .map(|x| {
+            let x = x?;
+            if x.is_none() {
+                Ok(None)
+            } else {
+                LayerArgs::extract(&x).map(Some)
+            }
+        })
+        .collect::<PyResult<_>>()?;
+    if v.len() != n_layers {
+        return Err(ShapeError::new_err(format!(
+            "recurrent: {} entries for {n_layers} layers (use None for a feed-forward layer)",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
+fn multi_net<'a>(
+    neuron: &PyNeuron,
+    ff: &'a [LayerArgs],
+    rec: &'a [Option<LayerArgs>],
+) -> PyResult<core::MultiNetwork<'a>> {
+    let m = neuron
+        .multi
+        .ok_or_else(|| ParameterError::new_err("multi_network_*: the neuron must have mode='multi'"))?;
+    let mut layers = Vec::with_capacity(ff.len());
+    for (l, (f, r)) in ff.iter().zip(rec).enumerate() {
+        let ff = f.as_ref(&format!("layer {l}"))?;
+        let rec = r.as_ref().map(|r| r.as_ref(&format!("layer {l} recurrent"))).transpose()?;
+        layers.push(core::MultiLayer { ff, rec });
+    }
+    core::MultiNetwork::new(m, layers).map_err(to_py)
+}
+
+/// Every spike of every layer of a multi-spike network (feed-forward and, where
+/// `recurrent[l]` is given as `(weights (n, n), delay_kind, delays)`, recurrent layers).
+#[pyfunction]
+#[pyo3(signature = (spikes, select, layers, neuron, recurrent = None))]
+fn multi_network_forward(
+    py: Python<'_>,
+    spikes: &PySpikeSet,
+    select: Option<PyReadonlyArray1<'_, u32>>,
+    layers: &Bound<'_, PyAny>,
+    neuron: &PyNeuron,
+    recurrent: Option<Bound<'_, PyAny>>,
+) -> PyResult<Trace> {
+    let ff = extract_layers(layers)?;
+    let rec = extract_recurrent(&recurrent, ff.len())?;
+    let net = multi_net(neuron, &ff, &rec)?;
+    let input = spikes.inner.input(select_slice(&select)?).map_err(to_py)?;
+    let sizes = net.layers.iter().map(|l| l.ff.n_out).collect();
+    let n_samples = input.n_samples();
+    let out = py.detach(|| net.forward(&input)).map_err(to_py)?;
+    Ok(Trace { n_samples, sizes, layers: out })
+}
+
+/// EventProp gradients of a multi-spike network given `grad_spikes`, `dL/dt` of every spike of
+/// the last layer in the row order of `trace.spikes(-1)`. Returns the feed-forward
+/// `(dW, dD)` per layer, the recurrent `(dW, dD)` per layer (None for feed-forward layers) and
+/// `dL/dt` of each input spike row.
+#[pyfunction]
+#[pyo3(signature = (spikes, select, layers, neuron, trace, grad_spikes, recurrent = None))]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn multi_network_backward<'py>(
+    py: Python<'py>,
+    spikes: &PySpikeSet,
+    select: Option<PyReadonlyArray1<'py, u32>>,
+    layers: &Bound<'py, PyAny>,
+    neuron: &PyNeuron,
+    trace: &Trace,
+    grad_spikes: PyReadonlyArray1<'py, f64>,
+    recurrent: Option<Bound<'py, PyAny>>,
+) -> PyResult<(
+    Vec<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>)>,
+    Vec<Option<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>)>>,
+    Bound<'py, PyArray1<f64>>,
+)> {
+    let ff = extract_layers(layers)?;
+    let rec = extract_recurrent(&recurrent, ff.len())?;
+    let net = multi_net(neuron, &ff, &rec)?;
+    let input = spikes.inner.input(select_slice(&select)?).map_err(to_py)?;
+    if input.n_samples() != trace.n_samples {
+        return Err(ShapeError::new_err(format!(
+            "the batch has {} samples but the trace has {}",
+            input.n_samples(),
+            trace.n_samples
+        )));
+    }
+    let g = grad_spikes.as_slice().map_err(|_| ShapeError::new_err("grad_spikes must be contiguous"))?;
+    let grads = py.detach(|| net.backward(&input, &trace.layers, g)).map_err(to_py)?;
+    let mut ff_out = Vec::new();
+    let mut rec_out = Vec::new();
+    for (l, (lg, rg)) in net.layers.iter().zip(grads.layers.into_iter().zip(grads.rec)) {
+        ff_out.push((matrix(py, l.ff.n_out, l.ff.n_in, lg.weights), delay_grad_array(py, &l.ff, lg.delays)));
+        rec_out.push(match (l.rec, rg) {
+            (Some(r), Some(rg)) => Some((matrix(py, r.n_out, r.n_in, rg.weights), delay_grad_array(py, &r, rg.delays))),
+            _ => None,
+        });
+    }
+    Ok((ff_out, rec_out, grads.inputs.into_pyarray(py)))
+}
+
 /// Loss on first spike times `(n_samples, n_out)` (inf = silent): returns the mean loss,
 /// `dL/dt` of the same shape, and the predicted classes (-1 when every output is silent).
 #[pyfunction]
@@ -616,6 +732,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(readout_forward, m)?)?;
     m.add_function(wrap_pyfunction!(readout_backward, m)?)?;
     m.add_function(wrap_pyfunction!(readout_cross_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(multi_network_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(multi_network_backward, m)?)?;
     m.add_function(wrap_pyfunction!(network_forward, m)?)?;
     m.add_function(wrap_pyfunction!(network_backward, m)?)?;
     m.add_function(wrap_pyfunction!(_column_addresses, m)?)?;

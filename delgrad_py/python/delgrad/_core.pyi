@@ -59,7 +59,7 @@ class Trace:
     def spikes(self, layer: int, with_layer: bool = False) -> pa.RecordBatch: ...
     def first_times(self, layer: int) -> NDArray[np.float64]: ...
     @staticmethod
-    def from_tables(tables: list[Any], sizes: list[int], n_samples: int) -> Trace: ...
+    def from_tables(tables: list[Any], sizes: list[int], n_samples: int, mode: str = "ttfs") -> Trace: ...
 
 _LayerArgs = tuple[NDArray[np.float64], str, NDArray[np.float64] | None]
 
@@ -107,6 +107,26 @@ def readout_backward(
 def readout_cross_entropy(
     values: NDArray[np.float64], labels: NDArray[np.int64]
 ) -> tuple[float, NDArray[np.float64], NDArray[np.int64]]: ...
+def multi_network_forward(
+    spikes: SpikeSet,
+    select: NDArray[np.uint32] | None,
+    layers: list[_LayerArgs],
+    neuron: Neuron,
+    recurrent: list[_LayerArgs | None] | None = None,
+) -> Trace: ...
+def multi_network_backward(
+    spikes: SpikeSet,
+    select: NDArray[np.uint32] | None,
+    layers: list[_LayerArgs],
+    neuron: Neuron,
+    trace: Trace,
+    grad_spikes: NDArray[np.float64],
+    recurrent: list[_LayerArgs | None] | None = None,
+) -> tuple[
+    list[tuple[NDArray[np.float64], NDArray[np.float64]]],
+    list[tuple[NDArray[np.float64], NDArray[np.float64]] | None],
+    NDArray[np.float64],
+]: ...
 def network_forward(
     spikes: SpikeSet, select: NDArray[np.uint32] | None, layers: list[_LayerArgs], neuron: Neuron
 ) -> Trace: ...
