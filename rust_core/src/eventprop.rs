@@ -75,7 +75,7 @@ pub struct Arr {
 /// `(cur_i at cur_t, next arrival k)`.
 #[inline]
 fn current_at(
-    n: &crate::neuron::Neuron,
+    m: &MultiNeuron,
     arr: &[Arr],
     factored: bool,
     to: f64,
@@ -83,10 +83,16 @@ fn current_at(
     cur_t: &mut f64,
     k: &mut usize,
 ) -> f64 {
+    let n = &m.neuron;
     while *k < arr.len() && arr[*k].a < to {
         let x = arr[*k];
         if *cur_t > f64::NEG_INFINITY {
-            *cur_i *= if factored { arr[*k - 1].fs / x.fs } else { (-(x.a - *cur_t) * n.inv_tau_s).exp() };
+            *cur_i *= if factored {
+                let p = &arr[*k - 1];
+                m.factor_es(p.fm, p.fs, x.fm, x.fs)
+            } else {
+                (-(x.a - *cur_t) * n.inv_tau_s).exp()
+            };
         }
         *cur_i += x.w;
         *cur_t = x.a;
@@ -134,7 +140,6 @@ impl Trace {
     /// and refractory end, and resets the adjoint to 0 at the end. Returns whether there is
     /// anything to do (a neuron without spikes has a zero adjoint throughout).
     pub fn prepare(&mut self, m: &MultiNeuron) -> bool {
-        let n = &m.neuron;
         self.ks = self.spikes.len();
         self.pending_ref = m.t_ref > 0.0 && self.ks > 0;
         self.lv = 0.0;
@@ -161,10 +166,10 @@ impl Trace {
         let mut k = 0;
         for q in 0..self.spikes.len() {
             let ts = self.spikes[q].0;
-            let x = current_at(n, &self.arrivals, self.factored, ts, &mut cur_i, &mut cur_t, &mut k);
+            let x = current_at(m, &self.arrivals, self.factored, ts, &mut cur_i, &mut cur_t, &mut k);
             self.i_spike.push(x);
             if m.t_ref > 0.0 {
-                let x = current_at(n, &self.arrivals, self.factored, ts + m.t_ref, &mut cur_i, &mut cur_t, &mut k);
+                let x = current_at(m, &self.arrivals, self.factored, ts + m.t_ref, &mut cur_i, &mut cur_t, &mut k);
                 self.i_ref.push(x);
             }
         }
@@ -201,7 +206,7 @@ impl Trace {
             let (em, es) = if self.factored && self.prev_arr && rank == 2 {
                 // From arrival ka back to arrival ka - 1.
                 let (p, q) = (&self.arrivals[self.ka - 1], &self.arrivals[self.ka]);
-                (p.fm / q.fm, p.fs / q.fs)
+                m.factor_decays(p.fm, p.fs, q.fm, q.fs)
             } else {
                 n.decays(s)
             };
@@ -255,7 +260,7 @@ impl Trace {
                     let s = self.t - x.a;
                     let (em, es) = if self.factored && self.prev_arr {
                         let q = &self.arrivals[self.ka];
-                        (x.fm / q.fm, x.fs / q.fs)
+                        m.factor_decays(x.fm, x.fs, q.fm, q.fs)
                     } else {
                         n.decays(s)
                     };

@@ -34,9 +34,38 @@ pub struct MultiNeuron {
     /// Safety cap on the spikes of one layer in one sample (runaway recurrent excitation without
     /// refractoriness would otherwise never stop). Exceeding it is an error of the batch call.
     pub max_spikes: usize,
+    /// `k` when `tau_m = k tau_s` exactly for a small integer `k` (then `exp(-s/tau_s)` is
+    /// `exp(-s/tau_m)^k`, one division fewer per interval), else 0.
+    pub(crate) pow_k: i32,
 }
 
 impl MultiNeuron {
+    /// `(e_m, e_s)` over the interval between two arrivals from their factors.
+    #[inline]
+    pub(crate) fn factor_decays(&self, pm: f64, ps: f64, qm: f64, qs: f64) -> (f64, f64) {
+        let em = pm / qm;
+        match self.pow_k {
+            0 => (em, ps / qs),
+            1 => (em, em),
+            2 => (em, em * em),
+            4 => {
+                let e2 = em * em;
+                (em, e2 * e2)
+            }
+            k => (em, em.powi(k)),
+        }
+    }
+
+    /// `e_s` over the interval between two arrivals from their factors.
+    #[inline]
+    pub(crate) fn factor_es(&self, pm: f64, ps: f64, qm: f64, qs: f64) -> f64 {
+        if self.pow_k == 0 {
+            ps / qs
+        } else {
+            self.factor_decays(pm, ps, qm, qs).1
+        }
+    }
+
     pub fn new(neuron: Neuron, t_ref: f64, t_end: f64) -> Result<Self> {
         if !(t_ref.is_finite() && t_ref >= 0.0) {
             return Err(param_err(format!("neuron: t_ref must be finite and >= 0, got {t_ref}")));
@@ -44,7 +73,8 @@ impl MultiNeuron {
         if t_end.is_nan() {
             return Err(param_err("neuron: t_end must not be NaN"));
         }
-        Ok(Self { neuron, t_ref, t_end, max_spikes: 10_000_000 })
+        let pow_k = (1..=8).find(|&k| neuron.tau_m == k as f64 * neuron.tau_s).unwrap_or(0);
+        Ok(Self { neuron, t_ref, t_end, max_spikes: 10_000_000, pow_k })
     }
 }
 
@@ -302,7 +332,7 @@ pub fn simulate_arr(m: &MultiNeuron, arrivals: &[FArr], factored: bool, out: &mu
             let len = na - t;
             let (em, es) = if factored && at_arrival {
                 let (p, q) = (&arrivals[k - 1], &arrivals[k]);
-                (p.fm / q.fm, p.fs / q.fs)
+                m.factor_decays(p.fm, p.fs, q.fm, q.fs)
             } else {
                 n.decays(len)
             };
