@@ -31,23 +31,33 @@ fn to_py(e: core::Error) -> PyErr {
 }
 
 /// The LIF neuron of DESIGN.md: `dV/dt = -V/tau_m + I`, `dI/dt = -I/tau_s`, threshold `theta`.
+/// `mode="ttfs"`: first spikes only (DelGrad); `mode="multi"`: reset to 0 after every spike,
+/// refractory time `t_ref`, trial end `t_end` (EventProp).
 #[pyclass(frozen, module = "delgrad", name = "Neuron", eq)]
 #[derive(Clone, PartialEq)]
 struct PyNeuron {
     inner: core::Neuron,
+    multi: Option<core::MultiNeuron>,
 }
 
 #[pymethods]
 impl PyNeuron {
     #[new]
-    #[pyo3(signature = (tau_m = 2.0, tau_s = 1.0, theta = 1.0, mode = "ttfs"))]
-    fn new(tau_m: f64, tau_s: f64, theta: f64, mode: &str) -> PyResult<Self> {
-        if mode != "ttfs" {
-            return Err(ParameterError::new_err(format!(
-                "neuron: mode '{mode}' is not available in this build (available: 'ttfs')"
-            )));
+    #[pyo3(signature = (tau_m = 2.0, tau_s = 1.0, theta = 1.0, mode = "ttfs", t_ref = 0.0, t_end = f64::INFINITY))]
+    fn new(tau_m: f64, tau_s: f64, theta: f64, mode: &str, t_ref: f64, t_end: f64) -> PyResult<Self> {
+        let inner = core::Neuron::new(tau_m, tau_s, theta).map_err(to_py)?;
+        match mode {
+            "ttfs" => {
+                if t_ref != 0.0 || t_end != f64::INFINITY {
+                    return Err(ParameterError::new_err(
+                        "neuron: t_ref and t_end belong to mode='multi' (a TTFS neuron spikes once)",
+                    ));
+                }
+                Ok(Self { inner, multi: None })
+            }
+            "multi" => Ok(Self { inner, multi: Some(core::MultiNeuron::new(inner, t_ref, t_end).map_err(to_py)?) }),
+            _ => Err(ParameterError::new_err(format!("neuron: unknown mode '{mode}' (available: 'ttfs', 'multi')"))),
         }
-        Ok(Self { inner: core::Neuron::new(tau_m, tau_s, theta).map_err(to_py)? })
     }
     #[getter]
     fn tau_m(&self) -> f64 {
@@ -63,18 +73,48 @@ impl PyNeuron {
     }
     #[getter]
     fn mode(&self) -> &'static str {
-        "ttfs"
+        if self.multi.is_some() {
+            "multi"
+        } else {
+            "ttfs"
+        }
+    }
+    #[getter]
+    fn t_ref(&self) -> f64 {
+        self.multi.map_or(0.0, |m| m.t_ref)
+    }
+    #[getter]
+    fn t_end(&self) -> f64 {
+        self.multi.map_or(f64::INFINITY, |m| m.t_end)
     }
     fn __repr__(&self) -> String {
-        format!(
-            "Neuron(tau_m={:?}, tau_s={:?}, theta={:?}, mode='ttfs')",
-            self.inner.tau_m, self.inner.tau_s, self.inner.theta
-        )
+        let n = &self.inner;
+        match &self.multi {
+            None => format!("Neuron(tau_m={:?}, tau_s={:?}, theta={:?}, mode='ttfs')", n.tau_m, n.tau_s, n.theta),
+            Some(m) => format!(
+                "Neuron(tau_m={:?}, tau_s={:?}, theta={:?}, mode='multi', t_ref={:?}, t_end={:?})",
+                n.tau_m, n.tau_s, n.theta, m.t_ref, m.t_end
+            ),
+        }
     }
     fn __reduce__<'py>(slf: &Bound<'py, Self>) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyTuple>)> {
-        let n = slf.get().inner;
-        let args = PyTuple::new(slf.py(), [n.tau_m, n.tau_s, n.theta])?;
+        let me = slf.get();
+        let n = me.inner;
+        let args = (n.tau_m, n.tau_s, n.theta, me.mode(), me.t_ref(), me.t_end()).into_pyobject(slf.py())?;
         Ok((slf.get_type().into_any(), args))
+    }
+}
+
+impl PyNeuron {
+    /// The TTFS core neuron, or an error naming the call for a multi-spike neuron.
+    fn ttfs(&self, what: &str) -> PyResult<core::Neuron> {
+        if self.multi.is_some() {
+            return Err(ParameterError::new_err(format!(
+                "{what}: this call is for TTFS networks; for mode='multi' use multi_network_forward / \
+                 multi_network_backward"
+            )));
+        }
+        Ok(self.inner)
     }
 }
 
@@ -171,7 +211,13 @@ fn layer_forward<'py>(
     let (table, args) = layer_call(spikes, weights, delays, delay_kind)?;
     let layer = args.as_ref("layer")?;
     let n = neuron.inner;
-    let out = py.detach(|| core::layer_forward(&n, layer, &table, n_samples)).map_err(to_py)?;
+    let out = match neuron.multi {
+        None => py.detach(|| core::layer_forward(&n, layer, &table, n_samples)),
+        Some(m) => py.detach(|| {
+            core::multi_network::layer_forward(&m, core::MultiLayer { ff: layer, rec: None }, &table, n_samples)
+        }),
+    }
+    .map_err(to_py)?;
     PyRecordBatch::new(out.to_record_batch(None)).into_pyarrow(py)
 }
 
@@ -197,13 +243,116 @@ fn layer_backward<'py>(
     }
     let g = grad.as_slice().map_err(|_| ShapeError::new_err("grad must be contiguous"))?;
     let n = neuron.inner;
-    let (lg, gin) =
-        py.detach(|| core::layer_backward(&n, layer, &table, n_samples, &out, g)).map_err(to_py)?;
+    let (lg, gin) = match neuron.multi {
+        None => py.detach(|| core::layer_backward(&n, layer, &table, n_samples, &out, g)),
+        Some(m) => py.detach(|| {
+            core::multi_network::layer_backward(&m, core::MultiLayer { ff: layer, rec: None }, &table, n_samples, &out, g)
+                .map(|(lg, _, gin)| (lg, gin))
+        }),
+    }
+    .map_err(to_py)?;
     Ok((
         matrix(py, layer.n_out, layer.n_in, lg.weights),
         delay_grad_array(py, &layer, lg.delays),
         gin.into_pyarray(py),
     ))
+}
+
+fn readout_kind(kind: &str, tau_w: Option<f64>, t_end: f64) -> PyResult<core::ReadoutKind> {
+    match kind {
+        "max" => Ok(core::ReadoutKind::Max),
+        "exp_mean" => Ok(core::ReadoutKind::ExpMean { tau_w: tau_w.unwrap_or(t_end) }),
+        _ => Err(ParameterError::new_err(format!("readout: unknown kind '{kind}' (available: 'max', 'exp_mean')"))),
+    }
+}
+
+/// Values of a leaky-integrator readout, shape (n_samples, n_out): the maximum voltage over
+/// `[0, t_end]` (`kind="max"`) or `(1/t_end) int_0^t_end exp(-t/tau_w) V dt` (`kind="exp_mean"`,
+/// `tau_w` defaults to `t_end`).
+#[pyfunction]
+#[pyo3(signature = (spikes, weights, delays, delay_kind, neuron, n_samples, kind, t_end, tau_w = None))]
+#[allow(clippy::too_many_arguments)]
+fn readout_forward<'py>(
+    py: Python<'py>,
+    spikes: AnyRecordBatch,
+    weights: PyReadonlyArray2<'py, f64>,
+    delays: Option<PyReadonlyArrayDyn<'py, f64>>,
+    delay_kind: &str,
+    neuron: &PyNeuron,
+    n_samples: usize,
+    kind: &str,
+    t_end: f64,
+    tau_w: Option<f64>,
+) -> PyResult<Bound<'py, PyArray2<f64>>> {
+    let (table, args) = layer_call(spikes, weights, delays, delay_kind)?;
+    let layer = args.as_ref("readout")?;
+    table.validate("spikes", n_samples, layer.n_in).map_err(to_py)?;
+    let r = core::Readout { layer, kind: readout_kind(kind, tau_w, t_end)?, t_end };
+    let n = neuron.inner;
+    let y = py
+        .detach(|| {
+            let (sp, _) = Spikes::from_table(&table, n_samples);
+            r.forward(&n, &sp)
+        })
+        .map_err(to_py)?;
+    Ok(matrix(py, n_samples, layer.n_out, y))
+}
+
+/// Gradients of a readout given `dy = dL/dy` (n_samples, n_out): `(dL/dW, dL/dD, dL/dt per row
+/// of spikes)`.
+#[pyfunction]
+#[pyo3(signature = (spikes, weights, delays, delay_kind, neuron, n_samples, kind, t_end, dy, tau_w = None))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn readout_backward<'py>(
+    py: Python<'py>,
+    spikes: AnyRecordBatch,
+    weights: PyReadonlyArray2<'py, f64>,
+    delays: Option<PyReadonlyArrayDyn<'py, f64>>,
+    delay_kind: &str,
+    neuron: &PyNeuron,
+    n_samples: usize,
+    kind: &str,
+    t_end: f64,
+    dy: PyReadonlyArray2<'py, f64>,
+    tau_w: Option<f64>,
+) -> PyResult<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArray1<f64>>)> {
+    let (table, args) = layer_call(spikes, weights, delays, delay_kind)?;
+    let layer = args.as_ref("readout")?;
+    table.validate("spikes", n_samples, layer.n_in).map_err(to_py)?;
+    let r = core::Readout { layer, kind: readout_kind(kind, tau_w, t_end)?, t_end };
+    let dy = dy.as_slice().map_err(|_| ShapeError::new_err("dy must be C-contiguous"))?;
+    let n = neuron.inner;
+    let (lg, gin) = py
+        .detach(|| {
+            let (sp, perm) = Spikes::from_table(&table, n_samples);
+            let (lg, g_sorted) = r.backward(&n, &sp, dy)?;
+            let mut gin = vec![0.0; g_sorted.len()];
+            for (k, &row) in perm.iter().enumerate() {
+                gin[row] = g_sorted[k];
+            }
+            Ok::<_, core::Error>((lg, gin))
+        })
+        .map_err(to_py)?;
+    Ok((
+        matrix(py, layer.n_out, layer.n_in, lg.weights),
+        delay_grad_array(py, &layer, lg.delays),
+        gin.into_pyarray(py),
+    ))
+}
+
+/// Softmax cross-entropy on readout values (n_samples, n_out): `(mean loss, dL/dy, predictions)`.
+#[pyfunction]
+#[allow(clippy::type_complexity)]
+fn readout_cross_entropy<'py>(
+    py: Python<'py>,
+    values: PyReadonlyArray2<'py, f64>,
+    labels: PyReadonlyArray1<'py, i64>,
+) -> PyResult<(f64, Bound<'py, PyArray2<f64>>, Bound<'py, PyArray1<i64>>)> {
+    let shape = values.shape().to_vec();
+    let v = values.as_slice().map_err(|_| ShapeError::new_err("values must be C-contiguous"))?;
+    let l = labels.as_slice().map_err(|_| ShapeError::new_err("labels must be contiguous"))?;
+    let (loss, grad, pred) = core::readout::cross_entropy(v, shape[1], l).map_err(to_py)?;
+    Ok((loss, matrix(py, shape[0], shape[1], grad), pred.into_pyarray(py)))
 }
 
 /// The spikes of every layer of a network for a batch, kept on the Rust side for the backward
@@ -247,7 +396,11 @@ impl Trace {
     }
     /// Spikes recorded elsewhere (hardware): one table per layer, ids checked against `sizes`.
     #[staticmethod]
-    fn from_tables(tables: Vec<AnyRecordBatch>, sizes: Vec<usize>, n_samples: usize) -> PyResult<Self> {
+    #[pyo3(signature = (tables, sizes, n_samples, mode = "ttfs"))]
+    fn from_tables(tables: Vec<AnyRecordBatch>, sizes: Vec<usize>, n_samples: usize, mode: &str) -> PyResult<Self> {
+        if mode != "ttfs" && mode != "multi" {
+            return Err(ParameterError::new_err(format!("Trace.from_tables: unknown mode '{mode}'")));
+        }
         if tables.len() != sizes.len() {
             return Err(ShapeError::new_err(format!(
                 "Trace.from_tables: {} tables for {} layer sizes",
@@ -261,7 +414,11 @@ impl Trace {
             let t = read_table(t, &what, false)?;
             t.validate(&what, n_samples, n).map_err(to_py)?;
             let (sp, _) = Spikes::from_table(&t, n_samples);
-            core::network::check_spikes(&sp, n_samples, n, &what).map_err(to_py)?;
+            if mode == "multi" {
+                core::multi_network::check_multi_spikes(&sp, n_samples, n, &what).map_err(to_py)?;
+            } else {
+                core::network::check_spikes(&sp, n_samples, n, &what).map_err(to_py)?;
+            }
             layers.push(sp);
         }
         Ok(Self { n_samples, sizes, layers })
@@ -355,7 +512,7 @@ fn network_forward(
     neuron: &PyNeuron,
 ) -> PyResult<Trace> {
     let args = extract_layers(layers)?;
-    let net = Network::new(neuron.inner, layer_refs(&args)?).map_err(to_py)?;
+    let net = Network::new(neuron.ttfs("network")?, layer_refs(&args)?).map_err(to_py)?;
     let input = spikes.inner.input(select_slice(&select)?).map_err(to_py)?;
     let sizes = net.layers.iter().map(|l| l.n_out).collect();
     let n_samples = input.n_samples();
@@ -379,7 +536,7 @@ fn network_backward<'py>(
     min_slope: Option<f64>,
 ) -> PyResult<(Vec<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>)>, Bound<'py, PyArray1<f64>>)> {
     let args = extract_layers(layers)?;
-    let mut net = Network::new(neuron.inner, layer_refs(&args)?).map_err(to_py)?;
+    let mut net = Network::new(neuron.ttfs("network")?, layer_refs(&args)?).map_err(to_py)?;
     if let Some(m) = min_slope {
         net = net.with_min_slope(m).map_err(to_py)?;
     }
@@ -413,6 +570,114 @@ fn network_backward<'py>(
         .map(|(l, lg)| (matrix(py, l.n_out, l.n_in, lg.weights), delay_grad_array(py, l, lg.delays)))
         .collect();
     Ok((grads, g.inputs.into_pyarray(py)))
+}
+
+/// The optional recurrent parameters of each layer, borrowed like [`LayerArgs`].
+fn extract_recurrent<'py>(rec: &Option<Bound<'py, PyAny>>, n_layers: usize) -> PyResult<Vec<Option<LayerArgs<'py>>>> {
+    let Some(rec) = rec else { return Ok((0..n_layers).map(|_| None).collect()) };
+    let v: Vec<Option<LayerArgs>> = rec
+        .try_iter()?
+        .map(|x| {
+            let x = x?;
+            if x.is_none() {
+                Ok(None)
+            } else {
+                LayerArgs::extract(&x).map(Some)
+            }
+        })
+        .collect::<PyResult<_>>()?;
+    if v.len() != n_layers {
+        return Err(ShapeError::new_err(format!(
+            "recurrent: {} entries for {n_layers} layers (use None for a feed-forward layer)",
+            v.len()
+        )));
+    }
+    Ok(v)
+}
+
+fn multi_net<'a>(
+    neuron: &PyNeuron,
+    ff: &'a [LayerArgs],
+    rec: &'a [Option<LayerArgs>],
+) -> PyResult<core::MultiNetwork<'a>> {
+    let m = neuron
+        .multi
+        .ok_or_else(|| ParameterError::new_err("multi_network_*: the neuron must have mode='multi'"))?;
+    let mut layers = Vec::with_capacity(ff.len());
+    for (l, (f, r)) in ff.iter().zip(rec).enumerate() {
+        let ff = f.as_ref(&format!("layer {l}"))?;
+        let rec = r.as_ref().map(|r| r.as_ref(&format!("layer {l} recurrent"))).transpose()?;
+        layers.push(core::MultiLayer { ff, rec });
+    }
+    core::MultiNetwork::new(m, layers).map_err(to_py)
+}
+
+/// Every spike of every layer of a multi-spike network (feed-forward and, where
+/// `recurrent[l]` is given as `(weights (n, n), delay_kind, delays)`, recurrent layers).
+#[pyfunction]
+#[pyo3(signature = (spikes, select, layers, neuron, recurrent = None))]
+fn multi_network_forward(
+    py: Python<'_>,
+    spikes: &PySpikeSet,
+    select: Option<PyReadonlyArray1<'_, u32>>,
+    layers: &Bound<'_, PyAny>,
+    neuron: &PyNeuron,
+    recurrent: Option<Bound<'_, PyAny>>,
+) -> PyResult<Trace> {
+    let ff = extract_layers(layers)?;
+    let rec = extract_recurrent(&recurrent, ff.len())?;
+    let net = multi_net(neuron, &ff, &rec)?;
+    let input = spikes.inner.input(select_slice(&select)?).map_err(to_py)?;
+    let sizes = net.layers.iter().map(|l| l.ff.n_out).collect();
+    let n_samples = input.n_samples();
+    let out = py.detach(|| net.forward(&input)).map_err(to_py)?;
+    Ok(Trace { n_samples, sizes, layers: out })
+}
+
+/// EventProp gradients of a multi-spike network given `grad_spikes`, `dL/dt` of every spike of
+/// the last layer in the row order of `trace.spikes(-1)`. Returns the feed-forward
+/// `(dW, dD)` per layer, the recurrent `(dW, dD)` per layer (None for feed-forward layers) and
+/// `dL/dt` of each input spike row.
+#[pyfunction]
+#[pyo3(signature = (spikes, select, layers, neuron, trace, grad_spikes, recurrent = None))]
+#[allow(clippy::type_complexity, clippy::too_many_arguments)]
+fn multi_network_backward<'py>(
+    py: Python<'py>,
+    spikes: &PySpikeSet,
+    select: Option<PyReadonlyArray1<'py, u32>>,
+    layers: &Bound<'py, PyAny>,
+    neuron: &PyNeuron,
+    trace: &Trace,
+    grad_spikes: PyReadonlyArray1<'py, f64>,
+    recurrent: Option<Bound<'py, PyAny>>,
+) -> PyResult<(
+    Vec<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>)>,
+    Vec<Option<(Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>)>>,
+    Bound<'py, PyArray1<f64>>,
+)> {
+    let ff = extract_layers(layers)?;
+    let rec = extract_recurrent(&recurrent, ff.len())?;
+    let net = multi_net(neuron, &ff, &rec)?;
+    let input = spikes.inner.input(select_slice(&select)?).map_err(to_py)?;
+    if input.n_samples() != trace.n_samples {
+        return Err(ShapeError::new_err(format!(
+            "the batch has {} samples but the trace has {}",
+            input.n_samples(),
+            trace.n_samples
+        )));
+    }
+    let g = grad_spikes.as_slice().map_err(|_| ShapeError::new_err("grad_spikes must be contiguous"))?;
+    let grads = py.detach(|| net.backward(&input, &trace.layers, g)).map_err(to_py)?;
+    let mut ff_out = Vec::new();
+    let mut rec_out = Vec::new();
+    for (l, (lg, rg)) in net.layers.iter().zip(grads.layers.into_iter().zip(grads.rec)) {
+        ff_out.push((matrix(py, l.ff.n_out, l.ff.n_in, lg.weights), delay_grad_array(py, &l.ff, lg.delays)));
+        rec_out.push(match (l.rec, rg) {
+            (Some(r), Some(rg)) => Some((matrix(py, r.n_out, r.n_in, rg.weights), delay_grad_array(py, &r, rg.delays))),
+            _ => None,
+        });
+    }
+    Ok((ff_out, rec_out, grads.inputs.into_pyarray(py)))
 }
 
 /// Loss on first spike times `(n_samples, n_out)` (inf = silent): returns the mean loss,
@@ -476,6 +741,11 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(predict, m)?)?;
     m.add_function(wrap_pyfunction!(layer_forward, m)?)?;
     m.add_function(wrap_pyfunction!(layer_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(readout_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(readout_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(readout_cross_entropy, m)?)?;
+    m.add_function(wrap_pyfunction!(multi_network_forward, m)?)?;
+    m.add_function(wrap_pyfunction!(multi_network_backward, m)?)?;
     m.add_function(wrap_pyfunction!(network_forward, m)?)?;
     m.add_function(wrap_pyfunction!(network_backward, m)?)?;
     m.add_function(wrap_pyfunction!(_column_addresses, m)?)?;

@@ -7,23 +7,34 @@
 //! - [`ttfs`]: time-to-first-spike layers for one sample, forward scan and IFT gradients;
 //! - [`layer`]: weights and the three delay parametrisations;
 //! - [`network`]: feed-forward networks over whole batches, parallel over samples;
-//! - [`spikes`]: Arrow spike tables in, grouped spikes out.
+//! - [`spikes`]: Arrow spike tables in, grouped spikes out;
+//! - [`multi`]: multi-spike LIF (reset, refractory) forward simulation, feed-forward and recurrent;
+//! - [`eventprop`]: the EventProp adjoint backward pass with delay gradients;
+//! - [`readout`]: the leaky-integrator readout (max / exponentially weighted mean voltage);
+//! - [`multi_network`]: multi-spike networks over whole batches.
 
 // `!(x > 0.0)` is meant: it is also true for NaN, which must take the "no spike" path.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
 pub mod error;
+pub mod eventprop;
 pub mod layer;
 pub mod loss;
+pub mod multi;
+pub mod multi_network;
 pub mod network;
 pub mod neuron;
+pub mod readout;
 pub mod solver;
 pub mod spikes;
 pub mod ttfs;
 
 pub use error::{Error, Result};
 pub use layer::{DelayKind, LayerGrad, LayerRef};
+pub use multi::MultiNeuron;
+pub use multi_network::{MultiGrad, MultiLayer, MultiNetwork};
 pub use network::{Input, NetGrad, Network, SpikeSet};
+pub use readout::{Readout, ReadoutKind};
 pub use neuron::Neuron;
 pub use spikes::{SpikeTable, Spikes};
 

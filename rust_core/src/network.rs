@@ -46,7 +46,7 @@ impl Input<'_> {
     pub fn n_samples(&self) -> usize {
         self.select.map_or(self.grouping.n_samples(), |s| s.len())
     }
-    fn rows(&self, s: usize) -> RowIter<'_> {
+    pub(crate) fn rows(&self, s: usize) -> RowIter<'_> {
         self.grouping.rows(self.select.map_or(s, |sel| sel[s] as usize))
     }
 }

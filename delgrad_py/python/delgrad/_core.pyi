@@ -15,7 +15,13 @@ class ParameterError(ValueError): ...
 @final
 class Neuron:
     def __init__(
-        self, tau_m: float = 2.0, tau_s: float = 1.0, theta: float = 1.0, mode: str = "ttfs"
+        self,
+        tau_m: float = 2.0,
+        tau_s: float = 1.0,
+        theta: float = 1.0,
+        mode: str = "ttfs",
+        t_ref: float = 0.0,
+        t_end: float = float("inf"),
     ) -> None: ...
     @property
     def tau_m(self) -> float: ...
@@ -25,6 +31,10 @@ class Neuron:
     def theta(self) -> float: ...
     @property
     def mode(self) -> str: ...
+    @property
+    def t_ref(self) -> float: ...
+    @property
+    def t_end(self) -> float: ...
 
 @final
 class SpikeSet:
@@ -50,7 +60,7 @@ class Trace:
     def spikes(self, layer: int, with_layer: bool = False) -> pa.RecordBatch: ...
     def first_times(self, layer: int) -> NDArray[np.float64]: ...
     @staticmethod
-    def from_tables(tables: list[Any], sizes: list[int], n_samples: int) -> Trace: ...
+    def from_tables(tables: list[Any], sizes: list[int], n_samples: int, mode: str = "ttfs") -> Trace: ...
 
 _LayerArgs = tuple[NDArray[np.float64], str, NDArray[np.float64] | None]
 
@@ -72,6 +82,52 @@ def layer_backward(
     grad: NDArray[np.float64],
     n_samples: int,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]: ...
+def readout_forward(
+    spikes: Any,
+    weights: NDArray[np.float64],
+    delays: NDArray[np.float64] | None,
+    delay_kind: str,
+    neuron: Neuron,
+    n_samples: int,
+    kind: str,
+    t_end: float,
+    tau_w: float | None = None,
+) -> NDArray[np.float64]: ...
+def readout_backward(
+    spikes: Any,
+    weights: NDArray[np.float64],
+    delays: NDArray[np.float64] | None,
+    delay_kind: str,
+    neuron: Neuron,
+    n_samples: int,
+    kind: str,
+    t_end: float,
+    dy: NDArray[np.float64],
+    tau_w: float | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]: ...
+def readout_cross_entropy(
+    values: NDArray[np.float64], labels: NDArray[np.int64]
+) -> tuple[float, NDArray[np.float64], NDArray[np.int64]]: ...
+def multi_network_forward(
+    spikes: SpikeSet,
+    select: NDArray[np.uint32] | None,
+    layers: list[_LayerArgs],
+    neuron: Neuron,
+    recurrent: list[_LayerArgs | None] | None = None,
+) -> Trace: ...
+def multi_network_backward(
+    spikes: SpikeSet,
+    select: NDArray[np.uint32] | None,
+    layers: list[_LayerArgs],
+    neuron: Neuron,
+    trace: Trace,
+    grad_spikes: NDArray[np.float64],
+    recurrent: list[_LayerArgs | None] | None = None,
+) -> tuple[
+    list[tuple[NDArray[np.float64], NDArray[np.float64]]],
+    list[tuple[NDArray[np.float64], NDArray[np.float64]] | None],
+    NDArray[np.float64],
+]: ...
 def network_forward(
     spikes: SpikeSet, select: NDArray[np.uint32] | None, layers: list[_LayerArgs], neuron: Neuron
 ) -> Trace: ...

@@ -1,0 +1,595 @@
+//! Multi-spike LIF neurons: exact event-driven simulation with reset to 0 after every spike and an
+//! optional refractory time (issue 4, forward pass).
+//!
+//! The model is DESIGN.md's (`dV/dt = -V/tau_m + I`, `dI/dt = -I/tau_s`, unit capacitance). A spike
+//! at `V = theta` resets `V` to 0; `I` continues. With `t_ref > 0`, `V` is clamped at 0 for
+//! `t_ref` after the spike while `I` keeps evolving (arrivals still add to it). Between events the
+//! state evolves in closed form ([`Neuron::evolve`]) and every threshold crossing is located by the
+//! TTFS engine's solver ([`crate::solver`]): closed forms for `tau_m = tau_s` and
+//! `tau_m = 2 tau_s`, bracketed Newton otherwise. No time grid anywhere.
+//!
+//! Feed-forward layers are simulated target by target: all arrivals to a layer are known from the
+//! previous layer's spikes and the delays, so each target neuron is an independent scan over its
+//! own sorted arrivals. Recurrent layers need a global event queue (a binary heap of arrivals and
+//! predicted spikes, with stale predictions invalidated by a per-neuron version counter).
+
+use std::cmp::Ordering;
+use std::collections::BinaryHeap;
+
+use crate::error::{param_err, Result};
+use crate::layer::{DelayKind, LayerRef};
+use crate::neuron::Neuron;
+use crate::solver::{crossing_in_interval, first_crossing};
+use crate::ttfs::In;
+
+/// A multi-spike neuron: the LIF model plus what only the multi-spike mode has.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MultiNeuron {
+    pub neuron: Neuron,
+    /// Refractory time: `V` is held at 0 for `t_ref` after each spike (`I` keeps evolving).
+    pub t_ref: f64,
+    /// End of the simulated trial: spikes after `t_end` are not produced (may be infinite; then
+    /// a neuron is simulated until its input has decayed and it cannot cross any more).
+    pub t_end: f64,
+    /// Safety cap on the spikes of one layer in one sample (runaway recurrent excitation without
+    /// refractoriness would otherwise never stop). Exceeding it is an error of the batch call.
+    pub max_spikes: usize,
+    /// `k` when `tau_m = k tau_s` exactly for a small integer `k` (then `exp(-s/tau_s)` is
+    /// `exp(-s/tau_m)^k`, one division fewer per interval), else 0.
+    pub(crate) pow_k: i32,
+}
+
+impl MultiNeuron {
+    /// `(e_m, e_s)` over the interval between two arrivals from their factors.
+    #[inline]
+    pub(crate) fn factor_decays(&self, pm: f64, ps: f64, qm: f64, qs: f64) -> (f64, f64) {
+        let em = pm / qm;
+        match self.pow_k {
+            0 => (em, ps / qs),
+            1 => (em, em),
+            2 => (em, em * em),
+            4 => {
+                let e2 = em * em;
+                (em, e2 * e2)
+            }
+            k => (em, em.powi(k)),
+        }
+    }
+
+    /// `e_s` over the interval between two arrivals from their factors.
+    #[inline]
+    pub(crate) fn factor_es(&self, pm: f64, ps: f64, qm: f64, qs: f64) -> f64 {
+        if self.pow_k == 0 {
+            ps / qs
+        } else {
+            self.factor_decays(pm, ps, qm, qs).1
+        }
+    }
+
+    pub fn new(neuron: Neuron, t_ref: f64, t_end: f64) -> Result<Self> {
+        if !(t_ref.is_finite() && t_ref >= 0.0) {
+            return Err(param_err(format!("neuron: t_ref must be finite and >= 0, got {t_ref}")));
+        }
+        if t_end.is_nan() {
+            return Err(param_err("neuron: t_end must not be NaN"));
+        }
+        let pow_k = (1..=8).find(|&k| neuron.tau_m == k as f64 * neuron.tau_s).unwrap_or(0);
+        Ok(Self { neuron, t_ref, t_end, max_spikes: 10_000_000, pow_k })
+    }
+}
+
+/// Sorts `(time, ...)` records by time. Times are finite, so `total_cmp` is the numeric order
+/// (up to `-0.0 < 0.0`, which does not change any result).
+#[inline]
+pub(crate) fn sort_by_time<T>(v: &mut [T], key: impl Fn(&T) -> f64) {
+    v.sort_unstable_by(|a, b| key(a).total_cmp(&key(b)));
+}
+
+/// Buffers of [`bucket_sort`].
+#[derive(Debug)]
+pub struct SortBuf<T> {
+    buf: Vec<T>,
+    bucket: Vec<u32>,
+    counts: Vec<u32>,
+}
+
+impl<T> Default for SortBuf<T> {
+    fn default() -> Self {
+        Self { buf: Vec::new(), bucket: Vec::new(), counts: Vec::new() }
+    }
+}
+
+/// Sorts records by time in expected linear time: one bucket per record over the time span, a
+/// counting scatter, then insertion sort (records are only out of order within a bucket).
+/// Falls back to a comparison sort when a bucket is crowded (strongly clustered times).
+pub fn bucket_sort<T: Copy>(v: &mut Vec<T>, sb: &mut SortBuf<T>, key: impl Fn(&T) -> f64) {
+    let n = v.len();
+    if n <= 48 {
+        insertion_sort(v, &key);
+        return;
+    }
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for x in v.iter() {
+        let t = key(x);
+        lo = lo.min(t);
+        hi = hi.max(t);
+    }
+    if !(hi > lo) {
+        return;
+    }
+    let scale = n as f64 / (hi - lo);
+    let last = (n - 1) as u32;
+    sb.bucket.clear();
+    sb.bucket.extend(v.iter().map(|x| (((key(x) - lo) * scale) as u32).min(last)));
+    sb.counts.clear();
+    sb.counts.resize(n + 1, 0);
+    let mut crowded = false;
+    for &b in &sb.bucket {
+        let c = &mut sb.counts[b as usize + 1];
+        *c += 1;
+        crowded |= *c > 32;
+    }
+    if crowded {
+        sort_by_time(v, key);
+        return;
+    }
+    for b in 0..n {
+        sb.counts[b + 1] += sb.counts[b];
+    }
+    sb.buf.clear();
+    sb.buf.resize(n, v[0]);
+    for (x, &b) in v.iter().zip(&sb.bucket) {
+        let c = &mut sb.counts[b as usize];
+        sb.buf[*c as usize] = *x;
+        *c += 1;
+    }
+    insertion_sort(&mut sb.buf, &key);
+    std::mem::swap(v, &mut sb.buf);
+}
+
+/// Fills `out` with the records of `items` sorted by time, bucketing while the records are
+/// produced (one pass fewer than [`bucket_sort`]): `n_hint` records are expected, all times in
+/// `[lo, hi]`. Same fallback for crowded buckets.
+pub fn bucket_fill<T: Copy>(
+    n_hint: usize,
+    lo: f64,
+    hi: f64,
+    sb: &mut SortBuf<T>,
+    out: &mut Vec<T>,
+    items: impl Iterator<Item = T>,
+    key: impl Fn(&T) -> f64,
+) {
+    out.clear();
+    let nb = n_hint.max(1);
+    let span = hi - lo;
+    if !(span > 0.0) || !span.is_finite() || nb <= 48 {
+        out.extend(items);
+        bucket_sort(out, sb, key);
+        return;
+    }
+    let scale = nb as f64 / span;
+    let last = (nb - 1) as u32;
+    sb.buf.clear();
+    sb.bucket.clear();
+    sb.counts.clear();
+    sb.counts.resize(nb + 1, 0);
+    let mut crowded = false;
+    for x in items {
+        let b = (((key(&x) - lo) * scale).max(0.0) as u32).min(last);
+        sb.buf.push(x);
+        sb.bucket.push(b);
+        let c = &mut sb.counts[b as usize + 1];
+        *c += 1;
+        crowded |= *c > 32;
+    }
+    if sb.buf.is_empty() {
+        return;
+    }
+    if crowded {
+        out.extend_from_slice(&sb.buf);
+        sort_by_time(out, key);
+        return;
+    }
+    for b in 0..nb {
+        sb.counts[b + 1] += sb.counts[b];
+    }
+    out.resize(sb.buf.len(), sb.buf[0]);
+    for (x, &b) in sb.buf.iter().zip(&sb.bucket) {
+        let c = &mut sb.counts[b as usize];
+        out[*c as usize] = *x;
+        *c += 1;
+    }
+    insertion_sort(out, &key);
+}
+
+#[inline]
+fn insertion_sort<T: Copy>(v: &mut [T], key: &impl Fn(&T) -> f64) {
+    for k in 1..v.len() {
+        let x = v[k];
+        let kx = key(&x);
+        let mut m = k;
+        while m > 0 && key(&v[m - 1]) > kx {
+            v[m] = v[m - 1];
+            m -= 1;
+        }
+        v[m] = x;
+    }
+}
+
+/// `exp(d_ji / tau_m)` and `exp(d_ji / tau_s)` of every synapse of a layer, computed once per
+/// batch. With the per-spike factors `exp((t_i - t_0)/tau)` of a sample, each arrival carries
+/// `exp((a - t_0)/tau)` as a product, and the decay over the interval between two arrivals is a
+/// quotient: the scans and the adjoint sweeps then need no `exp` between consecutive arrivals
+/// (the same device as the TTFS scan's, for both time constants).
+#[derive(Debug, Clone)]
+pub struct DelayFactors {
+    pub fm: Vec<f64>,
+    pub fs: Vec<f64>,
+    pub max_delay: f64,
+}
+
+pub fn delay_factors(n: &Neuron, layer: &LayerRef) -> DelayFactors {
+    let mut fm = Vec::with_capacity(layer.n_out * layer.n_in);
+    let mut fs = Vec::with_capacity(layer.n_out * layer.n_in);
+    for j in 0..layer.n_out {
+        for i in 0..layer.n_in {
+            let d = layer.delay(j, i);
+            fm.push((d * n.inv_tau_m).exp());
+            fs.push((d * n.inv_tau_s).exp());
+        }
+    }
+    let max_delay = layer.delays.iter().fold(0.0_f64, |m, &d| m.max(d));
+    DelayFactors { fm, fs, max_delay }
+}
+
+/// Spans longer than this many time constants would overflow the factors: such samples take
+/// the exponential path.
+const MAX_FACTOR_SPAN: f64 = 600.0;
+
+/// The per-spike factors of one sample's inputs, or `false` when the span is too long.
+pub fn spike_factors(n: &Neuron, inputs: &[In], max_delay: f64, um: &mut Vec<f64>, us: &mut Vec<f64>) -> bool {
+    um.clear();
+    us.clear();
+    let (mut t0, mut t1) = (f64::INFINITY, f64::NEG_INFINITY);
+    for &(_, t) in inputs {
+        t0 = t0.min(t);
+        t1 = t1.max(t);
+    }
+    if (t1 - t0 + max_delay) * n.inv_tau_m.max(n.inv_tau_s) >= MAX_FACTOR_SPAN {
+        return false;
+    }
+    for &(_, t) in inputs {
+        um.push(((t - t0) * n.inv_tau_m).exp());
+        us.push(((t - t0) * n.inv_tau_s).exp());
+    }
+    true
+}
+
+/// An arrival in the forward scan: time, weight, and `exp((a - t_0)/tau_m)`,
+/// `exp((a - t_0)/tau_s)` (NaN when the sample takes the exponential path).
+#[derive(Debug, Clone, Copy)]
+pub struct FArr {
+    pub a: f64,
+    pub w: f64,
+    pub fm: f64,
+    pub fs: f64,
+}
+
+/// Simulates one neuron from rest on its arrivals `(time, weight)` sorted by time, appending its
+/// spike times to `out`. Returns `false` if `max_spikes` was reached (the output is truncated).
+pub fn simulate(m: &MultiNeuron, arrivals: &[(f64, f64)], out: &mut Vec<f64>) -> bool {
+    let arr: Vec<FArr> = arrivals.iter().map(|&(a, w)| FArr { a, w, fm: f64::NAN, fs: f64::NAN }).collect();
+    simulate_arr(m, &arr, false, out)
+}
+
+/// [`simulate`] on [`FArr`] records; with `factored`, the decays between consecutive arrivals
+/// come from the records' factors.
+pub fn simulate_arr(m: &MultiNeuron, arrivals: &[FArr], factored: bool, out: &mut Vec<f64>) -> bool {
+    let n = &m.neuron;
+    if arrivals.is_empty() {
+        return true;
+    }
+    let start = out.len();
+    let (mut v, mut i) = (0.0_f64, 0.0_f64);
+    let mut t = arrivals[0].a;
+    let mut k = 0;
+    // Apply the arrivals at time t.
+    while k < arrivals.len() && arrivals[k].a <= t {
+        i += arrivals[k].w;
+        k += 1;
+    }
+    // Whether the state sits at arrival k - 1 (so the factors give the next decay).
+    let mut at_arrival = true;
+    let mut refr_end = f64::NEG_INFINITY;
+    loop {
+        let na = if k < arrivals.len() { arrivals[k].a } else { f64::INFINITY };
+        if na > m.t_end && t > m.t_end {
+            break;
+        }
+        if refr_end > t {
+            // Refractory: V stays at 0, I decays; arrivals still add to I.
+            if refr_end <= na {
+                i *= (-(refr_end - t) * n.inv_tau_s).exp();
+                t = refr_end;
+                at_arrival = false;
+            } else {
+                i *= (-(na - t) * n.inv_tau_s).exp();
+                t = na;
+                while k < arrivals.len() && arrivals[k].a <= t {
+                    i += arrivals[k].w;
+                    k += 1;
+                }
+                at_arrival = true;
+            }
+            continue;
+        }
+        let crossing = if v >= n.theta {
+            // Only by rounding, when the previous interval's crossing sat on its end.
+            Some(0.0)
+        } else if na == f64::INFINITY {
+            first_crossing(n, v, i, f64::INFINITY)
+        } else {
+            let len = na - t;
+            let (em, es) = if factored && at_arrival {
+                let (p, q) = (&arrivals[k - 1], &arrivals[k]);
+                m.factor_decays(p.fm, p.fs, q.fm, q.fs)
+            } else {
+                n.decays(len)
+            };
+            let (ve, ie) = (v * em + i * n.kernel_from_fast(len, em, es), i * es);
+            // With I <= 0 no crossing is possible: skip the solver's checks.
+            match if i > 0.0 { crossing_in_interval(n, v, i, len, ve, ie) } else { None } {
+                Some(s) => Some(s),
+                None => {
+                    v = ve;
+                    i = ie;
+                    t = na;
+                    while k < arrivals.len() && arrivals[k].a <= t {
+                        i += arrivals[k].w;
+                        k += 1;
+                    }
+                    at_arrival = true;
+                    continue;
+                }
+            }
+        };
+        match crossing {
+            Some(s) => {
+                let ts = t + s;
+                if ts > m.t_end {
+                    break;
+                }
+                if out.len() - start >= m.max_spikes {
+                    return false;
+                }
+                out.push(ts);
+                i *= (-s * n.inv_tau_s).exp();
+                v = 0.0;
+                t = ts;
+                refr_end = ts + m.t_ref;
+                at_arrival = false;
+            }
+            None => break,
+        }
+    }
+    true
+}
+
+/// Reusable buffers of the forward pass, one set per worker thread.
+#[derive(Default)]
+pub struct Scratch {
+    arrivals: Vec<FArr>,
+    sort: SortBuf<FArr>,
+    times: Vec<f64>,
+    um: Vec<f64>,
+    us: Vec<f64>,
+}
+
+/// Forward pass of one feed-forward multi-spike layer for one sample. Appends `(neuron, time)`
+/// for every output spike, sorted by neuron then time. `factors` (from [`delay_factors`], once
+/// per batch) make the scan exp-free between arrivals. Returns `false` if a neuron hit
+/// `max_spikes`.
+pub fn layer_forward(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    factors: Option<&DelayFactors>,
+    out: &mut Vec<In>,
+    scratch: &mut Scratch,
+) -> bool {
+    let Scratch { arrivals, sort, times, um, us } = scratch;
+    let mut ok = true;
+    if inputs.is_empty() {
+        return true;
+    }
+    let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
+    let (lo, hi) = time_range(inputs, layer);
+    for j in 0..layer.n_out {
+        let row = j * layer.n_in;
+        let w = &layer.weights[row..row + layer.n_in];
+        match (factors, layer.kind) {
+            (Some(f), DelayKind::Synaptic) => {
+                let (fm, fs, d) = (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in], &layer.delays[row..row + layer.n_in]);
+                let items = inputs.iter().zip(um.iter().zip(us.iter())).filter_map(|(&(i, t), (&xm, &xs))| {
+                    let i = i as usize;
+                    (w[i] != 0.0).then(|| FArr { a: t + d[i], w: w[i], fm: xm * fm[i], fs: xs * fs[i] })
+                });
+                bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, |x| x.a);
+            }
+            (Some(f), _) => {
+                let (fm, fs) = (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in]);
+                let items = inputs.iter().zip(um.iter().zip(us.iter())).filter_map(|(&(i, t), (&xm, &xs))| {
+                    let i = i as usize;
+                    (w[i] != 0.0).then(|| FArr { a: t + layer.delay(j, i), w: w[i], fm: xm * fm[i], fs: xs * fs[i] })
+                });
+                bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, |x| x.a);
+            }
+            (None, _) => {
+                let items = inputs.iter().filter_map(|&(i, t)| {
+                    let i = i as usize;
+                    (w[i] != 0.0).then(|| FArr { a: t + layer.delay(j, i), w: w[i], fm: f64::NAN, fs: f64::NAN })
+                });
+                bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, |x| x.a);
+            }
+        }
+        times.clear();
+        ok &= simulate_arr(m, arrivals, factors.is_some(), times);
+        out.extend(times.iter().map(|&t| (j as u32, t)));
+    }
+    ok
+}
+
+/// Bounds of the arrival times of a layer's inputs: `[min t, max t + max delay]`.
+pub fn time_range(inputs: &[In], layer: &LayerRef) -> (f64, f64) {
+    let (mut lo, mut hi) = (f64::INFINITY, f64::NEG_INFINITY);
+    for &(_, t) in inputs {
+        lo = lo.min(t);
+        hi = hi.max(t);
+    }
+    let max_delay = layer.delays.iter().fold(0.0_f64, |m, &d| m.max(d));
+    (lo, hi + max_delay)
+}
+
+/// A recurrent layer: feed-forward weights `ff` (`n_out x n_in`) plus recurrent weights `rec`
+/// (`n_out x n_out`, `rec[j, i]` from neuron `i` to neuron `j` of the same layer), each synapse
+/// with its own delay.
+#[derive(Debug, Clone, Copy)]
+pub struct RecLayer<'a> {
+    pub ff: LayerRef<'a>,
+    pub rec: LayerRef<'a>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Event {
+    time: f64,
+    // 0: predicted spike (before arrivals at the same time: V reached theta from the left),
+    // 1: arrival.
+    kind: u8,
+    neuron: u32,
+    // Arrival: weight; prediction: the neuron's version when it was made.
+    w: f64,
+    version: u32,
+}
+
+impl PartialEq for Event {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+impl Eq for Event {}
+impl PartialOrd for Event {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Event {
+    // Reversed: BinaryHeap is a max-heap and we want the earliest event first.
+    fn cmp(&self, other: &Self) -> Ordering {
+        other
+            .time
+            .total_cmp(&self.time)
+            .then(other.kind.cmp(&self.kind))
+            .then(other.neuron.cmp(&self.neuron))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct State {
+    v: f64,
+    i: f64,
+    t: f64,
+    refr_end: f64,
+    version: u32,
+}
+
+/// `(V, I)` of a neuron advanced from its state time to `to`, honouring the refractory clamp.
+#[inline]
+fn advance(n: &Neuron, st: &State, to: f64) -> (f64, f64) {
+    if to <= st.t {
+        return (st.v, st.i);
+    }
+    if st.refr_end > st.t {
+        if to <= st.refr_end {
+            return (0.0, st.i * (-(to - st.t) * n.inv_tau_s).exp());
+        }
+        let i_r = st.i * (-(st.refr_end - st.t) * n.inv_tau_s).exp();
+        return n.evolve(0.0, i_r, to - st.refr_end);
+    }
+    n.evolve(st.v, st.i, to - st.t)
+}
+
+/// The next threshold crossing of a neuron without further input, if any.
+fn predict(m: &MultiNeuron, st: &State) -> Option<f64> {
+    let n = &m.neuron;
+    let (start, v, i) = if st.refr_end > st.t {
+        (st.refr_end, 0.0, st.i * (-(st.refr_end - st.t) * n.inv_tau_s).exp())
+    } else {
+        (st.t, st.v, st.i)
+    };
+    if v >= n.theta {
+        return Some(start);
+    }
+    first_crossing(n, v, i, f64::INFINITY).map(|s| start + s)
+}
+
+/// Forward pass of one recurrent multi-spike layer for one sample (global event queue). Appends
+/// `(neuron, time)` for every spike, sorted by neuron then time. Returns `false` if the layer
+/// hit `max_spikes`.
+pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: &mut Vec<In>) -> bool {
+    let n = &m.neuron;
+    let (ff, rec) = (&layer.ff, &layer.rec);
+    let n_out = ff.n_out;
+    let mut heap: BinaryHeap<Event> = BinaryHeap::with_capacity(inputs.len() * n_out);
+    for j in 0..n_out {
+        for &(i, t) in inputs {
+            let w = ff.weight(j, i as usize);
+            if w != 0.0 {
+                let time = t + ff.delay(j, i as usize);
+                heap.push(Event { time, kind: 1, neuron: j as u32, w, version: 0 });
+            }
+        }
+    }
+    let mut st = vec![State { v: 0.0, i: 0.0, t: f64::NEG_INFINITY, refr_end: f64::NEG_INFINITY, version: 0 }; n_out];
+    let start = out.len();
+    while let Some(ev) = heap.pop() {
+        if ev.time > m.t_end {
+            break;
+        }
+        let j = ev.neuron as usize;
+        if ev.kind == 1 {
+            let s = &mut st[j];
+            let (v, i) = if s.t == f64::NEG_INFINITY { (0.0, 0.0) } else { advance(n, s, ev.time) };
+            s.v = v;
+            s.i = i + ev.w;
+            s.t = ev.time;
+        } else {
+            if ev.version != st[j].version {
+                continue;
+            }
+            if out.len() - start >= m.max_spikes {
+                return false;
+            }
+            let s = &mut st[j];
+            let (_, i) = advance(n, s, ev.time);
+            s.v = 0.0;
+            s.i = i;
+            s.t = ev.time;
+            s.refr_end = ev.time + m.t_ref;
+            out.push((j as u32, ev.time));
+            for target in 0..n_out {
+                let w = rec.weight(target, j);
+                if w != 0.0 {
+                    let time = ev.time + rec.delay(target, j);
+                    heap.push(Event { time, kind: 1, neuron: target as u32, w, version: 0 });
+                }
+            }
+        }
+        let s = &mut st[j];
+        s.version = s.version.wrapping_add(1);
+        if let Some(tp) = predict(m, s) {
+            heap.push(Event { time: tp, kind: 0, neuron: j as u32, w: 0.0, version: s.version });
+        }
+    }
+    out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    true
+}
