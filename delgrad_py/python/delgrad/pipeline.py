@@ -126,7 +126,12 @@ def _raw_splits(cfg: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]
         from delgrad.data.digits import digits_splits
 
         return digits_splits(seed=int(cfg["data"].get("seed", 0)))
-    raise ValueError(f"data.dataset: unknown data set {name!r} (available: yinyang, digits)")
+    if name == "temporal":
+        from delgrad.data.temporal import temporal_splits
+
+        opts = {k: v for k, v in cfg["data"].items() if k not in ("dataset", "seed")}
+        return temporal_splits(seed=int(cfg["data"].get("seed", 0)), **opts)
+    raise ValueError(f"data.dataset: unknown data set {name!r} (available: yinyang, digits, temporal)")
 
 
 def encoder_of(cfg: dict[str, Any]) -> LatencyEncoder:
@@ -167,7 +172,12 @@ def build_network(cfg: dict[str, Any], n_in: int, n_out: int) -> Network:
 
 
 def n_classes(cfg: dict[str, Any]) -> int:
-    return {"yinyang": 3, "digits": 10}[cfg["data"]["dataset"]]
+    d = cfg["data"]
+    if d["dataset"] == "temporal":
+        import math
+
+        return int(d.get("n_classes") or math.factorial(int(d.get("n_channels", 3))))
+    return {"yinyang": 3, "digits": 10}[d["dataset"]]
 
 
 def run(
@@ -187,6 +197,10 @@ def run(
     train, _, n_in = load_split(data_dir, "train")
     val, _, _ = load_split(data_dir, "validation")
     test, _, _ = load_split(data_dir, "test")
+    if cfg["network"].get("mode", "ttfs") == "multi":
+        from delgrad import pipeline_multi
+
+        return pipeline_multi.run(cfg, run_dir, {"train": train, "validation": val, "test": test}, n_in, progress)
 
     net = build_network(cfg, n_in, n_classes(cfg))
     tcfg = TrainConfig.from_dict(cfg["train"])
@@ -278,6 +292,10 @@ def evaluate_run(run_dir: str | Path, train_seconds: float | None = None) -> dic
 
     run_dir = Path(run_dir)
     cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    if cfg.get("network", {}).get("mode", "ttfs") == "multi":
+        from delgrad import pipeline_multi
+
+        return pipeline_multi.evaluate_run(run_dir, cfg, train_seconds)
     model = Model.load(run_dir)
     tcfg = TrainConfig.from_dict(cfg.get("train", {}))
     results: dict[str, float] = {}

@@ -176,3 +176,70 @@ def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, f
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def plot_readout_values(values: np.ndarray, labels: np.ndarray, out: Path) -> str:
+    """Mean readout value of every class unit, per true class (a learned readout is diagonal)."""
+    k = values.shape[1]
+    mean = np.stack([values[labels == c].mean(axis=0) if np.any(labels == c) else np.full(k, np.nan)
+                     for c in range(k)])
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    im = ax.imshow(mean, cmap="viridis")
+    ax.set_xlabel("readout unit"), ax.set_ylabel("true class")
+    fig.colorbar(im, ax=ax, label="mean readout value")
+    return _save(fig, out / "readout_values.png")
+
+
+def write_multi_report(run_dir: Path, cfg: dict[str, Any], net, results: dict[str, float], split, ev,
+                       train_seconds: float | None) -> Path:
+    """``report.md`` and plots of a multi-spike (EventProp) run."""
+    from delgrad.data.parquet import SpikeDataset
+
+    plots = run_dir / "plots"
+    plots.mkdir(exist_ok=True)
+    metrics = pl.read_parquet(run_dir / "metrics.parquet") if (run_dir / "metrics.parquet").exists() else None
+    test_in = SpikeDataset(run_dir / "data", "test").all().spikes
+    layer_spikes = pl.read_parquet(run_dir / "spikes_test.parquet").with_columns(pl.col("layer") + 1)
+    inputs = pl.from_arrow(test_in).with_columns(pl.lit(0, dtype=pl.UInt16).alias("layer"))
+    all_spikes = pl.concat([inputs, layer_spikes.with_columns(pl.col("layer").cast(pl.UInt16))])
+    figs: list[tuple[str, str | None]] = []
+    if metrics is not None and metrics.height:
+        figs.append(("Loss and accuracy", plot_curves(metrics, plots)))
+    figs.append(("Readout values by true class (test set)",
+                 plot_readout_values(ev.output.values, split.labels, plots)))
+    figs.append(("Spikes of a few test samples", plot_raster(all_spikes, net.sizes[:-1], plots)))
+    figs.append(("Learned delays", plot_delays(net, plots)))
+    n = cfg["network"]
+    lines = [
+        f"# {cfg.get('name', 'run')}",
+        "",
+        f"Multi-spike network {'-'.join(map(str, net.sizes))} (EventProp), hidden delays: "
+        f"{', '.join(l.delay_kind for l in net.layers)}"
+        f"{', recurrent' if any(r is not None for r in net.recurrent) else ''}; "
+        f"leaky-integrator readout, loss on its `{net.readout.kind}` voltage; "
+        f"{net.n_parameters()} parameters; {net.neuron!r}.",
+        "",
+        "| split | accuracy | loss |",
+        "|---|---|---|",
+    ]
+    for name in ("train", "validation", "test"):
+        lines.append(f"| {name} | {100 * results[f'{name}_acc']:.2f} % | {results[f'{name}_loss']:.5f} |")
+    lines += ["", "Hidden spikes per test sample: "
+              + ", ".join(f"layer {l}: {s:.1f}" for l, s in enumerate(ev.spikes_per_sample)) + "."]
+    if metrics is not None and metrics.height:
+        best = metrics.sort("validation_acc", descending=True).row(0, named=True)
+        lines += ["", f"Best validation accuracy {100 * best['validation_acc']:.2f} % at epoch "
+                      f"{best['epoch']} (test {100 * best['test_acc']:.2f} % there); the saved model "
+                      "holds those parameters."]
+    if train_seconds is not None:
+        lines += ["", f"Training wall time: {train_seconds:.1f} s."]
+    if n.get("delay_kind") == "none":
+        lines += ["", "No delays: the baseline that shows what the delays are for."]
+    for title, name in figs:
+        if name:
+            lines += ["", f"## {title}", "", f"![{title}](plots/{name})"]
+    lines += ["", "Files: `metrics.parquet` (per epoch), `spikes_test.parquet` (test spikes of every",
+              "hidden layer), `data/` (encoded data set), `model/multi_network.npz`, `config.toml`."]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path

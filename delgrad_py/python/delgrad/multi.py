@@ -1,0 +1,318 @@
+"""Multi-spike networks trained with EventProp: LIF hidden layers with reset (feed-forward and
+optionally recurrent, every synapse with its own continuous delay) and a non-spiking
+leaky-integrator readout whose maximum voltage (``"max"``) or exponentially time-weighted mean
+voltage (``"exp_mean"``) feeds a softmax cross-entropy. All numerics are in the Rust core
+(``multi_network_*``, ``readout_*``); this module holds parameters and the training loop.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from delgrad import _core
+from delgrad._core import Neuron, ParameterError, ShapeError, SpikeSet, Trace
+from delgrad.network import Layer, _delay_shape, _select
+from delgrad.optim import Adam, step_lr
+from delgrad.train import Split
+
+READOUT_KINDS = ("max", "exp_mean")
+
+
+@dataclass
+class Readout:
+    """The leaky-integrator readout: ``layer`` maps the last hidden layer to the classes;
+    ``kind`` is ``"max"`` (max over ``[0, t_end]``) or ``"exp_mean"``
+    (``(1/t_end) ∫ exp(-t/tau_w) V dt``, ``tau_w`` defaults to ``t_end``)."""
+
+    layer: Layer
+    neuron: Neuron
+    kind: str = "max"
+    t_end: float = 60.0
+    tau_w: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in READOUT_KINDS:
+            raise ParameterError(f"readout kind must be one of {READOUT_KINDS}, got {self.kind!r}")
+        if not (np.isfinite(self.t_end) and self.t_end > 0):
+            raise ParameterError(f"readout t_end must be finite and > 0, got {self.t_end}")
+
+    def _call(self) -> tuple:
+        w, kind, d = self.layer.as_args()
+        return w, d, kind, self.neuron
+
+
+@dataclass(frozen=True)
+class MultiOutput:
+    """A forward pass: every hidden layer's spikes (kept in the core) and the readout values
+    ``(n_samples, n_classes)``."""
+
+    trace: Trace
+    values: NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class MultiGrad:
+    layers: list[tuple[NDArray[np.float64], NDArray[np.float64]]]
+    recurrent: list[tuple[NDArray[np.float64], NDArray[np.float64]] | None]
+    readout: tuple[NDArray[np.float64], NDArray[np.float64]]
+
+
+class MultiNetwork:
+    """Hidden multi-spike LIF layers (``neuron.mode == "multi"``), optional recurrent
+    connections per hidden layer, and a :class:`Readout`."""
+
+    def __init__(self, layers: Sequence[Layer], neuron: Neuron, readout: Readout,
+                 recurrent: Sequence[Layer | None] | None = None) -> None:
+        if neuron.mode != "multi":
+            raise ParameterError(f"MultiNetwork needs Neuron(mode='multi'), got mode={neuron.mode!r}")
+        if not layers:
+            raise ShapeError("MultiNetwork: needs at least one hidden layer")
+        self.layers = list(layers)
+        self.neuron = neuron
+        self.readout = readout
+        self.recurrent = list(recurrent) if recurrent is not None else [None] * len(self.layers)
+        if len(self.recurrent) != len(self.layers):
+            raise ShapeError(f"recurrent: {len(self.recurrent)} entries for {len(self.layers)} layers")
+        widths = [l.shape[0] for l in self.layers]
+        for l, (a, b) in enumerate(zip(self.layers, self.layers[1:])):
+            if b.shape[1] != a.shape[0]:
+                raise ShapeError(f"layer {l + 1} has n_in = {b.shape[1]} but layer {l} has n_out = {a.shape[0]}")
+        for l, r in enumerate(self.recurrent):
+            if r is not None and r.shape != (widths[l], widths[l]):
+                raise ShapeError(f"recurrent layer {l} has shape {r.shape}, expected {(widths[l], widths[l])}")
+        if readout.layer.shape[1] != widths[-1]:
+            raise ShapeError(f"readout has n_in = {readout.layer.shape[1]} but the last layer has {widths[-1]} neurons")
+
+    @classmethod
+    def random(cls, sizes: Sequence[int], neuron: Neuron, readout_neuron: Neuron, *,
+               delay_kind: str = "synaptic", weight_mean: float | Sequence[float] = (1.6, 0.5),
+               weight_std: float | Sequence[float] = (0.4, 0.5), delay_range: tuple[float, float] = (0.0, 1.0),
+               readout_kind: str = "max", t_end: float = 60.0, tau_w: float | None = None,
+               recurrent: bool = False, recurrent_std: float = 0.1, seed: int = 0) -> MultiNetwork:
+        """``sizes`` = inputs, hidden widths..., classes. Hidden layers get ``delay_kind`` delays
+        uniform in ``delay_range``; the readout has none. ``weight_mean`` / ``weight_std`` per
+        connection stage (hidden layers, then readout)."""
+        if len(sizes) < 3:
+            raise ShapeError(f"sizes needs inputs, at least one hidden layer and classes, got {sizes}")
+        n = len(sizes) - 1
+        means = [weight_mean] * n if isinstance(weight_mean, (int, float)) else list(weight_mean)
+        stds = [weight_std] * n if isinstance(weight_std, (int, float)) else list(weight_std)
+        if len(means) == 2 and n > 2:  # (hidden, readout) shorthand
+            means = [means[0]] * (n - 1) + [means[1]]
+        if len(stds) == 2 and n > 2:
+            stds = [stds[0]] * (n - 1) + [stds[1]]
+        if len(means) != n or len(stds) != n:
+            raise ShapeError(f"weight_mean/weight_std: need {n} values (or 2: hidden, readout)")
+        rng = np.random.default_rng(seed)
+        layers, rec = [], []
+        for l in range(n - 1):
+            n_in, n_out = sizes[l], sizes[l + 1]
+            w = rng.normal(means[l], stds[l], (n_out, n_in))
+            d = rng.uniform(*delay_range, _delay_shape(delay_kind, n_out, n_in))
+            layers.append(Layer(w, d, delay_kind))
+            if recurrent:
+                rd = rng.uniform(*delay_range, _delay_shape(delay_kind, n_out, n_out))
+                rec.append(Layer(rng.normal(0.0, recurrent_std, (n_out, n_out)), rd, delay_kind))
+            else:
+                rec.append(None)
+        ro = Layer(rng.normal(means[-1], stds[-1], (sizes[-1], sizes[-2])), np.zeros(0), "none")
+        return cls(layers, neuron, Readout(ro, readout_neuron, readout_kind, t_end, tau_w), rec)
+
+    @property
+    def sizes(self) -> list[int]:
+        return [self.layers[0].shape[1]] + [l.shape[0] for l in self.layers] + [self.readout.layer.shape[0]]
+
+    def _ff(self) -> list[tuple]:
+        return [l.as_args() for l in self.layers]
+
+    def _rec(self) -> list[tuple | None] | None:
+        return None if all(r is None for r in self.recurrent) else [r.as_args() if r else None for r in self.recurrent]
+
+    def forward(self, spikes: SpikeSet, *, select: Any = None) -> MultiOutput:
+        trace = _core.multi_network_forward(spikes, _select(select), self._ff(), self.neuron, self._rec())
+        r = self.readout
+        w, d, kind, ro_neuron = r._call()
+        values = _core.readout_forward(trace.spikes(trace.n_layers - 1), w, d, kind, ro_neuron,
+                                       trace.n_samples, r.kind, r.t_end, r.tau_w)
+        return MultiOutput(trace, values)
+
+    def backward(self, spikes: SpikeSet, out: MultiOutput, dy: NDArray[np.float64], *,
+                 select: Any = None) -> MultiGrad:
+        """Exact gradients (EventProp) of a loss with ``dy = dL/dvalues``."""
+        r = self.readout
+        w, d, kind, ro_neuron = r._call()
+        last = out.trace.spikes(out.trace.n_layers - 1)
+        gw, gd, g_spikes = _core.readout_backward(last, w, d, kind, ro_neuron, out.trace.n_samples,
+                                                  r.kind, r.t_end, np.ascontiguousarray(dy), r.tau_w)
+        layers, rec, _ = _core.multi_network_backward(spikes, _select(select), self._ff(), self.neuron,
+                                                      out.trace, g_spikes, self._rec())
+        return MultiGrad(layers, rec, (gw, gd))
+
+    # --- parameters as flat lists (optimiser order) ------------------------------------------
+
+    def _trainable(self) -> list[tuple[Layer, str]]:
+        out: list[tuple[Layer, str]] = []
+        for l, layer in enumerate(self.layers):
+            out.append((layer, "w"))
+            if layer.delay_kind != "none":
+                out.append((layer, "d"))
+            r = self.recurrent[l]
+            if r is not None:
+                out.append((r, "w"))
+                if r.delay_kind != "none":
+                    out.append((r, "d"))
+        out.append((self.readout.layer, "w"))
+        return out
+
+    def params(self) -> list[NDArray[np.float64]]:
+        return [layer.weights if what == "w" else layer.delays for layer, what in self._trainable()]
+
+    def flat_grads(self, g: MultiGrad) -> list[NDArray[np.float64]]:
+        out = []
+        for l, layer in enumerate(self.layers):
+            out.append(g.layers[l][0])
+            if layer.delay_kind != "none":
+                out.append(g.layers[l][1])
+            r = self.recurrent[l]
+            if r is not None:
+                gr = g.recurrent[l]
+                assert gr is not None
+                out.append(gr[0])
+                if r.delay_kind != "none":
+                    out.append(gr[1])
+        out.append(g.readout[0])
+        return out
+
+    def n_parameters(self) -> int:
+        return int(sum(p.size for p in self.params()))
+
+    # --- persistence -------------------------------------------------------------------------
+
+    def save(self, path: str | Path) -> None:
+        def neuron(n: Neuron) -> dict:
+            return {"tau_m": n.tau_m, "tau_s": n.tau_s, "theta": n.theta, "mode": n.mode,
+                    "t_ref": n.t_ref, "t_end": n.t_end}
+
+        r = self.readout
+        meta = {"neuron": neuron(self.neuron), "readout_neuron": neuron(r.neuron),
+                "readout": {"kind": r.kind, "t_end": r.t_end, "tau_w": r.tau_w},
+                "kinds": [l.delay_kind for l in self.layers],
+                "recurrent": [None if x is None else x.delay_kind for x in self.recurrent]}
+        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), "ro": r.layer.weights}
+        for l, layer in enumerate(self.layers):
+            arrays[f"w{l}"], arrays[f"d{l}"] = layer.weights, layer.delays
+            if self.recurrent[l] is not None:
+                arrays[f"rw{l}"], arrays[f"rd{l}"] = self.recurrent[l].weights, self.recurrent[l].delays
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @classmethod
+    def load(cls, path: str | Path) -> MultiNetwork:
+        with np.load(path) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            layers = [Layer(z[f"w{l}"], z[f"d{l}"], k) for l, k in enumerate(meta["kinds"])]
+            rec = [None if k is None else Layer(z[f"rw{l}"], z[f"rd{l}"], k) for l, k in enumerate(meta["recurrent"])]
+            ro = Readout(Layer(z["ro"], np.zeros(0), "none"), Neuron(**meta["readout_neuron"]), **meta["readout"])
+        return cls(layers, Neuron(**meta["neuron"]), ro, rec)
+
+    def __repr__(self) -> str:
+        return (f"MultiNetwork(sizes={self.sizes}, delays={[l.delay_kind for l in self.layers]}, "
+                f"readout={self.readout.kind!r}, {self.neuron!r})")
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+@dataclass
+class MultiTrainConfig:
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.01
+    lr_delay: float = 0.1
+    lr_step: int = 10
+    lr_gamma: float = 0.8
+    delay_max: float | None = None  # delays are clipped to [0, delay_max]
+    seed: int = 0
+    select_on: str | None = "validation"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MultiTrainConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"[train]: unknown keys for a multi-spike network: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class MultiEval:
+    loss: float
+    accuracy: float
+    predictions: NDArray[np.int64]
+    output: MultiOutput
+    spikes_per_sample: list[float] = field(default_factory=list)
+
+
+def evaluate_multi(net: MultiNetwork, split: Split) -> MultiEval:
+    out = net.forward(split.spikes)
+    loss, _, pred = _core.readout_cross_entropy(out.values, split.labels)
+    n = max(len(split), 1)
+    per = [out.trace.n_spikes(l) / n for l in range(out.trace.n_layers)]
+    return MultiEval(loss, float(np.mean(pred == split.labels)) if len(split) else 0.0, pred, out, per)
+
+
+def fit_multi(net: MultiNetwork, cfg: MultiTrainConfig, train: Split, evals: dict[str, Split],
+              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+    """Adam on every weight and delay, StepLR, delays clipped to ``[0, delay_max]``; restores
+    the epoch with the best ``select_on`` accuracy at the end."""
+    params = net.params()
+    lrs = [cfg.lr_delay if what == "d" else cfg.lr for _, what in net._trainable()]
+    adam = Adam(lrs)
+    rng = np.random.default_rng(cfg.seed)
+    history: list[dict[str, Any]] = []
+    best: tuple[float, list[NDArray[np.float64]]] | None = None
+    for epoch in range(cfg.epochs):
+        t0 = time.perf_counter()
+        scale = step_lr(epoch, cfg.lr_step, cfg.lr_gamma)
+        perm = rng.permutation(len(train)).astype(np.uint32)
+        total, correct = 0.0, 0
+        for k in range(0, len(perm), cfg.batch_size):
+            sel = perm[k:k + cfg.batch_size]
+            out = net.forward(train.spikes, select=sel)
+            labels = train.labels[sel]
+            loss, dy, pred = _core.readout_cross_entropy(out.values, labels)
+            total += loss * len(sel)
+            correct += int(np.sum(pred == labels))
+            adam.step(params, net.flat_grads(net.backward(train.spikes, out, dy, select=sel)), scale=scale)
+            for (layer, what), p in zip(net._trainable(), params):
+                if what == "d":
+                    np.clip(p, 0.0, cfg.delay_max, out=p)
+        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / len(train),
+                               "train_acc": correct / len(train), "lr_scale": scale}
+        for name, split in evals.items():
+            r = evaluate_multi(net, split)
+            row[f"{name}_loss"], row[f"{name}_acc"] = r.loss, r.accuracy
+            for l, s in enumerate(r.spikes_per_sample):
+                row[f"{name}_spikes_l{l}"] = s
+        row["seconds"] = time.perf_counter() - t0
+        history.append(row)
+        sel_key = f"{cfg.select_on}_acc" if cfg.select_on else None
+        if sel_key in row and (best is None or row[sel_key] > best[0]):
+            best = (row[sel_key], [p.copy() for p in params])
+        if on_epoch:
+            on_epoch(row)
+    if best is not None:
+        for p, b in zip(params, best[1]):
+            p[...] = b
+    return history

@@ -1,0 +1,97 @@
+"""Multi-spike networks end to end: MultiNetwork (EventProp through hidden layers and the
+leaky-integrator readout) against finite differences, persistence, and the temporal pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+
+import delgrad
+from delgrad import _core, pipeline
+from delgrad.data.encoding import LatencyEncoder
+from delgrad.data.temporal import temporal_patterns
+from delgrad.multi import MultiNetwork
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def small_net(kind: str = "synaptic", recurrent: bool = False, readout: str = "max") -> MultiNetwork:
+    neuron = delgrad.Neuron(tau_m=1.5, tau_s=1.0, theta=1.0, mode="multi", t_ref=0.2, t_end=40.0)
+    ro = delgrad.Neuron(tau_m=2.0, tau_s=1.0, theta=1.0, mode="multi", t_end=40.0)
+    return MultiNetwork.random([3, 6, 4], neuron, ro, delay_kind=kind, weight_mean=(2.2, 0.5),
+                               weight_std=(0.6, 0.5), delay_range=(0.0, 3.0), readout_kind=readout,
+                               t_end=40.0, recurrent=recurrent, recurrent_std=0.3, seed=3)
+
+
+def data(n: int = 5):
+    x, y = temporal_patterns(n, n_channels=3, n_classes=4, gap=3.0, jitter=0.2, onset_max=2.0, span=12.0, seed=1)
+    spikes, _ = LatencyEncoder(t_early=0.0, t_late=12.0, bias_time=None)(x)
+    return delgrad.SpikeSet(spikes, n), y.astype(np.int64)
+
+
+def loss_of(net: MultiNetwork, s, y) -> float:
+    return _core.readout_cross_entropy(net.forward(s).values, y)[0]
+
+
+@pytest.mark.parametrize("kind,recurrent,readout", [("synaptic", False, "max"), ("axonal", True, "exp_mean"),
+                                                    ("dendritic", False, "exp_mean")])
+def test_multi_network_gradients_match_finite_differences(kind, recurrent, readout):
+    net = small_net(kind, recurrent, readout)
+    s, y = data()
+    out = net.forward(s)
+    assert out.trace.n_spikes(0) > 2 * s.n_samples  # neurons do spike, several times
+    loss, dy, _ = _core.readout_cross_entropy(out.values, y)
+    grads = net.flat_grads(net.backward(s, out, dy))
+    rng = np.random.default_rng(0)
+    checked = 0
+    for p, g in zip(net.params(), grads):
+        for idx in rng.choice(p.size, size=min(p.size, 6), replace=False):
+            k = np.unravel_index(idx, p.shape)
+            h = 1e-6
+            keep = p[k]
+            p[k] = keep + h
+            up = loss_of(net, s, y)
+            n_up = net.forward(s).trace.n_spikes(0)
+            p[k] = keep - h
+            down = loss_of(net, s, y)
+            n_down = net.forward(s).trace.n_spikes(0)
+            p[k] = keep
+            if n_up != n_down:  # a spike appears or vanishes inside the step: not differentiable
+                continue
+            fd = (up - down) / (2 * h)
+            assert abs(g[k] - fd) <= 1e-5 * max(1.0, abs(fd)), (k, g[k], fd)
+            checked += 1
+    assert checked >= 15
+
+
+def test_multi_network_save_load_round_trip(tmp_path):
+    net = small_net("axonal", recurrent=True, readout="exp_mean")
+    net.save(tmp_path / "m.npz")
+    back = MultiNetwork.load(tmp_path / "m.npz")
+    s, _ = data()
+    np.testing.assert_array_equal(net.forward(s).values, back.forward(s).values)
+    assert back.n_parameters() == net.n_parameters() and repr(back) == repr(net)
+
+
+def test_multi_network_refuses_a_ttfs_neuron():
+    with pytest.raises(delgrad.ParameterError, match="mode='multi'"):
+        MultiNetwork.random([3, 4, 2], delgrad.Neuron(), delgrad.Neuron(mode="multi"))
+
+
+def test_temporal_pipeline_learns_with_delays_and_not_without(tmp_path):
+    with_d = pipeline.run(ROOT / "pipelines" / "temporal.toml", ["train.epochs=12"], tmp_path / "d", progress=False)
+    without = pipeline.run(ROOT / "pipelines" / "temporal_nodelay.toml", ["train.epochs=6"], tmp_path / "n",
+                           progress=False)
+    acc_d = pl.read_parquet(with_d / "metrics.parquet")["test_acc"].max()
+    acc_n = pl.read_parquet(without / "metrics.parquet")["test_acc"].max()
+    assert acc_d >= 0.9
+    assert acc_n <= 0.3  # chance is 1/6
+    report = (with_d / "report.md").read_text()
+    assert "Multi-spike network 3-60-6" in report and "readout_values.png" in report
+    spikes = pl.read_parquet(with_d / "spikes_test.parquet")
+    assert spikes["layer"].unique().to_list() == [0] and spikes.height > 600
+    again = pipeline.evaluate_run(with_d)
+    assert again["test_acc"] == pytest.approx(acc_d) or again["test_acc"] >= 0.9
