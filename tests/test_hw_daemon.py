@@ -283,6 +283,17 @@ def test_client_raises_hardware_error_with_code(daemon, configured):
         assert e.value.code == P.BAD_SPIKES
 
 
+def test_spinning_client_gets_the_same_replies(daemon, configured):
+    cid = configured[0]
+    with HardwareClient(daemon.endpoint, timeout=10, retries=0) as c, \
+            HardwareClient(daemon.endpoint, timeout=10, retries=0, spin=0.05) as spinning:
+        a = c.run(cid, _x(), 4, seed=11).spikes
+        b = spinning.run(cid, _x(), 4, seed=11).spikes
+        assert [x.equals(y) for x, y in zip(a, b)] == [True, True]
+        with pytest.raises(HardwareError):  # error replies arrive the same way
+            spinning.run("cfg-unknown", _x(), 4)
+
+
 def test_req_socket_works_too(daemon):
     s = zmq.Context.instance().socket(zmq.REQ)
     s.linger = 0

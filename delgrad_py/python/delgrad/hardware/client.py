@@ -97,12 +97,16 @@ class HardwareClient:
         client_key: this client's certificate file with its secret key (``.key_secret``).
         reconfigure: after a daemon restart, re-send remembered configure requests when a
             ``run`` meets ``unknown_config``.
+        spin: seconds to busy-wait for each reply before sleeping in ``poll``. Waking a thread
+            that sleeps costs hundreds of microseconds on some (virtualised) machines, more than
+            a small batch takes; spinning trades one busy core for that latency.
     """
 
     def __init__(self, endpoint: str, *, timeout: float = 30.0, retries: int = 3,
                  session: str | None = None, server_key: str | bytes | Path | None = None,
                  client_key: str | Path | None = None, reconfigure: bool = True,
-                 context: zmq.Context | None = None, remember_configs: int = 32) -> None:
+                 context: zmq.Context | None = None, remember_configs: int = 32,
+                 spin: float = 0.0) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
         self.endpoint = endpoint
@@ -110,6 +114,7 @@ class HardwareClient:
         self.retries = int(retries)
         self.session = session or uuid.uuid4().hex
         self.reconfigure = reconfigure
+        self.spin = max(0.0, float(spin))
         self._ctx = context or zmq.Context.instance()
         self._curve: tuple[bytes, bytes, bytes] | None = None
         if server_key is not None or client_key is not None:
@@ -173,7 +178,7 @@ class HardwareClient:
             deadline = time.monotonic() + wait
             while True:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._sock.poll(left * 1000):
+                if left <= 0 or not self._wait(left):
                     break
                 reply = self._sock.recv_multipart(copy=False)
                 try:
@@ -190,6 +195,17 @@ class HardwareClient:
         raise HardwareTimeout(
             f"no reply to {op} (id {rid}) from {self.endpoint} after {self.retries + 1} attempts "
             f"of {wait:g} s")
+
+    def _wait(self, left: float) -> bool:
+        """True when a reply is readable within ``left`` seconds (spinning first, see ``spin``)."""
+        assert self._sock is not None
+        if self.spin > 0:
+            until = time.monotonic() + min(self.spin, left)
+            while time.monotonic() < until:
+                if self._sock.poll(0):
+                    return True
+            left = max(0.0, left - self.spin)
+        return bool(self._sock.poll(left * 1000))
 
     # --- ops --------------------------------------------------------------------------------
 
