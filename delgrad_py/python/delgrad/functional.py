@@ -45,7 +45,9 @@ def layer_forward(
     *,
     delay_kind: str | None = None,
 ) -> pa.RecordBatch:
-    """Exact first spike times of one fully connected layer.
+    """Exact output spikes of one fully connected layer: the first spike of every neuron
+    (``neuron.mode == "ttfs"``) or every spike until ``neuron.t_end`` (``"multi"``: reset to 0,
+    refractory ``t_ref``).
 
     Args:
         spikes: input spikes, one row per spike (``sample``, ``neuron``, ``time``).
