@@ -39,6 +39,8 @@ pub struct MultiGrad {
     pub inputs: Vec<f64>,
 }
 
+/// Chunks of samples for rayon. Unlike TTFS samples (microseconds each, see `network.rs`), a
+/// multi-spike sample can take milliseconds, so even small batches are split.
 pub(crate) fn chunks(n: usize) -> Vec<Range<usize>> {
     let size = n.div_ceil(64).max(4);
     (0..n).step_by(size).map(|s| s..(s + size).min(n)).collect()

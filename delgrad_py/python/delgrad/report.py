@@ -117,6 +117,16 @@ def _hardware_lines(hw: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _test_spikes(run_dir: Path) -> pl.DataFrame:
+    """The test set's input spikes (layer 0) and every network layer's (layer 1...), one table."""
+    from delgrad.data.parquet import SpikeDataset
+
+    test_in = SpikeDataset(run_dir / "data", "test").all().spikes
+    layer_spikes = pl.read_parquet(run_dir / "spikes_test.parquet").with_columns(pl.col("layer") + 1)
+    inputs = pl.from_arrow(test_in).with_columns(pl.lit(0, dtype=pl.UInt16).alias("layer"))
+    return pl.concat([inputs, layer_spikes.with_columns(pl.col("layer").cast(pl.UInt16))])
+
+
 def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, float], split, ev,
                  train_seconds: float | None) -> Path:
     """Writes ``plots/*.png`` and ``report.md`` for a finished run."""
@@ -126,10 +136,7 @@ def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, f
     plots.mkdir(exist_ok=True)
     metrics = pl.read_parquet(run_dir / "metrics.parquet") if (run_dir / "metrics.parquet").exists() else None
     ds = SpikeDataset(run_dir / "data", "test")
-    test_in = ds.all().spikes
-    layer_spikes = pl.read_parquet(run_dir / "spikes_test.parquet").with_columns(pl.col("layer") + 1)
-    inputs = pl.from_arrow(test_in).with_columns(pl.lit(0, dtype=pl.UInt16).alias("layer"))
-    all_spikes = pl.concat([inputs, layer_spikes.with_columns(pl.col("layer").cast(pl.UInt16))])
+    all_spikes = _test_spikes(run_dir)
     out_times = ev.trace.first_times(ev.trace.n_layers - 1)
 
     figs: list[tuple[str, str | None]] = []
@@ -193,15 +200,10 @@ def plot_readout_values(values: np.ndarray, labels: np.ndarray, out: Path) -> st
 def write_multi_report(run_dir: Path, cfg: dict[str, Any], net, results: dict[str, float], split, ev,
                        train_seconds: float | None) -> Path:
     """``report.md`` and plots of a multi-spike (EventProp) run."""
-    from delgrad.data.parquet import SpikeDataset
-
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     metrics = pl.read_parquet(run_dir / "metrics.parquet") if (run_dir / "metrics.parquet").exists() else None
-    test_in = SpikeDataset(run_dir / "data", "test").all().spikes
-    layer_spikes = pl.read_parquet(run_dir / "spikes_test.parquet").with_columns(pl.col("layer") + 1)
-    inputs = pl.from_arrow(test_in).with_columns(pl.lit(0, dtype=pl.UInt16).alias("layer"))
-    all_spikes = pl.concat([inputs, layer_spikes.with_columns(pl.col("layer").cast(pl.UInt16))])
+    all_spikes = _test_spikes(run_dir)
     figs: list[tuple[str, str | None]] = []
     if metrics is not None and metrics.height:
         figs.append(("Loss and accuracy", plot_curves(metrics, plots)))
