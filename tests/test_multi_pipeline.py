@@ -95,3 +95,47 @@ def test_temporal_pipeline_learns_with_delays_and_not_without(tmp_path):
     assert spikes["layer"].unique().to_list() == [0] and spikes.height > 600
     again = pipeline.evaluate_run(with_d)
     assert again["test_acc"] == pytest.approx(acc_d) or again["test_acc"] >= 0.9
+
+
+def test_spike_time_loss_on_a_multi_spike_output_layer_matches_finite_differences():
+    """A TTFS loss (DelGrad's MSE on first output spike times) on a spiking multi-spike output:
+    ``Trace.first_time_grad`` sends dL/dT to each neuron's first spike, EventProp does the rest."""
+    from delgrad.losses import LossConfig, spike_time_loss
+
+    neuron = delgrad.Neuron(tau_m=2.0, tau_s=1.0, theta=1.0, mode="multi", t_ref=0.1, t_end=30.0)
+    rng = np.random.default_rng(4)
+    layers = [(rng.normal(2.5, 0.5, (5, 3)), "synaptic", rng.uniform(0, 1, (5, 3))),
+              (rng.normal(1.5, 0.4, (3, 5)), "axonal", rng.uniform(0, 1, 5))]
+    s, _ = data(6)
+    y = np.arange(6) % 3
+    cfg = LossConfig(kind="mse", delta=0.3)
+
+    def loss_and_trace():
+        tr = _core.multi_network_forward(s, None, layers, neuron)
+        return spike_time_loss(tr.first_times(1), y, cfg, neuron.tau_s), tr
+
+    res, tr = loss_and_trace()
+    per_neuron = [np.bincount(tr.spikes(l).column("neuron").to_numpy(), minlength=n) for l, n in ((0, 5), (1, 3))]
+    assert per_neuron[1].max() > 6  # output neurons spike more than once per sample
+    assert np.isfinite(tr.first_times(1)).all()
+    g_rows = tr.first_time_grad(1, res.grad)
+    assert g_rows.shape == (tr.n_spikes(1),) and np.count_nonzero(g_rows) <= 6 * 3
+    (gw0, gd0), (gw1, gd1) = _core.multi_network_backward(s, None, layers, neuron, tr, g_rows)[0]
+    h, checked = 1e-6, 0
+    for (w, _, d), grads in zip(layers, ((gw0, gd0), (gw1, gd1))):
+        for p, g in zip((w, d), grads):
+            for k in np.ndindex(p.shape):
+                keep = p[k]
+                p[k] = keep + h
+                up, tu = loss_and_trace()
+                p[k] = keep - h
+                down, td = loss_and_trace()
+                p[k] = keep
+                if tu.n_spikes(0) != td.n_spikes(0) or tu.n_spikes(1) != td.n_spikes(1):
+                    continue
+                fd = (up.loss - down.loss) / (2 * h)
+                assert abs(g[k] - fd) <= 1e-5 * max(1.0, abs(fd)), (k, g[k], fd)
+                checked += 1
+    assert checked >= 40
+    with pytest.raises(delgrad.ShapeError, match="grad_times has shape"):
+        tr.first_time_grad(1, np.zeros((6, 2)))

@@ -394,6 +394,30 @@ impl Trace {
         let n = self.sizes[self.index(layer)?];
         Ok(matrix(py, self.n_samples, n, sp.first_times(n)))
     }
+    /// `grad_times` (n_samples, n_neurons) on first spike times as dL/dt per spike of `layer`
+    /// (rows as in `spikes(layer)`): the first spike of each neuron gets its entry, later ones 0.
+    /// How a spike-time loss reaches a multi-spike layer's EventProp backward.
+    fn first_time_grad<'py>(
+        &self,
+        py: Python<'py>,
+        layer: isize,
+        grad_times: PyReadonlyArray2<'py, f64>,
+    ) -> PyResult<Bound<'py, PyArray1<f64>>> {
+        let sp = self.get(layer)?;
+        let n = self.sizes[self.index(layer)?];
+        if grad_times.shape() != [self.n_samples, n] {
+            return Err(ShapeError::new_err(format!(
+                "grad_times has shape {:?}, expected (n_samples, n_neurons) = ({}, {n})",
+                grad_times.shape(),
+                self.n_samples
+            )));
+        }
+        let dense = grad_times.as_slice().map_err(|_| ShapeError::new_err("grad_times must be C-contiguous"))?;
+        if let Some(k) = dense.iter().position(|g| !g.is_finite()) {
+            return Err(SpikeError::new_err(format!("grad_times: entry {k} is {} (must be finite)", dense[k])));
+        }
+        Ok(sp.gather_first(dense, n).into_pyarray(py))
+    }
     /// Spikes recorded elsewhere (hardware): one table per layer, ids checked against `sizes`.
     #[staticmethod]
     #[pyo3(signature = (tables, sizes, n_samples, mode = "ttfs"))]

@@ -338,6 +338,26 @@ impl Spikes {
         out
     }
 
+    /// A loss gradient on first spike times, `(n_samples, n_neurons)`, as per-spike values: the
+    /// first spike of each neuron (the earliest; the first row among equal times) gets its
+    /// entry, later spikes 0. For multi-spike layers; with one spike per neuron it is `gather`.
+    pub fn gather_first(&self, dense: &[f64], n_neurons: usize) -> Vec<f64> {
+        let first = self.first_times(n_neurons);
+        let mut out = vec![0.0; self.len()];
+        let mut taken = vec![false; n_neurons];
+        for s in 0..self.n_samples() {
+            taken.iter_mut().for_each(|t| *t = false);
+            for k in self.range(s) {
+                let j = self.neuron[k] as usize;
+                if !taken[j] && self.time[k] == first[s * n_neurons + j] {
+                    taken[j] = true;
+                    out[k] = dense[s * n_neurons + j];
+                }
+            }
+        }
+        out
+    }
+
     /// Per-spike values from a dense `(n_samples, n_neurons)` matrix: row `k` gets the entry of
     /// its sample and neuron (how a loss gradient on first spike times reaches the spikes).
     pub fn gather(&self, dense: &[f64], n_neurons: usize) -> Vec<f64> {
