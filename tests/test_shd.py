@@ -77,12 +77,18 @@ def test_ssc_files_stream_into_parquet_exactly(tmp_path, time_dtype):
         data[split] = (times, units, labels, speaker)
     out = tmp_path / "pq"
     shd.write_h5_dataset(out, "ssc", src, chunk_size=5)  # several chunks per file
+    write_spike_dataset(out / "small_groups", {"x": shd.read_h5_split(src / "ssc_test.h5", chunk_size=5)},
+                        700, rows_per_group=30)
+    assert pq.ParquetFile(out / "small_groups" / "spikes.parquet").metadata.num_row_groups > 5
     for split, (times, units, labels, speaker) in data.items():
         ds = SpikeDataset(out, split)
         assert len(ds) == labels.size and ds.n_inputs == 700
         check_split(ds, times, units, labels, np.arange(labels.size))
-        # Streaming reads (several row groups) give the same batches as the resident read.
         assert ds.features().shape == (labels.size, 0)
+        # Streaming reads (row group by row group) give the same batches as the resident read.
+        small = SpikeDataset(out, split, resident=False, window=1)
+        for a, b in zip(small.batches(4), SpikeDataset(out, split, resident=True).batches(4)):
+            assert a.spikes.equals(b.spikes) and np.array_equal(a.labels, b.labels)
     table = pl.read_parquet(out / "samples.parquet").filter(pl.col("split") == "train").sort("sample")
     np.testing.assert_array_equal(table["speaker"].to_numpy(), data["train"][3])
     assert pq.ParquetFile(out / "spikes.parquet").metadata.num_row_groups >= 3
