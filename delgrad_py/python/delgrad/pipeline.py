@@ -131,7 +131,7 @@ def _raw_splits(cfg: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]
 
         opts = {k: v for k, v in cfg["data"].items() if k not in ("dataset", "seed")}
         return temporal_splits(seed=int(cfg["data"].get("seed", 0)), **opts)
-    raise ValueError(f"data.dataset: unknown data set {name!r} (available: yinyang, digits, temporal)")
+    raise ValueError(f"data.dataset: unknown data set {name!r} (available: yinyang, digits, temporal, shd, ssc)")
 
 
 def encoder_of(cfg: dict[str, Any]) -> LatencyEncoder:
@@ -141,12 +141,71 @@ def encoder_of(cfg: dict[str, Any]) -> LatencyEncoder:
     return LatencyEncoder(**enc)
 
 
+SPIKING_AUDIO = ("shd", "ssc")
+_AUDIO_DATA_KEYS = {"dataset", "seed", "path", "synthetic", "validation_fraction", "chunk_size",
+                    "n_train", "n_validation", "n_test", "spikes_per_sample", "noise_fraction",
+                    "band_width", "jitter", "duration"}
+
+
+def _write_spiking_audio(cfg: dict[str, Any], data_dir: Path) -> None:
+    """SHD / SSC: stream the real HDF5 files into Parquet, or write the synthetic stand-in
+    (``[data] synthetic = true``). Times in milliseconds (:mod:`delgrad.data.shd`)."""
+    from delgrad.data import shd
+
+    d = cfg["data"]
+    unknown = set(d) - _AUDIO_DATA_KEYS
+    if unknown:
+        raise ValueError(f"[data]: unknown keys for {d['dataset']}: {sorted(unknown)}")
+    seed = int(d.get("seed", 0))
+    if d.get("synthetic", False):
+        sizes = {s: int(d[f"n_{s}"]) for s in ("train", "validation", "test") if f"n_{s}" in d}
+        kw = {k: d[k] for k in ("spikes_per_sample", "noise_fraction", "band_width", "jitter", "duration")
+              if k in d}
+        shd.write_synthetic_dataset(data_dir, d["dataset"], seed=seed, sizes=sizes, **kw)
+    else:
+        shd.write_h5_dataset(data_dir, d["dataset"], d.get("path") or None,
+                             validation_fraction=float(d.get("validation_fraction", 0.1)), seed=seed,
+                             chunk_size=int(d.get("chunk_size", 512)))
+
+
 def encode(cfg: dict[str, Any], run_dir: Path) -> Path:
     """Stage 1: the data set, encoded, as Parquet in ``run_dir/data`` (kept if present)."""
     data_dir = run_dir / "data"
     if not (data_dir / "spikes.parquet").exists():
-        write_dataset(data_dir, _raw_splits(cfg), encoder_of(cfg))
+        if cfg["data"]["dataset"] in SPIKING_AUDIO:
+            _write_spiking_audio(cfg, data_dir)
+        else:
+            write_dataset(data_dir, _raw_splits(cfg), encoder_of(cfg))
     return data_dir
+
+
+def augmented(cfg: dict[str, Any], split: Split, batch: Any, n_inputs: int) -> Split:
+    """The training split with one augmented copy appended (``[augment]``, once per run):
+    ``channel_shift = k`` shifts every copy's channels by up to ±k, ``blend = true`` mixes
+    same-class pairs (:mod:`delgrad.data.augment`), seeded by ``[augment] seed``."""
+    from delgrad.data.augment import blend, channel_shift
+    from delgrad.data.encoding import spike_batch
+
+    a = cfg.get("augment") or {}
+    unknown = set(a) - {"enabled", "channel_shift", "blend", "blend_p", "seed"}
+    if unknown:
+        raise ValueError(f"[augment]: unknown keys {sorted(unknown)}")
+    if not a.get("enabled", True) or not (a.get("channel_shift") or a.get("blend")):
+        return split
+    rng = np.random.default_rng(int(a.get("seed", cfg["train"].get("seed", 0))))
+    n = len(batch.labels)
+    spikes, labels = batch.spikes, np.asarray(batch.labels, dtype=np.int64)
+    if a.get("blend"):
+        b = blend(spikes, labels, rng, p=float(a.get("blend_p", 0.5)))
+        spikes, labels = b.spikes, b.labels
+    if a.get("channel_shift"):
+        spikes = channel_shift(spikes, int(a["channel_shift"]), n_inputs, rng, n_samples=n)
+    orig = batch.spikes
+    col = lambda rb, c: rb.column(c).to_numpy()  # noqa: E731
+    both = spike_batch(np.concatenate([col(orig, "sample"), col(spikes, "sample") + n]),
+                       np.concatenate([col(orig, "neuron"), col(spikes, "neuron")]),
+                       np.concatenate([col(orig, "time"), col(spikes, "time")]))
+    return Split(SpikeSet(both, 2 * n), np.concatenate([np.asarray(batch.labels, np.int64), labels]))
 
 
 def load_split(data_dir: Path, split: str) -> tuple[Split, np.ndarray, int]:
@@ -177,7 +236,7 @@ def n_classes(cfg: dict[str, Any]) -> int:
         import math
 
         return int(d.get("n_classes") or math.factorial(int(d.get("n_channels", 3))))
-    return {"yinyang": 3, "digits": 10}[d["dataset"]]
+    return {"yinyang": 3, "digits": 10, "shd": 20, "ssc": 35}[d["dataset"]]
 
 
 def run(
@@ -197,6 +256,9 @@ def run(
     train, _, n_in = load_split(data_dir, "train")
     val, _, _ = load_split(data_dir, "validation")
     test, _, _ = load_split(data_dir, "test")
+    if (cfg.get("augment") or {}).get("enabled", True) and cfg.get("augment"):
+        ds = SpikeDataset(data_dir, "train")
+        train = augmented(cfg, train, ds.all(), n_in)
     if cfg["network"].get("mode", "ttfs") == "multi":
         from delgrad import pipeline_multi
 

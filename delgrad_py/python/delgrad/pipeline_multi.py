@@ -4,7 +4,7 @@ with EventProp, evaluate and report. Same run directory as :mod:`delgrad.pipelin
 
 ``[network]`` keys: ``hidden``, ``delay_kind``, ``tau_m``, ``tau_s``, ``theta``, ``t_ref``,
 ``t_end``, ``weight_mean``/``weight_std`` (hidden, readout), ``delay_range``, ``recurrent``,
-``readout`` (``"max"`` or ``"exp_mean"``), ``readout_tau_m``, ``readout_tau_s``, ``tau_w``.
+``recurrent_std``, ``readout`` (``"max"`` or ``"exp_mean"``), ``readout_tau_m``, ``readout_tau_s``, ``tau_w``.
 ``[train]`` keys: :class:`delgrad.multi.MultiTrainConfig`.
 """
 
@@ -39,6 +39,7 @@ def build_network(cfg: dict[str, Any], n_in: int, n_out: int) -> MultiNetwork:
         delay_kind=n["delay_kind"], weight_mean=n["weight_mean"], weight_std=n["weight_std"],
         delay_range=tuple(n["delay_range"]), readout_kind=n.get("readout", "max"), t_end=t_end,
         tau_w=n.get("tau_w"), recurrent=bool(n.get("recurrent", False)),
+        recurrent_std=float(n.get("recurrent_std", 0.1)),
         seed=int(cfg["train"].get("seed", 0)))
 
 

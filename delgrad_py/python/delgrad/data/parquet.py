@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 
 from delgrad.data.encoding import SPIKE_SCHEMA, LatencyEncoder, spike_batch
 
-__all__ = ["Batch", "DatasetPaths", "SpikeDataset", "write_dataset"]
+__all__ = ["Batch", "DatasetPaths", "SpikeChunk", "SpikeDataset", "write_dataset", "write_spike_dataset"]
 
 SPIKES_FILE = "spikes.parquet"
 SAMPLES_FILE = "samples.parquet"
@@ -234,9 +234,149 @@ def write_dataset(
     return paths
 
 
+class SpikeChunk(NamedTuple):
+    """A run of consecutive samples of one split, as :func:`write_spike_dataset` takes them.
+
+    ``spikes`` has SPIKE_SCHEMA with ``sample`` *local to the chunk* (``0..len(labels)-1``),
+    sorted by ``(sample, neuron)``; ``labels`` ``(n,)`` integers; ``extra`` optional per-sample
+    columns for the sample table (e.g. ``{"speaker": ...}``), the same names in every chunk.
+    """
+
+    spikes: pa.RecordBatch
+    labels: np.ndarray
+    extra: Mapping[str, np.ndarray] | None = None
+
+
+def write_spike_dataset(
+    directory: str | os.PathLike[str],
+    splits: Mapping[str, Iterable[SpikeChunk | tuple]],
+    n_inputs: int,
+    *,
+    metadata: Mapping[str, Any] | None = None,
+    rows_per_group: int = 1 << 18,
+    compression_level: int | None = None,
+) -> DatasetPaths:
+    """Write already-made spikes, chunk by chunk, into the layout of :func:`write_dataset`.
+
+    For data sets that *are* spikes (SHD, SSC, tonic events): ``splits`` maps split names to
+    iterables of :class:`SpikeChunk` (or ``(spikes, labels[, extra])`` tuples), consumed
+    lazily, so only one chunk is in memory at a time (plus the small per-sample table).  Each
+    chunk's spikes become one or more row groups cut at sample boundaries (at most about
+    ``rows_per_group`` rows unless one sample is larger).  There are no raw features
+    (``n_features = 0``); ``metadata`` is recorded under ``"source"``.  The files are the ones
+    :class:`SpikeDataset` reads; temporary names are renamed at the end, as in
+    :func:`write_dataset`.
+    """
+    if not splits:
+        raise ValueError("no splits given")
+    if n_inputs < 1:
+        raise ValueError(f"n_inputs must be >= 1, got {n_inputs}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = DatasetPaths(directory / SPIKES_FILE, directory / SAMPLES_FILE)
+    tmp = DatasetPaths(*(p.with_name(p.name + ".tmp") for p in paths))
+    compression = {"compression": "zstd", "compression_level": compression_level}
+
+    split_meta: dict[str, dict[str, int]] = {}
+    sample_tables: list[pa.Table] = []
+    extra_names: list[str] | None = None
+    first_sample = 0
+    first_row = 0
+    try:
+        with pq.ParquetWriter(tmp.spikes, SPIKE_SCHEMA, **compression) as writer:
+            for name, chunks in splits.items():
+                split_first, split_row = first_sample, first_row
+                for chunk in chunks:
+                    chunk = SpikeChunk(*chunk)
+                    labels = np.asarray(chunk.labels)
+                    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+                        raise ValueError(f"split {name!r}: labels must be a 1-d integer array")
+                    n = labels.size
+                    if first_sample + n >= 2**32:
+                        raise ValueError("more than 2**32 - 1 samples do not fit the uint32 sample id")
+                    spikes = chunk.spikes
+                    _check_encoded(spikes, n, n_inputs, name)
+                    sample = spikes.column("sample").to_numpy()
+                    n_spikes = np.bincount(sample, minlength=n).astype(np.uint32)
+                    extra = dict(chunk.extra or {})
+                    if extra_names is None:
+                        extra_names = sorted(extra)
+                    elif sorted(extra) != extra_names:
+                        raise ValueError(
+                            f"split {name!r}: extra columns {sorted(extra)}, earlier {extra_names}"
+                        )
+                    columns: dict[str, pa.Array] = {
+                        "sample": pa.array(np.arange(first_sample, first_sample + n, dtype=np.uint32)),
+                        "label": pa.array(labels.astype(np.int64)),
+                        "split": pa.array(np.full(n, name, dtype=object), type=pa.string()),
+                        "n_spikes": pa.array(n_spikes),
+                    }
+                    for key in extra_names:
+                        col = np.asarray(extra[key])
+                        if col.shape != (n,):
+                            raise ValueError(f"split {name!r}: extra column {key!r} is not (n,)")
+                        columns[key] = pa.array(col)
+                    sample_tables.append(pa.table(columns))
+
+                    table = pa.Table.from_batches([spikes]).set_column(
+                        0, SPIKE_SCHEMA.field("sample"),
+                        pa.array(sample.astype(np.uint32) + np.uint32(first_sample)),
+                    )
+                    cuts = np.concatenate([[0], np.cumsum(n_spikes, dtype=np.int64)])[
+                        _row_group_cuts(n_spikes, rows_per_group)
+                    ]
+                    for r0, r1 in zip(cuts[:-1], cuts[1:]):
+                        if r1 > r0:
+                            writer.write_table(table.slice(r0, r1 - r0), row_group_size=int(r1 - r0))
+                    first_sample += n
+                    first_row += spikes.num_rows
+                split_meta[name] = {
+                    "first_sample": split_first,
+                    "n_samples": first_sample - split_first,
+                    "first_row": split_row,
+                    "n_spikes": first_row - split_row,
+                }
+            meta = {
+                METADATA_KEY: json.dumps(
+                    {
+                        "format": FORMAT_VERSION,
+                        "n_inputs": int(n_inputs),
+                        "n_features": 0,
+                        "encoder": None,
+                        "source": dict(metadata or {}),
+                        "splits": split_meta,
+                    },
+                    default=repr,
+                ).encode()
+            }
+            # The split counts are known only now: the footer's key-value metadata is written
+            # at close, so add it before the writer closes.
+            writer.add_key_value_metadata(meta)
+        samples = pa.concat_tables(sample_tables) if sample_tables else pa.table(
+            {
+                "sample": pa.array([], pa.uint32()),
+                "label": pa.array([], pa.int64()),
+                "split": pa.array([], pa.string()),
+                "n_spikes": pa.array([], pa.uint32()),
+            }
+        )
+        pq.write_table(samples.replace_schema_metadata(meta), tmp.samples, **compression)
+    except BaseException:
+        for p in tmp:
+            p.unlink(missing_ok=True)
+        raise
+    os.replace(tmp.spikes, paths.spikes)
+    os.replace(tmp.samples, paths.samples)
+    return paths
+
+
 def _read_metadata(path: Path) -> dict[str, Any]:
     """The ``delgrad.dataset`` metadata from a Parquet footer (no data pages are read)."""
-    raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
+    # The footer's key-value metadata: write_dataset puts it there through the schema,
+    # write_spike_dataset adds it at close (the Arrow schema stored in the file lacks it then).
+    raw = (pq.read_metadata(path).metadata or {}).get(METADATA_KEY)
+    if raw is None:
+        raw = (pq.read_schema(path).metadata or {}).get(METADATA_KEY)
     if raw is None:
         raise ValueError(f"{path} is not a delgrad data set (no {METADATA_KEY.decode()} metadata)")
     meta = json.loads(raw)
