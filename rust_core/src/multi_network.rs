@@ -10,7 +10,7 @@ use crate::error::{shape_err, spikes_err, Error, Result};
 use crate::eventprop;
 use crate::layer::{LayerGrad, LayerRef};
 use crate::multi::{self, MultiNeuron, RecLayer};
-use crate::network::Input;
+use crate::network::{add, concat_layers, Input};
 use crate::spikes::{SpikeTable, Spikes};
 use crate::ttfs::In;
 use crate::SpikeSet;
@@ -44,12 +44,6 @@ pub struct MultiGrad {
 pub(crate) fn chunks(n: usize) -> Vec<Range<usize>> {
     let size = n.div_ceil(64).max(4);
     (0..n).step_by(size).map(|s| s..(s + size).min(n)).collect()
-}
-
-pub(crate) fn add(acc: &mut [f64], x: &[f64]) {
-    for (a, b) in acc.iter_mut().zip(x) {
-        *a += b;
-    }
 }
 
 /// A layer's spikes as the multi-spike backward pass needs them: ids in range, finite times,
@@ -200,13 +194,8 @@ impl<'a> MultiNetwork<'a> {
                 Ok(outs)
             })
             .collect();
-        let mut per_layer: Vec<Vec<Spikes>> = self.layers.iter().map(|_| Vec::new()).collect();
-        for part in parts {
-            for (l, sp) in part?.into_iter().enumerate() {
-                per_layer[l].push(sp);
-            }
-        }
-        Ok(per_layer.into_iter().map(Spikes::concat).collect())
+        let parts = parts.into_iter().collect::<Result<Vec<_>>>()?;
+        Ok(concat_layers(self.layers.len(), parts))
     }
 
     /// EventProp gradients given every spike of every layer (from `forward`, or recorded) and

@@ -221,13 +221,7 @@ impl<'a> Network<'a> {
                 }
                 outs
             });
-        let mut per_layer: Vec<Vec<Spikes>> = self.layers.iter().map(|_| Vec::new()).collect();
-        for part in parts {
-            for (l, sp) in part.into_iter().enumerate() {
-                per_layer[l].push(sp);
-            }
-        }
-        Ok(per_layer.into_iter().map(Spikes::concat).collect())
+        Ok(concat_layers(self.layers.len(), parts))
     }
 
     /// Gradients given the spikes of every layer (computed by `forward`, or recorded on
@@ -339,10 +333,21 @@ impl<'a> Network<'a> {
     }
 }
 
-fn add(acc: &mut [f64], x: &[f64]) {
+pub(crate) fn add(acc: &mut [f64], x: &[f64]) {
     for (a, b) in acc.iter_mut().zip(x) {
         *a += b;
     }
+}
+
+/// Per-chunk spikes of every layer (chunks in sample order) joined into one `Spikes` per layer.
+pub(crate) fn concat_layers(n_layers: usize, parts: impl IntoIterator<Item = Vec<Spikes>>) -> Vec<Spikes> {
+    let mut per_layer: Vec<Vec<Spikes>> = (0..n_layers).map(|_| Vec::new()).collect();
+    for part in parts {
+        for (l, sp) in part.into_iter().enumerate() {
+            per_layer[l].push(sp);
+        }
+    }
+    per_layer.into_iter().map(Spikes::concat).collect()
 }
 
 /// A layer's spikes as the backward pass needs them: ids in range, finite times, at most one

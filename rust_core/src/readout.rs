@@ -324,8 +324,8 @@ impl Readout<'_> {
         let mut gd = vec![0.0; l.n_out * l.n_in];
         let mut gin = Vec::with_capacity(spikes.len());
         for (w, d, g) in parts {
-            crate::multi_network::add(&mut gw, &w);
-            crate::multi_network::add(&mut gd, &d);
+            crate::network::add(&mut gw, &w);
+            crate::network::add(&mut gd, &d);
             gin.extend(g);
         }
         Ok((LayerGrad { weights: gw, delays: l.reduce_delay_grad(&gd) }, gin))
