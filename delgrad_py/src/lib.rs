@@ -526,6 +526,23 @@ fn select_slice<'a>(select: &'a Option<PyReadonlyArray1<'_, u32>>) -> PyResult<O
         .transpose()
 }
 
+/// The batch `select` of `spikes`, checked to be the batch `trace` was recorded for.
+fn trace_batch<'a>(
+    spikes: &'a PySpikeSet,
+    select: &'a Option<PyReadonlyArray1<'_, u32>>,
+    trace: &Trace,
+) -> PyResult<core::Input<'a>> {
+    let input = spikes.inner.input(select_slice(select)?).map_err(to_py)?;
+    if input.n_samples() != trace.n_samples {
+        return Err(ShapeError::new_err(format!(
+            "the batch has {} samples but the trace has {}",
+            input.n_samples(),
+            trace.n_samples
+        )));
+    }
+    Ok(input)
+}
+
 #[pyfunction]
 #[pyo3(signature = (spikes, select, layers, neuron))]
 fn network_forward(
@@ -564,14 +581,7 @@ fn network_backward<'py>(
     if let Some(m) = min_slope {
         net = net.with_min_slope(m).map_err(to_py)?;
     }
-    let input = spikes.inner.input(select_slice(&select)?).map_err(to_py)?;
-    if input.n_samples() != trace.n_samples {
-        return Err(ShapeError::new_err(format!(
-            "the batch has {} samples but the trace has {}",
-            input.n_samples(),
-            trace.n_samples
-        )));
-    }
+    let input = trace_batch(spikes, &select, trace)?;
     let n_out = *trace.sizes.last().expect("a trace has layers");
     if grad_times.shape() != [trace.n_samples, n_out] {
         return Err(ShapeError::new_err(format!(
@@ -682,14 +692,7 @@ fn multi_network_backward<'py>(
     let ff = extract_layers(layers)?;
     let rec = extract_recurrent(&recurrent, ff.len())?;
     let net = multi_net(neuron, &ff, &rec)?;
-    let input = spikes.inner.input(select_slice(&select)?).map_err(to_py)?;
-    if input.n_samples() != trace.n_samples {
-        return Err(ShapeError::new_err(format!(
-            "the batch has {} samples but the trace has {}",
-            input.n_samples(),
-            trace.n_samples
-        )));
-    }
+    let input = trace_batch(spikes, &select, trace)?;
     let g = grad_spikes.as_slice().map_err(|_| ShapeError::new_err("grad_spikes must be contiguous"))?;
     let grads = py.detach(|| net.backward(&input, &trace.layers, g)).map_err(to_py)?;
     let mut ff_out = Vec::new();

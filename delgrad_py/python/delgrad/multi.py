@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from delgrad import _core
 from delgrad._core import Neuron, ParameterError, ShapeError, SpikeSet, Trace
-from delgrad.network import Layer, _delay_shape, _select
+from delgrad.network import Layer, _delay_shape, _select, neuron_meta
 from delgrad.optim import Adam, step_lr
 from delgrad.train import Split
 
@@ -197,12 +197,8 @@ class MultiNetwork:
     # --- persistence -------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
-        def neuron(n: Neuron) -> dict:
-            return {"tau_m": n.tau_m, "tau_s": n.tau_s, "theta": n.theta, "mode": n.mode,
-                    "t_ref": n.t_ref, "t_end": n.t_end}
-
         r = self.readout
-        meta = {"neuron": neuron(self.neuron), "readout_neuron": neuron(r.neuron),
+        meta = {"neuron": neuron_meta(self.neuron), "readout_neuron": neuron_meta(r.neuron),
                 "readout": {"kind": r.kind, "t_end": r.t_end, "tau_w": r.tau_w},
                 "kinds": [l.delay_kind for l in self.layers],
                 "recurrent": [None if x is None else x.delay_kind for x in self.recurrent]}

@@ -68,6 +68,12 @@ def _select(select: ArrayLike | None) -> NDArray[np.uint32] | None:
     return np.ascontiguousarray(a, dtype=np.uint32)
 
 
+def neuron_meta(n: Neuron) -> dict:
+    """A neuron's parameters as saved with a network (``Neuron(**meta)`` rebuilds it)."""
+    return {"tau_m": n.tau_m, "tau_s": n.tau_s, "theta": n.theta, "mode": n.mode, "t_ref": n.t_ref,
+            "t_end": n.t_end}
+
+
 def _delay_shape(kind: str, n_out: int, n_in: int) -> tuple[int, ...]:
     return {"none": (0,), "synaptic": (n_out, n_in), "axonal": (n_in,), "dendritic": (n_out,)}[kind]
 
@@ -192,11 +198,7 @@ class Network:
 
     def save(self, path: str | Path) -> None:
         """Writes the parameters (``.npz``) and the architecture (inside it, as JSON)."""
-        meta = {
-            "neuron": {"tau_m": self.neuron.tau_m, "tau_s": self.neuron.tau_s,
-                       "theta": self.neuron.theta, "mode": self.neuron.mode},
-            "delay_kinds": [l.delay_kind for l in self.layers],
-        }
+        meta = {"neuron": neuron_meta(self.neuron), "delay_kinds": [l.delay_kind for l in self.layers]}
         arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
         for l, layer in enumerate(self.layers):
             arrays[f"w{l}"] = layer.weights

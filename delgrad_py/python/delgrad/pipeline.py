@@ -179,7 +179,7 @@ def encode(cfg: dict[str, Any], run_dir: Path) -> Path:
     return data_dir
 
 
-def augmented(cfg: dict[str, Any], split: Split, batch: Any, n_inputs: int) -> Split:
+def augmented(cfg: dict[str, Any], split: Split, n_inputs: int) -> Split:
     """The training split with one augmented copy appended (``[augment]``, once per run):
     ``channel_shift = k`` shifts every copy's channels by up to ±k, ``blend = true`` mixes
     same-class pairs (:mod:`delgrad.data.augment`), seeded by ``[augment] seed``."""
@@ -193,19 +193,19 @@ def augmented(cfg: dict[str, Any], split: Split, batch: Any, n_inputs: int) -> S
     if not a.get("enabled", True) or not (a.get("channel_shift") or a.get("blend")):
         return split
     rng = np.random.default_rng(int(a.get("seed", cfg["train"].get("seed", 0))))
-    n = len(batch.labels)
-    spikes, labels = batch.spikes, np.asarray(batch.labels, dtype=np.int64)
+    n = len(split)
+    orig = split.spikes.select()  # the split's spikes as one batch, from memory
+    spikes, labels = orig, split.labels
     if a.get("blend"):
         b = blend(spikes, labels, rng, p=float(a.get("blend_p", 0.5)))
         spikes, labels = b.spikes, b.labels
     if a.get("channel_shift"):
         spikes = channel_shift(spikes, int(a["channel_shift"]), n_inputs, rng, n_samples=n)
-    orig = batch.spikes
     col = lambda rb, c: rb.column(c).to_numpy()  # noqa: E731
     both = spike_batch(np.concatenate([col(orig, "sample"), col(spikes, "sample") + n]),
                        np.concatenate([col(orig, "neuron"), col(spikes, "neuron")]),
                        np.concatenate([col(orig, "time"), col(spikes, "time")]))
-    return Split(SpikeSet(both, 2 * n), np.concatenate([np.asarray(batch.labels, np.int64), labels]))
+    return Split(SpikeSet(both, 2 * n), np.concatenate([split.labels, labels]))
 
 
 def load_split(data_dir: Path, split: str) -> tuple[Split, np.ndarray, int]:
@@ -256,9 +256,8 @@ def run(
     train, _, n_in = load_split(data_dir, "train")
     val, _, _ = load_split(data_dir, "validation")
     test, _, _ = load_split(data_dir, "test")
-    if (cfg.get("augment") or {}).get("enabled", True) and cfg.get("augment"):
-        ds = SpikeDataset(data_dir, "train")
-        train = augmented(cfg, train, ds.all(), n_in)
+    if cfg.get("augment"):
+        train = augmented(cfg, train, n_in)
     if cfg["network"].get("mode", "ttfs") == "multi":
         from delgrad import pipeline_multi
 

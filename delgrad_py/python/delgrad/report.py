@@ -117,6 +117,19 @@ def _hardware_lines(hw: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _finish_report(run_dir: Path, lines: list[str], figs: list[tuple[str, str | None]], layers: str,
+                   model: str) -> Path:
+    """Appends the figures and the list of files to ``lines`` and writes ``report.md``."""
+    for title, name in figs:
+        if name:
+            lines += ["", f"## {title}", "", f"![{title}](plots/{name})"]
+    lines += ["", f"Files: `metrics.parquet` (per epoch), `spikes_test.parquet` (test spikes of {layers}), "
+                  f"`data/` (encoded data set), {model}, `config.toml`."]
+    path = run_dir / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def _test_spikes(run_dir: Path) -> pl.DataFrame:
     """The test set's input spikes (layer 0) and every network layer's (layer 1...), one table."""
     from delgrad.data.parquet import SpikeDataset
@@ -175,14 +188,7 @@ def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, f
                       f"{cfg.get('train', {}).get('select_on', 'validation')} accuracy; the table above evaluates it."]
     if train_seconds is not None:
         lines += ["", f"Training wall time: {train_seconds:.1f} s."]
-    for title, name in figs:
-        if name:
-            lines += ["", f"## {title}", "", f"![{title}](plots/{name})"]
-    lines += ["", "Files: `metrics.parquet` (per epoch), `spikes_test.parquet` (test spikes of every",
-              "layer), `data/` (encoded data set), `model/` (`delgrad.Model.load`), `config.toml`."]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return _finish_report(run_dir, lines, figs, "every layer", "`model/` (`delgrad.Model.load`)")
 
 
 def plot_readout_values(values: np.ndarray, labels: np.ndarray, out: Path) -> str:
@@ -237,11 +243,4 @@ def write_multi_report(run_dir: Path, cfg: dict[str, Any], net, results: dict[st
         lines += ["", f"Training wall time: {train_seconds:.1f} s."]
     if n.get("delay_kind") == "none":
         lines += ["", "No delays: the baseline that shows what the delays are for."]
-    for title, name in figs:
-        if name:
-            lines += ["", f"## {title}", "", f"![{title}](plots/{name})"]
-    lines += ["", "Files: `metrics.parquet` (per epoch), `spikes_test.parquet` (test spikes of every",
-              "hidden layer), `data/` (encoded data set), `model/multi_network.npz`, `config.toml`."]
-    path = run_dir / "report.md"
-    path.write_text("\n".join(lines) + "\n")
-    return path
+    return _finish_report(run_dir, lines, figs, "every hidden layer", "`model/multi_network.npz`")
