@@ -17,6 +17,10 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="re-evaluate a finished run directory and rewrite its report")
     e.add_argument("run_dir")
+    x = sub.add_parser("export-nir", help="write a run directory's trained network as a NIR graph "
+                       "(pip install 'delgrad[nir]')")
+    x.add_argument("run_dir")
+    x.add_argument("out", help="NIR file to write (HDF5), e.g. model.nir")
     s = sub.add_parser("sweep", help="run a sweep of pipeline runs on Ray (pip install 'delgrad[sweep]')")
     s.add_argument("spec", help="sweep TOML, e.g. pipelines/sweeps/yinyang_delays.toml")
     s.add_argument("--address", help="Ray cluster to join ('auto' or 'ray://host:10001'); default: a local "
@@ -31,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.cmd == "sweep":
         return _sweep(args)
+    if args.cmd == "export-nir":
+        return _export_nir(args.run_dir, args.out)
 
     from delgrad import pipeline
 
@@ -42,6 +48,26 @@ def main(argv: list[str] | None = None) -> int:
         res = pipeline.evaluate_run(args.run_dir)
         for k, v in res.items():
             print(f"{k:>16}: {v:.4f}")
+    return 0
+
+
+def _export_nir(run_dir: str, out: str) -> int:
+    from pathlib import Path
+
+    from delgrad.multi import MultiNetwork
+    from delgrad.network import Network
+    from delgrad.nir import save_nir
+    from delgrad.pipeline_multi import MODEL_FILE
+
+    d = Path(run_dir) / "model"
+    if (d / MODEL_FILE).exists():
+        net: Network | MultiNetwork = MultiNetwork.load(d / MODEL_FILE)
+    elif (d / "network.npz").exists():
+        net = Network.load(d / "network.npz")
+    else:
+        raise FileNotFoundError(f"no saved network in {d} (expected network.npz or {MODEL_FILE})")
+    save_nir(net, out)
+    print(f"{net!r} -> {out}")
     return 0
 
 
