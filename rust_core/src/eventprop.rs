@@ -50,7 +50,7 @@ use std::collections::BinaryHeap;
 
 use crate::layer::LayerRef;
 use crate::layer::DelayKind;
-use crate::multi::{bucket_fill, bucket_sort, spike_factors, time_range, DelayFactors, MultiNeuron, RecLayer, SortBuf};
+use crate::multi::{bucket_fill, bucket_sort, factored_step, spike_factors, time_range, DelayFactors, MultiNeuron, RecLayer, SortBuf};
 use crate::ttfs::In;
 
 /// The smallest `V'(t_k^-)` used at a spike (at an exact tangency the true derivative is
@@ -59,7 +59,7 @@ const SLOPE_FLOOR: f64 = 1e-12;
 
 /// One arrival at a neuron in the backward pass: time, weight, index of its synapse in the
 /// gradient buffers, index of its source spike in the `dL/dt` buffer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct Arr {
     pub a: f64,
     pub w: f64,
@@ -73,8 +73,9 @@ pub struct Arr {
 
 /// `I(to)` from the arrivals strictly before `to`, continuing a forward sweep whose state is
 /// `(cur_i at cur_t, next arrival k)`.
-#[inline]
-fn current_at(
+/// `K` as in [`factored_step`] (the factored decays' ratio fixed at compile time).
+#[inline(always)]
+fn current_at<const K: i32>(
     m: &MultiNeuron,
     arr: &[Arr],
     factored: bool,
@@ -89,7 +90,7 @@ fn current_at(
         if *cur_t > f64::NEG_INFINITY {
             *cur_i *= if factored {
                 let p = &arr[*k - 1];
-                m.factor_es(p.fm, p.fs, x.fm, x.fs)
+                factored_step::<K>(m, p.fm, p.fs, x.fm, x.fs, 0.0).1
             } else {
                 (-(x.a - *cur_t) * n.inv_tau_s).exp()
             };
@@ -162,18 +163,28 @@ impl Trace {
         // I along the events. Ties: a spike comes before arrivals at its own time.
         self.i_spike.clear();
         self.i_ref.clear();
+        match (self.factored, m.pow_k) {
+            (true, 1) => self.currents::<1>(m),
+            (true, 2) => self.currents::<2>(m),
+            (true, 4) => self.currents::<4>(m),
+            _ => self.currents::<0>(m),
+        }
+        true
+    }
+
+    /// `I` at every spike and refractory end, in one forward sweep over the arrivals.
+    fn currents<const K: i32>(&mut self, m: &MultiNeuron) {
         let (mut cur_i, mut cur_t) = (0.0_f64, f64::NEG_INFINITY);
         let mut k = 0;
         for q in 0..self.spikes.len() {
             let ts = self.spikes[q].0;
-            let x = current_at(m, &self.arrivals, self.factored, ts, &mut cur_i, &mut cur_t, &mut k);
+            let x = current_at::<K>(m, &self.arrivals, self.factored, ts, &mut cur_i, &mut cur_t, &mut k);
             self.i_spike.push(x);
             if m.t_ref > 0.0 {
-                let x = current_at(m, &self.arrivals, self.factored, ts + m.t_ref, &mut cur_i, &mut cur_t, &mut k);
+                let x = current_at::<K>(m, &self.arrivals, self.factored, ts + m.t_ref, &mut cur_i, &mut cur_t, &mut k);
                 self.i_ref.push(x);
             }
         }
-        true
     }
 
     /// The next event backwards in time: `(time, rank)`, rank 2 arrival, 1 refractory end,
@@ -245,6 +256,17 @@ impl Trace {
 
     /// Runs the whole backward pass of an isolated neuron (feed-forward layers).
     pub fn run(&mut self, m: &MultiNeuron, gsrc: &mut [f64], gw: &mut [f64], gd: &mut [f64]) {
+        match (self.factored, m.pow_k) {
+            (true, 1) => self.run_k::<1>(m, gsrc, gw, gd),
+            (true, 2) => self.run_k::<2>(m, gsrc, gw, gd),
+            (true, 4) => self.run_k::<4>(m, gsrc, gw, gd),
+            _ => self.run_k::<0>(m, gsrc, gw, gd),
+        }
+    }
+
+    /// [`Trace::run`] with the ratio `tau_m = K tau_s` of the factored decays fixed at compile
+    /// time (see [`crate::multi::factored_step`]).
+    fn run_k<const K: i32>(&mut self, m: &MultiNeuron, gsrc: &mut [f64], gw: &mut [f64], gd: &mut [f64]) {
         let n = &m.neuron;
         loop {
             // The arrivals before (backwards) the next own event, in a tight loop: the same
@@ -258,13 +280,13 @@ impl Trace {
                 let x = self.arrivals[self.ka - 1];
                 if self.t < f64::INFINITY && self.t > x.a {
                     let s = self.t - x.a;
-                    let (em, es) = if self.factored && self.prev_arr {
+                    let (em, es, k) = if self.factored && self.prev_arr {
                         let q = &self.arrivals[self.ka];
-                        m.factor_decays(x.fm, x.fs, q.fm, q.fs)
+                        factored_step::<K>(m, x.fm, x.fs, q.fm, q.fs, s)
                     } else {
-                        n.decays(s)
+                        let (em, es) = n.decays(s);
+                        (em, es, n.kernel_from_fast(s, em, es))
                     };
-                    let k = n.kernel_from_fast(s, em, es);
                     self.li = es * self.li + k * self.lv;
                     self.lv *= em;
                 }

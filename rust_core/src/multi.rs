@@ -56,16 +56,6 @@ impl MultiNeuron {
         }
     }
 
-    /// `e_s` over the interval between two arrivals from their factors.
-    #[inline]
-    pub(crate) fn factor_es(&self, pm: f64, ps: f64, qm: f64, qs: f64) -> f64 {
-        if self.pow_k == 0 {
-            ps / qs
-        } else {
-            self.factor_decays(pm, ps, qm, qs).1
-        }
-    }
-
     pub fn new(neuron: Neuron, t_ref: f64, t_end: f64) -> Result<Self> {
         if !(t_ref.is_finite() && t_ref >= 0.0) {
             return Err(param_err(format!("neuron: t_ref must be finite and >= 0, got {t_ref}")));
@@ -147,11 +137,12 @@ pub fn bucket_sort<T: Copy>(v: &mut Vec<T>, sb: &mut SortBuf<T>, key: impl Fn(&T
     std::mem::swap(v, &mut sb.buf);
 }
 
-/// Fills `out` with the records of `items` sorted by time, bucketing while the records are
-/// produced (one pass fewer than [`bucket_sort`]): `n_hint` records are expected, all times in
-/// `[lo, hi]`. Same fallback for crowded buckets.
-pub fn bucket_fill<T: Copy>(
-    n_hint: usize,
+/// Fills `out` with the records of `items` (at most `n` of them) sorted by time, bucketing
+/// while the records are produced (one pass fewer than [`bucket_sort`]); all times lie in
+/// `[lo, hi]`. Same fallback for crowded buckets. The buffers keep their length between calls,
+/// so that the hot loop writes by index instead of pushing.
+pub fn bucket_fill<T: Copy + Default>(
+    n: usize,
     lo: f64,
     hi: f64,
     sb: &mut SortBuf<T>,
@@ -160,42 +151,45 @@ pub fn bucket_fill<T: Copy>(
     key: impl Fn(&T) -> f64,
 ) {
     out.clear();
-    let nb = n_hint.max(1);
     let span = hi - lo;
-    if !(span > 0.0) || !span.is_finite() || nb <= 48 {
+    if !(span > 0.0) || !span.is_finite() || n <= 48 {
         out.extend(items);
         bucket_sort(out, sb, key);
         return;
     }
-    let scale = nb as f64 / span;
-    let last = (nb - 1) as u32;
-    sb.buf.clear();
-    sb.bucket.clear();
-    sb.counts.clear();
-    sb.counts.resize(nb + 1, 0);
-    let mut crowded = false;
-    for x in items {
-        let b = (((key(&x) - lo) * scale).max(0.0) as u32).min(last);
-        sb.buf.push(x);
-        sb.bucket.push(b);
-        let c = &mut sb.counts[b as usize + 1];
-        *c += 1;
-        crowded |= *c > 32;
+    let scale = n as f64 / span;
+    let last = n - 1;
+    if sb.buf.len() < n {
+        sb.buf.resize(n, T::default());
+        sb.bucket.resize(n, 0);
     }
-    if sb.buf.is_empty() {
+    sb.counts.clear();
+    sb.counts.resize(n + 1, 0);
+    let (buf, bucket, counts) = (&mut sb.buf[..n], &mut sb.bucket[..n], &mut sb.counts[..n + 1]);
+    let mut len = 0;
+    for x in items {
+        // Times are >= lo, so only the top end needs a clamp (`as` saturates below at 0).
+        let b = (((key(&x) - lo) * scale) as usize).min(last);
+        buf[len] = x;
+        bucket[len] = b as u32;
+        counts[b + 1] += 1;
+        len += 1;
+    }
+    if len == 0 {
         return;
     }
-    if crowded {
-        out.extend_from_slice(&sb.buf);
+    let (buf, bucket) = (&buf[..len], &bucket[..len]);
+    if counts.iter().any(|&c| c > 32) {
+        out.extend_from_slice(buf);
         sort_by_time(out, key);
         return;
     }
-    for b in 0..nb {
-        sb.counts[b + 1] += sb.counts[b];
+    for b in 0..n {
+        counts[b + 1] += counts[b];
     }
-    out.resize(sb.buf.len(), sb.buf[0]);
-    for (x, &b) in sb.buf.iter().zip(&sb.bucket) {
-        let c = &mut sb.counts[b as usize];
+    out.resize(len, buf[0]);
+    for (x, &b) in buf.iter().zip(bucket) {
+        let c = &mut counts[b as usize];
         out[*c as usize] = *x;
         *c += 1;
     }
@@ -205,8 +199,12 @@ pub fn bucket_fill<T: Copy>(
 #[inline]
 fn insertion_sort<T: Copy>(v: &mut [T], key: &impl Fn(&T) -> f64) {
     for k in 1..v.len() {
+        // Nearly sorted input: compare first, and move a record only when it is out of place.
+        let kx = key(&v[k]);
+        if key(&v[k - 1]) <= kx {
+            continue;
+        }
         let x = v[k];
-        let kx = key(&x);
         let mut m = k;
         while m > 0 && key(&v[m - 1]) > kx {
             v[m] = v[m - 1];
@@ -267,7 +265,7 @@ pub fn spike_factors(n: &Neuron, inputs: &[In], max_delay: f64, um: &mut Vec<f64
 
 /// An arrival in the forward scan: time, weight, and `exp((a - t_0)/tau_m)`,
 /// `exp((a - t_0)/tau_s)` (NaN when the sample takes the exponential path).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, Default)]
 pub struct FArr {
     pub a: f64,
     pub w: f64,
@@ -302,6 +300,14 @@ pub fn simulate_arr(m: &MultiNeuron, arrivals: &[FArr], factored: bool, out: &mu
     let mut at_arrival = true;
     let mut refr_end = f64::NEG_INFINITY;
     loop {
+        if factored && at_arrival && refr_end <= t && v < n.theta {
+            match m.pow_k {
+                1 => quiet::<1>(m, arrivals, &mut k, &mut v, &mut i, &mut t),
+                2 => quiet::<2>(m, arrivals, &mut k, &mut v, &mut i, &mut t),
+                4 => quiet::<4>(m, arrivals, &mut k, &mut v, &mut i, &mut t),
+                _ => quiet::<0>(m, arrivals, &mut k, &mut v, &mut i, &mut t),
+            }
+        }
         let na = if k < arrivals.len() { arrivals[k].a } else { f64::INFINITY };
         if na > m.t_end && t > m.t_end {
             break;
@@ -373,6 +379,65 @@ pub fn simulate_arr(m: &MultiNeuron, arrivals: &[FArr], factored: bool, out: &mu
         }
     }
     true
+}
+
+/// `(e_m, e_s)` between two factored arrivals and the kernel `K` over the interval, with the
+/// case `tau_m = K tau_s` fixed at compile time (`K = 0`: any ratio). Bit for bit the values of
+/// [`MultiNeuron::factor_decays`] and [`Neuron::kernel_from_fast`].
+#[inline(always)]
+pub(crate) fn factored_step<const K: i32>(m: &MultiNeuron, pm: f64, ps: f64, qm: f64, qs: f64, len: f64) -> (f64, f64, f64) {
+    let n = &m.neuron;
+    match K {
+        1 => {
+            let e = pm / qm;
+            (e, e, len * e)
+        }
+        2 | 4 => {
+            let em = pm / qm;
+            let es = if K == 2 {
+                em * em
+            } else {
+                let e2 = em * em;
+                e2 * e2
+            };
+            (em, es, (em - es) * n.inv_delta)
+        }
+        _ => {
+            let (em, es) = m.factor_decays(pm, ps, qm, qs);
+            (em, es, n.kernel_from_fast(len, em, es))
+        }
+    }
+}
+
+/// The forward scan's inner loop over arrivals where no threshold crossing is possible: from
+/// the state at arrival `k - 1` (factored, not refractory, below threshold) it advances arrival
+/// by arrival with exactly the arithmetic of [`simulate_arr`], and stops before the first
+/// interval that may hold a crossing (or at the end), leaving that interval to the full scan.
+#[inline(always)]
+fn quiet<const K: i32>(m: &MultiNeuron, arr: &[FArr], k: &mut usize, v: &mut f64, i: &mut f64, t: &mut f64) {
+    let n = &m.neuron;
+    while *k < arr.len() && *t <= m.t_end {
+        let q = &arr[*k];
+        if q.a <= *t {
+            *i += q.w;
+            *k += 1;
+            continue;
+        }
+        let p = &arr[*k - 1];
+        let (em, es, kern) = factored_step::<K>(m, p.fm, p.fs, q.fm, q.fs, q.a - *t);
+        let (ve, ie) = (*v * em + *i * kern, *i * es);
+        if *i > 0.0 {
+            // `crossing_in_interval`'s tests: rising at the end, or rising at the start.
+            let rising_end = ie - ve * n.inv_tau_m >= 0.0;
+            if (rising_end && ve >= n.theta) || (!rising_end && *i - *v * n.inv_tau_m > 0.0) {
+                return;
+            }
+        }
+        *v = ve;
+        *i = ie + q.w;
+        *t = q.a;
+        *k += 1;
+    }
 }
 
 /// Reusable buffers of the forward pass, one set per worker thread.

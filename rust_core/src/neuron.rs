@@ -31,7 +31,7 @@ pub struct Neuron {
     // Reciprocals: divisions in the inner loops cost more than the exponentials' neighbours.
     pub(crate) inv_tau_m: f64,
     pub(crate) inv_tau_s: f64,
-    inv_delta: f64,
+    pub(crate) inv_delta: f64,
     solver: Solver,
 }
 
