@@ -93,8 +93,15 @@ impl<T> Default for SortBuf<T> {
 /// counting scatter, then insertion sort (records are only out of order within a bucket).
 /// Falls back to a comparison sort when a bucket is crowded (strongly clustered times).
 pub fn bucket_sort<T: Copy>(v: &mut Vec<T>, sb: &mut SortBuf<T>, key: impl Fn(&T) -> f64) {
+    bucket_sort_above(v, sb, key, 48)
+}
+
+/// [`bucket_sort`] with insertion sort for up to `small` records (for records that come in
+/// nearly sorted, insertion sort wins up to larger sizes).
+#[inline]
+pub fn bucket_sort_above<T: Copy>(v: &mut Vec<T>, sb: &mut SortBuf<T>, key: impl Fn(&T) -> f64, small: usize) {
     let n = v.len();
-    if n <= 48 {
+    if n <= small {
         insertion_sort(v, &key);
         return;
     }
@@ -429,7 +436,9 @@ fn quiet<const K: i32>(m: &MultiNeuron, arr: &[FArr], k: &mut usize, v: &mut f64
         if *i > 0.0 {
             // `crossing_in_interval`'s tests: rising at the end, or rising at the start.
             let rising_end = ie - ve * n.inv_tau_m >= 0.0;
-            if (rising_end && ve >= n.theta) || (!rising_end && *i - *v * n.inv_tau_m > 0.0) {
+            // Peak inside the interval: only if the bound of `first_crossing` allows a crossing.
+            let peak_may_cross = *i - *v * n.inv_tau_m > 0.0 && (*v).max(0.0) + *i * n.k_max.min(q.a - *t) >= n.theta;
+            if (rising_end && ve >= n.theta) || (!rising_end && peak_may_cross) {
                 return;
             }
         }

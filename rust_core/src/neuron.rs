@@ -32,6 +32,9 @@ pub struct Neuron {
     pub(crate) inv_tau_m: f64,
     pub(crate) inv_tau_s: f64,
     pub(crate) inv_delta: f64,
+    // An upper bound of the PSP kernel, max_s K(s) (rounded up): V(s) <= max(v, 0) + i K_max
+    // rules most intervals out without locating their peak (a log and two exps).
+    pub(crate) k_max: f64,
     solver: Solver,
 }
 
@@ -54,7 +57,7 @@ impl Neuron {
         };
         let delta = if tau_m == tau_s { 0.0 } else { 1.0 / tau_s - 1.0 / tau_m };
         let inv_delta = if delta == 0.0 { 0.0 } else { 1.0 / delta };
-        Ok(Self {
+        let mut n = Self {
             tau_m,
             tau_s,
             theta,
@@ -62,8 +65,13 @@ impl Neuron {
             inv_tau_m: 1.0 / tau_m,
             inv_tau_s: 1.0 / tau_s,
             inv_delta,
+            k_max: f64::INFINITY,
             solver,
-        })
+        };
+        // K peaks where K' = e_s - K/tau_m = 0: at tau for equal taus, else at ln(tau_m/tau_s)/delta.
+        let s_peak = if delta == 0.0 { tau_m } else { (tau_m / tau_s).ln() / delta };
+        n.k_max = n.kernel(s_peak) * (1.0 + 1e-12);
+        Ok(n)
     }
 
     pub fn solver(&self) -> Solver {

@@ -16,6 +16,11 @@ pub fn first_crossing(n: &Neuron, v: f64, i: f64, len: f64) -> Option<f64> {
     if !(i > 0.0) {
         return None;
     }
+    // V(s) = v e_m(s) + i K(s) <= max(v, 0) + i min(s, K_max) (K' <= 1): most intervals end
+    // here, before the log and exponentials of the peak.
+    if v.max(0.0) + i * n.k_max.min(len) < n.theta {
+        return None;
+    }
     let peak = n.stationary_point(v, i)?;
     let end = peak.min(len);
     if n.voltage(v, i, end) < n.theta {
@@ -47,12 +52,13 @@ pub fn crossing_in_interval(n: &Neuron, v: f64, i: f64, len: f64, v_end: f64, i_
 /// The root of `V = theta` on `[0, end]`, where V rises from below theta to at least theta.
 fn root_on_rise(n: &Neuron, v: f64, i: f64, end: f64) -> f64 {
     let s = match n.solver() {
-        Solver::LambertW => lambert_root(n, v, i),
+        Solver::LambertW => lambert_root(n, v, i).map(|s| (s, false)),
         Solver::Quadratic => quadratic_root(n, v, i),
         Solver::Bracketed => None,
     };
     match s {
-        Some(s) if (0.0..=end).contains(&s) => polish(n, v, i, s, end),
+        Some((s, true)) if (0.0..=end).contains(&s) => s,
+        Some((s, _)) if (0.0..=end).contains(&s) => polish(n, v, i, s, end),
         // The closed form fell outside the bracket by rounding (a crossing at an interval end):
         // the bracketed solver settles it.
         _ => bracketed_root(n, v, i, end),
@@ -77,8 +83,12 @@ fn lambert_root(n: &Neuron, v: f64, i: f64) -> Option<f64> {
 }
 
 /// `tau_m = 2 tau_s`: with `x = e^{-s/tau_m}`, `V = a x - b x^2` (`b = c i`, `a = v + b`,
-/// `c = 2 tau_s`). The first crossing in time is the larger root in `x`.
-fn quadratic_root(n: &Neuron, v: f64, i: f64) -> Option<f64> {
+/// `c = 2 tau_s`). The first crossing in time is the larger root in `x`. Also returns whether
+/// the root is well conditioned, i.e. accurate as computed: `a > 0` rules out cancellation in
+/// `a + sqrt(disc)`, and with `disc >= 1e-6 a^2` the rounding of `disc` moves `x` by at most
+/// `~1e3` ulps, `s` by `~2e-13 tau_m`. Only near a tangency (`disc -> 0`) is the Newton polish
+/// worth its two exponentials.
+fn quadratic_root(n: &Neuron, v: f64, i: f64) -> Option<(f64, bool)> {
     let c = 2.0 * n.tau_s;
     let b = c * i;
     let a = v + b;
@@ -86,9 +96,8 @@ fn quadratic_root(n: &Neuron, v: f64, i: f64) -> Option<f64> {
     if !(a > 0.0) || disc < 0.0 {
         return None;
     }
-    // a > 0: no cancellation in a + sqrt(disc).
     let x = ((a + disc.sqrt()) / (2.0 * b)).min(1.0);
-    Some(-n.tau_m * x.ln())
+    Some((-n.tau_m * x.ln(), disc >= 1e-6 * a * a))
 }
 
 /// Safeguarded Newton on the increasing stretch `[0, end]` where `V(0) < theta <= V(end)`.

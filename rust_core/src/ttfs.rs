@@ -12,6 +12,7 @@
 //! for every synapse `i -> j` that carried a causal arrival.
 
 use crate::layer::{DelayKind, LayerRef};
+use crate::multi::{bucket_sort_above, SortBuf};
 use crate::neuron::Neuron;
 use crate::solver::{crossing_in_interval, first_crossing};
 
@@ -26,28 +27,12 @@ pub struct Scratch {
     exps: Vec<(f64, f64)>,
     by_time: Vec<In>,
     fwd: Vec<(f64, f64, f64)>,
+    sort: SortBuf<(f64, f64, f64)>,
     up: Vec<f64>,
 }
 
-/// Sorts arrivals by time. Inputs are pre-sorted by spike time, so with delays that are small
-/// against the gaps between spikes the arrivals are nearly sorted and insertion sort is linear.
-#[inline]
-fn sort_arrivals<T: Copy>(arrivals: &mut [(f64, f64, T)]) {
-    if arrivals.len() > 48 {
-        // Arrival times are finite (inputs and parameters are validated).
-        arrivals.sort_unstable_by(|a, b| a.0.partial_cmp(&b.0).unwrap_or(std::cmp::Ordering::Equal));
-        return;
-    }
-    for k in 1..arrivals.len() {
-        let x = arrivals[k];
-        let mut m = k;
-        while m > 0 && arrivals[m - 1].0 > x.0 {
-            arrivals[m] = arrivals[m - 1];
-            m -= 1;
-        }
-        arrivals[m] = x;
-    }
-}
+/// Arrivals of up to this many inputs are insertion-sorted, more are bucket-sorted.
+const SMALL_SORT: usize = 16;
 
 /// The smallest `V'(T)` used in a gradient by default. At an exact tangency the true derivative
 /// is infinite; this floor keeps it finite (and huge) instead of producing inf/NaN.
@@ -137,18 +122,26 @@ pub fn layer_forward(
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) {
-    let Scratch { order, by_time, fwd, up, .. } = scratch;
+    let Scratch { order, by_time, fwd, up, sort, .. } = scratch;
     if inputs.is_empty() {
         return;
     }
-    by_time.clear();
-    by_time.extend_from_slice(inputs);
-    // Times are finite (validated at the boundary), so total order = numeric order here.
-    by_time.sort_unstable_by(|a, b| a.1.total_cmp(&b.1));
-    let inputs = &by_time[..];
-    let t_ref = inputs[0].1;
+    // Few inputs: their arrivals are insertion-sorted per target below, which is linear when
+    // the inputs come in time order and the delays are small against their gaps, so sort the
+    // inputs once. More inputs: the arrivals are bucket-sorted, and the input order does not
+    // matter.
+    let inputs = if inputs.len() <= SMALL_SORT {
+        by_time.clear();
+        by_time.extend_from_slice(inputs);
+        // Times are finite (validated at the boundary), so total order = numeric order here.
+        by_time.sort_unstable_by(|a, b| a.1.total_cmp(&b.1));
+        &by_time[..]
+    } else {
+        inputs
+    };
+    let (t_ref, t_last) = inputs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x.1), hi.max(x.1)));
     let factors = factors
-        .filter(|f| (inputs[inputs.len() - 1].1 - t_ref + f.max_delay) * n.inv_tau_m < MAX_FACTOR_SPAN)
+        .filter(|f| (t_last - t_ref + f.max_delay) * n.inv_tau_m < MAX_FACTOR_SPAN)
         .map(|f| &f.per_synapse[..]);
     up.clear();
     if factors.is_some() {
@@ -181,7 +174,7 @@ pub fn layer_forward(
                 })),
                 None => fwd.extend(inputs.iter().map(|&(i, t)| (t + drow[i as usize], row[i as usize], 0.0))),
             }
-            sort_arrivals(fwd);
+            bucket_sort_above(fwd, sort, |x| x.0, SMALL_SORT);
         }
         let t = if frow.is_some() {
             let f = &fwd[..];
@@ -217,11 +210,29 @@ fn dend(layer: &LayerRef, j: usize) -> f64 {
 }
 
 #[inline]
-fn fill_arrivals(layer: &LayerRef, j: usize, inputs: &[In], arrivals: &mut Vec<(f64, f64, u32)>) {
+fn fill_causal(layer: &LayerRef, j: usize, inputs: &[In], t_out: f64, arrivals: &mut Vec<(f64, f64, u32)>) {
     let row = &layer.weights[j * layer.n_in..(j + 1) * layer.n_in];
-    arrivals.extend(
-        inputs.iter().enumerate().map(|(r, &(i, t))| (t + layer.delay(j, i as usize), row[i as usize], r as u32)),
-    );
+    arrivals.clear();
+    arrivals.resize(inputs.len(), (0.0, 0.0, 0));
+    // Causal set: arrivals strictly before the spike (an arrival at T has K = 0 and does not
+    // influence the crossing from the left). Kept without branching: whether an arrival is
+    // causal is close to a coin flip, and a branch on it mispredicts.
+    let mut n = 0;
+    let mut keep = |r: usize, a: f64, i: usize| {
+        arrivals[n] = (a, row[i], r as u32);
+        n += (a < t_out) as usize;
+    };
+    if layer.kind == DelayKind::Synaptic {
+        let d = &layer.delays[j * layer.n_in..(j + 1) * layer.n_in];
+        for (r, &(i, t)) in inputs.iter().enumerate() {
+            keep(r, t + d[i as usize], i as usize);
+        }
+    } else {
+        for (r, &(i, t)) in inputs.iter().enumerate() {
+            keep(r, t + layer.delay(j, i as usize), i as usize);
+        }
+    }
+    arrivals.truncate(n);
 }
 
 /// Backward pass of one TTFS layer for one sample.
@@ -262,34 +273,24 @@ pub fn layer_backward(
             .filter(|_| (t_out - t_ref) * n.inv_tau_m < MAX_FACTOR_SPAN)
             .map(|f| &f[j * layer.n_in..(j + 1) * layer.n_in]);
         let y = (-(t_out - t_ref) * n.inv_tau_m).exp();
-        arrivals.clear();
-        fill_arrivals(layer, j, inputs, arrivals);
-        // Causal set: arrivals strictly before the spike (an arrival at T has K = 0 and
-        // does not influence the crossing from the left). First pass: the current at T, with
-        // each arrival's decays kept for the second pass.
+        fill_causal(layer, j, inputs, t_out, arrivals);
+        // First pass: the current at T, with each arrival's decays kept for the second pass.
         let mut current = 0.0;
         exps.clear();
         for &(a, w, r) in arrivals.iter() {
-            let d = if a >= t_out {
-                (f64::NAN, f64::NAN)
-            } else if let Some(f) = frow {
+            let d = if let Some(f) = frow {
                 let em = up[r as usize] * f[inputs[r as usize].0 as usize] * y;
                 (em, n.es_from_em(em))
             } else {
                 let s = t_out - a;
                 ((-s * n.inv_tau_m).exp(), (-s * n.inv_tau_s).exp())
             };
-            if a < t_out {
-                current += w * d.1;
-            }
+            current += w * d.1;
             exps.push(d);
         }
         let slope = (current - n.theta * n.inv_tau_m).max(min_slope);
         let scale = g / slope;
         for (&(a, w, r), &(em, es)) in arrivals.iter().zip(exps.iter()) {
-            if a >= t_out {
-                continue;
-            }
             let k = n.kernel_from(t_out - a, em, es);
             let i = inputs[r as usize].0 as usize;
             gw[j * layer.n_in + i] -= scale * k;
