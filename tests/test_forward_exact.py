@@ -62,6 +62,24 @@ def test_layer_forward_matches_reference(ratio, case):
 @pytest.mark.parametrize("ratio", list(RATIOS))
 @settings(max_examples=examples(25), deadline=None,
           suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@given(case=layer_cases(max_in=30, max_out=3, max_samples=2, min_spikes=17, max_spikes=60,
+                        w_range=(-0.4, 0.6)))
+def test_layer_forward_many_inputs_matches_reference(ratio, case):
+    """More than 16 input spikes per sample: each target's arrivals are bucket-sorted rather
+    than insertion-sorted, and the input order is not sorted first."""
+    tau_m, tau_s = RATIOS[ratio]
+    model = ref.Model(tau_m, tau_s, 1.0)
+    want, info = ref.layer(model, rows_to_inputs(case["rows"], case["n_samples"]),
+                           case["weights"], case["delays"], case["kind"])
+    assume(ref.well_conditioned(info, peak_margin=1e-7, min_slope=1e-4))
+    neuron = delgrad.Neuron(tau_m=tau_m, tau_s=tau_s, theta=1.0)
+    got = out_to_matrix(_forward(case, neuron), case["n_samples"], case["n_out"])
+    assert_times_close(got, want, atol=1e-9)
+
+
+@pytest.mark.parametrize("ratio", list(RATIOS))
+@settings(max_examples=examples(25), deadline=None,
+          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
 @given(case=layer_cases(kinds=("synaptic",), w_range=(0.5, 3.0), max_spikes=5, min_spikes=1,
                         t_range=(0.0, 2.0)),
        theta=finite(0.3, 3.0))

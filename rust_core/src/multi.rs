@@ -166,8 +166,11 @@ pub fn bucket_fill<T: Copy + Default>(
     }
     let scale = n as f64 / span;
     let last = n - 1;
+    // (`bucket_sort` shares these buffers and leaves them at its own lengths.)
     if sb.buf.len() < n {
         sb.buf.resize(n, T::default());
+    }
+    if sb.bucket.len() < n {
         sb.bucket.resize(n, 0);
     }
     sb.counts.clear();
@@ -666,4 +669,56 @@ pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: 
     }
     out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A small deterministic generator (splitmix64).
+    fn uniforms(seed: u64, n: usize) -> Vec<f64> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_add(0x9E3779B97F4A7C15);
+                let mut z = s;
+                z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
+                z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
+                ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+            })
+            .collect()
+    }
+
+    /// `bucket_fill` against a plain sort of the same records, over calls that share one
+    /// `SortBuf` (as a worker thread's scratch does): sizes up and down, spread and clustered
+    /// times (the crowded fallback), records dropped by the filter, and `bucket_sort` on the
+    /// same buffers in between.
+    #[test]
+    fn bucket_fill_sorts_like_a_comparison_sort() {
+        let mut sb: SortBuf<FArr> = SortBuf::default();
+        let mut out = Vec::new();
+        for (case, &(n, clustered)) in [(5000, false), (60, false), (3000, true), (7000, false), (49, true), (200, false)]
+            .iter()
+            .enumerate()
+        {
+            let u = uniforms(case as u64 + 1, 2 * n);
+            let times: Vec<f64> =
+                (0..n).map(|r| if clustered { 3.0 + (u[r] * 4.0).floor() * 1e-3 } else { 100.0 * u[r] }).collect();
+            let (lo, hi) = times.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &t| (a.min(t), b.max(t)));
+            // Keep about 90 % of the records; the weight records the input row.
+            let items =
+                (0..n).filter(|&r| u[n + r] < 0.9).map(|r| FArr { a: times[r], w: r as f64, fm: 1.0, fs: 1.0 });
+            let mut want: Vec<FArr> = items.clone().collect();
+            want.sort_by(|x, y| x.a.total_cmp(&y.a).then(x.w.total_cmp(&y.w)));
+            bucket_fill(n, lo, hi, &mut sb, &mut out, items, |x| x.a);
+            assert_eq!(out.len(), want.len(), "case {case}: record count");
+            assert!(out.windows(2).all(|w| w[0].a <= w[1].a), "case {case}: not sorted by time");
+            let mut got = out.clone();
+            got.sort_by(|x, y| x.a.total_cmp(&y.a).then(x.w.total_cmp(&y.w)));
+            assert!(got.iter().zip(&want).all(|(g, w)| g.a == w.a && g.w == w.w), "case {case}: records differ");
+            let mut v: Vec<FArr> = want.iter().rev().copied().collect();
+            bucket_sort(&mut v, &mut sb, |x| x.a);
+            assert!(v.windows(2).all(|w| w[0].a <= w[1].a), "case {case}: bucket_sort");
+        }
+    }
 }
