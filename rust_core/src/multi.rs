@@ -19,7 +19,7 @@ use std::collections::BinaryHeap;
 use crate::error::{param_err, Result};
 use crate::layer::{DelayKind, LayerRef};
 use crate::neuron::Neuron;
-use crate::solver::{crossing_in_interval, first_crossing};
+use crate::solver::{crossing_in_interval, first_crossing, may_cross};
 use crate::ttfs::In;
 
 /// A multi-spike neuron: the LIF model plus what only the multi-spike mode has.
@@ -43,16 +43,15 @@ impl MultiNeuron {
     /// `(e_m, e_s)` over the interval between two arrivals from their factors.
     #[inline]
     pub(crate) fn factor_decays(&self, pm: f64, ps: f64, qm: f64, qs: f64) -> (f64, f64) {
-        let em = pm / qm;
         match self.pow_k {
-            0 => (em, ps / qs),
-            1 => (em, em),
-            2 => (em, em * em),
-            4 => {
-                let e2 = em * em;
-                (em, e2 * e2)
+            0 => (pm / qm, ps / qs),
+            1 => pow_decays::<1>(pm, qm),
+            2 => pow_decays::<2>(pm, qm),
+            4 => pow_decays::<4>(pm, qm),
+            k => {
+                let em = pm / qm;
+                (em, em.powi(k))
             }
-            k => (em, em.powi(k)),
         }
     }
 
@@ -120,28 +119,34 @@ pub fn bucket_sort_above<T: Copy>(v: &mut Vec<T>, sb: &mut SortBuf<T>, key: impl
     sb.bucket.extend(v.iter().map(|x| (((key(x) - lo) * scale) as u32).min(last)));
     sb.counts.clear();
     sb.counts.resize(n + 1, 0);
-    let mut crowded = false;
     for &b in &sb.bucket {
-        let c = &mut sb.counts[b as usize + 1];
-        *c += 1;
-        crowded |= *c > 32;
+        sb.counts[b as usize + 1] += 1;
     }
-    if crowded {
-        sort_by_time(v, key);
+    place_by_bucket(v, &sb.bucket, &mut sb.counts, &mut sb.buf, &key);
+    std::mem::swap(v, &mut sb.buf);
+}
+
+/// The second half of both bucket sorts: the records `src` (not empty), each with its bucket in
+/// `bucket` and the bucket sizes in `counts[b + 1]`, placed into `out` in time order. A crowded
+/// bucket (strongly clustered times) falls back to a comparison sort.
+#[inline(always)]
+fn place_by_bucket<T: Copy>(src: &[T], bucket: &[u32], counts: &mut [u32], out: &mut Vec<T>, key: &impl Fn(&T) -> f64) {
+    out.clear();
+    if counts.iter().any(|&c| c > 32) {
+        out.extend_from_slice(src);
+        sort_by_time(out, key);
         return;
     }
-    for b in 0..n {
-        sb.counts[b + 1] += sb.counts[b];
+    for b in 0..counts.len() - 1 {
+        counts[b + 1] += counts[b];
     }
-    sb.buf.clear();
-    sb.buf.resize(n, v[0]);
-    for (x, &b) in v.iter().zip(&sb.bucket) {
-        let c = &mut sb.counts[b as usize];
-        sb.buf[*c as usize] = *x;
+    out.resize(src.len(), src[0]);
+    for (x, &b) in src.iter().zip(bucket) {
+        let c = &mut counts[b as usize];
+        out[*c as usize] = *x;
         *c += 1;
     }
-    insertion_sort(&mut sb.buf, &key);
-    std::mem::swap(v, &mut sb.buf);
+    insertion_sort(out, key);
 }
 
 /// Fills `out` with the records of `items` (at most `n` of them) sorted by time, bucketing
@@ -188,22 +193,7 @@ pub fn bucket_fill<T: Copy + Default>(
     if len == 0 {
         return;
     }
-    let (buf, bucket) = (&buf[..len], &bucket[..len]);
-    if counts.iter().any(|&c| c > 32) {
-        out.extend_from_slice(buf);
-        sort_by_time(out, key);
-        return;
-    }
-    for b in 0..n {
-        counts[b + 1] += counts[b];
-    }
-    out.resize(len, buf[0]);
-    for (x, &b) in buf.iter().zip(bucket) {
-        let c = &mut counts[b as usize];
-        out[*c as usize] = *x;
-        *c += 1;
-    }
-    insertion_sort(out, &key);
+    place_by_bucket(&buf[..len], &bucket[..len], counts, out, &key);
 }
 
 #[inline]
@@ -391,6 +381,21 @@ pub fn simulate_arr(m: &MultiNeuron, arrivals: &[FArr], factored: bool, out: &mu
     true
 }
 
+/// `(e_m, e_s)` from the `tau_m` factors when `tau_m = K tau_s` (`K` = 1, 2 or 4).
+#[inline(always)]
+fn pow_decays<const K: i32>(pm: f64, qm: f64) -> (f64, f64) {
+    let em = pm / qm;
+    let es = match K {
+        1 => em,
+        2 => em * em,
+        _ => {
+            let e2 = em * em;
+            e2 * e2
+        }
+    };
+    (em, es)
+}
+
 /// `(e_m, e_s)` between two factored arrivals and the kernel `K` over the interval, with the
 /// case `tau_m = K tau_s` fixed at compile time (`K = 0`: any ratio). Bit for bit the values of
 /// [`MultiNeuron::factor_decays`] and [`Neuron::kernel_from_fast`].
@@ -399,17 +404,11 @@ pub(crate) fn factored_step<const K: i32>(m: &MultiNeuron, pm: f64, ps: f64, qm:
     let n = &m.neuron;
     match K {
         1 => {
-            let e = pm / qm;
-            (e, e, len * e)
+            let (em, es) = pow_decays::<1>(pm, qm);
+            (em, es, len * es)
         }
         2 | 4 => {
-            let em = pm / qm;
-            let es = if K == 2 {
-                em * em
-            } else {
-                let e2 = em * em;
-                e2 * e2
-            };
+            let (em, es) = pow_decays::<K>(pm, qm);
             (em, es, (em - es) * n.inv_delta)
         }
         _ => {
@@ -436,14 +435,8 @@ fn quiet<const K: i32>(m: &MultiNeuron, arr: &[FArr], k: &mut usize, v: &mut f64
         let p = &arr[*k - 1];
         let (em, es, kern) = factored_step::<K>(m, p.fm, p.fs, q.fm, q.fs, q.a - *t);
         let (ve, ie) = (*v * em + *i * kern, *i * es);
-        if *i > 0.0 {
-            // `crossing_in_interval`'s tests: rising at the end, or rising at the start.
-            let rising_end = ie - ve * n.inv_tau_m >= 0.0;
-            // Peak inside the interval: only if the bound of `first_crossing` allows a crossing.
-            let peak_may_cross = *i - *v * n.inv_tau_m > 0.0 && (*v).max(0.0) + *i * n.k_max.min(q.a - *t) >= n.theta;
-            if (rising_end && ve >= n.theta) || (!rising_end && peak_may_cross) {
-                return;
-            }
+        if may_cross(n, *v, *i, q.a - *t, ve, ie) {
+            return;
         }
         *v = ve;
         *i = ie + q.w;

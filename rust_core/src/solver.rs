@@ -13,12 +13,7 @@ use crate::neuron::{Neuron, Solver};
 pub fn first_crossing(n: &Neuron, v: f64, i: f64, len: f64) -> Option<f64> {
     debug_assert!(v < n.theta);
     // With I <= 0 the potential can only approach 0 from below or decay: never theta > 0.
-    if !(i > 0.0) {
-        return None;
-    }
-    // V(s) = v e_m(s) + i K(s) <= max(v, 0) + i min(s, K_max) (K' <= 1): most intervals end
-    // here, before the log and exponentials of the peak.
-    if v.max(0.0) + i * n.k_max.min(len) < n.theta {
+    if !(i > 0.0) || !peak_may_reach(n, v, i, len) {
         return None;
     }
     let peak = n.stationary_point(v, i)?;
@@ -36,17 +31,37 @@ pub fn first_crossing(n: &Neuron, v: f64, i: f64, len: f64) -> Option<f64> {
 #[inline]
 pub fn crossing_in_interval(n: &Neuron, v: f64, i: f64, len: f64, v_end: f64, i_end: f64) -> Option<f64> {
     debug_assert!(v < n.theta);
+    if !may_cross(n, v, i, len, v_end, i_end) {
+        return None;
+    }
+    if i_end - v_end * n.inv_tau_m >= 0.0 {
+        Some(root_on_rise(n, v, i, len))
+    } else {
+        first_crossing(n, v, i, len)
+    }
+}
+
+/// Whether the interval may hold a crossing, from its end states alone (no `exp`, `ln`): `I > 0`,
+/// and either rising at the end and at threshold there, or falling at the end but rising at the
+/// start (a peak inside) with the peak bound allowing theta. `false` is certain: the scans skip
+/// such intervals without calling the solver.
+#[inline]
+pub fn may_cross(n: &Neuron, v: f64, i: f64, len: f64, v_end: f64, i_end: f64) -> bool {
     if !(i > 0.0) {
-        return None;
+        return false;
     }
-    let slope_end = i_end - v_end * n.inv_tau_m;
-    if slope_end >= 0.0 {
-        return (v_end >= n.theta).then(|| root_on_rise(n, v, i, len));
+    if i_end - v_end * n.inv_tau_m >= 0.0 {
+        v_end >= n.theta
+    } else {
+        i - v * n.inv_tau_m > 0.0 && peak_may_reach(n, v, i, len)
     }
-    if i - v * n.inv_tau_m <= 0.0 {
-        return None;
-    }
-    first_crossing(n, v, i, len)
+}
+
+/// `V(s) = v e_m(s) + i K(s) <= max(v, 0) + i min(s, K_max)` (`K' <= 1`) reaches theta within
+/// `[0, len]`: most peaks are ruled out here, before the log and exponentials that locate them.
+#[inline]
+fn peak_may_reach(n: &Neuron, v: f64, i: f64, len: f64) -> bool {
+    v.max(0.0) + i * n.k_max.min(len) >= n.theta
 }
 
 /// The root of `V = theta` on `[0, end]`, where V rises from below theta to at least theta.
