@@ -15,20 +15,9 @@ use delgrad_core::multi_network::{MultiLayer, MultiNetwork};
 use delgrad_core::readout::{cross_entropy, Readout, ReadoutKind};
 use delgrad_core::{DelayKind, LayerRef, MultiNeuron, Neuron, SpikeSet, SpikeTable};
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.next()
-    }
-}
+#[path = "../tests/common/mod.rs"]
+mod common;
+use common::Rng;
 
 fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")

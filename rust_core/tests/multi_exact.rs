@@ -3,30 +3,13 @@
 //! deep, recurrent; with and without refractory time; tau ratios 1, 2, 1.5), the leaky-integrator
 //! readout losses, and the cross-check against the TTFS (DelGrad) gradients.
 
+use delgrad_core::multi::{bucket_fill, bucket_sort, FArr, SortBuf};
 use delgrad_core::multi_network::{self, MultiLayer, MultiNetwork};
 use delgrad_core::readout::{cross_entropy, Readout, ReadoutKind};
 use delgrad_core::{layer_backward, layer_forward, DelayKind, LayerRef, MultiNeuron, Neuron, SpikeTable, Spikes};
 
-// ---------------------------------------------------------------- deterministic random numbers
-
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> f64 {
-        // splitmix64
-        self.0 = self.0.wrapping_add(0x9E3779B97F4A7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58476D1CE4E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D049BB133111EB);
-        z ^= z >> 31;
-        (z >> 11) as f64 / (1u64 << 53) as f64
-    }
-    fn uniform(&mut self, lo: f64, hi: f64) -> f64 {
-        lo + (hi - lo) * self.next()
-    }
-    fn vec(&mut self, n: usize, lo: f64, hi: f64) -> Vec<f64> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-}
+mod common;
+use common::Rng;
 
 // ---------------------------------------------------------------- independent reference
 
@@ -684,6 +667,39 @@ fn runaway_recurrent_activity_is_an_error_not_a_hang() {
 }
 
 // ---------------------------------------------------------------- larger fan-in (bucket sort, factored sweeps)
+
+/// `bucket_fill` against a plain sort of the same records, over calls that share one
+/// `SortBuf` (as a worker thread's scratch does): sizes up and down, spread and clustered
+/// times (the crowded fallback), records dropped by the filter, and `bucket_sort` on the
+/// same buffers in between.
+#[test]
+fn bucket_fill_sorts_like_a_comparison_sort() {
+    let mut sb: SortBuf<FArr> = SortBuf::default();
+    let mut out = Vec::new();
+    for (case, &(n, clustered)) in [(5000, false), (60, false), (3000, true), (7000, false), (49, true), (200, false)]
+        .iter()
+        .enumerate()
+    {
+        let u = Rng(case as u64 + 1).vec(2 * n, 0.0, 1.0);
+        let times: Vec<f64> =
+            (0..n).map(|r| if clustered { 3.0 + (u[r] * 4.0).floor() * 1e-3 } else { 100.0 * u[r] }).collect();
+        let (lo, hi) = times.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &t| (a.min(t), b.max(t)));
+        // Keep about 90 % of the records; the weight records the input row.
+        let items =
+            (0..n).filter(|&r| u[n + r] < 0.9).map(|r| FArr { a: times[r], w: r as f64, fm: 1.0, fs: 1.0 });
+        let mut want: Vec<FArr> = items.clone().collect();
+        want.sort_by(|x, y| x.a.total_cmp(&y.a).then(x.w.total_cmp(&y.w)));
+        bucket_fill(n, lo, hi, &mut sb, &mut out, items, |x| x.a);
+        assert_eq!(out.len(), want.len(), "case {case}: record count");
+        assert!(out.windows(2).all(|w| w[0].a <= w[1].a), "case {case}: not sorted by time");
+        let mut got = out.clone();
+        got.sort_by(|x, y| x.a.total_cmp(&y.a).then(x.w.total_cmp(&y.w)));
+        assert!(got.iter().zip(&want).all(|(g, w)| g.a == w.a && g.w == w.w), "case {case}: records differ");
+        let mut v: Vec<FArr> = want.iter().rev().copied().collect();
+        bucket_sort(&mut v, &mut sb, |x| x.a);
+        assert!(v.windows(2).all(|w| w[0].a <= w[1].a), "case {case}: bucket_sort");
+    }
+}
 
 #[test]
 fn forward_matches_reference_many_arrivals() {
