@@ -4,7 +4,7 @@
 
 use arrow_array::RecordBatch;
 use delgrad_core::loss::Loss;
-use delgrad_core::{self as core, DelayKind, LayerRef, Network, SpikeTable, Spikes};
+use delgrad_core::{self as core, DelayKind, LayerGrad, LayerRef, Network, SpikeTable, Spikes};
 use numpy::ndarray::{ArrayD, IxDyn};
 use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
@@ -186,6 +186,11 @@ fn matrix<'py>(py: Python<'py>, rows: usize, cols: usize, v: Vec<f64>) -> Bound<
     numpy::ndarray::Array2::from_shape_vec((rows, cols), v).expect("dense matrix").into_pyarray(py)
 }
 
+/// A layer's gradient as numpy arrays: `dW` `(n_out, n_in)` and `dD` in the delays' own shape.
+fn grad_arrays<'py>(py: Python<'py>, layer: &LayerRef, g: LayerGrad) -> (Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>) {
+    (matrix(py, layer.n_out, layer.n_in, g.weights), delay_grad_array(py, layer, g.delays))
+}
+
 /// The arguments every single-layer call starts from.
 fn layer_call<'py>(
     spikes: AnyRecordBatch,
@@ -251,11 +256,8 @@ fn layer_backward<'py>(
         }),
     }
     .map_err(to_py)?;
-    Ok((
-        matrix(py, layer.n_out, layer.n_in, lg.weights),
-        delay_grad_array(py, &layer, lg.delays),
-        gin.into_pyarray(py),
-    ))
+    let (gw, gd) = grad_arrays(py, &layer, lg);
+    Ok((gw, gd, gin.into_pyarray(py)))
 }
 
 fn readout_kind(kind: &str, tau_w: Option<f64>, t_end: f64) -> PyResult<core::ReadoutKind> {
@@ -333,11 +335,8 @@ fn readout_backward<'py>(
             Ok::<_, core::Error>((lg, gin))
         })
         .map_err(to_py)?;
-    Ok((
-        matrix(py, layer.n_out, layer.n_in, lg.weights),
-        delay_grad_array(py, &layer, lg.delays),
-        gin.into_pyarray(py),
-    ))
+    let (gw, gd) = grad_arrays(py, &layer, lg);
+    Ok((gw, gd, gin.into_pyarray(py)))
 }
 
 /// Softmax cross-entropy on readout values (n_samples, n_out): `(mean loss, dL/dy, predictions)`.
@@ -601,7 +600,7 @@ fn network_backward<'py>(
         .layers
         .iter()
         .zip(g.layers)
-        .map(|(l, lg)| (matrix(py, l.n_out, l.n_in, lg.weights), delay_grad_array(py, l, lg.delays)))
+        .map(|(l, lg)| grad_arrays(py, l, lg))
         .collect();
     Ok((grads, g.inputs.into_pyarray(py)))
 }
@@ -698,9 +697,9 @@ fn multi_network_backward<'py>(
     let mut ff_out = Vec::new();
     let mut rec_out = Vec::new();
     for (l, (lg, rg)) in net.layers.iter().zip(grads.layers.into_iter().zip(grads.rec)) {
-        ff_out.push((matrix(py, l.ff.n_out, l.ff.n_in, lg.weights), delay_grad_array(py, &l.ff, lg.delays)));
+        ff_out.push(grad_arrays(py, &l.ff, lg));
         rec_out.push(match (l.rec, rg) {
-            (Some(r), Some(rg)) => Some((matrix(py, r.n_out, r.n_in, rg.weights), delay_grad_array(py, &r, rg.delays))),
+            (Some(r), Some(rg)) => Some(grad_arrays(py, &r, rg)),
             _ => None,
         });
     }
