@@ -44,19 +44,24 @@ def _forward(case, neuron):
     )
 
 
+def _check_against_reference(ratio, case, theta=1.0):
+    """The layer's spike times against the reference to 1e-9, near-tangent (ill-conditioned)
+    cases excluded (see the module docstring)."""
+    tau_m, tau_s = RATIOS[ratio]
+    model = ref.Model(tau_m, tau_s, theta)
+    want, info = ref.layer(model, rows_to_inputs(case["rows"], case["n_samples"]),
+                           case["weights"], case["delays"], case["kind"])
+    assume(ref.well_conditioned(info, peak_margin=1e-7, min_slope=1e-4))
+    neuron = delgrad.Neuron(tau_m=tau_m, tau_s=tau_s, theta=theta)
+    got = out_to_matrix(_forward(case, neuron), case["n_samples"], case["n_out"])
+    assert_times_close(got, want, atol=1e-9)
+
+
 @pytest.mark.parametrize("ratio", list(RATIOS))
 @SETTINGS
 @given(case=layer_cases(min_spikes=1, w_range=(-1.5, 3.5)))
 def test_layer_forward_matches_reference(ratio, case):
-    tau_m, tau_s = RATIOS[ratio]
-    model = ref.Model(tau_m, tau_s, 1.0)
-    want, info = ref.layer(model, rows_to_inputs(case["rows"], case["n_samples"]),
-                           case["weights"], case["delays"], case["kind"])
-    # Exclude near-tangent (ill-conditioned) cases, see the module docstring.
-    assume(ref.well_conditioned(info, peak_margin=1e-7, min_slope=1e-4))
-    neuron = delgrad.Neuron(tau_m=tau_m, tau_s=tau_s, theta=1.0)
-    got = out_to_matrix(_forward(case, neuron), case["n_samples"], case["n_out"])
-    assert_times_close(got, want, atol=1e-9)
+    _check_against_reference(ratio, case)
 
 
 @pytest.mark.parametrize("ratio", list(RATIOS))
@@ -67,14 +72,7 @@ def test_layer_forward_matches_reference(ratio, case):
 def test_layer_forward_many_inputs_matches_reference(ratio, case):
     """More than 16 input spikes per sample: each target's arrivals are bucket-sorted rather
     than insertion-sorted, and the input order is not sorted first."""
-    tau_m, tau_s = RATIOS[ratio]
-    model = ref.Model(tau_m, tau_s, 1.0)
-    want, info = ref.layer(model, rows_to_inputs(case["rows"], case["n_samples"]),
-                           case["weights"], case["delays"], case["kind"])
-    assume(ref.well_conditioned(info, peak_margin=1e-7, min_slope=1e-4))
-    neuron = delgrad.Neuron(tau_m=tau_m, tau_s=tau_s, theta=1.0)
-    got = out_to_matrix(_forward(case, neuron), case["n_samples"], case["n_out"])
-    assert_times_close(got, want, atol=1e-9)
+    _check_against_reference(ratio, case)
 
 
 @pytest.mark.parametrize("ratio", list(RATIOS))
@@ -85,14 +83,7 @@ def test_layer_forward_many_inputs_matches_reference(ratio, case):
        theta=finite(0.3, 3.0))
 def test_layer_forward_other_thresholds(ratio, case, theta):
     """theta != 1 (the reference takes theta as a plain parameter)."""
-    tau_m, tau_s = RATIOS[ratio]
-    model = ref.Model(tau_m, tau_s, theta)
-    want, info = ref.layer(model, rows_to_inputs(case["rows"], case["n_samples"]),
-                           case["weights"], case["delays"], case["kind"])
-    assume(ref.well_conditioned(info, peak_margin=1e-7, min_slope=1e-4))
-    neuron = delgrad.Neuron(tau_m=tau_m, tau_s=tau_s, theta=theta)
-    got = out_to_matrix(_forward(case, neuron), case["n_samples"], case["n_out"])
-    assert_times_close(got, want, atol=1e-9)
+    _check_against_reference(ratio, case, theta)
 
 
 # --- the reference itself, against closed forms (so that agreement with it means something) ----

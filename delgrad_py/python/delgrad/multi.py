@@ -7,7 +7,6 @@ voltage (``"exp_mean"``) feeds a softmax cross-entropy. All numerics are in the 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -19,7 +18,7 @@ from numpy.typing import NDArray
 
 from delgrad import _core
 from delgrad._core import Neuron, ParameterError, ShapeError, SpikeSet, Trace
-from delgrad.network import Layer, _delay_shape, _select, neuron_meta
+from delgrad.network import Layer, _delay_shape, _read_npz, _select, _write_npz, neuron_meta
 from delgrad.optim import Adam, step_lr
 from delgrad.train import Split
 
@@ -202,21 +201,19 @@ class MultiNetwork:
                 "readout": {"kind": r.kind, "t_end": r.t_end, "tau_w": r.tau_w},
                 "kinds": [l.delay_kind for l in self.layers],
                 "recurrent": [None if x is None else x.delay_kind for x in self.recurrent]}
-        arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8), "ro": r.layer.weights}
+        arrays = {"ro": r.layer.weights}
         for l, layer in enumerate(self.layers):
             arrays[f"w{l}"], arrays[f"d{l}"] = layer.weights, layer.delays
             if self.recurrent[l] is not None:
                 arrays[f"rw{l}"], arrays[f"rd{l}"] = self.recurrent[l].weights, self.recurrent[l].delays
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        _write_npz(path, meta, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> MultiNetwork:
-        with np.load(path) as z:
-            meta = json.loads(z["meta"].tobytes().decode())
-            layers = [Layer(z[f"w{l}"], z[f"d{l}"], k) for l, k in enumerate(meta["kinds"])]
-            rec = [None if k is None else Layer(z[f"rw{l}"], z[f"rd{l}"], k) for l, k in enumerate(meta["recurrent"])]
-            ro = Readout(Layer(z["ro"], np.zeros(0), "none"), Neuron(**meta["readout_neuron"]), **meta["readout"])
+        meta, z = _read_npz(path)
+        layers = [Layer(z[f"w{l}"], z[f"d{l}"], k) for l, k in enumerate(meta["kinds"])]
+        rec = [None if k is None else Layer(z[f"rw{l}"], z[f"rd{l}"], k) for l, k in enumerate(meta["recurrent"])]
+        ro = Readout(Layer(z["ro"], np.zeros(0), "none"), Neuron(**meta["readout_neuron"]), **meta["readout"])
         return cls(layers, Neuron(**meta["neuron"]), ro, rec)
 
     def __repr__(self) -> str:

@@ -74,6 +74,18 @@ def neuron_meta(n: Neuron) -> dict:
             "t_end": n.t_end}
 
 
+def _write_npz(path: str | Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
+    """A saved network: its arrays plus the architecture as JSON in the array ``meta``."""
+    with open(path, "wb") as f:
+        np.savez(f, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+
+
+def _read_npz(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """The architecture and the arrays of a file written by :func:`_write_npz`."""
+    with np.load(path) as z:
+        return json.loads(z["meta"].tobytes().decode()), {k: z[k] for k in z.files if k != "meta"}
+
+
 def _delay_shape(kind: str, n_out: int, n_in: int) -> tuple[int, ...]:
     return {"none": (0,), "synaptic": (n_out, n_in), "axonal": (n_in,), "dendritic": (n_out,)}[kind]
 
@@ -199,20 +211,16 @@ class Network:
     def save(self, path: str | Path) -> None:
         """Writes the parameters (``.npz``) and the architecture (inside it, as JSON)."""
         meta = {"neuron": neuron_meta(self.neuron), "delay_kinds": [l.delay_kind for l in self.layers]}
-        arrays: dict[str, np.ndarray] = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+        arrays: dict[str, np.ndarray] = {}
         for l, layer in enumerate(self.layers):
             arrays[f"w{l}"] = layer.weights
             arrays[f"d{l}"] = layer.delays
-        with open(path, "wb") as f:
-            np.savez(f, **arrays)
+        _write_npz(path, meta, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> Network:
-        with np.load(path) as z:
-            meta = json.loads(z["meta"].tobytes().decode())
-            layers = [
-                Layer(z[f"w{l}"], z[f"d{l}"], kind) for l, kind in enumerate(meta["delay_kinds"])
-            ]
+        meta, z = _read_npz(path)
+        layers = [Layer(z[f"w{l}"], z[f"d{l}"], kind) for l, kind in enumerate(meta["delay_kinds"])]
         return cls(layers, Neuron(**meta["neuron"]))
 
     def __repr__(self) -> str:
