@@ -51,11 +51,7 @@ use std::collections::BinaryHeap;
 use crate::layer::LayerRef;
 use crate::layer::DelayKind;
 use crate::multi::{bucket_fill, bucket_sort, factored_step, spike_factors, time_range, DelayFactors, MultiNeuron, RecLayer, SortBuf};
-use crate::ttfs::In;
-
-/// The smallest `V'(t_k^-)` used at a spike (at an exact tangency the true derivative is
-/// infinite; this keeps it finite and huge), as in the TTFS backward pass.
-const SLOPE_FLOOR: f64 = 1e-12;
+use crate::ttfs::{In, SLOPE_FLOOR};
 
 /// One arrival at a neuron in the backward pass: time, weight, index of its synapse in the
 /// gradient buffers, index of its source spike in the `dL/dt` buffer.
