@@ -6,7 +6,8 @@ Latency: one 40-sample Yin-Yang-shaped batch (4 input channels x 5 replication =
 30 hidden, 3 outputs, axonal delays) per request; p50/p99 over ``--requests`` requests for
 (a) the bare core forward on the realised network, (b) the emulator backend in process (a + the
 modelled non-idealities), (c) ``run`` through the daemon (b + protocol + ZeroMQ tcp loopback),
-(d) ``status`` through the daemon (transport and protocol only). Throughput: one large batch,
+(d) ``status`` through the daemon (transport and protocol only); (c) and (d) again with the
+daemon pinned to the last CPU (``--cpus``), and (c) with a client that busy-waits. Throughput: one large batch,
 spike events (played input events + recorded events) per second, in process and through the
 daemon. Every request uses a fresh noise seed, so nothing is served from the reply cache.
 """
@@ -123,11 +124,18 @@ def main() -> None:
     logdir = tempfile.TemporaryDirectory(prefix="hw_latency-")
     d = start_daemon("tcp://127.0.0.1:*", chip_seed=0, args=["--log-level", "WARNING"],
                      log_path=Path(logdir.name) / "daemon.log")
+    # A second daemon pinned to the last CPU (--cpus): on a small machine the scheduler otherwise
+    # runs daemon and client by turns on the same core, each evicting the other's caches.
+    cpu = max(os.sched_getaffinity(0))
+    d_pin = start_daemon("tcp://127.0.0.1:*", chip_seed=0, args=["--log-level", "WARNING"],
+                         log_path=Path(logdir.name) / "daemon-pinned.log", cpus=[cpu])
     try:
         with HardwareClient(d.endpoint, timeout=60, retries=0) as c, \
-                HardwareClient(d.endpoint, timeout=60, retries=0, spin=0.02) as c_spin:
+                HardwareClient(d.endpoint, timeout=60, retries=0, spin=0.02) as c_spin, \
+                HardwareClient(d_pin.endpoint, timeout=60, retries=0) as c_pin:
             cid, realised = c.configure(net, input_replication=REPLICATION)
             assert c_spin.configure(net, input_replication=REPLICATION).config_id == cid
+            assert c_pin.configure(net, input_replication=REPLICATION).config_id == cid
             spikes, health = c.run(cid, x, S, seed=0)
             ref = emu.run(cfg, x, S, seed=0)
             assert all(a.equals(b) for a, b in zip(spikes, ref.layers)), "daemon != in-process emulator"
@@ -145,6 +153,8 @@ def main() -> None:
                 "daemon run (tcp loopback round trip)": daemon_run,
                 "daemon status (transport + protocol)": lambda i: c.status(),
                 "daemon run, client spinning (spin=0.02)": lambda i: c_spin.run(cid, x, S, seed=2 * 10**9 + i),
+                f"daemon run, daemon pinned (--cpus {cpu})": lambda i: c_pin.run(cid, x, S, seed=3 * 10**9 + i),
+                f"daemon status, daemon pinned (--cpus {cpu})": lambda i: c_pin.status(),
             }
             timed_interleaved(fns, min(200, N))  # warm-up: caches, rayon pool, tcp path
             inside.clear()
@@ -154,9 +164,11 @@ def main() -> None:
             rows = [summary(k, t) for k, t in times.items()]
             rows.append(summary("  of which emulator inside the daemon", np.asarray(inside)))
             print(f"  daemon recv->send time per request (runs and status averaged): {busy * 1e6:.0f} us")
-            print(f"  daemon overhead with a spinning client: p50 {rows[4]['p50_us'] - rows[1]['p50_us']:.0f} us")
             results["latency"] = rows
-            print(f"  daemon overhead over in-process emulator: p50 {rows[2]['p50_us'] - rows[1]['p50_us']:.0f} us")
+            for name, k in (("daemon", 2), ("daemon pinned", 5), ("daemon, spinning client", 4)):
+                add50 = rows[k]["p50_us"] - rows[1]["p50_us"]
+                add99 = rows[k]["p99_us"] - rows[1]["p99_us"]
+                print(f"  {name} adds over the in-process emulator: p50 {add50:.0f} us, p99 {add99:.0f} us")
 
             B = args.big_samples
             xb = yinyang_batch(B, seed=1)
@@ -180,6 +192,7 @@ def main() -> None:
                       f"({events / med / 1e6:6.2f} M events/s)")
     finally:
         d.stop()
+        d_pin.stop()
         logdir.cleanup()
     info["loadavg_end"] = os.getloadavg()
     print(f"\n  load average start {info['loadavg_start']}, end {info['loadavg_end']} "

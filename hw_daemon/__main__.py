@@ -48,8 +48,41 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--parent-pid", type=int, default=None,
                     help="shut down cleanly when this process exits (a daemon started for one job "
                          "must not outlive it, even if the job is killed)")
+    ap.add_argument("--cpus", default=None, type=parse_cpus,
+                    help="pin the daemon to these CPUs, e.g. '1' or '0,2-3' (its request thread, "
+                         "ZeroMQ's I/O thread and the core's workers). On a small machine this "
+                         "keeps the daemon and its client from evicting each other's caches; "
+                         "see benchmarks/RESULTS.md, hardware loop latency")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
+
+
+def parse_cpus(text: str) -> set[int]:
+    """``'1'``, ``'0,2-3'`` -> a set of CPU numbers."""
+    cpus: set[int] = set()
+    try:
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            lo, _, hi = part.partition("-")
+            cpus.update(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cpus: {text!r} is not a CPU list like '1' or '0,2-3'") from None
+    if not cpus:
+        raise argparse.ArgumentTypeError("--cpus: no CPU given")
+    return cpus
+
+
+def pin(cpus: set[int]) -> None:
+    """Pins every thread of this process to ``cpus``; threads started later (ZeroMQ's, rayon's)
+    inherit it. Raises ValueError naming CPUs this process may not use."""
+    allowed = os.sched_getaffinity(0)
+    if not cpus <= allowed:
+        raise ValueError(f"--cpus: CPUs {sorted(cpus - allowed)} are not available "
+                         f"(this process may use {sorted(allowed)})")
+    for tid in os.listdir("/proc/self/task"):  # sched_setaffinity acts on one thread
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:  # a thread that has just ended
+            pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,6 +90,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     log = logging.getLogger("hw_daemon")
+    if args.cpus is not None:
+        try:
+            pin(args.cpus)
+        except ValueError as e:
+            log.error("%s", e)
+            return 2
+        log.info("pinned to CPUs %s", sorted(args.cpus))
     options: dict = {}
     if args.backend == "emulator":
         from hw_daemon.backends.emulator import EmulatorParams
@@ -89,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop, log), daemon=True).start()
 
     def ready(info: dict) -> None:
-        print(json.dumps(info), flush=True)
+        print(json.dumps({**info, "cpus": sorted(os.sched_getaffinity(0))}), flush=True)
 
     try:
         serve(daemon, args.bind, pub=args.pub, curve_secret=args.curve_secret,

@@ -184,21 +184,16 @@ class Daemon:
                 "send configure again")
         if len(body) != 1:
             raise P.ProtocolError(P.BAD_FRAME, f"run needs exactly 1 body frame (input spikes), got {len(body)}")
-        spikes = P.decode_table(body[0], P.SPIKE_SCHEMA, "input spikes", max_rows=lim.max_spikes)
-        if spikes.num_rows * cfg.input_replication > lim.max_spikes:
-            raise P.ProtocolError(
-                P.TOO_LARGE, f"input spikes: {spikes.num_rows} x replication {cfg.input_replication} "
-                             f"exceeds {lim.max_spikes} events")
-        P.check_spikes(spikes, n_samples, cfg.n_channels, "input spikes")
         if seed is None:
             seed = int(self._seeds.integers(0, 2**63 - 1))
-        out = self.backend.run(cfg, spikes, n_samples, seed=seed, duration=duration)
+        out = self.backend.run_frames(cfg, body[0], n_samples, seed=seed, duration=duration,
+                                      max_events=lim.max_spikes)
         self.counters["runs"] += 1
         self.counters["input_events"] += out.health.get("input_events", 0)
         self.counters["recorded_events"] += sum(out.health.get("recorded_events", []))
         self.counters["dropped_inputs"] += out.health.get("dropped_inputs", 0)
         self.counters["lost_events"] += out.health.get("lost_events", 0)
-        frames = P.encode_layers(out.layers)
+        frames = out.frames
         fields = {"config_id": config_id, "n_samples": n_samples,
                   "sizes": cfg.network.sizes[1:], "seed": out.seed, "health": out.health}
         if self.publish is not None:

@@ -352,7 +352,9 @@ def test_client_timeout_resend_is_answered_from_the_cache(daemon, configured):
     x = yinyang_inputs(MAX_SAMPLES)
     with HardwareClient(daemon.endpoint, timeout=10, retries=0) as c:
         before = c.status()["counters"]
-    with HardwareClient(daemon.endpoint, timeout=0.05, retries=200) as c:
+    # The run takes ~10-30 ms here (5000 samples); a 3 ms timeout times out on it, while a
+    # re-send answered from the cache fits.
+    with HardwareClient(daemon.endpoint, timeout=0.003, retries=600) as c:
         spikes, health = c.run(configured[0], x, MAX_SAMPLES)
         assert c.stats["resends"] >= 1 and c.stats["reconnects"] >= 1
     with HardwareClient(daemon.endpoint, timeout=10, retries=0) as c:
@@ -492,3 +494,24 @@ def test_daemon_exits_when_the_job_that_started_it_is_killed(tmp_path):
 def test_brainscales2_backend_refuses_to_start(tmp_path):
     with pytest.raises(RuntimeError, match="hxcomm/grenade not installed"):
         start_daemon(backend="brainscales2", log_path=tmp_path / "bss2.log", ready_timeout=20)
+
+
+def test_cpus_pins_every_daemon_thread(tmp_path):
+    cpu = min(os.sched_getaffinity(0))
+    d = start_daemon(chip_seed=CHIP, cpus=[cpu], log_path=tmp_path / "pinned.log")
+    try:
+        assert d.ready["cpus"] == [cpu]
+        x = _x(40)
+        with HardwareClient(d.endpoint, timeout=10, retries=0) as c:
+            cid, _ = c.configure(yinyang_net(), input_replication=5)
+            c.run(cid, x, 40, seed=1)  # the request thread, ZeroMQ's I/O thread and rayon's exist now
+        tasks = list(Path(f"/proc/{d.pid}/task").iterdir())
+        assert len(tasks) >= 3
+        for task in tasks:
+            allowed = [line for line in (task / "status").read_text().splitlines()
+                       if line.startswith("Cpus_allowed_list:")]
+            assert allowed == [f"Cpus_allowed_list:\t{cpu}"], (task.name, allowed)
+    finally:
+        d.stop()
+    with pytest.raises(RuntimeError, match="not available"):
+        start_daemon(cpus=[max(os.sched_getaffinity(0)) + 1000], log_path=tmp_path / "bad.log")

@@ -215,3 +215,156 @@ def test_dropped_inputs_and_lost_events():
 def test_brainscales2_adapter_refuses_without_host_software():
     with pytest.raises(BackendUnavailable, match="hxcomm/grenade not installed"):
         make_backend("brainscales2")
+
+
+# --- spike frames (read and written by the core) -----------------------------------------------
+
+
+def test_spike_frames_are_read_in_place():
+    rb = yinyang_inputs(20)
+    frame = pa.py_buffer(P.encode_spikes(rb))  # read-only, 8-byte aligned by pyarrow
+    out = P.decode_spikes(frame, "x")
+    assert out.equals(rb)
+    lo, hi = frame.address, frame.address + frame.size
+    assert all(lo <= c.buffers()[1].address < hi for c in out.columns)
+    # A writable buffer is copied: changing it afterwards does not change what was read.
+    mutable = bytearray(P.encode_spikes(rb))
+    copy = P.decode_spikes(mutable, "x")
+    mutable[:] = b"\0" * len(mutable)
+    assert copy.equals(rb)
+
+
+def test_encode_spikes_takes_any_arrow_table_and_casts():
+    import polars as pl
+
+    rb = yinyang_inputs(5)
+    df = pl.from_arrow(rb).with_columns(pl.col("sample").cast(pl.Int64), pl.col("time").cast(pl.Float32))
+    out = P.decode_spikes(P.encode_spikes(df), "x")
+    assert out.schema.equals(P.SPIKE_SCHEMA)
+    np.testing.assert_array_equal(out.column("sample").to_numpy(), rb.column("sample").to_numpy())
+    np.testing.assert_allclose(out.column("time").to_numpy(), rb.column("time").to_numpy(), rtol=1e-7)
+    with pytest.raises(delgrad.SpikeError, match="missing column 'time'"):
+        P.encode_spikes(rb.drop_columns(["time"]))
+
+
+@pytest.mark.parametrize("n_samples, n_neurons, word", [(19, None, "sample id 19 at row 76"),
+                                                        (None, 3, "neuron id 3 at row 3")])
+def test_decode_spikes_checks_ids(n_samples, n_neurons, word):
+    frame = P.encode_spikes(yinyang_inputs(20))
+    with pytest.raises(P.ProtocolError) as e:
+        P.decode_spikes(frame, "layer 0 spikes", n_samples=n_samples, n_neurons=n_neurons)
+    assert e.value.code == P.BAD_SPIKES
+    assert e.value.message.startswith("layer 0 spikes: ") and word in e.value.message
+
+
+def test_frame_errors_carry_the_protocol_code():
+    with pytest.raises(delgrad.FrameError) as e:
+        delgrad._core.read_spike_frame(b"not arrow", "input spikes")
+    assert isinstance(e.value, ValueError) and e.value.code == P.BAD_FRAME
+    frame = P.encode_spikes(yinyang_inputs(3))
+    with pytest.raises(delgrad.FrameError) as e:
+        delgrad._core.read_spike_frame(frame, "input spikes", max_rows=11)
+    assert e.value.code == P.TOO_LARGE and "more than 11 rows" in str(e.value)
+
+
+def test_corrupted_frames_give_protocol_errors_never_crash():
+    rng = np.random.default_rng(0)
+    good = bytearray(P.encode_spikes(yinyang_inputs(30)))
+    codes = set()
+    for _ in range(500):
+        bad = bytearray(good)
+        for at in rng.integers(0, len(bad), rng.integers(1, 5)):
+            bad[at] = rng.integers(0, 256)
+        if rng.random() < 0.3:
+            bad = bad[: rng.integers(0, len(bad))]
+        try:
+            P.decode_spikes(bytes(bad), "input spikes", n_samples=30, n_neurons=4, max_rows=1000)
+        except P.ProtocolError as e:
+            codes.add(e.code)
+            assert e.message.startswith("input spikes: ")
+    assert codes <= {P.BAD_FRAME, P.BAD_SCHEMA, P.BAD_SPIKES, P.TOO_LARGE} and P.BAD_FRAME in codes
+
+
+# --- the emulator's spike side (the core's chip_run) --------------------------------------------
+
+
+def _numpy_emulator_run(emu: EmulatorBackend, cfg, x: pa.RecordBatch, n_samples: int, seed: int):
+    """The emulator's run written out in numpy (as it was before the core took the spike
+    side): the reference for chip_run. Same random draws in the same order."""
+    p = emu.params
+    q = p.time_quantum
+    quant = (lambda t: np.rint(t / q) * q) if q > 0 else (lambda t: t)
+    rng = np.random.default_rng([seed, emu.chip_seed])
+    s, n, t = (c.to_numpy() for c in x.columns)
+    played = (t >= 0.0) & (t <= p.duration)
+    inputs = P.replicate_inputs(P.spike_batch(s[played], n[played], quant(t[played])),
+                                cfg.n_channels, cfg.input_replication)
+    layers = []
+    for l, layer in enumerate(cfg.network.layers):
+        factor = cfg.state["theta_factor"][l] + rng.normal(0.0, p.threshold_noise_std / p.theta_ref,
+                                                            layer.shape[0])
+        w = layer.weights / np.maximum(factor, 0.05)[:, None]
+        d = layer.delays
+        if layer.delay_kind == "axonal" and p.delay_jitter_std > 0:
+            d = np.maximum(d + rng.normal(0.0, p.delay_jitter_std, d.shape), 0.0)
+        layers.append(delgrad.Layer(w, d, layer.delay_kind))
+    trace = delgrad.Network(layers, cfg.network.neuron).forward(inputs, n_samples)
+    out, lost = [], []
+    for l in range(len(layers)):
+        ls, ln, lt = (c.to_numpy() for c in trace.spikes(l).columns)
+        lt = quant(lt)
+        keep = lt <= p.duration
+        out.append(P.spike_batch(ls[keep], ln[keep], lt[keep]))
+        lost.append(int(keep.size - keep.sum()))
+    return out, int(t.size - played.sum()), inputs.num_rows, lost
+
+
+@pytest.mark.parametrize("params", [EmulatorParams(), EmulatorParams.ideal(), EmulatorParams(duration=1.5)],
+                         ids=["chip", "ideal", "short window"])
+def test_emulator_run_equals_the_numpy_reference(params):
+    emu = EmulatorBackend(chip_seed=3, params=params)
+    cfg = emu.configure(yinyang_net(), input_replication=5)
+    x = yinyang_inputs(60, seed=2)
+    t = x.column("time").to_numpy().copy()
+    t[::7] -= 1.0  # some inputs before the window
+    x = x.set_column(2, "time", pa.array(t))
+    got = emu.run(cfg, x, 60, seed=11)
+    layers, dropped, played, lost = _numpy_emulator_run(emu, cfg, x, 60, 11)
+    assert all(a.equals(b) for a, b in zip(got.layers, layers))  # bit for bit
+    h = got.health
+    assert (h["dropped_inputs"], h["played_events"], h["lost_per_layer"]) == (dropped, played, lost)
+    assert h["recorded_events"] == [rb.num_rows for rb in layers] and h["lost_events"] == sum(lost)
+    assert dropped > 0 and (params.duration > 2 or sum(lost) > 0)
+
+
+@pytest.mark.parametrize("event_loss", [0.0, 0.2])
+def test_run_frames_equals_run(event_loss):
+    """The daemon's path (frames in, frames out; the core's fused call unless events are lost
+    at random) gives what run gives on tables."""
+    emu = EmulatorBackend(chip_seed=1, params=EmulatorParams(event_loss=event_loss))
+    cfg = emu.configure(yinyang_net(), input_replication=5)
+    x = yinyang_inputs(40)
+    framed = emu.run_frames(cfg, P.encode_spikes(x), 40, seed=4, max_events=10_000)
+    ref = emu.run(cfg, x, 40, seed=4)
+    decoded = P.decode_layers(framed.frames, [30, 3], 40)
+    assert all(a.equals(b) for a, b in zip(decoded, ref.layers))
+    drop = ("wall_time_s",)
+    assert {k: v for k, v in framed.health.items() if k not in drop} == \
+        {k: v for k, v in ref.health.items() if k not in drop}
+    if event_loss:
+        assert ref.health["lost_events"] > 0
+    for frame, limit, code in [(b"junk", 10_000, P.BAD_FRAME), (P.encode_spikes(x), 799, P.TOO_LARGE),
+                               (P.encode_spikes(P.spike_batch([0], [4], [1.0])), 10_000, P.BAD_SPIKES)]:
+        with pytest.raises(P.ProtocolError) as e:
+            emu.run_frames(cfg, frame, 40, seed=4, max_events=limit)
+        assert e.value.code == code and e.value.message.startswith("input spikes: "), e.value
+
+
+def test_chip_io_refuses_what_no_chip_has():
+    io = delgrad._core.ChipIo(time_quantum=TIME_QUANTUM, duration=20.0, replication=5, n_channels=4)
+    assert (io.replication, io.n_channels, io.duration) == (5, 4, 20.0)
+    for kw, word in [({"duration": 0.0}, "duration"), ({"time_quantum": -1.0}, "time_quantum"),
+                     ({"replication": 0}, "replication")]:
+        args = {"time_quantum": 0.0, "duration": 1.0, "replication": 1, "n_channels": 4, **kw}
+        with pytest.raises(delgrad.ParameterError, match=word):
+            delgrad._core.ChipIo(**args)

@@ -2,7 +2,11 @@
 //! in through the PyCapsule interface (no copy), numpy parameters are borrowed in place, and the
 //! work runs with the GIL released.
 
+use std::ptr::NonNull;
+use std::sync::Arc;
+
 use arrow_array::RecordBatch;
+use arrow_buffer::Buffer;
 use delgrad_core::loss::Loss;
 use delgrad_core::{self as core, DelayKind, LayerGrad, LayerRef, Network, SpikeTable, Spikes};
 use numpy::ndarray::{ArrayD, IxDyn};
@@ -13,16 +17,29 @@ use numpy::{
 use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::buffer::PyUntypedBuffer;
+use pyo3::types::{PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::PyRecordBatch;
 
 create_exception!(delgrad, SpikeError, PyValueError, "A spike table is malformed (column, null, NaN, id out of range).");
 create_exception!(delgrad, ShapeError, PyValueError, "Arrays whose shapes do not fit together.");
 create_exception!(delgrad, ParameterError, PyValueError, "A parameter value the model cannot use.");
+create_exception!(
+    delgrad,
+    FrameError,
+    PyValueError,
+    "An Arrow IPC frame that cannot be read as a spike table; `code` is the hardware protocol's \
+     error code (bad_frame, bad_schema, too_large)."
+);
 
 fn to_py(e: core::Error) -> PyErr {
     match e {
+        core::Error::Frame { code, message } => {
+            let err = FrameError::new_err(message);
+            Python::attach(|py| err.value(py).setattr("code", code.as_str()).map(|_| err))
+                .unwrap_or_else(|e| e)
+        }
         core::Error::Spikes(m) => SpikeError::new_err(m),
         core::Error::Shape(m) => ShapeError::new_err(m),
         core::Error::Parameter(m) => ParameterError::new_err(m),
@@ -746,6 +763,170 @@ fn predict<'py>(py: Python<'py>, times: PyReadonlyArray2<'py, f64>) -> PyResult<
     Ok(core::loss::predict(t, n_out).into_pyarray(py))
 }
 
+/// `f` on the contents of a buffer-protocol object (bytes, memoryview, zmq.Frame,
+/// pyarrow.Buffer) as an Arrow buffer, with the GIL released. A read-only buffer is used in
+/// place (the Arrow buffer keeps the Python buffer exported for as long as it lives, e.g. in
+/// the columns decoded from it); a writable one (bytearray) is copied first, since it could
+/// change under the decoded columns.
+fn with_frame_buffer<T: Send>(
+    py: Python<'_>,
+    frame: &Bound<'_, PyAny>,
+    what: &str,
+    f: impl FnOnce(Buffer) -> core::Result<T> + Send,
+) -> PyResult<T> {
+    // Some exporters (zmq.Frame) give no strides, which PyO3's buffer requires; a memoryview
+    // of them does.
+    let buf = match PyUntypedBuffer::get(frame) {
+        Ok(b) => b,
+        Err(_) => PyUntypedBuffer::get(PyMemoryView::from(frame)?.as_any())?,
+    };
+    if !buf.is_c_contiguous() {
+        return Err(FrameError::new_err(format!("{what}: the frame's buffer is not contiguous")));
+    }
+    let (ptr, len) = (buf.buf_ptr() as *mut u8, buf.len_bytes());
+    let buffer = match NonNull::new(ptr) {
+        // SAFETY: `len` bytes at `ptr` stay valid and unchanged while the exporter's buffer is
+        // held, which the owner (the buffer itself) ensures; read-only means no writer.
+        Some(p) if buf.readonly() => unsafe { Buffer::from_custom_allocation(p, len, Arc::new(ExportedBuffer(buf))) },
+        // SAFETY: as above, for the duration of the copy (the GIL is held).
+        _ => Buffer::from(if len == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(ptr, len) } }),
+    };
+    py.detach(|| f(buffer)).map_err(to_py)
+}
+
+/// A Python buffer export owned by an Arrow buffer (released, with the GIL, when dropped).
+struct ExportedBuffer(#[allow(dead_code)] PyUntypedBuffer);
+
+impl std::panic::RefUnwindSafe for ExportedBuffer {}
+
+/// Reads one Arrow IPC stream frame (any object with the buffer protocol: bytes, memoryview,
+/// zmq.Frame, pyarrow.Buffer) into a spike RecordBatch, checked like every table entering the
+/// core; with `n_samples` / `n_neurons`, ids are checked against them too.
+#[pyfunction]
+#[pyo3(signature = (frame, what = "spikes", n_samples = None, n_neurons = None, max_rows = None))]
+fn read_spike_frame<'py>(
+    py: Python<'py>,
+    frame: &Bound<'py, PyAny>,
+    what: &str,
+    n_samples: Option<usize>,
+    n_neurons: Option<usize>,
+    max_rows: Option<usize>,
+) -> PyResult<Bound<'py, PyAny>> {
+    let table = with_frame_buffer(py, frame, what, |buffer| {
+        let t = core::frames::read_spike_buffer(buffer, what, max_rows)?;
+        t.validate(what, n_samples.unwrap_or(usize::MAX), n_neurons.unwrap_or(usize::MAX))?;
+        Ok(t)
+    })?;
+    PyRecordBatch::new(table.to_record_batch()).into_pyarrow(py)
+}
+
+/// A spike table (pyarrow RecordBatch/Table, polars DataFrame) as one Arrow IPC stream, with
+/// the schema's own column types (other integer and float widths are cast).
+#[pyfunction]
+fn write_spike_frame<'py>(py: Python<'py>, spikes: AnyRecordBatch) -> PyResult<Bound<'py, PyBytes>> {
+    let table = read_table(spikes, "spikes", false)?;
+    let bytes = py.detach(|| core::frames::write_spike_stream(&table)).map_err(to_py)?;
+    Ok(PyBytes::new(py, &bytes))
+}
+
+/// A chip's input/output stage (`core::chip::ChipIo`): the event clock's period
+/// `time_quantum` (0: continuous), the recording window `[0, duration]`, and `replication`
+/// input rows per channel for `n_channels` channels.
+#[pyclass(frozen, module = "delgrad._core", name = "ChipIo")]
+struct PyChipIo {
+    inner: core::chip::ChipIo,
+}
+
+#[pymethods]
+impl PyChipIo {
+    #[new]
+    #[pyo3(signature = (*, time_quantum, duration, replication, n_channels))]
+    fn new(time_quantum: f64, duration: f64, replication: usize, n_channels: usize) -> PyResult<Self> {
+        let inner = core::chip::ChipIo::new(time_quantum, duration, replication, n_channels).map_err(to_py)?;
+        Ok(Self { inner })
+    }
+    #[getter]
+    fn time_quantum(&self) -> f64 {
+        self.inner.time_quantum
+    }
+    #[getter]
+    fn duration(&self) -> f64 {
+        self.inner.duration
+    }
+    #[getter]
+    fn replication(&self) -> usize {
+        self.inner.replication
+    }
+    #[getter]
+    fn n_channels(&self) -> usize {
+        self.inner.n_channels
+    }
+    fn __repr__(&self) -> String {
+        let c = &self.inner;
+        format!(
+            "ChipIo(time_quantum={:?}, duration={:?}, replication={}, n_channels={})",
+            c.time_quantum, c.duration, c.replication, c.n_channels
+        )
+    }
+}
+
+/// What a chip run played and lost, as the health counters of the protocol name them.
+fn chip_counts<'py>(py: Python<'py>, run: &core::chip::ChipRun) -> PyResult<Bound<'py, PyDict>> {
+    let counts = PyDict::new(py);
+    counts.set_item("input_events", run.input_events)?;
+    counts.set_item("dropped_inputs", run.dropped_inputs)?;
+    counts.set_item("played_events", run.played_events)?;
+    counts.set_item("recorded_events", run.layers.iter().map(|l| l.len()).collect::<Vec<_>>())?;
+    counts.set_item("lost_per_layer", run.lost_per_layer.clone())?;
+    Ok(counts)
+}
+
+/// One run on an emulated chip: input window, event clock and replication on the way in, the
+/// exact forward pass of `layers`, event clock and window on the way out (`core::chip`).
+/// Returns the recorded spikes of every layer and the counts of what was played and lost.
+#[pyfunction]
+fn chip_run<'py>(
+    py: Python<'py>,
+    spikes: AnyRecordBatch,
+    n_samples: usize,
+    layers: &Bound<'py, PyAny>,
+    neuron: &PyNeuron,
+    io: &PyChipIo,
+) -> PyResult<(Vec<Bound<'py, PyAny>>, Bound<'py, PyDict>)> {
+    let table = read_table(spikes, "input spikes", false)?;
+    let args = extract_layers(layers)?;
+    let net = Network::new(neuron.ttfs("chip_run")?, layer_refs(&args)?).map_err(to_py)?;
+    let run = py.detach(|| core::chip::run(&net, &io.inner, &table, n_samples)).map_err(to_py)?;
+    let batches = run
+        .layers
+        .iter()
+        .map(|sp| PyRecordBatch::new(sp.to_record_batch(None)).into_pyarrow(py))
+        .collect::<PyResult<_>>()?;
+    Ok((batches, chip_counts(py, &run)?))
+}
+
+/// [`chip_run`] from and to protocol frames: `frame` is the input spikes as one Arrow IPC
+/// stream (bytes-like), the result holds one stream per layer as bytes. Bad frames raise
+/// `FrameError` (with the protocol's code) or `SpikeError`.
+#[pyfunction]
+fn chip_run_frames<'py>(
+    py: Python<'py>,
+    frame: &Bound<'py, PyAny>,
+    n_samples: usize,
+    layers: &Bound<'py, PyAny>,
+    neuron: &PyNeuron,
+    io: &PyChipIo,
+    max_events: usize,
+) -> PyResult<(Vec<Bound<'py, PyBytes>>, Bound<'py, PyDict>)> {
+    let args = extract_layers(layers)?;
+    let net = Network::new(neuron.ttfs("chip_run_frames")?, layer_refs(&args)?).map_err(to_py)?;
+    let (run, frames) = with_frame_buffer(py, frame, "input spikes", |b| {
+        core::chip::run_frames(&net, &io.inner, b, n_samples, max_events)
+    })?;
+    let frames = frames.iter().map(|f| PyBytes::new(py, f)).collect();
+    Ok((frames, chip_counts(py, &run)?))
+}
+
 /// Data-buffer addresses of the spike columns as the core reads them (zero-copy checks).
 #[pyfunction]
 fn _column_addresses<'py>(py: Python<'py>, spikes: AnyRecordBatch) -> PyResult<Bound<'py, PyDict>> {
@@ -763,6 +944,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyNeuron>()?;
     m.add_class::<Trace>()?;
     m.add_class::<PySpikeSet>()?;
+    m.add_class::<PyChipIo>()?;
     m.add_function(wrap_pyfunction!(loss, m)?)?;
     m.add_function(wrap_pyfunction!(predict, m)?)?;
     m.add_function(wrap_pyfunction!(layer_forward, m)?)?;
@@ -774,10 +956,15 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(multi_network_backward, m)?)?;
     m.add_function(wrap_pyfunction!(network_forward, m)?)?;
     m.add_function(wrap_pyfunction!(network_backward, m)?)?;
+    m.add_function(wrap_pyfunction!(read_spike_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(write_spike_frame, m)?)?;
+    m.add_function(wrap_pyfunction!(chip_run, m)?)?;
+    m.add_function(wrap_pyfunction!(chip_run_frames, m)?)?;
     m.add_function(wrap_pyfunction!(_column_addresses, m)?)?;
     m.add("SpikeError", py.get_type::<SpikeError>())?;
     m.add("ShapeError", py.get_type::<ShapeError>())?;
     m.add("ParameterError", py.get_type::<ParameterError>())?;
+    m.add("FrameError", py.get_type::<FrameError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

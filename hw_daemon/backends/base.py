@@ -59,6 +59,16 @@ class RunOutput:
     seed: int
 
 
+@dataclass
+class FramedRun:
+    """A run as the daemon sends it: one Arrow IPC stream frame of recorded spikes per layer,
+    the health counters and the noise seed."""
+
+    frames: list[Any]
+    health: dict[str, Any]
+    seed: int
+
+
 class Backend(ABC):
     """One hardware (or emulated hardware) system."""
 
@@ -84,6 +94,23 @@ class Backend(ABC):
             seed: int, duration: float | None = None) -> RunOutput:
         """Plays ``spikes`` (validated :data:`SPIKE_SCHEMA` rows addressing input *channels*)
         into ``config`` and records every layer."""
+
+    def run_frames(self, config: Configuration, frame: Any, n_samples: int, *, seed: int,
+                   duration: float | None = None, max_events: int) -> FramedRun:
+        """:meth:`run` from and to protocol frames, as the daemon calls it: ``frame`` is the
+        request's input spike frame (untrusted; channels ``< config.n_channels``, at most
+        ``max_events`` events after replication). Raises :class:`ProtocolError` for a bad
+        frame. Backends that can skip the tables in between override this."""
+        from delgrad.hardware import protocol as P
+
+        spikes = P.decode_spikes(frame, "input spikes", n_samples=n_samples,
+                                 n_neurons=config.n_channels, max_rows=max_events)
+        if spikes.num_rows * config.input_replication > max_events:
+            raise P.ProtocolError(
+                P.TOO_LARGE, f"input spikes: {spikes.num_rows} x replication {config.input_replication} "
+                             f"exceeds {max_events} events")
+        out = self.run(config, spikes, n_samples, seed=seed, duration=duration)
+        return FramedRun(P.encode_layers(out.layers), out.health, out.seed)
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Releases hardware resources."""

@@ -17,10 +17,13 @@ The model follows DelGrad's hardware-aware simulation (DESIGN.md, "The hardware 
 * 512 neurons per chip; a network that needs more is refused.
 * input replication: channel ``c`` drives input rows ``c + k * n_channels``.
 * a recording window: inputs outside ``[0, duration]`` are dropped (counted), recorded spikes
-  after it are lost (counted); an optional random event-loss probability models lost events.
+  after it are lost (counted); an optional random event-loss probability models lost events
+  (each spike recorded within the window is lost with that probability).
 
-Everything else is exact: the forward pass is :meth:`delgrad.Network.forward` on the realised
-(and per-run perturbed) parameters.
+Everything else is exact. The spike side of a run (window, event clock, replication, the
+forward pass on the realised and per-run perturbed parameters, recording) is one call into the
+Rust core (``delgrad._core.chip_run``, ``rust_core/src/chip.rs``); this module draws the chip's
+randomness and owns its parameters.
 """
 
 from __future__ import annotations
@@ -35,8 +38,9 @@ import numpy as np
 import pyarrow as pa
 
 import delgrad
+from delgrad import _core
 from delgrad.hardware import protocol as P
-from hw_daemon.backends.base import Backend, BackendError, Configuration, RunOutput
+from hw_daemon.backends.base import Backend, BackendError, Configuration, FramedRun, RunOutput
 
 TAU_CHIP_S = 6e-6      # 1 tau on chip
 CLOCK_S = 8e-9         # FPGA / event clock
@@ -76,10 +80,6 @@ class EmulatorParams:
         base = cls(threshold_offset_mean=0.0, threshold_offset_std=0.0, threshold_noise_std=0.0,
                    delay_jitter_std=0.0, time_quantum=0.0, event_loss=0.0)
         return replace(base, **overrides)
-
-
-def _quantise(t: np.ndarray, q: float) -> np.ndarray:
-    return np.rint(t / q) * q if q > 0 else t
 
 
 class EmulatorBackend(Backend):
@@ -222,24 +222,12 @@ class EmulatorBackend(Backend):
 
     # --- run --------------------------------------------------------------------------------
 
-    def run(self, config: Configuration, spikes: pa.RecordBatch, n_samples: int, *,
-            seed: int, duration: float | None = None) -> RunOutput:
-        t_start = time.perf_counter()
+    def _perturbed(self, config: Configuration, rng: np.random.Generator) -> list[tuple]:
+        """The realised network as this run sees it: per-run threshold noise on top of the
+        chip's offsets, and delay jitter; as ``_core`` layer arguments."""
         p = self.params
-        dur = float(duration) if duration is not None else p.duration
-        rng = np.random.default_rng([seed, self.chip_seed])
-        net = config.network
-
-        s, n, t = P.spike_columns(P.as_spike_batch(spikes))
-        played = (t >= 0.0) & (t <= dur)
-        n_inputs = t.size
-        dropped = int(n_inputs - np.count_nonzero(played))
-        inputs = P.spike_batch(*P.replicate_columns(
-            s[played], n[played], _quantise(t[played], p.time_quantum),
-            config.n_channels, config.input_replication))
-
-        layers = []
-        for l, layer in enumerate(net.layers):
+        args = []
+        for l, layer in enumerate(config.network.layers):
             # Per-neuron thresholds theta_j = theta * factor_j, emulated exactly with the core's
             # single theta: with current-based synapses and no reset, V_j(t) is linear in the
             # incoming weights, so V_j(t; w) = theta_j  <=>  V_j(t; w * theta / theta_j) = theta.
@@ -252,28 +240,48 @@ class EmulatorBackend(Backend):
             d = layer.delays
             if layer.delay_kind == "axonal" and p.delay_jitter_std > 0:
                 d = np.maximum(d + rng.normal(0.0, p.delay_jitter_std, d.shape), 0.0)
-            layers.append(delgrad.Layer(w, d, layer.delay_kind))
-        trace = delgrad.Network(layers, net.neuron).forward(inputs, n_samples)
+            args.append((w, layer.delay_kind, None if layer.delay_kind == "none" else d))
+        return args
 
-        out, lost_per_layer, recorded = [], [], []
-        for l in range(len(layers)):
-            ls, ln, lt = P.spike_columns(trace.spikes(l))
-            lt = _quantise(lt, p.time_quantum)
-            keep = lt <= dur
-            if p.event_loss > 0:
-                keep &= rng.random(lt.size) >= p.event_loss
-            out.append(P.spike_batch(ls[keep], ln[keep], lt[keep]))
-            lost_per_layer.append(int(lt.size - np.count_nonzero(keep)))
-            recorded.append(int(np.count_nonzero(keep)))
-        health = {
-            "input_events": int(n_inputs),
-            "dropped_inputs": dropped,
-            "played_events": inputs.num_rows,
-            "recorded_events": recorded,
-            "lost_events": int(sum(lost_per_layer)),
-            "lost_per_layer": lost_per_layer,
-            "duration": dur,
-            "chip_time_s": n_samples * dur * TAU_CHIP_S,
-            "wall_time_s": time.perf_counter() - t_start,
-        }
-        return RunOutput(layers=out, health=health, seed=seed)
+    def _io(self, config: Configuration, duration: float) -> _core.ChipIo:
+        return _core.ChipIo(time_quantum=self.params.time_quantum, duration=duration,
+                            replication=config.input_replication, n_channels=config.n_channels)
+
+    def _health(self, counts: dict[str, Any], n_samples: int, duration: float, t_start: float) -> dict[str, Any]:
+        lost = counts["lost_per_layer"]
+        return {**counts, "lost_events": sum(lost), "duration": duration,
+                "chip_time_s": n_samples * duration * TAU_CHIP_S,
+                "wall_time_s": time.perf_counter() - t_start}
+
+    def run(self, config: Configuration, spikes: pa.RecordBatch, n_samples: int, *,
+            seed: int, duration: float | None = None) -> RunOutput:
+        t_start = time.perf_counter()
+        p = self.params
+        dur = float(duration) if duration is not None else p.duration
+        rng = np.random.default_rng([seed, self.chip_seed])
+        # The spike side (window, event clock, replication, forward, recording) is the core's.
+        layers, counts = _core.chip_run(spikes, n_samples, self._perturbed(config, rng),
+                                        config.network.neuron, self._io(config, dur))
+        if p.event_loss > 0:
+            lost = counts["lost_per_layer"]
+            for l, rb in enumerate(layers):
+                keep = rng.random(rb.num_rows) >= p.event_loss
+                lost[l] += rb.num_rows - int(np.count_nonzero(keep))
+                layers[l] = rb.filter(pa.array(keep))
+            counts["recorded_events"] = [rb.num_rows for rb in layers]
+        return RunOutput(layers=layers, health=self._health(counts, n_samples, dur, t_start), seed=seed)
+
+    def run_frames(self, config: Configuration, frame: Any, n_samples: int, *, seed: int,
+                   duration: float | None = None, max_events: int) -> FramedRun:
+        p = self.params
+        if p.event_loss > 0:  # drawn here, on tables
+            return super().run_frames(config, frame, n_samples, seed=seed, duration=duration,
+                                      max_events=max_events)
+        t_start = time.perf_counter()
+        dur = float(duration) if duration is not None else p.duration
+        rng = np.random.default_rng([seed, self.chip_seed])
+        with P.reading_frames():
+            frames, counts = _core.chip_run_frames(
+                frame, n_samples, self._perturbed(config, rng), config.network.neuron,
+                self._io(config, dur), max_events)
+        return FramedRun(frames, self._health(counts, n_samples, dur, t_start), seed)

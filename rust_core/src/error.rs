@@ -14,9 +14,35 @@ pub enum Error {
     /// A parameter value that the model cannot use (non-finite weight, negative delay, tau <= 0).
     #[error("{0}")]
     Parameter(String),
+    /// An Arrow IPC frame that cannot be read as a spike table: not a stream, truncated, the
+    /// wrong columns, or more rows than allowed. `code` says which (see [`FrameCode`]).
+    #[error("{message}")]
+    Frame { code: FrameCode, message: String },
     /// The run was interrupted from outside (Ctrl-C in Python).
     #[error("interrupted")]
     Interrupted,
+}
+
+/// Why a frame was refused, in the words of the hardware protocol's error codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameCode {
+    /// Not a readable Arrow IPC stream (garbage, truncated, corrupt).
+    BadFrame,
+    /// A stream with the wrong columns or column types.
+    BadSchema,
+    /// More rows than the reader was allowed to accept.
+    TooLarge,
+}
+
+impl FrameCode {
+    /// The protocol's spelling (`bad_frame`, `bad_schema`, `too_large`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadFrame => "bad_frame",
+            Self::BadSchema => "bad_schema",
+            Self::TooLarge => "too_large",
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -29,4 +55,7 @@ pub(crate) fn shape_err(msg: impl Into<String>) -> Error {
 }
 pub(crate) fn param_err(msg: impl Into<String>) -> Error {
     Error::Parameter(msg.into())
+}
+pub(crate) fn frame_err(code: FrameCode, msg: impl Into<String>) -> Error {
+    Error::Frame { code, message: msg.into() }
 }

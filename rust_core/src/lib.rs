@@ -11,13 +11,17 @@
 //! - [`multi`]: multi-spike LIF (reset, refractory) forward simulation, feed-forward and recurrent;
 //! - [`eventprop`]: the EventProp adjoint backward pass with delay gradients;
 //! - [`readout`]: the leaky-integrator readout (max / exponentially weighted mean voltage);
-//! - [`multi_network`]: multi-spike networks over whole batches.
+//! - [`multi_network`]: multi-spike networks over whole batches;
+//! - [`frames`]: spike tables as Arrow IPC streams (the hardware protocol's body frames);
+//! - [`chip`]: a neuromorphic chip's input/output stage (event clock, window, replication).
 
 // `!(x > 0.0)` is meant: it is also true for NaN, which must take the "no spike" path.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod chip;
 pub mod error;
 pub mod eventprop;
+pub mod frames;
 pub mod layer;
 pub mod loss;
 pub mod multi;
@@ -29,7 +33,7 @@ pub mod solver;
 pub mod spikes;
 pub mod ttfs;
 
-pub use error::{Error, Result};
+pub use error::{Error, FrameCode, Result};
 pub use layer::{DelayKind, LayerGrad, LayerRef};
 pub use multi::MultiNeuron;
 pub use multi_network::{MultiGrad, MultiLayer, MultiNetwork};

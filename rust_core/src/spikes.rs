@@ -107,6 +107,13 @@ impl SpikeTable {
         self.grad.as_ref().map(|g| &g.values()[..])
     }
 
+    /// The table as a record batch of DESIGN.md's schema (the columns are shared, not copied).
+    pub fn to_record_batch(&self) -> RecordBatch {
+        let cols: Vec<ArrayRef> =
+            vec![Arc::new(self.sample.clone()), Arc::new(self.neuron.clone()), Arc::new(self.time.clone())];
+        RecordBatch::try_new(Spikes::schema(false), cols).expect("schema matches columns")
+    }
+
     /// Checks ids and values; the first offending row is named.
     pub fn validate(&self, what: &str, n_samples: usize, n_neurons: usize) -> Result<()> {
         for (r, &s) in self.sample().iter().enumerate() {

@@ -7,6 +7,7 @@ without copies.
 """
 
 from delgrad._core import (
+    FrameError,
     Neuron,
     ParameterError,
     ShapeError,
@@ -20,6 +21,7 @@ from delgrad.model import Model
 from delgrad.network import Layer, Network, NetworkGrad
 
 __all__ = [
+    "FrameError",
     "Layer",
     "LayerGrad",
     "Model",

@@ -254,13 +254,12 @@ class HardwareClient:
         """Runs input spikes (addressing input *channels*, before replication) on a
         configuration; returns every layer's recorded spikes and the health counters
         (plus the run's noise ``seed``, so a run can be reproduced)."""
-        rb = P.as_spike_batch(spikes)
         fields: dict[str, Any] = {"config_id": config_id, "n_samples": int(n_samples)}
         if seed is not None:
             fields["seed"] = int(seed)
         if duration is not None:
             fields["duration"] = float(duration)
-        frames = [P.encode_table(rb)]
+        frames = [P.encode_spikes(spikes)]
         try:
             h, body = self.request("run", fields, frames, timeout=timeout)
         except HardwareError as e:

@@ -95,7 +95,7 @@ def start_daemon(bind: str = "tcp://127.0.0.1:*", *, backend: str = "emulator",
                  chip_seed: int = 0, pub: str | None = None, args: Sequence[str] = (),
                  log_path: str | Path | None = None, root: str | Path | None = None,
                  python: str = sys.executable, ready_timeout: float = 30.0,
-                 exit_with_parent: bool = True) -> DaemonProcess:
+                 exit_with_parent: bool = True, cpus: Sequence[int] | None = None) -> DaemonProcess:
     """Starts ``python -m hw_daemon`` and waits until it serves.
 
     ``bind`` defaults to a free loopback port (the daemon binds ``tcp://127.0.0.1:*`` and
@@ -103,6 +103,7 @@ def start_daemon(bind: str = "tcp://127.0.0.1:*", *, backend: str = "emulator",
     (``--ideal``, ``--max-spikes``, ``--curve-secret``...). The daemon's log goes to ``log_path``
     (a temp file by default). With ``exit_with_parent`` the daemon shuts itself down when
     this process ends, however it ends (a killed training job leaves no daemon behind).
+    ``cpus`` pins the daemon to those CPUs (``--cpus``; the ready line reports them).
     """
     root = Path(root) if root is not None else find_daemon_root()
     if log_path is None:
@@ -116,6 +117,8 @@ def start_daemon(bind: str = "tcp://127.0.0.1:*", *, backend: str = "emulator",
         argv += ["--pub", pub]
     if exit_with_parent:
         argv += ["--parent-pid", str(os.getpid())]
+    if cpus is not None:
+        argv += ["--cpus", ",".join(str(int(c)) for c in cpus)]
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     with open(log_path, "ab") as log:

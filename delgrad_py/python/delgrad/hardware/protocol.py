@@ -62,11 +62,14 @@ from __future__ import annotations
 import json
 import math
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+
+from delgrad import _core
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS = (1,)
@@ -165,8 +168,7 @@ def decode_header(frame: bytes | memoryview) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise ProtocolError(BAD_HEADER, f"header is not UTF-8 ({e})") from None
     try:
-        # parse_constant rejects the NaN/Infinity extensions Python's json would accept.
-        obj = json.loads(text, parse_constant=_reject_constant)
+        obj = _HEADER_DECODER.decode(text)
     except ValueError as e:
         raise ProtocolError(BAD_HEADER, f"header is not JSON ({e})") from None
     if not isinstance(obj, dict):
@@ -176,6 +178,11 @@ def decode_header(frame: bytes | memoryview) -> dict[str, Any]:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
+
+
+# One decoder for every header (json.loads with options builds a new one per call);
+# parse_constant rejects the NaN/Infinity extensions Python's json would accept.
+_HEADER_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def request_header(op: str, request_id: str | None = None, session: str | None = None,
@@ -314,8 +321,11 @@ def decode_table(frame: Any, schema: pa.Schema, what: str, *,
     """Reads one Arrow IPC stream frame into a single RecordBatch with exactly ``schema``.
 
     Untrusted input: the stream is read, every batch fully validated (offsets, buffer sizes)
-    and the columns checked for nulls before any value is used.
+    and the columns checked for nulls before any value is used. Spike frames are read by the
+    core (:func:`decode_spikes`).
     """
+    if schema is SPIKE_SCHEMA:
+        return decode_spikes(frame, what, max_rows=max_rows)
     try:
         reader = pa.ipc.open_stream(_aligned(frame))
         got = reader.schema
@@ -354,8 +364,7 @@ def decode_table(frame: Any, schema: pa.Schema, what: str, *,
         data = pa.Table.from_batches(batches, schema=got).combine_chunks()
     for name, col in zip(data.schema.names, data.columns):
         if col.null_count:
-            raise ProtocolError(BAD_SPIKES if schema is SPIKE_SCHEMA else BAD_PARAMETERS,
-                                f"{what}: column {name!r} has {col.null_count} nulls")
+            raise ProtocolError(BAD_PARAMETERS, f"{what}: column {name!r} has {col.null_count} nulls")
     if isinstance(data, pa.Table):
         return _single_batch(data.select(schema.names), schema)
     if exact:  # what our own encoder sends: no rebuilding
@@ -364,6 +373,41 @@ def decode_table(frame: Any, schema: pa.Schema, what: str, *,
 
 
 # --- spikes -------------------------------------------------------------------------------------
+
+
+def encode_spikes(spikes: Any) -> bytes:
+    """One Arrow IPC stream frame holding a spike table (pyarrow RecordBatch or Table, polars
+    DataFrame, anything exporting ``__arrow_c_stream__``), in :data:`SPIKE_SCHEMA`'s types.
+
+    Written by the core: spike frames are on every run's path, where each Python-level step
+    costs (see ``benchmarks/hw_latency.py``)."""
+    return _core.write_spike_frame(spikes)
+
+
+def decode_spikes(frame: Any, what: str, *, n_samples: int | None = None,
+                  n_neurons: int | None = None, max_rows: int | None = None) -> pa.RecordBatch:
+    """Reads a spike frame (untrusted) into one RecordBatch with :data:`SPIKE_SCHEMA`.
+
+    The core decodes and validates in one pass: exactly the three columns with their types
+    (``bad_schema``), a readable stream (``bad_frame``), at most ``max_rows`` rows
+    (``too_large``), no nulls, finite times, ``sample < n_samples`` and ``neuron < n_neurons``
+    when given (``bad_spikes``). Raises :class:`ProtocolError` with that code, naming ``what``
+    and the first offending row.
+    """
+    with reading_frames():
+        return _core.read_spike_frame(frame, what, n_samples, n_neurons, max_rows)
+
+
+@contextmanager
+def reading_frames() -> Iterator[None]:
+    """Turns what the core raises on a bad spike frame (``FrameError`` with its code,
+    ``SpikeError``) into :class:`ProtocolError`."""
+    try:
+        yield
+    except _core.FrameError as e:
+        raise ProtocolError(e.code, str(e)) from None
+    except _core.SpikeError as e:
+        raise ProtocolError(BAD_SPIKES, str(e)) from None
 
 
 def spike_batch(sample: Any, neuron: Any, time: Any) -> pa.RecordBatch:
@@ -410,25 +454,6 @@ def spike_columns(rb: pa.RecordBatch) -> tuple[np.ndarray, np.ndarray, np.ndarra
     every batch made or decoded here is)."""
     s, n, t = rb.columns
     return s.to_numpy(), n.to_numpy(), t.to_numpy()
-
-
-def check_spikes(rb: pa.RecordBatch, n_samples: int, n_neurons: int, what: str) -> None:
-    """Vectorised checks: finite times, sample and neuron ids in range."""
-    s, n, t = spike_columns(rb)
-    if not np.isfinite(t).all():
-        row = int(np.argmax(~np.isfinite(t)))
-        raise ProtocolError(BAD_SPIKES, f"{what}: time at row {row} is {t[row]} (must be finite)")
-    if s.size and int(s.max()) >= n_samples:
-        row = int(np.argmax(s >= n_samples))
-        raise ProtocolError(
-            BAD_SPIKES, f"{what}: sample id {int(s[row])} at row {row} is >= n_samples = {n_samples}"
-        )
-    if n.size and int(n.max()) >= n_neurons:
-        row = int(np.argmax(n >= n_neurons))
-        raise ProtocolError(
-            BAD_SPIKES,
-            f"{what}: neuron id {int(n[row])} at row {row} is out of range ({n_neurons} channels)",
-        )
 
 
 def replicate_inputs(rb: Any, n_channels: int, replication: int) -> pa.RecordBatch:
@@ -536,7 +561,7 @@ def decode_network(header: Mapping[str, Any], frames: Sequence[Any]) -> Any:
 
     Raises :class:`ProtocolError` naming the first problem found.
     """
-    import delgrad  # the protocol itself must stay importable without the compiled core
+    import delgrad  # the package, not only its core: Layer and Network are Python classes
 
     neuron_spec = check_neuron(header)
     layers = check_layers(header)
@@ -610,17 +635,13 @@ def decode_network(header: Mapping[str, Any], frames: Sequence[Any]) -> Any:
 # --- recorded spikes ----------------------------------------------------------------------------
 
 
-def encode_layers(batches: Sequence[pa.RecordBatch]) -> list[pa.Buffer]:
-    return [encode_table(b) for b in batches]
+def encode_layers(batches: Sequence[pa.RecordBatch]) -> list[bytes]:
+    return [encode_spikes(b) for b in batches]
 
 
 def decode_layers(frames: Sequence[Any], sizes: Sequence[int], n_samples: int) -> list[pa.RecordBatch]:
     """The per-layer spike frames of a run reply, checked against the layer sizes."""
     if len(frames) != len(sizes):
         raise ProtocolError(BAD_FRAME, f"run reply: {len(frames)} spike frames for {len(sizes)} layers")
-    out = []
-    for l, (f, n) in enumerate(zip(frames, sizes)):
-        rb = decode_table(f, SPIKE_SCHEMA, f"layer {l} spikes")
-        check_spikes(rb, n_samples, n, f"layer {l} spikes")
-        out.append(rb)
-    return out
+    return [decode_spikes(f, f"layer {l} spikes", n_samples=n_samples, n_neurons=n)
+            for l, (f, n) in enumerate(zip(frames, sizes))]
