@@ -1,6 +1,6 @@
 """Hardware-loop latency and throughput: hw_daemon over tcp loopback vs the same emulator in process.
 
-    python benchmarks/hw_latency.py [--requests 2000] [--big-samples 50000] [--json out.json]
+    python benchmarks/hw_latency.py [--requests 2000] [--big-samples 50000] [--keep-awake] [--json out.json]
 
 Latency: one 40-sample Yin-Yang-shaped batch (4 input channels x 5 replication = 20 inputs,
 30 hidden, 3 outputs, axonal delays) per request; p50/p99 over ``--requests`` requests for
@@ -107,9 +107,13 @@ def main() -> None:
     ap.add_argument("--big-samples", type=int, default=50_000)
     ap.add_argument("--big-repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--keep-awake", action="store_true",
+                    help="start the daemon with --keep-awake (idle-priority spinners on every CPU, "
+                         "so no vCPU halts: in-process and daemon measurements alike)")
     args = ap.parse_args()
 
     info = machine()
+    info["keep_awake"] = args.keep_awake
     print("hw_latency: hw_daemon (emulator backend) over tcp loopback vs in process")
     for k, v in info.items():
         print(f"  {k}: {v}")
@@ -122,7 +126,8 @@ def main() -> None:
     results: dict = {"machine": info, "latency": [], "throughput": []}
 
     logdir = tempfile.TemporaryDirectory(prefix="hw_latency-")
-    d = start_daemon("tcp://127.0.0.1:*", chip_seed=0, args=["--log-level", "WARNING"],
+    d = start_daemon("tcp://127.0.0.1:*", chip_seed=0,
+                     args=["--log-level", "WARNING", *(["--keep-awake"] if args.keep_awake else [])],
                      log_path=Path(logdir.name) / "daemon.log")
     # A second daemon pinned to the last CPU (--cpus): on a small machine the scheduler otherwise
     # runs daemon and client by turns on the same core, each evicting the other's caches.
@@ -169,6 +174,20 @@ def main() -> None:
                 add50 = rows[k]["p50_us"] - rows[1]["p50_us"]
                 add99 = rows[k]["p99_us"] - rows[1]["p99_us"]
                 print(f"  {name} adds over the in-process emulator: p50 {add50:.0f} us, p99 {add99:.0f} us")
+
+            # Back to back: a client that does nothing but runs (an evaluation sweep), so that
+            # neither side's caches are cold from the other measurements.
+            print("\n  back to back (each measurement alone, in turn):")
+            b2b = {}
+            for name, f in (("emulator run (in process)", lambda i: emu.run(cfg, x, S, seed=i)),
+                            ("daemon run (tcp loopback)", lambda i: c.run(cid, x, S, seed=4 * 10**9 + i)),
+                            (f"daemon run, daemon pinned (--cpus {cpu})",
+                             lambda i: c_pin.run(cid, x, S, seed=5 * 10**9 + i))):
+                b2b[name] = summary(name, timed_interleaved({name: f}, N)[name][min(200, N // 4):])
+            names = list(b2b)
+            for k in names[1:]:
+                print(f"  {k} adds: p50 {b2b[k]['p50_us'] - b2b[names[0]]['p50_us']:.0f} us")
+            results["back_to_back"] = list(b2b.values())
 
             B = args.big_samples
             xb = yinyang_batch(B, seed=1)

@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "ZeroMQ's I/O thread and the core's workers). On a small machine this "
                          "keeps the daemon and its client from evicting each other's caches; "
                          "see benchmarks/RESULTS.md, hardware loop latency")
+    ap.add_argument("--keep-awake", action="store_true",
+                    help="keep the daemon's CPUs from halting when idle (one SCHED_IDLE spinner "
+                         "per CPU; they take only cycles nobody else wants but show the CPUs busy): "
+                         "lower latency on virtual machines, see hw_daemon/awake.py")
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
@@ -128,8 +132,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid is not None:
         threading.Thread(target=_watch_parent, args=(args.parent_pid, stop, log), daemon=True).start()
 
+    spinners = []
+    if args.keep_awake:
+        from hw_daemon import awake
+
+        if not hasattr(os, "SCHED_IDLE"):
+            log.error("--keep-awake needs Linux (SCHED_IDLE)")
+            return 2
+        spinners = awake.start(os.sched_getaffinity(0))
+        log.info("keeping CPUs %s awake", sorted(os.sched_getaffinity(0)))
+
     def ready(info: dict) -> None:
-        print(json.dumps({**info, "cpus": sorted(os.sched_getaffinity(0))}), flush=True)
+        print(json.dumps({**info, "cpus": sorted(os.sched_getaffinity(0)),
+                          "keep_awake": [p.pid for p in spinners]}), flush=True)
 
     try:
         serve(daemon, args.bind, pub=args.pub, curve_secret=args.curve_secret,
@@ -137,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # bind failures, unreadable key files: say so and exit non-zero
         log.error("cannot serve: %s: %s", type(e).__name__, e)
         return 1
+    finally:
+        if spinners:
+            awake.stop(spinners)
     return 0
 
 

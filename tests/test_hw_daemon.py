@@ -515,3 +515,29 @@ def test_cpus_pins_every_daemon_thread(tmp_path):
         d.stop()
     with pytest.raises(RuntimeError, match="not available"):
         start_daemon(cpus=[max(os.sched_getaffinity(0)) + 1000], log_path=tmp_path / "bad.log")
+
+
+def test_keep_awake_spinners_run_idle_and_end_with_the_daemon(tmp_path):
+    d = start_daemon(chip_seed=CHIP, args=["--keep-awake"], log_path=tmp_path / "awake.log")
+    pids = d.ready["keep_awake"]
+    try:
+        assert len(pids) == len(os.sched_getaffinity(0))
+        deadline = time.monotonic() + 10  # each spinner sets its own policy once started
+        while time.monotonic() < deadline and any(os.sched_getscheduler(p) != os.SCHED_IDLE for p in pids):
+            time.sleep(0.05)
+        assert all(os.sched_getscheduler(p) == os.SCHED_IDLE for p in pids)
+        with HardwareClient(d.endpoint, timeout=10, retries=0) as c:
+            assert c.status()["backend"] == "emulator"
+    finally:
+        d.kill()  # even a killed daemon leaves no spinner behind
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(p) for p in pids):
+        time.sleep(0.05)
+    assert not any(_running(p) for p in pids)
+
+
+def _running(pid: int) -> bool:
+    try:
+        return "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return False

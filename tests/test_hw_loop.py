@@ -7,6 +7,7 @@ Every daemon here is started by the test on loopback and stopped by its pid.
 from __future__ import annotations
 
 import json
+import os
 import threading
 import time
 from pathlib import Path
@@ -220,3 +221,19 @@ def test_spike_set_select_renumbers_and_checks_indices():
     assert s.select().num_rows == 5
     with pytest.raises(delgrad.ShapeError, match="sample 4 at position 1"):
         s.select(np.array([0, 4], np.uint32))
+
+
+def test_pipeline_hardware_table_passes_cpus_and_keep_awake_to_its_daemon(tmp_path):
+    cpu = min(os.sched_getaffinity(0))
+    cfg = {"hardware": {"daemon_cpus": [cpu], "keep_awake": True}, "train": {"seed": 0}}
+    with pipeline.hardware_loop(cfg, tmp_path) as loop:
+        st = loop.client.status()
+        pid = st["pid"]
+        status_lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+        assert f"Cpus_allowed_list:\t{cpu}" in status_lines
+    log = (tmp_path / "hw_daemon.log").read_text()
+    assert f"pinned to CPUs [{cpu}]" in log and f"keeping CPUs [{cpu}] awake" in log
+    assert "stopped" in log
+    with pytest.raises(ValueError, match="unknown keys"):
+        with pipeline.hardware_loop({"hardware": {"daemon_cpu": 1}, "train": {}}, tmp_path):
+            pass

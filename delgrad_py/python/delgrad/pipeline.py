@@ -298,7 +298,7 @@ def hardware_loop(cfg: dict[str, Any], run_dir: Path) -> Iterator[Any]:
 
     unknown = set(hw) - {"enabled", "endpoint", "backend", "chip_seed", "ideal", "weight_scale",
                          "input_replication", "max_batch", "timeout", "retries", "seed",
-                         "daemon_cpus"}
+                         "daemon_cpus", "keep_awake"}
     if unknown:
         raise ValueError(f"[hardware]: unknown keys {sorted(unknown)}")
     daemon = None
@@ -306,7 +306,8 @@ def hardware_loop(cfg: dict[str, Any], run_dir: Path) -> Iterator[Any]:
     if not endpoint:
         daemon = start_daemon("tcp://127.0.0.1:*", backend=hw.get("backend", "emulator"),
                               chip_seed=int(hw.get("chip_seed", 0)),
-                              args=["--ideal"] if hw.get("ideal", False) else [],
+                              args=(["--ideal"] if hw.get("ideal", False) else [])
+                              + (["--keep-awake"] if hw.get("keep_awake", False) else []),
                               log_path=run_dir / "hw_daemon.log", cpus=hw.get("daemon_cpus"))
         endpoint = daemon.endpoint
     try:
