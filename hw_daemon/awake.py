@@ -47,7 +47,7 @@ def spin(cpu: int, parent: int) -> None:
     os.sched_setaffinity(0, {cpu})
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     while os.getppid() == parent:
-        for _ in range(200_000):  # ~10 ms between looks at the parent
+        for _ in range(200_000):  # a few ms between looks at the parent
             pass
 
 

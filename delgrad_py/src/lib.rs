@@ -787,15 +787,20 @@ fn with_frame_buffer<T: Send>(
     let buffer = match NonNull::new(ptr) {
         // SAFETY: `len` bytes at `ptr` stay valid and unchanged while the exporter's buffer is
         // held, which the owner (the buffer itself) ensures; read-only means no writer.
-        Some(p) if buf.readonly() => unsafe { Buffer::from_custom_allocation(p, len, Arc::new(ExportedBuffer(buf))) },
+        Some(p) if buf.readonly() => unsafe {
+            Buffer::from_custom_allocation(p, len, Arc::new(ExportedBuffer { _export: buf }))
+        },
         // SAFETY: as above, for the duration of the copy (the GIL is held).
         _ => Buffer::from(if len == 0 { &[][..] } else { unsafe { std::slice::from_raw_parts(ptr, len) } }),
     };
     py.detach(|| f(buffer)).map_err(to_py)
 }
 
-/// A Python buffer export owned by an Arrow buffer (released, with the GIL, when dropped).
-struct ExportedBuffer(#[allow(dead_code)] PyUntypedBuffer);
+/// A Python buffer export owned by an Arrow buffer: held for its `Drop`, which releases the
+/// export (taking the GIL) once no column refers to the memory any more.
+struct ExportedBuffer {
+    _export: PyUntypedBuffer,
+}
 
 impl std::panic::RefUnwindSafe for ExportedBuffer {}
 
