@@ -2,10 +2,10 @@
 //! "The hardware loop"), one stream per frame.
 //!
 //! Frames arrive from other processes, so reading is defensive: the stream is decoded
-//! incrementally with arrow-rs' buffer validation, the columns must be exactly `sample` u32, `neuron` u32 and
-//! `time` f64 (any order, nothing else), nulls are refused, and an optional row limit is
-//! enforced batch by batch, before the next batch is read. Range checks (ids, finite times)
-//! are [`SpikeTable::validate`]'s, so every path into the core words them alike.
+//! incrementally with arrow-rs' buffer validation, the columns must be exactly `sample` u32,
+//! `neuron` u32 and `time` f64 (any order, nothing else), nulls are refused, and an optional row
+//! limit is enforced batch by batch, before the next batch is read. Range checks (ids, finite
+//! times) are [`SpikeTable::validate`]'s, so every path into the core words them alike.
 
 use std::panic::AssertUnwindSafe;
 
@@ -29,7 +29,7 @@ pub fn read_spike_stream(bytes: &[u8], what: &str, max_rows: Option<usize>) -> R
     read_spike_buffer(Buffer::from(bytes), what, max_rows)
 }
 
-/// [`read_spike_stream`] on an Arrow buffer: the columns of a 8-byte aligned stream are slices
+/// [`read_spike_stream`] on an Arrow buffer: the columns of an 8-byte aligned stream are slices
 /// of it, no copy (misaligned ones are copied into alignment). A stream of one record batch is
 /// used as decoded; several are concatenated.
 pub fn read_spike_buffer(buffer: Buffer, what: &str, max_rows: Option<usize>) -> Result<SpikeTable> {
@@ -116,7 +116,7 @@ fn check_schema(schema: &Schema, what: &str) -> Result<()> {
 
 /// One IPC stream (schema, the batch, end-of-stream marker) holding `batch`.
 pub fn write_stream(batch: &RecordBatch) -> Result<Vec<u8>> {
-    let io = |e: arrow_schema::ArrowError| frame_err(FrameCode::BadFrame, format!("writing an Arrow IPC stream: {e}"));
+    let io = |e: ArrowError| frame_err(FrameCode::BadFrame, format!("writing an Arrow IPC stream: {e}"));
     // Schema and framing take a few hundred bytes; the columns take what they take.
     let size = 512 + batch.get_array_memory_size();
     let mut w = StreamWriter::try_new(Vec::with_capacity(size), &batch.schema()).map_err(io)?;
