@@ -197,8 +197,7 @@ impl<'a> Network<'a> {
         self.check_input(input)?;
         let n_samples = input.n_samples();
         let table = input.table;
-        let factors: Vec<Option<ttfs::DelayFactors>> =
-            self.layers.iter().map(|l| ttfs::delay_factors(&self.neuron, l)).collect();
+        let prepared: Vec<ttfs::Prepared> = self.layers.iter().map(|l| ttfs::prepare(&self.neuron, l)).collect();
         let parts: Vec<Vec<Spikes>> = map_chunks(n_samples, |range| {
                 let mut scratch = Scratch::default();
                 let mut outs: Vec<Spikes> =
@@ -208,9 +207,9 @@ impl<'a> Network<'a> {
                 for s in range {
                     cur.clear();
                     cur.extend(input.rows(s).map(|r| (table.neuron()[r], table.time()[r])));
-                    for ((layer, out), f) in self.layers.iter().zip(outs.iter_mut()).zip(&factors) {
+                    for ((layer, out), p) in self.layers.iter().zip(outs.iter_mut()).zip(&prepared) {
                         next.clear();
-                        ttfs::layer_forward(&self.neuron, layer, &cur, f.as_ref(), &mut next, &mut scratch);
+                        ttfs::layer_forward(&self.neuron, layer, &cur, p, &mut next, &mut scratch);
                         for &(j, t) in &next {
                             out.neuron.push(j);
                             out.time.push(t);

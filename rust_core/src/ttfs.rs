@@ -29,6 +29,17 @@ pub struct Scratch {
     fwd: Vec<(f64, f64, f64)>,
     sort: SortBuf<(f64, f64, f64)>,
     up: Vec<f64>,
+    shared: SharedState,
+}
+
+/// The state of every target of a shared-order layer during [`scan_shared`].
+#[derive(Default)]
+struct SharedState {
+    v: Vec<f64>,
+    i: Vec<f64>,
+    v_end: Vec<f64>,
+    i_end: Vec<f64>,
+    spike: Vec<f64>,
 }
 
 /// Arrivals of up to this many inputs are insertion-sorted, more are bucket-sorted.
@@ -108,6 +119,31 @@ pub struct DelayFactors {
     pub max_delay: f64,
 }
 
+/// What [`layer_forward`] needs of a layer once per batch rather than once per sample.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    /// The exp-free scan's factors (see [`delay_factors`]).
+    pub factors: Option<DelayFactors>,
+    /// For layers whose arrival order is the same for every target (no delays, axonal delays):
+    /// the weights by source, `(n_in, n_out)` row-major, so that an arrival updates every
+    /// target from one contiguous row (see [`scan_shared`]).
+    by_source: Option<Vec<f64>>,
+}
+
+/// The per-batch data of `layer` for [`layer_forward`].
+pub fn prepare(n: &Neuron, layer: &LayerRef) -> Prepared {
+    let by_source = matches!(layer.kind, DelayKind::None | DelayKind::Axonal).then(|| {
+        let mut t = vec![0.0; layer.n_in * layer.n_out];
+        for j in 0..layer.n_out {
+            for i in 0..layer.n_in {
+                t[i * layer.n_out + j] = layer.weights[j * layer.n_in + i];
+            }
+        }
+        t
+    });
+    Prepared { factors: delay_factors(n, layer), by_source }
+}
+
 /// Spans longer than this many `tau_m` would overflow the factors: such samples take the
 /// exponential path.
 const MAX_FACTOR_SPAN: f64 = 500.0;
@@ -118,11 +154,12 @@ pub fn layer_forward(
     n: &Neuron,
     layer: &LayerRef,
     inputs: &[In],
-    factors: Option<&DelayFactors>,
+    prepared: &Prepared,
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) {
-    let Scratch { order, by_time, fwd, up, sort, .. } = scratch;
+    let Scratch { order, by_time, fwd, up, sort, shared, .. } = scratch;
+    let factors = prepared.factors.as_ref();
     if inputs.is_empty() {
         return;
     }
@@ -153,6 +190,12 @@ pub fn layer_forward(
         order.clear();
         order.extend(inputs.iter().enumerate().map(|(r, &(i, t))| (t + axonal(layer, i as usize), r as u32)));
         order.sort_unstable_by(|a, b| a.0.total_cmp(&b.0));
+        if let Some(by_source) = &prepared.by_source {
+            // No delays or axonal ones: the factor of an arrival is the same for every target
+            // (that of row 0 stands for all).
+            let fsrc = factors.map(|f| &f[..layer.n_in]);
+            return scan_shared(n, layer.n_out, inputs, order, up, fsrc, by_source, shared, out);
+        }
     }
     for j in 0..layer.n_out {
         fwd.clear();
@@ -189,6 +232,94 @@ pub fn layer_forward(
             out.push((j as u32, t));
         }
     }
+}
+
+/// The causal-set scan of [`scan`] for every target of a layer at once, for layers whose
+/// targets all see the same arrival times (`order`: arrival time and input row, sorted).
+///
+/// Why: the intervals between arrivals, hence their decays and the kernel over them, are then
+/// shared, and the state update `(v, i) -> (v e_m + i K, i e_s)` is one loop over targets that
+/// the compiler vectorises; an arrival adds its source's row of `by_source` to every target's
+/// current. The operations per target are those of [`scan`], in the same order, so the spike
+/// times are the same to the bit. Targets that have spiked keep being updated (no branch in
+/// the loop); only their spike time is read.
+#[allow(clippy::too_many_arguments)]
+fn scan_shared(
+    n: &Neuron,
+    n_out: usize,
+    inputs: &[In],
+    order: &[(f64, u32)],
+    up: &[f64],
+    fsrc: Option<&[f64]>,
+    by_source: &[f64],
+    st: &mut SharedState,
+    out: &mut Vec<In>,
+) {
+    let SharedState { v, i, v_end, i_end, spike } = st;
+    for x in [&mut *v, &mut *i, &mut *v_end, &mut *i_end] {
+        x.clear();
+        x.resize(n_out, 0.0);
+    }
+    spike.clear();
+    spike.resize(n_out, f64::NAN);
+    let factor = |k: usize| {
+        let r = order[k].1 as usize;
+        fsrc.map_or(0.0, |f| up[r] * f[inputs[r].0 as usize])
+    };
+    let mut waiting = n_out;
+    let mut k = 0;
+    while k < order.len() && waiting > 0 {
+        let a = order[k].0;
+        // Simultaneous arrivals act as one jump.
+        while k < order.len() && order[k].0 == a {
+            let src = inputs[order[k].1 as usize].0 as usize;
+            for (ij, w) in i.iter_mut().zip(&by_source[src * n_out..(src + 1) * n_out]) {
+                *ij += w;
+            }
+            k += 1;
+        }
+        for j in 0..n_out {
+            // Only reachable by rounding when the previous interval's crossing sat on its end.
+            if spike[j].is_nan() && v[j] >= n.theta {
+                spike[j] = a;
+                waiting -= 1;
+            }
+        }
+        if k == order.len() {
+            for j in 0..n_out {
+                if spike[j].is_nan() {
+                    if let Some(s) = first_crossing(n, v[j], i[j], f64::INFINITY) {
+                        spike[j] = a + s;
+                    }
+                }
+            }
+            break;
+        }
+        let len = order[k].0 - a;
+        let (em, es) = match fsrc {
+            Some(_) => {
+                let em = factor(k - 1) / factor(k);
+                (em, n.es_from_em(em))
+            }
+            None => n.decays(len),
+        };
+        let kern = n.kernel_from(len, em, es);
+        for j in 0..n_out {
+            v_end[j] = v[j] * em + i[j] * kern;
+            i_end[j] = i[j] * es;
+        }
+        for j in 0..n_out {
+            if spike[j].is_nan() {
+                if let Some(s) = crossing_in_interval(n, v[j], i[j], len, v_end[j], i_end[j]) {
+                    spike[j] = a + s;
+                    waiting -= 1;
+                }
+            }
+        }
+        std::mem::swap(v, v_end);
+        std::mem::swap(i, i_end);
+    }
+    out.extend(spike.iter().enumerate().filter(|(_, t)| !t.is_nan()).map(|(j, &t)| (j as u32, t)));
 }
 
 #[inline]

@@ -4,6 +4,8 @@
 use delgrad_core::{layer_backward, layer_forward, DelayKind, LayerRef, Neuron, SpikeTable};
 use proptest::prelude::*;
 
+mod common;
+
 /// Superposition of PSPs, written from the textbook kernel (not the core's expm1 form).
 fn v_ref(tm: f64, ts: f64, arr: &[(f64, f64)], t: f64) -> f64 {
     arr.iter()
@@ -181,4 +183,44 @@ fn touching_threshold_spikes_at_the_peak() {
     let w = [2.0 * (1.0 - 1e-9)];
     let layer = LayerRef::new(1, 1, &w, DelayKind::None, &[], "l").unwrap();
     assert!(layer_forward(&n, layer, &table(&[(0, 0.25)]), 1).unwrap().is_empty());
+}
+
+/// Layers without delays or with axonal ones take the shared-order scan (every target at
+/// once); the same layer written with synaptic delays (`d_ji = d_i`) takes the per-target scan.
+/// Both must give the same spike times to the bit, for every solver, few and many inputs, and
+/// spans too long for the exp-free factors.
+#[test]
+fn shared_order_scan_equals_the_per_target_scan_bit_for_bit() {
+    let mut rng = common::Rng(21);
+    let mut spikes = 0;
+    for case in 0..600 {
+        let (tm, ts) = [(1.0, 1.0), (2.0, 1.0), (1.5, 1.0), (0.7, 1.0)][case % 4];
+        let n = Neuron::new(tm, ts, 1.0).unwrap();
+        let (n_in, n_out, n_samples) = (2 + case % 23, 1 + case % 9, 3);
+        let per_sample = [3, 12, 40][case % 3];
+        let span = if case % 50 == 7 { 2000.0 } else { 4.0 }; // beyond MAX_FACTOR_SPAN tau_m
+        let (mut s, mut ch, mut t) = (Vec::new(), Vec::new(), Vec::new());
+        for k in 0..n_samples {
+            for _ in 0..per_sample {
+                s.push(k as u32);
+                ch.push((rng.next() * n_in as f64) as u32);
+                t.push(rng.uniform(0.0, span));
+            }
+        }
+        let input = SpikeTable::from_vecs(s, ch, t).unwrap();
+        let w: Vec<f64> = (0..n_out * n_in).map(|_| rng.normal(0.4, 0.9)).collect();
+        let axonal: Vec<f64> = if case % 2 == 0 { rng.vec(n_in, 0.0, 1.0) } else { vec![0.0; n_in] };
+        let synaptic: Vec<f64> = (0..n_out).flat_map(|_| axonal.iter().copied()).collect();
+        let shared = if case % 2 == 0 {
+            LayerRef::new(n_out, n_in, &w, DelayKind::Axonal, &axonal, "axonal").unwrap()
+        } else {
+            LayerRef::new(n_out, n_in, &w, DelayKind::None, &[], "none").unwrap()
+        };
+        let per_target = LayerRef::new(n_out, n_in, &w, DelayKind::Synaptic, &synaptic, "synaptic").unwrap();
+        let a = layer_forward(&n, shared, &input, n_samples).unwrap();
+        let b = layer_forward(&n, per_target, &input, n_samples).unwrap();
+        assert_eq!(a, b, "case {case}: tau_m {tm}, {n_in}-{n_out}, {per_sample} inputs per sample");
+        spikes += a.len();
+    }
+    assert!(spikes > 1000, "the cases should spike: {spikes}");
 }
