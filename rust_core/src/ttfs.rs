@@ -14,7 +14,7 @@
 use crate::layer::{DelayKind, LayerRef};
 use crate::multi::{bucket_sort_above, SortBuf};
 use crate::neuron::Neuron;
-use crate::solver::{crossing_in_interval, first_crossing};
+use crate::solver::{crossing_in_interval, first_crossing, may_cross};
 
 /// One input spike of a sample: (source neuron, time).
 pub type In = (u32, f64);
@@ -37,8 +37,6 @@ pub struct Scratch {
 struct SharedState {
     v: Vec<f64>,
     i: Vec<f64>,
-    v_end: Vec<f64>,
-    i_end: Vec<f64>,
     spike: Vec<f64>,
 }
 
@@ -238,11 +236,11 @@ pub fn layer_forward(
 /// targets all see the same arrival times (`order`: arrival time and input row, sorted).
 ///
 /// Why: the intervals between arrivals, hence their decays and the kernel over them, are then
-/// shared, and the state update `(v, i) -> (v e_m + i K, i e_s)` is one loop over targets that
-/// the compiler vectorises; an arrival adds its source's row of `by_source` to every target's
-/// current. The operations per target are those of [`scan`], in the same order, so the spike
-/// times are the same to the bit. Targets that have spiked keep being updated (no branch in
-/// the loop); only their spike time is read.
+/// shared, and each interval costs one tight pass over the targets' states (no per-target
+/// arrival lists to build and sort); an arrival adds its source's row of `by_source` to every
+/// target's current. The operations per target are those of [`scan`], in the same order, so
+/// the spike times are the same to the bit. Targets that have spiked keep being updated (no
+/// branch in the update); only their spike time is read.
 #[allow(clippy::too_many_arguments)]
 fn scan_shared(
     n: &Neuron,
@@ -255,8 +253,8 @@ fn scan_shared(
     st: &mut SharedState,
     out: &mut Vec<In>,
 ) {
-    let SharedState { v, i, v_end, i_end, spike } = st;
-    for x in [&mut *v, &mut *i, &mut *v_end, &mut *i_end] {
+    let SharedState { v, i, spike } = st;
+    for x in [&mut *v, &mut *i] {
         x.clear();
         x.resize(n_out, 0.0);
     }
@@ -278,24 +276,18 @@ fn scan_shared(
             }
             k += 1;
         }
-        for j in 0..n_out {
-            // Only reachable by rounding when the previous interval's crossing sat on its end.
-            if spike[j].is_nan() && v[j] >= n.theta {
-                spike[j] = a;
-                waiting -= 1;
-            }
-        }
         if k == order.len() {
-            for j in 0..n_out {
-                if spike[j].is_nan() {
-                    if let Some(s) = first_crossing(n, v[j], i[j], f64::INFINITY) {
-                        spike[j] = a + s;
+            for ((sp, &vj), &ij) in spike.iter_mut().zip(v.iter()).zip(i.iter()) {
+                if sp.is_nan() {
+                    if let Some(s) = first_crossing(n, vj, ij, f64::INFINITY) {
+                        *sp = a + s;
                     }
                 }
             }
             break;
         }
-        let len = order[k].0 - a;
+        let next = order[k].0;
+        let len = next - a;
         let (em, es) = match fsrc {
             Some(_) => {
                 let em = factor(k - 1) / factor(k);
@@ -304,20 +296,22 @@ fn scan_shared(
             None => n.decays(len),
         };
         let kern = n.kernel_from(len, em, es);
-        for j in 0..n_out {
-            v_end[j] = v[j] * em + i[j] * kern;
-            i_end[j] = i[j] * es;
-        }
-        for j in 0..n_out {
-            if spike[j].is_nan() {
-                if let Some(s) = crossing_in_interval(n, v[j], i[j], len, v_end[j], i_end[j]) {
-                    spike[j] = a + s;
+        for ((sp, vj), ij) in spike.iter_mut().zip(v.iter_mut()).zip(i.iter_mut()) {
+            let (v_end, i_end) = (*vj * em + *ij * kern, *ij * es);
+            if sp.is_nan() && may_cross(n, *vj, *ij, len, v_end, i_end) {
+                if let Some(s) = crossing_in_interval(n, *vj, *ij, len, v_end, i_end) {
+                    *sp = a + s;
                     waiting -= 1;
                 }
             }
+            // `scan` checks this at the next arrival: reachable only by rounding, when the
+            // crossing sat on the interval's end (the jumps there change I, not V).
+            if sp.is_nan() && v_end >= n.theta {
+                *sp = next;
+                waiting -= 1;
+            }
+            (*vj, *ij) = (v_end, i_end);
         }
-        std::mem::swap(v, v_end);
-        std::mem::swap(i, i_end);
     }
     out.extend(spike.iter().enumerate().filter(|(_, t)| !t.is_nan()).map(|(j, &t)| (j as u32, t)));
 }
