@@ -260,10 +260,6 @@ fn scan_shared(
     }
     spike.clear();
     spike.resize(n_out, f64::NAN);
-    let factor = |k: usize| {
-        let r = order[k].1 as usize;
-        fsrc.map_or(0.0, |f| up[r] * f[inputs[r].0 as usize])
-    };
     let mut waiting = n_out;
     let mut k = 0;
     while k < order.len() && waiting > 0 {
@@ -289,7 +285,11 @@ fn scan_shared(
         let next = order[k].0;
         let len = next - a;
         let (em, es) = match fsrc {
-            Some(_) => {
+            Some(f) => {
+                let factor = |k: usize| {
+                    let r = order[k].1 as usize;
+                    up[r] * f[inputs[r].0 as usize]
+                };
                 let em = factor(k - 1) / factor(k);
                 (em, n.es_from_em(em))
             }
@@ -298,6 +298,8 @@ fn scan_shared(
         let kern = n.kernel_from(len, em, es);
         for ((sp, vj), ij) in spike.iter_mut().zip(v.iter_mut()).zip(i.iter_mut()) {
             let (v_end, i_end) = (*vj * em + *ij * kern, *ij * es);
+            // The cheap test inline, so that the common interval makes no call; the solver
+            // repeats it only for the few that pass.
             if sp.is_nan() && may_cross(n, *vj, *ij, len, v_end, i_end) {
                 if let Some(s) = crossing_in_interval(n, *vj, *ij, len, v_end, i_end) {
                     *sp = a + s;
