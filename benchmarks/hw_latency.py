@@ -33,6 +33,7 @@ if str(ROOT) not in sys.path:
 
 import delgrad  # noqa: E402
 from delgrad.hardware import HardwareClient, replicate_inputs, spike_batch, start_daemon  # noqa: E402
+
 from hw_daemon.backends.emulator import EmulatorBackend  # noqa: E402
 
 CHANNELS, REPLICATION, HIDDEN, OUT = 4, 5, 30, 3
@@ -44,14 +45,19 @@ def yinyang_batch(n_samples: int, seed: int) -> pa.RecordBatch:
     rng = np.random.default_rng(seed)
     xy = rng.uniform(0, 1, (n_samples, 2))
     t = np.column_stack([xy, 1 - xy]).ravel() * 2.0
-    return spike_batch(np.repeat(np.arange(n_samples), CHANNELS),
-                       np.tile(np.arange(CHANNELS), n_samples), t)
+    return spike_batch(np.repeat(np.arange(n_samples), CHANNELS), np.tile(np.arange(CHANNELS), n_samples), t)
 
 
 def network() -> delgrad.Network:
     neuron = delgrad.Neuron(tau_m=1.0, tau_s=1.0, theta=2.6)
-    return delgrad.Network.random([CHANNELS * REPLICATION, HIDDEN, OUT], neuron, delay_kind="axonal",
-                                  weight_mean=(1.5, 0.5), delay_range=(0.0, 0.3), seed=1)
+    return delgrad.Network.random(
+        [CHANNELS * REPLICATION, HIDDEN, OUT],
+        neuron,
+        delay_kind="axonal",
+        weight_mean=(1.5, 0.5),
+        delay_range=(0.0, 0.3),
+        seed=1,
+    )
 
 
 def timed_interleaved(fns: dict, n: int) -> dict[str, np.ndarray]:
@@ -68,11 +74,18 @@ def timed_interleaved(fns: dict, n: int) -> dict[str, np.ndarray]:
 
 def summary(name: str, t: np.ndarray) -> dict:
     us = t * 1e6
-    row = {"name": name, "n": int(t.size), "p50_us": float(np.percentile(us, 50)),
-           "p99_us": float(np.percentile(us, 99)), "mean_us": float(us.mean()),
-           "min_us": float(us.min())}
-    print(f"  {name:<40} p50 {row['p50_us']:9.0f} us   p99 {row['p99_us']:9.0f} us   "
-          f"mean {row['mean_us']:9.0f} us   min {row['min_us']:8.0f} us   (n={row['n']})")
+    row = {
+        "name": name,
+        "n": int(t.size),
+        "p50_us": float(np.percentile(us, 50)),
+        "p99_us": float(np.percentile(us, 99)),
+        "mean_us": float(us.mean()),
+        "min_us": float(us.min()),
+    }
+    print(
+        f"  {name:<40} p50 {row['p50_us']:9.0f} us   p99 {row['p99_us']:9.0f} us   "
+        f"mean {row['mean_us']:9.0f} us   min {row['min_us']:8.0f} us   (n={row['n']})"
+    )
     return row
 
 
@@ -107,9 +120,12 @@ def main() -> None:
     ap.add_argument("--big-samples", type=int, default=50_000)
     ap.add_argument("--big-repeats", type=int, default=3)
     ap.add_argument("--json", type=Path, default=None)
-    ap.add_argument("--keep-awake", action="store_true",
-                    help="start the daemon with --keep-awake (idle-priority spinners on every CPU, "
-                         "so no vCPU halts: in-process and daemon measurements alike)")
+    ap.add_argument(
+        "--keep-awake",
+        action="store_true",
+        help="start the daemon with --keep-awake (idle-priority spinners on every CPU, "
+        "so no vCPU halts: in-process and daemon measurements alike)",
+    )
     args = ap.parse_args()
 
     info = machine()
@@ -126,27 +142,39 @@ def main() -> None:
     results: dict = {"machine": info, "latency": [], "throughput": []}
 
     logdir = tempfile.TemporaryDirectory(prefix="hw_latency-")
-    d = start_daemon("tcp://127.0.0.1:*", chip_seed=0,
-                     args=["--log-level", "WARNING", *(["--keep-awake"] if args.keep_awake else [])],
-                     log_path=Path(logdir.name) / "daemon.log")
+    d = start_daemon(
+        "tcp://127.0.0.1:*",
+        chip_seed=0,
+        args=["--log-level", "WARNING", *(["--keep-awake"] if args.keep_awake else [])],
+        log_path=Path(logdir.name) / "daemon.log",
+    )
     # A second daemon pinned to the last CPU (--cpus): on a small machine the scheduler otherwise
     # runs daemon and client by turns on the same core, each evicting the other's caches.
     cpu = max(os.sched_getaffinity(0))
-    d_pin = start_daemon("tcp://127.0.0.1:*", chip_seed=0, args=["--log-level", "WARNING"],
-                         log_path=Path(logdir.name) / "daemon-pinned.log", cpus=[cpu])
+    d_pin = start_daemon(
+        "tcp://127.0.0.1:*",
+        chip_seed=0,
+        args=["--log-level", "WARNING"],
+        log_path=Path(logdir.name) / "daemon-pinned.log",
+        cpus=[cpu],
+    )
     try:
-        with HardwareClient(d.endpoint, timeout=60, retries=0) as c, \
-                HardwareClient(d.endpoint, timeout=60, retries=0, spin=0.02) as c_spin, \
-                HardwareClient(d_pin.endpoint, timeout=60, retries=0) as c_pin:
+        with (
+            HardwareClient(d.endpoint, timeout=60, retries=0) as c,
+            HardwareClient(d.endpoint, timeout=60, retries=0, spin=0.02) as c_spin,
+            HardwareClient(d_pin.endpoint, timeout=60, retries=0) as c_pin,
+        ):
             cid, realised = c.configure(net, input_replication=REPLICATION)
             assert c_spin.configure(net, input_replication=REPLICATION).config_id == cid
             assert c_pin.configure(net, input_replication=REPLICATION).config_id == cid
             spikes, health = c.run(cid, x, S, seed=0)
             ref = emu.run(cfg, x, S, seed=0)
             assert all(a.equals(b) for a, b in zip(spikes, ref.layers)), "daemon != in-process emulator"
-            print(f"\nlatency: batch of {S} samples, {x.num_rows} channel spikes -> "
-                  f"{health['played_events']} input events, recorded {health['recorded_events']} "
-                  f"(sizes {net.sizes}, axonal delays, replication {REPLICATION}); daemon {d.endpoint}")
+            print(
+                f"\nlatency: batch of {S} samples, {x.num_rows} channel spikes -> "
+                f"{health['played_events']} input events, recorded {health['recorded_events']} "
+                f"(sizes {net.sizes}, axonal delays, replication {REPLICATION}); daemon {d.endpoint}"
+            )
             inside: list[float] = []
 
             def daemon_run(i: int) -> None:
@@ -179,11 +207,12 @@ def main() -> None:
             # neither side's caches are cold from the other measurements.
             print("\n  back to back (each measurement alone, in turn):")
             b2b = {}
-            for name, f in (("emulator run (in process)", lambda i: emu.run(cfg, x, S, seed=i)),
-                            ("daemon run (tcp loopback)", lambda i: c.run(cid, x, S, seed=4 * 10**9 + i)),
-                            (f"daemon run, daemon pinned (--cpus {cpu})",
-                             lambda i: c_pin.run(cid, x, S, seed=5 * 10**9 + i))):
-                b2b[name] = summary(name, timed_interleaved({name: f}, N)[name][min(200, N // 4):])
+            for name, f in (
+                ("emulator run (in process)", lambda i: emu.run(cfg, x, S, seed=i)),
+                ("daemon run (tcp loopback)", lambda i: c.run(cid, x, S, seed=4 * 10**9 + i)),
+                (f"daemon run, daemon pinned (--cpus {cpu})", lambda i: c_pin.run(cid, x, S, seed=5 * 10**9 + i)),
+            ):
+                b2b[name] = summary(name, timed_interleaved({name: f}, N)[name][min(200, N // 4) :])
             names = list(b2b)
             for k in names[1:]:
                 print(f"  {k} adds: p50 {b2b[k]['p50_us'] - b2b[names[0]]['p50_us']:.0f} us")
@@ -191,10 +220,14 @@ def main() -> None:
 
             B = args.big_samples
             xb = yinyang_batch(B, seed=1)
-            print(f"\nthroughput: one batch of {B} samples ({xb.num_rows} channel spikes, "
-                  f"{xb.num_rows * REPLICATION} input events), best and median of {args.big_repeats}")
-            for name, f in (("emulator run (in process)", lambda k: emu.run(cfg, xb, B, seed=k)),
-                            ("daemon run (tcp loopback)", lambda k: c.run(cid, xb, B, seed=k + 7))):
+            print(
+                f"\nthroughput: one batch of {B} samples ({xb.num_rows} channel spikes, "
+                f"{xb.num_rows * REPLICATION} input events), best and median of {args.big_repeats}"
+            )
+            for name, f in (
+                ("emulator run (in process)", lambda k: emu.run(cfg, xb, B, seed=k)),
+                ("daemon run (tcp loopback)", lambda k: c.run(cid, xb, B, seed=k + 7)),
+            ):
                 times, events = [], 0
                 for k in range(args.big_repeats):
                     t0 = time.perf_counter()
@@ -203,19 +236,30 @@ def main() -> None:
                     h = out.health
                     events = h["played_events"] + sum(h["recorded_events"])
                 best, med = min(times), float(np.median(times))
-                row = {"name": name, "samples": B, "events": events, "best_s": best, "median_s": med,
-                       "events_per_s_best": events / best, "events_per_s_median": events / med}
+                row = {
+                    "name": name,
+                    "samples": B,
+                    "events": events,
+                    "best_s": best,
+                    "median_s": med,
+                    "events_per_s_best": events / best,
+                    "events_per_s_median": events / med,
+                }
                 results["throughput"].append(row)
-                print(f"  {name:<28} {events} events  best {best * 1e3:8.1f} ms  "
-                      f"({events / best / 1e6:6.2f} M events/s)   median {med * 1e3:8.1f} ms "
-                      f"({events / med / 1e6:6.2f} M events/s)")
+                print(
+                    f"  {name:<28} {events} events  best {best * 1e3:8.1f} ms  "
+                    f"({events / best / 1e6:6.2f} M events/s)   median {med * 1e3:8.1f} ms "
+                    f"({events / med / 1e6:6.2f} M events/s)"
+                )
     finally:
         d.stop()
         d_pin.stop()
         logdir.cleanup()
     info["loadavg_end"] = os.getloadavg()
-    print(f"\n  load average start {info['loadavg_start']}, end {info['loadavg_end']} "
-          "(other processes on this machine share its CPUs)")
+    print(
+        f"\n  load average start {info['loadavg_start']}, end {info['loadavg_end']} "
+        "(other processes on this machine share its CPUs)"
+    )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
 

@@ -46,8 +46,9 @@ def inputs(n_samples: int, per_sample: int, seed: int) -> pa.RecordBatch:
     neuron = rng.integers(0, N_IN, n_samples * per_sample).astype(np.uint32)
     t = rng.uniform(0.0, T_TRIAL, n_samples * per_sample)
     order = np.lexsort((t, sample))
-    return pa.record_batch([pa.array(sample[order]), pa.array(neuron[order]), pa.array(t[order])],
-                           names=["sample", "neuron", "time"])
+    return pa.record_batch(
+        [pa.array(sample[order]), pa.array(neuron[order]), pa.array(t[order])], names=["sample", "neuron", "time"]
+    )
 
 
 def network(seed: int) -> MultiNetwork:
@@ -57,8 +58,9 @@ def network(seed: int) -> MultiNetwork:
     d1 = rng.uniform(0.0, 150.0, (N_HIDDEN, N_IN))
     w2 = rng.uniform(-0.05, 0.05, (N_OUT, N_HIDDEN))
     neuron = delgrad.Neuron(20.0, 5.0, 1.0, mode="multi", t_end=T_TRIAL)
-    readout = Readout(Layer(w2, np.zeros(0), "none"), delgrad.Neuron(20.0, 5.0, 1.0, mode="multi"),
-                      "exp_mean", T_TRIAL, T_TRIAL)
+    readout = Readout(
+        Layer(w2, np.zeros(0), "none"), delgrad.Neuron(20.0, 5.0, 1.0, mode="multi"), "exp_mean", T_TRIAL, T_TRIAL
+    )
     return MultiNetwork([Layer(w1, d1, "synaptic")], neuron, readout)
 
 
@@ -70,14 +72,18 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5, help="timed steps (after one warm-up step)")
     args = ap.parse_args()
 
-    print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
-          f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset')}, load {os.getloadavg()}")
+    print(
+        f"machine: {platform.platform()}, {os.cpu_count()} cpus, python {platform.python_version()}, "
+        f"RAYON_NUM_THREADS={os.environ.get('RAYON_NUM_THREADS', 'unset')}, load {os.getloadavg()}"
+    )
     n = args.batch * args.batches
     split = delgrad.SpikeSet(inputs(n, args.spikes, seed=1), n)
     labels = np.arange(n) % N_OUT
     net = network(seed=2)
-    print(f"SHD-sized EventProp step through the Python API: batch {args.batch}, {args.spikes} input "
-          f"spikes/sample, {N_IN}-{N_HIDDEN}-{N_OUT}, synaptic delays U(0, 150) ms")
+    print(
+        f"SHD-sized EventProp step through the Python API: batch {args.batch}, {args.spikes} input "
+        f"spikes/sample, {N_IN}-{N_HIDDEN}-{N_OUT}, synaptic delays U(0, 150) ms"
+    )
 
     def step(k: int) -> tuple[float, float, int]:
         sel = np.arange((k % args.batches) * args.batch, (k % args.batches + 1) * args.batch, dtype=np.uint32)
@@ -95,11 +101,15 @@ def main() -> None:
     for k in range(args.repeat):
         wall, loss, events = step(k + 1)
         rates.append(events / wall)
-        print(f"  step {k}: {wall:.3f} s, loss {loss:.4f}, {events / args.batch / 1e6:.2f} M synaptic events "
-              f"per sample, {events / wall / 1e6:.1f} M synaptic events/s")
+        print(
+            f"  step {k}: {wall:.3f} s, loss {loss:.4f}, {events / args.batch / 1e6:.2f} M synaptic events "
+            f"per sample, {events / wall / 1e6:.1f} M synaptic events/s"
+        )
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(f"median {np.median(rates) / 1e6:.1f} M, best {max(rates) / 1e6:.1f} M synaptic events/s; "
-          f"peak RSS {peak:.0f} MiB")
+    print(
+        f"median {np.median(rates) / 1e6:.1f} M, best {max(rates) / 1e6:.1f} M synaptic events/s; "
+        f"peak RSS {peak:.0f} MiB"
+    )
 
 
 if __name__ == "__main__":

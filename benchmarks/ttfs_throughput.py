@@ -24,9 +24,8 @@ CONFIGS = [(30, 150), (30, 5000), (120, 150), (120, 5000)]
 
 
 def one(hidden: int, batch: int, path: str, repeat: int) -> dict:
-    import numpy as np
-
     import delgrad
+    import numpy as np
     from delgrad.data.encoding import LatencyEncoder
     from delgrad.data.yinyang import yinyang
     from delgrad.losses import LossConfig, spike_time_loss
@@ -83,16 +82,25 @@ def main() -> None:
         print(json.dumps(one(int(h), int(b), p, args.repeat)))
         return
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, python {platform.python_version()}")
-    print("forward + loss + backward over the 5000-sample Yin-Yang train split, median of "
-          f"{args.repeat} epochs after a warm-up; peak RSS of a fresh process")
+    print(
+        "forward + loss + backward over the 5000-sample Yin-Yang train split, median of "
+        f"{args.repeat} epochs after a warm-up; peak RSS of a fresh process"
+    )
     print(f"{'network':<26}{'batch':>6}{'input':>7}{'samples/s (median)':>20}{'(best)':>11}{'peak RSS MiB':>14}")
     for h, b in CONFIGS:
         for p in ("set", "table"):
-            out = subprocess.run([sys.executable, __file__, "--repeat", str(args.repeat), "--child", str(h), str(b), p],
-                                 check=True, capture_output=True, text=True).stdout
+            out = subprocess.run(
+                [sys.executable, __file__, "--repeat", str(args.repeat), "--child", str(h), str(b), p],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             r = json.loads(out)
-            print(f"{r['network']:<26}{r['batch']:>6}{r['input']:>7}{r['samples_per_s_median']:>20,.0f}"
-                  f"{r['samples_per_s_best']:>11,.0f}{r['peak_rss_mib']:>14.0f}", flush=True)
+            print(
+                f"{r['network']:<26}{r['batch']:>6}{r['input']:>7}{r['samples_per_s_median']:>20,.0f}"
+                f"{r['samples_per_s_best']:>11,.0f}{r['peak_rss_mib']:>14.0f}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

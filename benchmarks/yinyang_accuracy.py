@@ -22,7 +22,6 @@ import time
 from pathlib import Path
 
 import polars as pl
-
 from delgrad import pipeline
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -42,8 +41,9 @@ def main() -> None:
             out = ROOT / "benchmarks" / "out" / f"{name}-seed{seed}"
             shutil.rmtree(out, ignore_errors=True)
             t0 = time.perf_counter()
-            run_dir = pipeline.run(ROOT / "pipelines" / f"{name}.toml", [f"train.seed={seed}", *args.overrides],
-                                   out, progress=False)
+            run_dir = pipeline.run(
+                ROOT / "pipelines" / f"{name}.toml", [f"train.seed={seed}", *args.overrides], out, progress=False
+            )
             walls.append(time.perf_counter() - t0)
             res = pipeline.evaluate_run(run_dir)
             m = pl.read_parquet(run_dir / "metrics.parquet")
@@ -57,11 +57,16 @@ def main() -> None:
             else:
                 accs.append(100 * res["test_acc"])
             last.append(100 * m["test_acc"][-1])
-            print(f"  {name} seed {seed}: test {accs[-1]:.2f} % (last epoch {last[-1]:.2f} %{extra}), "
-                  f"wall {walls[-1]:.1f} s", flush=True)
-        print(f"{name}: median test {statistics.median(accs):.2f} % (min {min(accs):.2f}, max {max(accs):.2f}); "
-              f"last-epoch median {statistics.median(last):.2f} %; median wall {statistics.median(walls):.1f} s",
-              flush=True)
+            print(
+                f"  {name} seed {seed}: test {accs[-1]:.2f} % (last epoch {last[-1]:.2f} %{extra}), "
+                f"wall {walls[-1]:.1f} s",
+                flush=True,
+            )
+        print(
+            f"{name}: median test {statistics.median(accs):.2f} % (min {min(accs):.2f}, max {max(accs):.2f}); "
+            f"last-epoch median {statistics.median(last):.2f} %; median wall {statistics.median(walls):.1f} s",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -20,16 +20,21 @@ from hw_daemon.server import Daemon, Limits, serve
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog="python -m hw_daemon", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m hw_daemon", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--backend", choices=BACKENDS, default="emulator")
-    ap.add_argument("--bind", default="tcp://127.0.0.1:5555",
-                    help="ROUTER endpoint (tcp://host:port, tcp://127.0.0.1:* for a free port, ipc://path)")
+    ap.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:5555",
+        help="ROUTER endpoint (tcp://host:port, tcp://127.0.0.1:* for a free port, ipc://path)",
+    )
     ap.add_argument("--pub", default=None, help="also bind a PUB socket streaming recorded spikes")
     g = ap.add_argument_group("emulator")
     g.add_argument("--chip-seed", type=int, default=0, help="identity of the emulated chip (fixed mismatch)")
-    g.add_argument("--ideal", action="store_true",
-                   help="no threshold offsets, noise, jitter, time quantisation or event loss")
+    g.add_argument(
+        "--ideal", action="store_true", help="no threshold offsets, noise, jitter, time quantisation or event loss"
+    )
     g.add_argument("--weight-scale", type=float, default=None, help="default software->hardware weight scale")
     g.add_argument("--delay-max", type=float, default=None, help="largest realisable axonal delay (tau)")
     g.add_argument("--duration", type=float, default=None, help="default recording window (tau)")
@@ -43,20 +48,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g.add_argument("--cache-bytes", type=int, default=256 << 20)
     g = ap.add_argument_group("CURVE authentication")
     g.add_argument("--curve-secret", default=None, help="server certificate with secret key (.key_secret)")
-    g.add_argument("--curve-allow", action="append", default=[],
-                   help="allowed client public key file, or directory of *.key files (repeatable)")
-    ap.add_argument("--parent-pid", type=int, default=None,
-                    help="shut down cleanly when this process exits (a daemon started for one job "
-                         "must not outlive it, even if the job is killed)")
-    ap.add_argument("--cpus", default=None, type=parse_cpus,
-                    help="pin the daemon to these CPUs, e.g. '1' or '0,2-3' (its request thread, "
-                         "ZeroMQ's I/O thread and the core's workers). On a small machine this "
-                         "keeps the daemon and its client from evicting each other's caches; "
-                         "see benchmarks/RESULTS.md, hardware loop latency")
-    ap.add_argument("--keep-awake", action="store_true",
-                    help="keep the daemon's CPUs from halting when idle (one SCHED_IDLE spinner "
-                         "per CPU; they take only cycles nobody else wants but show the CPUs busy): "
-                         "lower latency on virtual machines, see hw_daemon/awake.py")
+    g.add_argument(
+        "--curve-allow",
+        action="append",
+        default=[],
+        help="allowed client public key file, or directory of *.key files (repeatable)",
+    )
+    ap.add_argument(
+        "--parent-pid",
+        type=int,
+        default=None,
+        help="shut down cleanly when this process exits (a daemon started for one job "
+        "must not outlive it, even if the job is killed)",
+    )
+    ap.add_argument(
+        "--cpus",
+        default=None,
+        type=parse_cpus,
+        help="pin the daemon to these CPUs, e.g. '1' or '0,2-3' (its request thread, "
+        "ZeroMQ's I/O thread and the core's workers). On a small machine this "
+        "keeps the daemon and its client from evicting each other's caches; "
+        "see benchmarks/RESULTS.md, hardware loop latency",
+    )
+    ap.add_argument(
+        "--keep-awake",
+        action="store_true",
+        help="keep the daemon's CPUs from halting when idle (one SCHED_IDLE spinner "
+        "per CPU; they take only cycles nobody else wants but show the CPUs busy): "
+        "lower latency on virtual machines, see hw_daemon/awake.py",
+    )
     ap.add_argument("--log-level", default="INFO")
     return ap.parse_args(argv)
 
@@ -80,8 +100,9 @@ def pin(cpus: set[int]) -> None:
     inherit it. Raises ValueError naming CPUs this process may not use."""
     allowed = os.sched_getaffinity(0)
     if not cpus <= allowed:
-        raise ValueError(f"--cpus: CPUs {sorted(cpus - allowed)} are not available "
-                         f"(this process may use {sorted(allowed)})")
+        raise ValueError(
+            f"--cpus: CPUs {sorted(cpus - allowed)} are not available (this process may use {sorted(allowed)})"
+        )
     for tid in os.listdir("/proc/self/task"):  # sched_setaffinity acts on one thread
         try:
             os.sched_setaffinity(int(tid), cpus)
@@ -91,8 +112,9 @@ def pin(cpus: set[int]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(
+        level=args.log_level.upper(), stream=sys.stderr, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
     log = logging.getLogger("hw_daemon")
     if args.cpus is not None:
         try:
@@ -116,10 +138,14 @@ def main(argv: list[str] | None = None) -> int:
     except BackendUnavailable as e:
         log.error("%s", e)
         return 2
-    limits = Limits(max_samples=args.max_samples, max_spikes=args.max_spikes,
-                    max_frame_bytes=args.max_frame_bytes)
-    daemon = Daemon(backend, limits=limits, max_configs=args.max_configs,
-                    cache_entries=args.cache_entries, cache_bytes=args.cache_bytes)
+    limits = Limits(max_samples=args.max_samples, max_spikes=args.max_spikes, max_frame_bytes=args.max_frame_bytes)
+    daemon = Daemon(
+        backend,
+        limits=limits,
+        max_configs=args.max_configs,
+        cache_entries=args.cache_entries,
+        cache_bytes=args.cache_bytes,
+    )
 
     stop = threading.Event()
 
@@ -143,12 +169,21 @@ def main(argv: list[str] | None = None) -> int:
         log.info("keeping CPUs %s awake", sorted(os.sched_getaffinity(0)))
 
     def ready(info: dict) -> None:
-        print(json.dumps({**info, "cpus": sorted(os.sched_getaffinity(0)),
-                          "keep_awake": [p.pid for p in spinners]}), flush=True)
+        print(
+            json.dumps({**info, "cpus": sorted(os.sched_getaffinity(0)), "keep_awake": [p.pid for p in spinners]}),
+            flush=True,
+        )
 
     try:
-        serve(daemon, args.bind, pub=args.pub, curve_secret=args.curve_secret,
-              curve_allow=args.curve_allow, stop=stop, on_ready=ready)
+        serve(
+            daemon,
+            args.bind,
+            pub=args.pub,
+            curve_secret=args.curve_secret,
+            curve_allow=args.curve_allow,
+            stop=stop,
+            on_ready=ready,
+        )
     except Exception as e:  # bind failures, unreadable key files: say so and exit non-zero
         log.error("cannot serve: %s: %s", type(e).__name__, e)
         return 1

@@ -27,8 +27,13 @@ def start(cpus: Iterable[int]) -> list[subprocess.Popen]:
     """One idle-priority spinner per CPU, children of this process."""
     procs = []
     for cpu in sorted(cpus):
-        procs.append(subprocess.Popen([sys.executable, "-m", "hw_daemon.awake", str(cpu), str(os.getpid())],
-                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL))
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "hw_daemon.awake", str(cpu), str(os.getpid())],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+            )
+        )
     return procs
 
 

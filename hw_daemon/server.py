@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import delgrad
 import numpy as np
 import zmq
-
-import delgrad
 from delgrad.hardware import protocol as P
+
 from hw_daemon.backends.base import Backend, BackendError, Configuration
 from hw_daemon.cache import LRU, ReplyCache
 
@@ -53,9 +53,16 @@ class Daemon:
     the reply cache when the request names no ``session``.
     """
 
-    def __init__(self, backend: Backend, *, limits: Limits | None = None, max_configs: int = 64,
-                 cache_entries: int = 4096, cache_bytes: int = 256 << 20,
-                 publish: Callable[[dict[str, Any], list[Any]], None] | None = None) -> None:
+    def __init__(
+        self,
+        backend: Backend,
+        *,
+        limits: Limits | None = None,
+        max_configs: int = 64,
+        cache_entries: int = 4096,
+        cache_bytes: int = 256 << 20,
+        publish: Callable[[dict[str, Any], list[Any]], None] | None = None,
+    ) -> None:
         self.backend = backend
         self.limits = limits or Limits()
         self.configs: LRU[str, Configuration] = LRU(max_configs)
@@ -96,9 +103,8 @@ class Daemon:
         if hit is not None:
             if hit.request_digest != digest:
                 return self._error(
-                    P.ID_REUSED,
-                    f"request id {rid!r} was already used for a different request; use a fresh id",
-                    header)
+                    P.ID_REUSED, f"request id {rid!r} was already used for a different request; use a fresh id", header
+                )
             self.counters["cache_hits"] += 1
             return list(hit.frames)
 
@@ -114,10 +120,9 @@ class Daemon:
             for i, f in enumerate(body):
                 if len(_view(f)) > self.limits.max_frame_bytes:
                     raise P.ProtocolError(
-                        P.TOO_LARGE,
-                        f"body frame {i} is {len(_view(f))} bytes (limit {self.limits.max_frame_bytes})")
-            handlers = {"hello": self._hello, "configure": self._configure, "run": self._run,
-                        "status": self._status}
+                        P.TOO_LARGE, f"body frame {i} is {len(_view(f))} bytes (limit {self.limits.max_frame_bytes})"
+                    )
+            handlers = {"hello": self._hello, "configure": self._configure, "run": self._run, "status": self._status}
             handler = handlers.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise P.ProtocolError(P.UNKNOWN_OP, f"unknown op {op!r} (ops: {', '.join(P.OPS)})")
@@ -151,23 +156,30 @@ class Daemon:
     def _hello(self, header: dict[str, Any], body: list[memoryview]) -> tuple[dict, list]:
         caps = dict(self.backend.capabilities())
         caps["limits"] = asdict(self.limits)
-        return {"backend": self.backend.name, "capabilities": caps,
-                "versions": list(P.SUPPORTED_VERSIONS), "ops": list(P.OPS)}, []
+        return {
+            "backend": self.backend.name,
+            "capabilities": caps,
+            "versions": list(P.SUPPORTED_VERSIONS),
+            "ops": list(P.OPS),
+        }, []
 
     def _configure(self, header: dict[str, Any], body: list[memoryview]) -> tuple[dict, list]:
         net = P.decode_network(header, body)
         replication = P.int_field(header, "input_replication", lo=1, hi=1 << 16, required=False, default=1)
         scale = P.field(header, "weight_scale", (int, float, list), required=False)
-        if isinstance(scale, list) and not all(
-                isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale):
+        if isinstance(scale, list) and not all(isinstance(s, (int, float)) and not isinstance(s, bool) for s in scale):
             raise P.ProtocolError(P.BAD_FIELD, "'weight_scale' must be a number or a list of numbers")
         cfg = self.backend.configure(net, weight_scale=scale, input_replication=replication)
         fields, frames = P.encode_network(cfg.network)
         config_id = _config_id(cfg, fields, frames)
         self.configs.put(config_id, cfg)
         self.counters["configures"] += 1
-        return {"config_id": config_id, **fields, "input_replication": cfg.input_replication,
-                "report": cfg.report}, frames
+        return {
+            "config_id": config_id,
+            **fields,
+            "input_replication": cfg.input_replication,
+            "report": cfg.report,
+        }, frames
 
     def _run(self, header: dict[str, Any], body: list[memoryview]) -> tuple[dict, list]:
         lim = self.limits
@@ -181,21 +193,26 @@ class Daemon:
                 P.UNKNOWN_CONFIG,
                 f"config {config_id!r} is not configured on this daemon (never configured, evicted "
                 f"- the daemon keeps {self.configs.max_entries} - or the daemon restarted); "
-                "send configure again")
+                "send configure again",
+            )
         if len(body) != 1:
             raise P.ProtocolError(P.BAD_FRAME, f"run needs exactly 1 body frame (input spikes), got {len(body)}")
         if seed is None:
             seed = int(self._seeds.integers(0, 2**63 - 1))
-        out = self.backend.run_frames(cfg, body[0], n_samples, seed=seed, duration=duration,
-                                      max_events=lim.max_spikes)
+        out = self.backend.run_frames(cfg, body[0], n_samples, seed=seed, duration=duration, max_events=lim.max_spikes)
         self.counters["runs"] += 1
         self.counters["input_events"] += out.health.get("input_events", 0)
         self.counters["recorded_events"] += sum(out.health.get("recorded_events", []))
         self.counters["dropped_inputs"] += out.health.get("dropped_inputs", 0)
         self.counters["lost_events"] += out.health.get("lost_events", 0)
         frames = out.frames
-        fields = {"config_id": config_id, "n_samples": n_samples,
-                  "sizes": cfg.network.sizes[1:], "seed": out.seed, "health": out.health}
+        fields = {
+            "config_id": config_id,
+            "n_samples": n_samples,
+            "sizes": cfg.network.sizes[1:],
+            "seed": out.seed,
+            "health": out.health,
+        }
         if self.publish is not None:
             self.publish({"id": header["id"], **fields}, frames)
         return fields, frames
@@ -206,8 +223,13 @@ class Daemon:
             "pid": os.getpid(),
             "uptime_s": time.time() - self.started,
             "busy_s": self.busy_s,
-            "counters": {"runs": 0, "configures": 0, "cache_hits": 0, **self.counters,
-                         "errors": sum(self.errors.values())},
+            "counters": {
+                "runs": 0,
+                "configures": 0,
+                "cache_hits": 0,
+                **self.counters,
+                "errors": sum(self.errors.values()),
+            },
             "errors": dict(self.errors),
             "configs": len(self.configs),
             "cache": {"entries": len(self.cache), "bytes": self.cache.nbytes},
@@ -234,9 +256,16 @@ def _config_id(cfg: Configuration, fields: dict[str, Any], frames: list[Any]) ->
     after a daemon restart, so a client can re-configure transparently and keep its id."""
     h = hashlib.blake2b(digest_size=12)
     h.update(cfg.fingerprint)
-    h.update(json.dumps({**fields, "input_replication": cfg.input_replication,
-                         "scales": [r.get("weight_scale") for r in cfg.report.get("layers", [])]},
-                        sort_keys=True).encode())
+    h.update(
+        json.dumps(
+            {
+                **fields,
+                "input_replication": cfg.input_replication,
+                "scales": [r.get("weight_scale") for r in cfg.report.get("layers", [])],
+            },
+            sort_keys=True,
+        ).encode()
+    )
     for f in frames:
         h.update(memoryview(f))
     return "cfg-" + h.hexdigest()
@@ -271,10 +300,16 @@ def load_allowed_keys(paths: Sequence[str | Path]) -> set[bytes]:
     return keys
 
 
-def serve(daemon: Daemon, bind: str, *, pub: str | None = None,
-          curve_secret: str | Path | None = None, curve_allow: Sequence[str | Path] = (),
-          stop: threading.Event | None = None,
-          on_ready: Callable[[dict[str, Any]], None] | None = None) -> None:
+def serve(
+    daemon: Daemon,
+    bind: str,
+    *,
+    pub: str | None = None,
+    curve_secret: str | Path | None = None,
+    curve_allow: Sequence[str | Path] = (),
+    stop: threading.Event | None = None,
+    on_ready: Callable[[dict[str, Any]], None] | None = None,
+) -> None:
     """Serves ``daemon`` on a ROUTER socket bound to ``bind`` until ``stop`` is set.
 
     With ``curve_secret`` (a zmq certificate file holding the server's secret key) only clients
@@ -327,16 +362,22 @@ def serve(daemon: Daemon, bind: str, *, pub: str | None = None,
 
             def publish(fields: dict[str, Any], frames: list[Any]) -> None:
                 try:
-                    publisher.send_multipart([b"run", P.encode_header(fields), *frames],
-                                             flags=zmq.NOBLOCK, copy=False)
+                    publisher.send_multipart([b"run", P.encode_header(fields), *frames], flags=zmq.NOBLOCK, copy=False)
                 except zmq.Again:
                     pass  # a slow subscriber loses spikes, the daemon never waits for it
 
             daemon.publish = publish
         if on_ready is not None:
-            on_ready({"event": "ready", "endpoint": endpoint, "pub": pub_endpoint,
-                      "pid": os.getpid(), "backend": daemon.backend.name,
-                      "curve": curve_keys is not None})
+            on_ready(
+                {
+                    "event": "ready",
+                    "endpoint": endpoint,
+                    "pub": pub_endpoint,
+                    "pid": os.getpid(),
+                    "backend": daemon.backend.name,
+                    "curve": curve_keys is not None,
+                }
+            )
         log.info("serving %s (backend %s)", endpoint, daemon.backend.name)
 
         poller = zmq.Poller()
@@ -375,7 +416,7 @@ def serve(daemon: Daemon, bind: str, *, pub: str | None = None,
 
 def _ipc_file(endpoint: str) -> list[Path]:
     if endpoint.startswith("ipc://") and not endpoint.startswith("ipc://@"):
-        return [Path(endpoint[len("ipc://"):])]
+        return [Path(endpoint[len("ipc://") :])]
     return []
 
 

@@ -9,8 +9,6 @@ import numpy as np
 import pyarrow as pa
 from hypothesis import strategies as st
 
-import reference as ref
-
 # DELGRAD_TEST_SCALE=20 multiplies every hypothesis example count (a long bug hunt); 1 keeps the
 # suite under a minute on two cores.
 SCALE = float(os.environ.get("DELGRAD_TEST_SCALE", "1"))
@@ -31,8 +29,9 @@ GRAD_RATIOS = {k: RATIOS[k] for k in ("ratio1", "ratio2", "ratio1.5")}
 DELAY_KINDS = ("none", "synaptic", "axonal", "dendritic")
 
 
-def batch(sample, neuron, time, *, sample_type=pa.uint32(), neuron_type=pa.uint32(),
-          time_type=pa.float64()) -> pa.RecordBatch:
+def batch(
+    sample, neuron, time, *, sample_type=pa.uint32(), neuron_type=pa.uint32(), time_type=pa.float64()
+) -> pa.RecordBatch:
     return pa.record_batch(
         {
             "sample": pa.array(np.asarray(sample), type=sample_type),
@@ -89,12 +88,12 @@ def assert_times_close(got: np.ndarray, want: np.ndarray, atol: float = 1e-9, wh
     diff = np.abs(np.where(got_fin, got, 0.0) - np.where(want_fin, want, 0.0))
     k = np.unravel_index(np.argmax(diff), diff.shape) if diff.size else None
     assert diff.size == 0 or diff.max() <= atol, (
-        f"{what} max |got - reference| = {diff.max():.3e} at {k}: got {got[k]!r}, "
-        f"reference {want[k]!r}"
+        f"{what} max |got - reference| = {diff.max():.3e} at {k}: got {got[k]!r}, reference {want[k]!r}"
     )
 
 
 # --- hypothesis strategies ------------------------------------------------------------------
+
 
 def finite(lo, hi):
     return st.floats(lo, hi, allow_nan=False, allow_infinity=False)
@@ -105,9 +104,20 @@ def delay_shape(kind, n_out, n_in):
 
 
 @st.composite
-def layer_cases(draw, *, kinds=DELAY_KINDS, max_in=6, max_out=4, max_samples=3,
-                max_spikes=8, w_range=(-1.5, 3.0), d_range=(0.0, 2.0), t_range=(0.0, 4.0),
-                unique_inputs=False, min_spikes=0):
+def layer_cases(
+    draw,
+    *,
+    kinds=DELAY_KINDS,
+    max_in=6,
+    max_out=4,
+    max_samples=3,
+    max_spikes=8,
+    w_range=(-1.5, 3.0),
+    d_range=(0.0, 2.0),
+    t_range=(0.0, 4.0),
+    unique_inputs=False,
+    min_spikes=0,
+):
     """A random layer (weights incl. negative, delays >= 0 of a random kind) and a random
     batch of input spikes."""
     n_in = draw(st.integers(1, max_in))
@@ -126,8 +136,14 @@ def layer_cases(draw, *, kinds=DELAY_KINDS, max_in=6, max_out=4, max_samples=3,
     rows = []
     for s in range(n_samples):
         if unique_inputs:
-            ids = draw(st.lists(st.integers(0, n_in - 1), unique=True,
-                                min_size=min(min_spikes, n_in), max_size=min(max_spikes, n_in)))
+            ids = draw(
+                st.lists(
+                    st.integers(0, n_in - 1),
+                    unique=True,
+                    min_size=min(min_spikes, n_in),
+                    max_size=min(max_spikes, n_in),
+                )
+            )
         else:
             ids = draw(st.lists(st.integers(0, n_in - 1), min_size=min_spikes, max_size=max_spikes))
         for i in ids:
@@ -135,13 +151,11 @@ def layer_cases(draw, *, kinds=DELAY_KINDS, max_in=6, max_out=4, max_samples=3,
     # Rows in random order within the table (the library must not rely on any order).
     perm = draw(st.permutations(range(len(rows))))
     rows = [rows[k] for k in perm]
-    return dict(n_in=n_in, n_out=n_out, kind=kind, n_samples=n_samples, weights=w, delays=d,
-                rows=rows)
+    return dict(n_in=n_in, n_out=n_out, kind=kind, n_samples=n_samples, weights=w, delays=d, rows=rows)
 
 
 @st.composite
-def network_cases(draw, max_in=5, max_hidden=5, w=(1.4, 1.0), d=(0.0, 1.5), p_spike=0.8,
-                  t_max=3.0, with_loss=False):
+def network_cases(draw, max_in=5, max_hidden=5, w=(1.4, 1.0), d=(0.0, 1.5), p_spike=0.8, t_max=3.0, with_loss=False):
     """A random 2-layer network (any delay kinds) and a batch of input rows for it."""
     sizes = [draw(st.integers(1, max_in)), draw(st.integers(1, max_hidden)), draw(st.integers(1, 3))]
     kinds = [draw(st.sampled_from(("none", "synaptic", "axonal", "dendritic"))) for _ in range(2)]
@@ -153,12 +167,15 @@ def network_cases(draw, max_in=5, max_hidden=5, w=(1.4, 1.0), d=(0.0, 1.5), p_sp
         n_in, n_out = sizes[l], sizes[l + 1]
         # Mostly excitatory, so that the hidden layer spikes and drives the output.
         wts = rng.normal(w[0], w[1], size=(n_out, n_in))
-        shape = {"none": None, "synaptic": (n_out, n_in), "axonal": (n_in,),
-                 "dendritic": (n_out,)}[kind]
+        shape = {"none": None, "synaptic": (n_out, n_in), "axonal": (n_in,), "dendritic": (n_out,)}[kind]
         dl = None if shape is None else rng.uniform(d[0], d[1], size=shape)
         layers.append((wts, dl, kind))
-    rows = [(s, i, float(rng.uniform(0.0, t_max)))
-            for s in range(n_samples) for i in range(sizes[0]) if rng.random() < p_spike]
+    rows = [
+        (s, i, float(rng.uniform(0.0, t_max)))
+        for s in range(n_samples)
+        for i in range(sizes[0])
+        if rng.random() < p_spike
+    ]
     rng.shuffle(rows)
     case = dict(sizes=sizes, layers=layers, rows=rows, n_samples=n_samples)
     if with_loss:

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import re
 
+import delgrad
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-
-import delgrad
 from helpers import batch, rows_to_batch
 
 N = delgrad.Neuron(2.0, 1.0, 1.0)
@@ -46,6 +45,7 @@ def test_good_input_works():
 
 # --- spike tables: values ---------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("bad, word", [(np.nan, "nan"), (np.inf, "inf"), (-np.inf, "inf")])
 def test_non_finite_time(bad, word):
     t = np.array([r[2] for r in ROWS])
@@ -70,8 +70,7 @@ def test_non_finite_time_in_network_and_backward():
     # A non-finite time in `out` (recorded spikes) is caught as well.
     bad_out = with_column(out, "time", pa.array(np.r_[np.inf, out.column("time").to_numpy()[1:]]))
     with pytest.raises(delgrad.SpikeError, match="row 0"):
-        delgrad.layer_backward(good_batch(), W, None, N, bad_out, np.ones(out.num_rows),
-                               n_samples=N_SAMPLES)
+        delgrad.layer_backward(good_batch(), W, None, N, bad_out, np.ones(out.num_rows), n_samples=N_SAMPLES)
 
 
 def test_neuron_id_out_of_range():
@@ -100,8 +99,7 @@ def test_sample_id_out_of_range_in_out_table():
     s[-1] = 7
     bad_out = with_column(out, "sample", pa.array(s))
     with pytest.raises(delgrad.SpikeError, match=f"row {out.num_rows - 1}"):
-        delgrad.layer_backward(good_batch(), W, None, N, bad_out, np.ones(out.num_rows),
-                               n_samples=N_SAMPLES)
+        delgrad.layer_backward(good_batch(), W, None, N, bad_out, np.ones(out.num_rows), n_samples=N_SAMPLES)
 
 
 def test_negative_id_in_signed_column():
@@ -159,11 +157,13 @@ def test_null_in_second_chunk_reports_table_row():
 
 
 def test_polars_nan_and_nulls():
-    df = pl.DataFrame({
-        "sample": pl.Series([0, 0, 1], dtype=pl.UInt32),
-        "neuron": pl.Series([0, 1, 2], dtype=pl.UInt32),
-        "time": pl.Series([0.0, float("nan"), 0.2], dtype=pl.Float64),
-    })
+    df = pl.DataFrame(
+        {
+            "sample": pl.Series([0, 0, 1], dtype=pl.UInt32),
+            "neuron": pl.Series([0, 1, 2], dtype=pl.UInt32),
+            "time": pl.Series([0.0, float("nan"), 0.2], dtype=pl.Float64),
+        }
+    )
     with pytest.raises(delgrad.SpikeError, match="row 1"):
         forward(df)
     df = df.with_columns(pl.Series("time", [0.0, None, 0.2], dtype=pl.Float64))
@@ -172,6 +172,7 @@ def test_polars_nan_and_nulls():
 
 
 # --- parameters -------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
 def test_non_finite_weight(bad):
@@ -185,11 +186,14 @@ def test_non_finite_weight(bad):
         delgrad.Network(layers=[delgrad.Layer(w)], neuron=N).forward(good_batch(), N_SAMPLES)
 
 
-@pytest.mark.parametrize("kind, d", [
-    ("synaptic", np.array([[0.1, 0.2, 0.3], [0.1, -0.2, 0.3]])),
-    ("axonal", np.array([0.1, -1e-12, 0.3])),
-    ("dendritic", np.array([-0.5, 0.2])),
-])
+@pytest.mark.parametrize(
+    "kind, d",
+    [
+        ("synaptic", np.array([[0.1, 0.2, 0.3], [0.1, -0.2, 0.3]])),
+        ("axonal", np.array([0.1, -1e-12, 0.3])),
+        ("dendritic", np.array([-0.5, 0.2])),
+    ],
+)
 def test_negative_delay(kind, d):
     with pytest.raises(delgrad.ParameterError) as e:
         forward(good_batch(), d=d, delay_kind=kind)
@@ -204,11 +208,18 @@ def test_non_finite_delay(bad):
         forward(good_batch(), d=d, delay_kind="axonal")
 
 
-@pytest.mark.parametrize("tau_m, tau_s, theta, name", [
-    (0.0, 1.0, 1.0, "tau_m"), (-2.0, 1.0, 1.0, "tau_m"), (np.nan, 1.0, 1.0, "tau_m"),
-    (2.0, 0.0, 1.0, "tau_s"), (2.0, np.inf, 1.0, "tau_s"), (2.0, 1.0, 0.0, "theta"),
-    (2.0, 1.0, -1.0, "theta"),
-])
+@pytest.mark.parametrize(
+    "tau_m, tau_s, theta, name",
+    [
+        (0.0, 1.0, 1.0, "tau_m"),
+        (-2.0, 1.0, 1.0, "tau_m"),
+        (np.nan, 1.0, 1.0, "tau_m"),
+        (2.0, 0.0, 1.0, "tau_s"),
+        (2.0, np.inf, 1.0, "tau_s"),
+        (2.0, 1.0, 0.0, "theta"),
+        (2.0, 1.0, -1.0, "theta"),
+    ],
+)
 def test_bad_neuron(tau_m, tau_s, theta, name):
     with pytest.raises(delgrad.ParameterError, match=name):
         delgrad.Neuron(tau_m=tau_m, tau_s=tau_s, theta=theta)
@@ -220,6 +231,7 @@ def test_unknown_delay_kind():
 
 
 # --- shapes -----------------------------------------------------------------------------------
+
 
 def test_weights_not_2d():
     with pytest.raises(delgrad.ShapeError, match="weights"):
@@ -234,13 +246,16 @@ def test_weights_too_narrow_for_input_ids():
         forward(good_batch(), w=np.ones((2, 2)))
 
 
-@pytest.mark.parametrize("kind, d", [
-    ("synaptic", np.zeros((3, 2))),
-    ("synaptic", np.zeros((2, 4))),
-    ("axonal", np.zeros(2)),
-    ("dendritic", np.zeros(3)),
-    ("axonal", np.zeros((2, 3))),
-])
+@pytest.mark.parametrize(
+    "kind, d",
+    [
+        ("synaptic", np.zeros((3, 2))),
+        ("synaptic", np.zeros((2, 4))),
+        ("axonal", np.zeros(2)),
+        ("dendritic", np.zeros(3)),
+        ("axonal", np.zeros((2, 3))),
+    ],
+)
 def test_wrong_delay_shape_explicit_kind(kind, d):
     with pytest.raises(delgrad.ShapeError, match="delays"):
         forward(good_batch(), d=d, delay_kind=kind)
@@ -267,16 +282,14 @@ def test_grad_wrong_length():
     out = forward(good_batch())
     assert out.num_rows >= 2
     with pytest.raises(delgrad.ShapeError) as e:
-        delgrad.layer_backward(good_batch(), W, None, N, out, np.ones(out.num_rows + 1),
-                               n_samples=N_SAMPLES)
+        delgrad.layer_backward(good_batch(), W, None, N, out, np.ones(out.num_rows + 1), n_samples=N_SAMPLES)
     assert "grad" in str(e.value) and str(out.num_rows + 1) in str(e.value)
 
 
 def test_grad_wrong_ndim():
     out = forward(good_batch())
     with pytest.raises(delgrad.ShapeError, match="grad"):
-        delgrad.layer_backward(good_batch(), W, None, N, out, np.ones((out.num_rows, 1)),
-                               n_samples=N_SAMPLES)
+        delgrad.layer_backward(good_batch(), W, None, N, out, np.ones((out.num_rows, 1)), n_samples=N_SAMPLES)
 
 
 def test_grad_non_finite_names_the_users_row():
@@ -314,21 +327,24 @@ def test_duplicate_output_spike_rejected_in_backward():
     out = forward(good_batch())
     dup = pa.Table.from_batches([out, out.slice(0, 1)]).combine_chunks().to_batches()[0]
     with pytest.raises(delgrad.SpikeError, match="more than once"):
-        delgrad.layer_backward(good_batch(), W, None, N, dup, np.ones(dup.num_rows),
-                               n_samples=N_SAMPLES)
+        delgrad.layer_backward(good_batch(), W, None, N, dup, np.ones(dup.num_rows), n_samples=N_SAMPLES)
 
 
 # --- accepted column types --------------------------------------------------------------------
 
-@pytest.mark.parametrize("sample_type, neuron_type, time_type", [
-    (pa.int64(), pa.uint32(), pa.float64()),
-    (pa.uint32(), pa.int64(), pa.float64()),
-    (pa.uint16(), pa.uint16(), pa.float64()),
-    (pa.int32(), pa.uint8(), pa.float64()),
-    (pa.uint64(), pa.int16(), pa.float64()),
-    (pa.uint32(), pa.uint32(), pa.float32()),
-    (pa.int64(), pa.int64(), pa.float32()),
-])
+
+@pytest.mark.parametrize(
+    "sample_type, neuron_type, time_type",
+    [
+        (pa.int64(), pa.uint32(), pa.float64()),
+        (pa.uint32(), pa.int64(), pa.float64()),
+        (pa.uint16(), pa.uint16(), pa.float64()),
+        (pa.int32(), pa.uint8(), pa.float64()),
+        (pa.uint64(), pa.int16(), pa.float64()),
+        (pa.uint32(), pa.uint32(), pa.float32()),
+        (pa.int64(), pa.int64(), pa.float32()),
+    ],
+)
 def test_other_column_types_accepted(sample_type, neuron_type, time_type):
     # Times exactly representable in float32, so both tables describe the same spikes.
     rows = [(s, i, float(np.float32(t))) for s, i, t in ROWS]
@@ -337,18 +353,23 @@ def test_other_column_types_accepted(sample_type, neuron_type, time_type):
     rb = batch(s, n, t, sample_type=sample_type, neuron_type=neuron_type, time_type=time_type)
     got = forward(rb)
     assert got.equals(want)
-    gw = delgrad.layer_backward(batch(s.astype(np.uint32), n.astype(np.uint32), t), W, None, N,
-                                want, np.ones(want.num_rows), n_samples=N_SAMPLES)
-    gg = delgrad.layer_backward(rb, W, None, N, want, np.ones(want.num_rows),
-                                n_samples=N_SAMPLES)
+    gw = delgrad.layer_backward(
+        batch(s.astype(np.uint32), n.astype(np.uint32), t),
+        W,
+        None,
+        N,
+        want,
+        np.ones(want.num_rows),
+        n_samples=N_SAMPLES,
+    )
+    gg = delgrad.layer_backward(rb, W, None, N, want, np.ones(want.num_rows), n_samples=N_SAMPLES)
     np.testing.assert_array_equal(gg.weights, gw.weights)
     np.testing.assert_array_equal(gg.inputs, gw.inputs)
 
 
 def test_polars_default_integer_types_accepted():
     """polars builds Int64 columns by default."""
-    df = pl.DataFrame({"sample": [r[0] for r in ROWS], "neuron": [r[1] for r in ROWS],
-                       "time": [r[2] for r in ROWS]})
+    df = pl.DataFrame({"sample": [r[0] for r in ROWS], "neuron": [r[1] for r in ROWS], "time": [r[2] for r in ROWS]})
     assert df.schema["sample"] == pl.Int64
     assert forward(df).equals(forward(good_batch()))
 

@@ -11,7 +11,6 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-
 from delgrad.data import (
     SPIKE_SCHEMA,
     LatencyEncoder,
@@ -243,9 +242,7 @@ def test_latency_times_and_order():
 
 def test_latency_invert_bias_replicate():
     x = np.array([[0.0, 0.5, 1.0], [0.25, 1.0, 0.0]])
-    spikes, n_inputs = encode_latency(
-        x, t_early=0.1, t_late=1.1, invert=True, replicate=2, bias_time=0.7
-    )
+    spikes, n_inputs = encode_latency(x, t_early=0.1, t_late=1.1, invert=True, replicate=2, bias_time=0.7)
     assert n_inputs == 3 * 2 + 1
     sample, neuron, time = _columns(spikes)
     assert spikes.num_rows == 2 * 7
@@ -395,9 +392,7 @@ def test_batches_cover_every_sample_once(yinyang_dir, resident):
 @pytest.mark.parametrize(("resident", "window"), [(True, 1), (False, 1), (False, 3)])
 @pytest.mark.parametrize("seed", [None, 0, 1])
 @pytest.mark.parametrize("batch_size", [1, 16, 10_000])
-def test_batches_streaming_many_row_groups_and_silent_samples(
-    tmp_path, resident, window, seed, batch_size
-):
+def test_batches_streaming_many_row_groups_and_silent_samples(tmp_path, resident, window, seed, batch_size):
     # Irregular spike counts (silent pixels, all-silent samples at the start, middle and end)
     # and tiny row groups, so windows, carries and zero-spike boundaries are all exercised.
     rng = np.random.default_rng(0)

@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import math
 
+import delgrad
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-
-import delgrad
 import reference as ref
 from helpers import RATIOS, assert_times_close, batch, out_to_matrix, rows_to_batch, rows_to_inputs
 
@@ -33,6 +32,7 @@ def k_max(tau_m, tau_s):
 
 # --- no input at all --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("container", ["record_batch", "table", "table_no_chunks", "polars"])
 @pytest.mark.parametrize("kind", ["none", "synaptic", "axonal", "dendritic"])
 def test_no_input_spikes(container, kind):
@@ -41,27 +41,28 @@ def test_no_input_spikes(container, kind):
         "record_batch": rb,
         "table": pa.Table.from_batches([rb]),
         "table_no_chunks": pa.Table.from_batches([], schema=rb.schema),
-        "polars": pl.DataFrame({"sample": pl.Series([], dtype=pl.UInt32),
-                                "neuron": pl.Series([], dtype=pl.UInt32),
-                                "time": pl.Series([], dtype=pl.Float64)}),
+        "polars": pl.DataFrame(
+            {
+                "sample": pl.Series([], dtype=pl.UInt32),
+                "neuron": pl.Series([], dtype=pl.UInt32),
+                "time": pl.Series([], dtype=pl.Float64),
+            }
+        ),
     }[container]
     n_samples, n_in, n_out = 4, 3, 2
     w = np.full((n_out, n_in), 5.0)
-    d = {"none": None, "synaptic": np.ones((n_out, n_in)), "axonal": np.ones(n_in),
-         "dendritic": np.ones(n_out)}[kind]
+    d = {"none": None, "synaptic": np.ones((n_out, n_in)), "axonal": np.ones(n_in), "dendritic": np.ones(n_out)}[kind]
     out = delgrad.layer_forward(spikes, w, d, N21, n_samples=n_samples, delay_kind=kind)
     assert out.num_rows == 0
     assert out.schema.names[:3] == ["sample", "neuron", "time"]
     assert np.all(np.isinf(out_to_matrix(out, n_samples, n_out)))
 
-    g = delgrad.layer_backward(spikes, w, d, N21, out, np.zeros(0), n_samples=n_samples,
-                               delay_kind=kind)
+    g = delgrad.layer_backward(spikes, w, d, N21, out, np.zeros(0), n_samples=n_samples, delay_kind=kind)
     assert g.weights.shape == (n_out, n_in) and np.all(g.weights == 0)
     assert g.inputs.shape == (0,)
     assert np.all(g.delays == 0)
 
-    layers = [delgrad.Layer(w, d if d is not None else np.zeros(0), kind),
-              delgrad.Layer(np.full((1, n_out), 5.0))]
+    layers = [delgrad.Layer(w, d if d is not None else np.zeros(0), kind), delgrad.Layer(np.full((1, n_out), 5.0))]
     net = delgrad.Network(layers=layers, neuron=N21)
     trace = net.forward(spikes, n_samples=n_samples)
     assert trace.first_times(0).shape == (n_samples, n_out)
@@ -79,6 +80,7 @@ def test_no_samples_at_all():
 
 # --- inhibition only --------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ratio", list(RATIOS))
 @pytest.mark.parametrize("seed", range(3))
 def test_all_inhibitory_input_never_fires(ratio, seed):
@@ -86,14 +88,12 @@ def test_all_inhibitory_input_never_fires(ratio, seed):
     neuron = delgrad.Neuron(tau_m, tau_s, 1.0)
     rng = np.random.default_rng(seed)
     n_samples, n_in, n_out = 8, 6, 5
-    rows = [(s, int(rng.integers(n_in)), float(rng.uniform(0, 5)))
-            for s in range(n_samples) for _ in range(10)]
+    rows = [(s, int(rng.integers(n_in)), float(rng.uniform(0, 5))) for s in range(n_samples) for _ in range(10)]
     w = -rng.uniform(0.01, 20.0, size=(n_out, n_in))
     d = rng.uniform(0, 2, size=(n_out, n_in))
     out = delgrad.layer_forward(rows_to_batch(rows), w, d, neuron, n_samples=n_samples)
     assert out.num_rows == 0
-    g = delgrad.layer_backward(rows_to_batch(rows), w, d, neuron, out, np.zeros(0),
-                               n_samples=n_samples)
+    g = delgrad.layer_backward(rows_to_batch(rows), w, d, neuron, out, np.zeros(0), n_samples=n_samples)
     assert np.all(g.weights == 0) and np.all(g.delays == 0) and np.all(g.inputs == 0)
     assert g.inputs.shape == (len(rows),)
 
@@ -110,23 +110,35 @@ def test_inhibition_then_excitation_matches_reference():
 
 # --- simultaneous arrivals --------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ratio", list(RATIOS))
 def test_simultaneous_arrivals_act_as_summed_weight(ratio):
     tau_m, tau_s = RATIOS[ratio]
     neuron = delgrad.Neuron(tau_m, tau_s, 1.0)
     model = ref.Model(tau_m, tau_s, 1.0)
     # In units of theta / max K (the weight that just reaches threshold alone).
-    w = np.array([
-        [0.4, 0.45, 0.35, 0.0],    # three sub-threshold inputs that together fire
-        [1.5, -0.5, 0.25, 0.1],    # excitation and inhibition at the same instant
-        [0.15, 0.1, 0.05, 0.0],    # together still silent
-        [0.5, 0.5, 0.5, 1.0],      # a burst plus an earlier input
-    ]) / k_max(tau_m, tau_s)[1]
+    w = (
+        np.array(
+            [
+                [0.4, 0.45, 0.35, 0.0],  # three sub-threshold inputs that together fire
+                [1.5, -0.5, 0.25, 0.1],  # excitation and inhibition at the same instant
+                [0.15, 0.1, 0.05, 0.0],  # together still silent
+                [0.5, 0.5, 0.5, 1.0],  # a burst plus an earlier input
+            ]
+        )
+        / k_max(tau_m, tau_s)[1]
+    )
     t0 = 0.75
-    rows = [(0, 0, t0), (0, 1, t0), (0, 2, t0), (0, 3, 0.1),
-            (1, 2, t0), (1, 0, t0), (1, 1, t0)]  # same burst, different row order, no input 3
-    got = out_to_matrix(delgrad.layer_forward(rows_to_batch(rows), w, None, neuron, n_samples=2),
-                        2, 4)
+    rows = [
+        (0, 0, t0),
+        (0, 1, t0),
+        (0, 2, t0),
+        (0, 3, 0.1),
+        (1, 2, t0),
+        (1, 0, t0),
+        (1, 1, t0),
+    ]  # same burst, different row order, no input 3
+    got = out_to_matrix(delgrad.layer_forward(rows_to_batch(rows), w, None, neuron, n_samples=2), 2, 4)
     # Reference 1: the arrivals as given (the reference merges nothing itself).
     want, info = ref.layer(model, rows_to_inputs(rows, 2), w)
     assert ref.well_conditioned(info)
@@ -154,6 +166,7 @@ def test_simultaneous_arrivals_through_delays():
 
 
 # --- exact tangency ---------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("t0", [0.0, 0.5, 3.25, 1000.0])
 def test_exactly_touching_threshold(t0):
@@ -199,6 +212,7 @@ def test_near_touching_threshold_other_ratios(ratio):
 
 # --- very late inputs -------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ratio", list(RATIOS))
 @pytest.mark.parametrize("base", [1e3, 1e6])
 def test_late_inputs(ratio, base):
@@ -213,24 +227,22 @@ def test_late_inputs(ratio, base):
     w = rng.normal(1.2, 0.8, size=(n_out, n_in))
     d = rng.uniform(0, 1, size=(n_out, n_in))
     late = [(s, i, base + t) for s, i, t in rel]
-    got = out_to_matrix(delgrad.layer_forward(rows_to_batch(late), w, d, neuron,
-                                              n_samples=n_samples), n_samples, n_out)
+    got = out_to_matrix(delgrad.layer_forward(rows_to_batch(late), w, d, neuron, n_samples=n_samples), n_samples, n_out)
     want, info = ref.layer(model, rows_to_inputs(late, n_samples), w, d, "synaptic")
     assert ref.well_conditioned(info)
     assert np.isfinite(want).sum() >= 3
     assert_times_close(got, want, atol=1e-9)
-    early = out_to_matrix(delgrad.layer_forward(rows_to_batch(rel), w, d, neuron,
-                                                n_samples=n_samples), n_samples, n_out)
+    early = out_to_matrix(
+        delgrad.layer_forward(rows_to_batch(rel), w, d, neuron, n_samples=n_samples), n_samples, n_out
+    )
     assert_times_close(got - base, early, atol=1e-9)
 
     # Backward is translation invariant as well.
     out_late = delgrad.layer_forward(rows_to_batch(late), w, d, neuron, n_samples=n_samples)
     out_early = delgrad.layer_forward(rows_to_batch(rel), w, d, neuron, n_samples=n_samples)
     grad = np.linspace(-1, 1, out_late.num_rows)
-    gl = delgrad.layer_backward(rows_to_batch(late), w, d, neuron, out_late, grad,
-                                n_samples=n_samples)
-    ge = delgrad.layer_backward(rows_to_batch(rel), w, d, neuron, out_early, grad,
-                                n_samples=n_samples)
+    gl = delgrad.layer_backward(rows_to_batch(late), w, d, neuron, out_late, grad, n_samples=n_samples)
+    ge = delgrad.layer_backward(rows_to_batch(rel), w, d, neuron, out_early, grad, n_samples=n_samples)
     for a, b in ((gl.weights, ge.weights), (gl.delays, ge.delays), (gl.inputs, ge.inputs)):
         assert np.all(np.isfinite(a))
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -247,8 +259,7 @@ def test_long_silence_between_arrivals(ratio, gap):
     model = ref.Model(tau_m, tau_s, 1.0)
     rows = [(0, 0, 0.0), (0, 1, gap)]
     w = np.array([[0.5, 1.5]]) / k_max(tau_m, tau_s)[1]
-    got = out_to_matrix(delgrad.layer_forward(rows_to_batch(rows), w, None, neuron, n_samples=1),
-                        1, 1)
+    got = out_to_matrix(delgrad.layer_forward(rows_to_batch(rows), w, None, neuron, n_samples=1), 1, 1)
     want, info = ref.layer(model, rows_to_inputs(rows, 1), w)
     single = ref.first_spike(model, [0.0], [w[0, 1]]).time
     assert math.isfinite(want[0, 0]) and abs(want[0, 0] - (gap + single)) <= 1e-9
@@ -266,10 +277,10 @@ def test_backward_with_long_decayed_arrival_is_finite(ratio, gap):
     t_single = ref.first_spike(ref.Model(tau_m, tau_s, 1.0), [0.0], [w[0, 1]]).time
     assert math.isfinite(t_single)
     out = rows_to_batch([(0, 0, gap + t_single)])
-    g = delgrad.layer_backward(rows_to_batch([(0, 0, 0.0), (0, 1, gap)]), w, None, neuron, out,
-                               np.array([1.0]), n_samples=1)
-    g1 = delgrad.layer_backward(rows_to_batch([(0, 1, gap)]), w, None, neuron, out,
-                                np.array([1.0]), n_samples=1)
+    g = delgrad.layer_backward(
+        rows_to_batch([(0, 0, 0.0), (0, 1, gap)]), w, None, neuron, out, np.array([1.0]), n_samples=1
+    )
+    g1 = delgrad.layer_backward(rows_to_batch([(0, 1, gap)]), w, None, neuron, out, np.array([1.0]), n_samples=1)
     assert np.all(np.isfinite(g.weights)) and np.all(np.isfinite(g.inputs)), (g.weights, g.inputs)
     np.testing.assert_allclose(g.weights[0, 1], g1.weights[0, 1], rtol=1e-6)
     np.testing.assert_allclose(g.inputs[1], g1.inputs[0], rtol=1e-6)
@@ -277,6 +288,7 @@ def test_backward_with_long_decayed_arrival_is_finite(ratio, gap):
 
 
 # --- large, mostly empty batch ----------------------------------------------------------------
+
 
 def test_large_sparse_batch():
     n_samples, n_in, n_out = 20000, 3, 4
@@ -315,15 +327,12 @@ def test_large_sparse_batch():
         rs = [(0, i, t) for (ss, i, t) in rows if ss == s]
         o1 = delgrad.layer_forward(rows_to_batch(rs), w, d, N21, n_samples=1)
         np.testing.assert_array_equal(out_to_matrix(o1, 1, n_out)[0], got[s])
-        acc += delgrad.layer_backward(rows_to_batch(rs), w, d, N21, o1, np.ones(o1.num_rows),
-                                      n_samples=1).weights
+        acc += delgrad.layer_backward(rows_to_batch(rs), w, d, N21, o1, np.ones(o1.num_rows), n_samples=1).weights
     sel = np.isin(out.column("sample").to_numpy(), samples_with_input[:10])
-    g10 = delgrad.layer_backward(spikes, w, d, N21, out, sel.astype(np.float64),
-                                 n_samples=n_samples)
+    g10 = delgrad.layer_backward(spikes, w, d, N21, out, sel.astype(np.float64), n_samples=n_samples)
     np.testing.assert_allclose(g10.weights, acc, rtol=1e-12, atol=1e-14)
 
-    net = delgrad.Network(layers=[delgrad.Layer(w, d, "axonal"),
-                                  delgrad.Layer(np.full((2, n_out), 2.0))], neuron=N21)
+    net = delgrad.Network(layers=[delgrad.Layer(w, d, "axonal"), delgrad.Layer(np.full((2, n_out), 2.0))], neuron=N21)
     trace = net.forward(spikes, n_samples=n_samples)
     assert trace.first_times(1).shape == (n_samples, 2)
     np.testing.assert_array_equal(trace.first_times(0), got)
@@ -331,15 +340,18 @@ def test_large_sparse_batch():
 
 # --- unsorted rows ----------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("kind", ["synaptic", "axonal", "dendritic"])
 def test_shuffled_rows_same_output_and_aligned_input_grads(kind):
     rng = np.random.default_rng(4)
     n_samples, n_in, n_out = 12, 5, 4
-    rows = [(s, i, float(rng.uniform(0, 3))) for s in range(n_samples) for i in range(n_in)
-            if rng.random() < 0.8]
+    rows = [(s, i, float(rng.uniform(0, 3))) for s in range(n_samples) for i in range(n_in) if rng.random() < 0.8]
     w = rng.normal(1.2, 0.8, size=(n_out, n_in))
-    d = {"synaptic": rng.uniform(0, 1, (n_out, n_in)), "axonal": rng.uniform(0, 1, n_in),
-         "dendritic": rng.uniform(0, 1, n_out)}[kind]
+    d = {
+        "synaptic": rng.uniform(0, 1, (n_out, n_in)),
+        "axonal": rng.uniform(0, 1, n_in),
+        "dendritic": rng.uniform(0, 1, n_out),
+    }[kind]
     sorted_tab = rows_to_batch(rows)
     perm = rng.permutation(len(rows))
     shuffled_rows = [rows[k] for k in perm]
@@ -352,19 +364,17 @@ def test_shuffled_rows_same_output_and_aligned_input_grads(kind):
     assert out1.equals(out0)
 
     grad = rng.normal(size=out0.num_rows)
-    g0 = delgrad.layer_backward(sorted_tab, w, d, N21, out0, grad, n_samples=n_samples,
-                                delay_kind=kind)
-    g1 = delgrad.layer_backward(shuffled, w, d, N21, out1, grad, n_samples=n_samples,
-                                delay_kind=kind)
+    g0 = delgrad.layer_backward(sorted_tab, w, d, N21, out0, grad, n_samples=n_samples, delay_kind=kind)
+    g1 = delgrad.layer_backward(shuffled, w, d, N21, out1, grad, n_samples=n_samples, delay_kind=kind)
     assert np.count_nonzero(g0.inputs) > 5
     np.testing.assert_allclose(g1.inputs, g0.inputs[perm], rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(g1.weights, g0.weights, rtol=1e-12, atol=1e-15)
     np.testing.assert_allclose(g1.delays, g0.delays, rtol=1e-12, atol=1e-15)
 
     # Network level: grads.inputs aligned with the shuffled rows as well.
-    net = delgrad.Network(layers=[delgrad.Layer(w, d, kind),
-                                  delgrad.Layer(rng.normal(1.5, 0.5, size=(2, n_out)))],
-                          neuron=N21)
+    net = delgrad.Network(
+        layers=[delgrad.Layer(w, d, kind), delgrad.Layer(rng.normal(1.5, 0.5, size=(2, n_out)))], neuron=N21
+    )
     c = rng.normal(size=(n_samples, 2))
     gn0 = net.backward(sorted_tab, net.forward(sorted_tab, n_samples), c)
     gn1 = net.backward(shuffled, net.forward(shuffled, n_samples), c)

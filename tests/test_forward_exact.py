@@ -11,36 +11,38 @@ neuron) within 1e-7 of theta, or a slope dV/dt < 1e-4 at the crossing.
 
 from __future__ import annotations
 
+import delgrad
 import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-
-import delgrad
 import reference as ref
 from helpers import (
-    network_cases,
-    examples,
     RATIOS,
     assert_times_close,
-    batch,
+    examples,
     finite,
     layer_cases,
+    network_cases,
     out_to_matrix,
     rows_to_batch,
     rows_to_inputs,
 )
+from hypothesis import HealthCheck, assume, given, settings
 
-SETTINGS = settings(max_examples=examples(70), deadline=None,
-                    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(70), deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
+)
 
 
 def _forward(case, neuron):
     return delgrad.layer_forward(
-        rows_to_batch(case["rows"]), case["weights"], case["delays"], neuron,
-        n_samples=case["n_samples"], delay_kind=case["kind"],
+        rows_to_batch(case["rows"]),
+        case["weights"],
+        case["delays"],
+        neuron,
+        n_samples=case["n_samples"],
+        delay_kind=case["kind"],
     )
 
 
@@ -49,8 +51,9 @@ def _check_against_reference(ratio, case, theta=1.0):
     cases excluded (see the module docstring)."""
     tau_m, tau_s = RATIOS[ratio]
     model = ref.Model(tau_m, tau_s, theta)
-    want, info = ref.layer(model, rows_to_inputs(case["rows"], case["n_samples"]),
-                           case["weights"], case["delays"], case["kind"])
+    want, info = ref.layer(
+        model, rows_to_inputs(case["rows"], case["n_samples"]), case["weights"], case["delays"], case["kind"]
+    )
     assume(ref.well_conditioned(info, peak_margin=1e-7, min_slope=1e-4))
     neuron = delgrad.Neuron(tau_m=tau_m, tau_s=tau_s, theta=theta)
     got = out_to_matrix(_forward(case, neuron), case["n_samples"], case["n_out"])
@@ -65,10 +68,10 @@ def test_layer_forward_matches_reference(ratio, case):
 
 
 @pytest.mark.parametrize("ratio", list(RATIOS))
-@settings(max_examples=examples(25), deadline=None,
-          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(case=layer_cases(max_in=30, max_out=3, max_samples=2, min_spikes=17, max_spikes=60,
-                        w_range=(-0.4, 0.6)))
+@settings(
+    max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
+)
+@given(case=layer_cases(max_in=30, max_out=3, max_samples=2, min_spikes=17, max_spikes=60, w_range=(-0.4, 0.6)))
 def test_layer_forward_many_inputs_matches_reference(ratio, case):
     """More than 16 input spikes per sample: each target's arrivals are bucket-sorted rather
     than insertion-sorted, and the input order is not sorted first."""
@@ -76,17 +79,20 @@ def test_layer_forward_many_inputs_matches_reference(ratio, case):
 
 
 @pytest.mark.parametrize("ratio", list(RATIOS))
-@settings(max_examples=examples(25), deadline=None,
-          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
-@given(case=layer_cases(kinds=("synaptic",), w_range=(0.5, 3.0), max_spikes=5, min_spikes=1,
-                        t_range=(0.0, 2.0)),
-       theta=finite(0.3, 3.0))
+@settings(
+    max_examples=examples(25), deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
+)
+@given(
+    case=layer_cases(kinds=("synaptic",), w_range=(0.5, 3.0), max_spikes=5, min_spikes=1, t_range=(0.0, 2.0)),
+    theta=finite(0.3, 3.0),
+)
 def test_layer_forward_other_thresholds(ratio, case, theta):
     """theta != 1 (the reference takes theta as a plain parameter)."""
     _check_against_reference(ratio, case, theta)
 
 
 # --- the reference itself, against closed forms (so that agreement with it means something) ----
+
 
 @pytest.mark.parametrize("w", [1.0, 2.0001, 2.5, 3.0, 10.0, 1e3])
 @pytest.mark.parametrize("t0", [0.0, 1.75, 1e6])
@@ -126,24 +132,26 @@ def test_some_cases_spike_and_some_are_silent():
     rows = [(0, 0, 0.0), (0, 1, 0.3), (1, 1, 1.0)]
     want, _ = ref.layer(model, rows_to_inputs(rows, 2), w)
     assert np.isfinite(want).any() and np.isinf(want).any()
-    got = out_to_matrix(delgrad.layer_forward(rows_to_batch(rows), w, None,
-                                              delgrad.Neuron(2.0, 1.0, 1.0), n_samples=2), 2, 3)
+    got = out_to_matrix(
+        delgrad.layer_forward(rows_to_batch(rows), w, None, delgrad.Neuron(2.0, 1.0, 1.0), n_samples=2), 2, 3
+    )
     assert_times_close(got, want)
 
 
 # --- networks ---------------------------------------------------------------------------------
 
+
 def _network(layers, neuron):
     return delgrad.Network(
-        layers=[delgrad.Layer(w, d if d is not None else np.zeros(0), kind)
-                for w, d, kind in layers],
+        layers=[delgrad.Layer(w, d if d is not None else np.zeros(0), kind) for w, d, kind in layers],
         neuron=neuron,
     )
 
 
 @pytest.mark.parametrize("ratio", list(RATIOS))
-@settings(max_examples=examples(30), deadline=None,
-          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@settings(
+    max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
+)
 @given(case=network_cases())
 def test_network_forward_matches_reference(ratio, case):
     tau_m, tau_s = RATIOS[ratio]
@@ -176,18 +184,17 @@ def test_network_spikes_equal_chained_layer_forward():
     trace = net.forward(spikes, n_samples=n)
     cur = spikes
     for l, layer in enumerate(net.layers):
-        cur = delgrad.layer_forward(cur, layer.weights, layer.delays, neuron, n_samples=n,
-                                    delay_kind=layer.delay_kind)
+        cur = delgrad.layer_forward(cur, layer.weights, layer.delays, neuron, n_samples=n, delay_kind=layer.delay_kind)
         assert cur.equals(trace.spikes(l))
     assert trace.n_spikes(0) > 0 and trace.n_spikes(1) > 0
 
 
 # --- input containers -------------------------------------------------------------------------
 
+
 def _random_rows(seed, n_samples=6, n_in=4, per=5):
     rng = np.random.default_rng(seed)
-    rows = [(s, int(rng.integers(n_in)), float(rng.uniform(0, 3)))
-            for s in range(n_samples) for _ in range(per)]
+    rows = [(s, int(rng.integers(n_in)), float(rng.uniform(0, 3))) for s in range(n_samples) for _ in range(per)]
     return rows
 
 
@@ -209,18 +216,22 @@ def test_chunked_table_and_polars_match_record_batch(seed):
     got = delgrad.layer_forward(table, w, d, neuron, n_samples=n_samples)
     assert got.equals(base)
     # A Table whose columns are chunked differently from each other.
-    t2 = pa.table({
-        "sample": pa.chunked_array([rb.column(0).slice(0, 10), rb.column(0).slice(10)]),
-        "neuron": pa.chunked_array([rb.column(1).slice(0, 3), rb.column(1).slice(3)]),
-        "time": rb.column(2),
-    })
+    t2 = pa.table(
+        {
+            "sample": pa.chunked_array([rb.column(0).slice(0, 10), rb.column(0).slice(10)]),
+            "neuron": pa.chunked_array([rb.column(1).slice(0, 3), rb.column(1).slice(3)]),
+            "time": rb.column(2),
+        }
+    )
     assert delgrad.layer_forward(t2, w, d, neuron, n_samples=n_samples).equals(base)
 
-    df = pl.DataFrame({
-        "sample": pl.Series([r[0] for r in rows], dtype=pl.UInt32),
-        "neuron": pl.Series([r[1] for r in rows], dtype=pl.UInt32),
-        "time": pl.Series([r[2] for r in rows], dtype=pl.Float64),
-    })
+    df = pl.DataFrame(
+        {
+            "sample": pl.Series([r[0] for r in rows], dtype=pl.UInt32),
+            "neuron": pl.Series([r[1] for r in rows], dtype=pl.UInt32),
+            "time": pl.Series([r[2] for r in rows], dtype=pl.Float64),
+        }
+    )
     got = delgrad.layer_forward(df, w, d, neuron, n_samples=n_samples)
     assert got.equals(base)
     # A polars frame built from several chunks (vstack without rechunk).

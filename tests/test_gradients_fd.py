@@ -13,30 +13,30 @@ fires, or a near-miss before the spike).
 
 from __future__ import annotations
 
+import delgrad
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-
-import delgrad
 import reference as ref
 from helpers import (
-    network_cases,
     GRAD_RATIOS,
     examples,
     finite,
     layer_cases,
+    network_cases,
     out_to_matrix,
     rows_to_batch,
     rows_to_inputs,
 )
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
 
 H = 1e-6
 RTOL = 1e-5
 ATOL = 1e-7
 CONDITIONING = dict(peak_margin=1e-4, min_slope=0.05, min_arrival_gap=1e-3)
-SETTINGS = settings(max_examples=examples(40), deadline=None,
-                    suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=examples(40), deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
+)
 
 
 def assert_grad_close(got, fd, what):
@@ -71,9 +71,18 @@ def central_difference(loss, x: np.ndarray) -> np.ndarray:
 
 # --- single layer -----------------------------------------------------------------------------
 
+
 def _layer_case(kind):
-    return layer_cases(kinds=(kind,), w_range=(-0.8, 3.0), d_range=(0.05, 1.5),
-                       t_range=(0.0, 3.0), min_spikes=1, max_spikes=6, max_in=5, max_out=3)
+    return layer_cases(
+        kinds=(kind,),
+        w_range=(-0.8, 3.0),
+        d_range=(0.05, 1.5),
+        t_range=(0.0, 3.0),
+        min_spikes=1,
+        max_spikes=6,
+        max_in=5,
+        max_out=3,
+    )
 
 
 def _require(cond):
@@ -84,8 +93,7 @@ def _check_layer_gradients(ratio, case, c_vals, require=assume):
     tau_m, tau_s = GRAD_RATIOS[ratio]
     n_samples, n_out, kind = case["n_samples"], case["n_out"], case["kind"]
     model = ref.Model(tau_m, tau_s, 1.0)
-    want, info = ref.layer(model, rows_to_inputs(case["rows"], n_samples),
-                           case["weights"], case["delays"], kind)
+    want, info = ref.layer(model, rows_to_inputs(case["rows"], n_samples), case["weights"], case["delays"], kind)
     require(np.isfinite(want).any())
     require(ref.well_conditioned(info, **CONDITIONING))
 
@@ -100,8 +108,7 @@ def _check_layer_gradients(ratio, case, c_vals, require=assume):
         return rows_to_batch([(s, i, t) for (s, i, _), t in zip(rows, times)])
 
     def forward():
-        return delgrad.layer_forward(spikes_tab(), w, d, neuron, n_samples=n_samples,
-                                     delay_kind=kind)
+        return delgrad.layer_forward(spikes_tab(), w, d, neuron, n_samples=n_samples, delay_kind=kind)
 
     out = forward()
     t0 = out_to_matrix(out, n_samples, n_out)
@@ -116,8 +123,7 @@ def _check_layer_gradients(ratio, case, c_vals, require=assume):
     s_col = out.column("sample").to_numpy().astype(np.int64)
     n_col = out.column("neuron").to_numpy().astype(np.int64)
     grad = c[s_col, n_col]
-    g = delgrad.layer_backward(spikes_tab(), w, d, neuron, out, grad, n_samples=n_samples,
-                               delay_kind=kind)
+    g = delgrad.layer_backward(spikes_tab(), w, d, neuron, out, grad, n_samples=n_samples, delay_kind=kind)
 
     assert_grad_close(g.weights, central_difference(loss, w), f"{ratio} {kind} dL/dw")
     if d is None:
@@ -133,8 +139,12 @@ def _check_layer_gradients(ratio, case, c_vals, require=assume):
 @given(data=st.data())
 def test_layer_gradients_match_finite_differences(ratio, kind, data):
     case = data.draw(_layer_case(kind), label="case")
-    c = data.draw(st.lists(finite(-1.0, 1.0), min_size=case["n_samples"] * case["n_out"],
-                           max_size=case["n_samples"] * case["n_out"]), label="c")
+    c = data.draw(
+        st.lists(
+            finite(-1.0, 1.0), min_size=case["n_samples"] * case["n_out"], max_size=case["n_samples"] * case["n_out"]
+        ),
+        label="c",
+    )
     _check_layer_gradients(ratio, case, c)
 
 
@@ -146,13 +156,16 @@ def test_layer_gradient_fixed_case_is_nonzero():
     neuron = delgrad.Neuron(2.0, 1.0, 1.0)
     out = delgrad.layer_forward(rows_to_batch(rows), w, None, neuron, n_samples=1)
     assert out.num_rows == 1
-    g = delgrad.layer_backward(rows_to_batch(rows), w, None, neuron, out, np.array([1.0]),
-                               n_samples=1)
+    g = delgrad.layer_backward(rows_to_batch(rows), w, None, neuron, out, np.array([1.0]), n_samples=1)
     # More weight -> earlier spike; a later input -> later spike.
     assert np.all(g.weights < 0)
     assert np.all(g.inputs > 0)
-    _check_layer_gradients("ratio2", dict(n_samples=1, n_out=1, n_in=2, kind="none",
-                                          weights=w, delays=None, rows=rows), [1.0], require=_require)
+    _check_layer_gradients(
+        "ratio2",
+        dict(n_samples=1, n_out=1, n_in=2, kind="none", weights=w, delays=None, rows=rows),
+        [1.0],
+        require=_require,
+    )
 
 
 @pytest.mark.parametrize("ratio", list(GRAD_RATIOS))
@@ -171,8 +184,7 @@ def test_layer_backward_out_row_order_does_not_matter(ratio):
     grad = rng.normal(size=out.num_rows)
     g0 = delgrad.layer_backward(spikes, w, d, neuron, out, grad, n_samples=n_samples)
     perm = rng.permutation(out.num_rows)
-    g1 = delgrad.layer_backward(spikes, w, d, neuron, out.take(perm), grad[perm],
-                                n_samples=n_samples)
+    g1 = delgrad.layer_backward(spikes, w, d, neuron, out.take(perm), grad[perm], n_samples=n_samples)
     np.testing.assert_allclose(g1.weights, g0.weights, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(g1.delays, g0.delays, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(g1.inputs, g0.inputs, rtol=1e-13, atol=1e-15)
@@ -180,9 +192,11 @@ def test_layer_backward_out_row_order_does_not_matter(ratio):
 
 # --- network ----------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("ratio", list(GRAD_RATIOS))
-@settings(max_examples=examples(30), deadline=None,
-          suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow])
+@settings(
+    max_examples=examples(30), deadline=None, suppress_health_check=[HealthCheck.filter_too_much, HealthCheck.too_slow]
+)
 @given(case=network_cases(max_in=4, max_hidden=4, w=(1.6, 0.9), d=(0.05, 1.0), p_spike=0.85, t_max=2.0, with_loss=True))
 def test_network_gradients_match_finite_differences(ratio, case):
     tau_m, tau_s = GRAD_RATIOS[ratio]
@@ -194,8 +208,7 @@ def test_network_gradients_match_finite_differences(ratio, case):
 
     neuron = delgrad.Neuron(tau_m=tau_m, tau_s=tau_s, theta=1.0)
     net = delgrad.Network(
-        layers=[delgrad.Layer(w.copy(), None if d is None else d.copy(), kind)
-                for w, d, kind in case["layers"]],
+        layers=[delgrad.Layer(w.copy(), None if d is None else d.copy(), kind) for w, d, kind in case["layers"]],
         neuron=neuron,
     )
     rows = case["rows"]
@@ -225,8 +238,7 @@ def test_network_gradients_match_finite_differences(ratio, case):
         if layer.delay_kind == "none":
             assert np.asarray(dD).size == 0
         else:
-            assert_grad_close(dD, central_difference(loss, layer.delays),
-                              f"{ratio} layer {l} {layer.delay_kind} dL/dd")
+            assert_grad_close(dD, central_difference(loss, layer.delays), f"{ratio} layer {l} {layer.delay_kind} dL/dd")
     assert_grad_close(grads.inputs, central_difference(loss, times), f"{ratio} dL/dt_in")
 
 
@@ -246,10 +258,10 @@ def test_network_backward_agrees_with_chained_layer_backward():
     assert o.num_rows > 0
     l0, l1 = net.layers
     go = c[o.column("sample").to_numpy().astype(int), o.column("neuron").to_numpy().astype(int)]
-    g1 = delgrad.layer_backward(h, l1.weights, l1.delays, neuron, o, go, n_samples=n,
-                                delay_kind=l1.delay_kind)
-    g0 = delgrad.layer_backward(spikes, l0.weights, l0.delays, neuron, h, g1.inputs, n_samples=n,
-                                delay_kind=l0.delay_kind)
+    g1 = delgrad.layer_backward(h, l1.weights, l1.delays, neuron, o, go, n_samples=n, delay_kind=l1.delay_kind)
+    g0 = delgrad.layer_backward(
+        spikes, l0.weights, l0.delays, neuron, h, g1.inputs, n_samples=n, delay_kind=l0.delay_kind
+    )
     np.testing.assert_allclose(grads.layers[1][0], g1.weights, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(grads.layers[1][1], g1.delays, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(grads.layers[0][0], g0.weights, rtol=1e-12, atol=1e-14)

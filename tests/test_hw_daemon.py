@@ -12,12 +12,11 @@ import threading
 import time
 from pathlib import Path
 
+import delgrad
 import numpy as np
 import pyarrow as pa
 import pytest
 import zmq
-
-import delgrad
 from delgrad.hardware import (
     HardwareClient,
     HardwareError,
@@ -41,8 +40,9 @@ MAX_SAMPLES = 5_000
 
 
 def yinyang_net(seed: int = 1) -> delgrad.Network:
-    return delgrad.Network.random([20, 30, 3], NEURON, delay_kind="axonal", weight_mean=(1.5, 0.5),
-                                  delay_range=(0.0, 0.3), seed=seed)
+    return delgrad.Network.random(
+        [20, 30, 3], NEURON, delay_kind="axonal", weight_mean=(1.5, 0.5), delay_range=(0.0, 0.3), seed=seed
+    )
 
 
 def yinyang_inputs(n_samples: int, seed: int = 0) -> pa.RecordBatch:
@@ -55,9 +55,13 @@ def yinyang_inputs(n_samples: int, seed: int = 0) -> pa.RecordBatch:
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
     log = tmp_path_factory.mktemp("daemon") / "daemon.log"
-    d = start_daemon("tcp://127.0.0.1:*", chip_seed=CHIP, pub="tcp://127.0.0.1:*", log_path=log,
-                     args=["--max-spikes", str(MAX_SPIKES), "--max-samples", str(MAX_SAMPLES),
-                           "--log-level", "WARNING"])
+    d = start_daemon(
+        "tcp://127.0.0.1:*",
+        chip_seed=CHIP,
+        pub="tcp://127.0.0.1:*",
+        log_path=log,
+        args=["--max-spikes", str(MAX_SPIKES), "--max-samples", str(MAX_SAMPLES), "--log-level", "WARNING"],
+    )
     yield d
     rc = d.stop()
     assert rc == 0, d.log()  # SIGTERM is a clean shutdown
@@ -94,8 +98,7 @@ def status(endpoint: str) -> dict:
 
 @pytest.mark.parametrize("transport", ["tcp", "ipc"])
 def test_round_trip_equals_in_process_emulator(daemon, transport, tmp_path):
-    d = daemon if transport == "tcp" else start_daemon(ipc_endpoint(), chip_seed=CHIP,
-                                                       log_path=tmp_path / "ipc.log")
+    d = daemon if transport == "tcp" else start_daemon(ipc_endpoint(), chip_seed=CHIP, log_path=tmp_path / "ipc.log")
     try:
         assert d.endpoint.startswith(f"{transport}://")
         net, x = yinyang_net(), yinyang_inputs(40)
@@ -131,7 +134,7 @@ def test_round_trip_equals_in_process_emulator(daemon, transport, tmp_path):
     finally:
         if d is not daemon:
             assert d.stop() == 0
-            assert not Path(d.endpoint[len("ipc://"):]).exists()
+            assert not Path(d.endpoint[len("ipc://") :]).exists()
 
 
 def test_same_network_same_config_id(daemon, configured):
@@ -192,10 +195,8 @@ def _malformed_cases(cid: str) -> list[tuple[str, list, str, str]]:
     nan_t, inf_t = t.copy(), t.copy()
     nan_t[2], inf_t[1] = np.nan, np.inf
     fields, wframes = _net_frames(yinyang_net())
-    big_fields, big_frames = _net_frames(
-        delgrad.Network.random([4, 600, 3], NEURON, delay_kind="none", seed=0))
-    syn_fields, syn_frames = _net_frames(
-        delgrad.Network.random([20, 5, 3], NEURON, delay_kind="synaptic", seed=0))
+    big_fields, big_frames = _net_frames(delgrad.Network.random([4, 600, 3], NEURON, delay_kind="none", seed=0))
+    syn_fields, syn_frames = _net_frames(delgrad.Network.random([20, 5, 3], NEURON, delay_kind="synaptic", seed=0))
     nan_net = yinyang_net()
     nan_net.layers[1].weights[0, 0] = np.nan
     nan_fields, nan_frames = _net_frames(nan_net)
@@ -220,36 +221,75 @@ def _malformed_cases(cid: str) -> list[tuple[str, list, str, str]]:
         ("run without spikes", [_run_hdr(cid)], P.BAD_FRAME, "1 body frame"),
         ("garbage ipc", [_run_hdr(cid), b"\x00garbage\xff" * 10], P.BAD_FRAME, "Arrow"),
         ("truncated ipc", [_run_hdr(cid), good[: len(good) // 2]], P.BAD_FRAME, "input spikes"),
-        ("wrong schema", [_run_hdr(cid), bytes(P.encode_table(
-            x.set_column(0, "sample", x.column("sample").cast(pa.int64()))))], P.BAD_SCHEMA, "sample"),
-        ("renamed column", [_run_hdr(cid), bytes(P.encode_table(
-            x.rename_columns(["sample", "channel", "time"])))], P.BAD_SCHEMA, "neuron"),
-        ("nan time", [_run_hdr(cid), bytes(P.encode_table(x.set_column(2, "time", pa.array(nan_t))))],
-         P.BAD_SPIKES, "row 2"),
-        ("inf time", [_run_hdr(cid), bytes(P.encode_table(x.set_column(2, "time", pa.array(inf_t))))],
-         P.BAD_SPIKES, "finite"),
-        ("neuron out of range", [_run_hdr(cid), bytes(P.encode_table(spike_batch([0], [4], [1.0])))],
-         P.BAD_SPIKES, "neuron id 4"),
-        ("sample out of range", [_run_hdr(cid, n=2), bytes(P.encode_table(spike_batch([2], [0], [1.0])))],
-         P.BAD_SPIKES, "n_samples"),
+        (
+            "wrong schema",
+            [_run_hdr(cid), bytes(P.encode_table(x.set_column(0, "sample", x.column("sample").cast(pa.int64()))))],
+            P.BAD_SCHEMA,
+            "sample",
+        ),
+        (
+            "renamed column",
+            [_run_hdr(cid), bytes(P.encode_table(x.rename_columns(["sample", "channel", "time"])))],
+            P.BAD_SCHEMA,
+            "neuron",
+        ),
+        (
+            "nan time",
+            [_run_hdr(cid), bytes(P.encode_table(x.set_column(2, "time", pa.array(nan_t))))],
+            P.BAD_SPIKES,
+            "row 2",
+        ),
+        (
+            "inf time",
+            [_run_hdr(cid), bytes(P.encode_table(x.set_column(2, "time", pa.array(inf_t))))],
+            P.BAD_SPIKES,
+            "finite",
+        ),
+        (
+            "neuron out of range",
+            [_run_hdr(cid), bytes(P.encode_table(spike_batch([0], [4], [1.0])))],
+            P.BAD_SPIKES,
+            "neuron id 4",
+        ),
+        (
+            "sample out of range",
+            [_run_hdr(cid, n=2), bytes(P.encode_table(spike_batch([2], [0], [1.0])))],
+            P.BAD_SPIKES,
+            "n_samples",
+        ),
         ("oversize batch", [_run_hdr(cid, n=1), bytes(P.encode_table(many))], P.TOO_LARGE, str(MAX_SPIKES)),
         ("too many samples", [_run_hdr(cid, n=MAX_SAMPLES + 1), good], P.TOO_LARGE, "n_samples"),
         ("too many frames", [_run_hdr(cid)] + [good] * 9, P.BAD_MESSAGE, "frames"),
         ("status with body", [_hdr(), good], P.BAD_FRAME, "status"),
-        ("configure no layers", [_hdr("configure", neuron=fields["neuron"]), *wframes],
-         P.MISSING_FIELD, "layers"),
+        ("configure no layers", [_hdr("configure", neuron=fields["neuron"]), *wframes], P.MISSING_FIELD, "layers"),
         ("configure one frame", [_hdr("configure", **fields), wframes[0]], P.BAD_FRAME, "2 body frames"),
-        ("configure bad theta", [_hdr("configure", **{**fields, "neuron": {**fields["neuron"], "theta": -1}}),
-                                 *wframes], P.BAD_FIELD, "theta"),
-        ("configure layer chain", [_hdr("configure", **{**fields, "layers": [fields["layers"][0]] * 2}),
-                                   *wframes], P.BAD_PARAMETERS, "n_in"),
-        ("configure missing synapse", [_hdr("configure", **fields), bytes(P.encode_table(wtab)), wframes[1]],
-         P.BAD_PARAMETERS, "synapses"),
+        (
+            "configure bad theta",
+            [_hdr("configure", **{**fields, "neuron": {**fields["neuron"], "theta": -1}}), *wframes],
+            P.BAD_FIELD,
+            "theta",
+        ),
+        (
+            "configure layer chain",
+            [_hdr("configure", **{**fields, "layers": [fields["layers"][0]] * 2}), *wframes],
+            P.BAD_PARAMETERS,
+            "n_in",
+        ),
+        (
+            "configure missing synapse",
+            [_hdr("configure", **fields), bytes(P.encode_table(wtab)), wframes[1]],
+            P.BAD_PARAMETERS,
+            "synapses",
+        ),
         ("configure nan weight", [_hdr("configure", **nan_fields), *nan_frames], P.BAD_PARAMETERS, "finite"),
         ("does not fit 512", [_hdr("configure", **big_fields), *big_frames], P.DOES_NOT_FIT, "512"),
         ("synaptic delays", [_hdr("configure", **syn_fields), *syn_frames], P.UNSUPPORTED, "axonal"),
-        ("bad replication", [_hdr("configure", **fields, input_replication=3), *wframes],
-         P.BAD_PARAMETERS, "input_replication"),
+        (
+            "bad replication",
+            [_hdr("configure", **fields, input_replication=3), *wframes],
+            P.BAD_PARAMETERS,
+            "input_replication",
+        ),
     ]
 
 
@@ -285,8 +325,10 @@ def test_client_raises_hardware_error_with_code(daemon, configured):
 
 def test_spinning_client_gets_the_same_replies(daemon, configured):
     cid = configured[0]
-    with HardwareClient(daemon.endpoint, timeout=10, retries=0) as c, \
-            HardwareClient(daemon.endpoint, timeout=10, retries=0, spin=0.05) as spinning:
+    with (
+        HardwareClient(daemon.endpoint, timeout=10, retries=0) as c,
+        HardwareClient(daemon.endpoint, timeout=10, retries=0, spin=0.05) as spinning,
+    ):
         a = c.run(cid, _x(), 4, seed=11).spikes
         b = spinning.run(cid, _x(), 4, seed=11).spikes
         assert [x.equals(y) for x, y in zip(a, b)] == [True, True]
@@ -312,9 +354,10 @@ def test_req_socket_works_too(daemon):
 def test_retry_with_same_id_is_not_executed_twice(daemon, configured):
     cid = configured[0]
     # No seed: the daemon draws one, so a re-execution would show up as different spikes.
-    frames = [P.encode_header({"v": 1, "op": "run", "id": "retry-1", "session": "s-retry",
-                               "config_id": cid, "n_samples": 4}),
-              bytes(P.encode_table(_x()))]
+    frames = [
+        P.encode_header({"v": 1, "op": "run", "id": "retry-1", "session": "s-retry", "config_id": cid, "n_samples": 4}),
+        bytes(P.encode_table(_x())),
+    ]
     runs0 = status(daemon.endpoint)["counters"]
     h1, b1 = raw(daemon.endpoint, frames)
     h2, b2 = raw(daemon.endpoint, frames)  # another socket: the session makes it the same client
@@ -326,10 +369,13 @@ def test_retry_with_same_id_is_not_executed_twice(daemon, configured):
     other = [frames[0], bytes(P.encode_table(_x(3)))]
     h3, _ = raw(daemon.endpoint, other)
     assert h3["code"] == P.ID_REUSED
+
     # Without a session, the socket identity scopes ids: another socket is another client.
     def anon(x: pa.RecordBatch) -> list:
-        return [P.encode_header({"v": 1, "op": "run", "id": "anon", "config_id": cid, "n_samples": 4}),
-                bytes(P.encode_table(x))]
+        return [
+            P.encode_header({"v": 1, "op": "run", "id": "anon", "config_id": cid, "n_samples": 4}),
+            bytes(P.encode_table(x)),
+        ]
 
     assert raw(daemon.endpoint, anon(_x()))[0]["ok"]
     assert raw(daemon.endpoint, anon(_x(3)))[0]["ok"]
@@ -385,8 +431,9 @@ def test_load_8_clients_x_500_requests(daemon, configured):
                     if i % 10 == 0:
                         n = 1 + (i // 10) % 3
                         seed = k * 100_000 + i
-                        h, body = c.request("run", {"config_id": cid, "n_samples": n, "seed": seed},
-                                            [frames_small[n - 1]])
+                        h, body = c.request(
+                            "run", {"config_id": cid, "n_samples": n, "seed": seed}, [frames_small[n - 1]]
+                        )
                         if h["seed"] != seed or h["n_samples"] != n or len(body) != 2:
                             errors.append(f"thread {k} request {i}: mismatched run reply {h}")
                     else:
@@ -461,13 +508,18 @@ def test_daemon_exits_when_the_job_that_started_it_is_killed(tmp_path):
     import subprocess
 
     job = subprocess.Popen(
-        [sys.executable, "-c",
-         "import sys, time\n"
-         "from delgrad.hardware import start_daemon\n"
-         f"d = start_daemon(log_path={str(tmp_path / 'd.log')!r})\n"
-         "print(d.pid, d.endpoint, flush=True)\n"
-         "time.sleep(60)\n"],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "from delgrad.hardware import start_daemon\n"
+            f"d = start_daemon(log_path={str(tmp_path / 'd.log')!r})\n"
+            "print(d.pid, d.endpoint, flush=True)\n"
+            "time.sleep(60)\n",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         pid, endpoint = job.stdout.readline().split()
         pid = int(pid)
@@ -477,8 +529,11 @@ def test_daemon_exits_when_the_job_that_started_it_is_killed(tmp_path):
         job.wait(timeout=10)
         job.stdout.close()
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and os.path.exists(f"/proc/{pid}") and \
-            "zombie" not in Path(f"/proc/{pid}/status").read_text().lower():
+    while (
+        time.monotonic() < deadline
+        and os.path.exists(f"/proc/{pid}")
+        and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
+    ):
         time.sleep(0.1)
     try:
         alive = os.path.exists(f"/proc/{pid}") and "zombie" not in Path(f"/proc/{pid}/status").read_text().lower()
@@ -508,8 +563,9 @@ def test_cpus_pins_every_daemon_thread(tmp_path):
         tasks = list(Path(f"/proc/{d.pid}/task").iterdir())
         assert len(tasks) >= 3
         for task in tasks:
-            allowed = [line for line in (task / "status").read_text().splitlines()
-                       if line.startswith("Cpus_allowed_list:")]
+            allowed = [
+                line for line in (task / "status").read_text().splitlines() if line.startswith("Cpus_allowed_list:")
+            ]
             assert allowed == [f"Cpus_allowed_list:\t{cpu}"], (task.name, allowed)
     finally:
         d.stop()

@@ -12,11 +12,10 @@ import threading
 import time
 from pathlib import Path
 
+import delgrad
 import numpy as np
 import polars as pl
 import pytest
-
-import delgrad
 from delgrad import pipeline
 from delgrad.data.encoding import LatencyEncoder, spike_batch
 from delgrad.data.yinyang import yinyang_splits
@@ -34,13 +33,27 @@ def yinyang(split: str, n: int) -> Split:
 
 
 def hw_net(seed: int = 0) -> delgrad.Network:
-    return delgrad.Network.random([20, 30, 3], NEURON, delay_kind="axonal", weight_mean=(0.6, 0.6),
-                                  weight_std=(0.4, 0.4), delay_range=(0.0, 0.1), seed=seed)
+    return delgrad.Network.random(
+        [20, 30, 3],
+        NEURON,
+        delay_kind="axonal",
+        weight_mean=(0.6, 0.6),
+        weight_std=(0.4, 0.4),
+        delay_range=(0.0, 0.1),
+        seed=seed,
+    )
 
 
 def train_config(**kw) -> TrainConfig:
-    base = dict(epochs=3, batch_size=20, lr=[0.003, 0.003], lr_delay=[0.003, 0.003], seed=1,
-                select_on=None, checkpoint_every=100)
+    base = dict(
+        epochs=3,
+        batch_size=20,
+        lr=[0.003, 0.003],
+        lr_delay=[0.003, 0.003],
+        seed=1,
+        select_on=None,
+        checkpoint_every=100,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -164,8 +177,9 @@ def test_noise_makes_hardware_and_simulation_differ_but_runs_reproduce(tmp_path)
 
 def test_yinyang_hw_pipeline_trains_through_its_own_daemon(tmp_path):
     out = tmp_path / "run"
-    run_dir = pipeline.run(ROOT / "pipelines" / "yinyang_hw.toml",
-                                   ["train.epochs=2", "hardware.chip_seed=1"], out, progress=False)
+    run_dir = pipeline.run(
+        ROOT / "pipelines" / "yinyang_hw.toml", ["train.epochs=2", "hardware.chip_seed=1"], out, progress=False
+    )
     hw = json.loads((run_dir / "hardware.json").read_text())
     assert hw["backend"]["backend"] == "emulator"
     assert hw["backend"]["capabilities"]["chip_seed"] == 1
@@ -190,8 +204,14 @@ def test_min_slope_bounds_what_off_model_spikes_contribute():
     """A recorded spike later than the model's (a chip threshold above theta) can sit where the
     host's V' is negative; the default floor then yields ~1e12-sized gradients, ``min_slope``
     bounds them, and exact spike times (V' above the floor) are unaffected."""
-    net = delgrad.Network.random([3, 2], delgrad.Neuron(tau_m=1.0, tau_s=1.0, theta=1.0),
-                                 delay_kind="none", weight_mean=2.5, weight_std=0.1, seed=0)
+    net = delgrad.Network.random(
+        [3, 2],
+        delgrad.Neuron(tau_m=1.0, tau_s=1.0, theta=1.0),
+        delay_kind="none",
+        weight_mean=2.5,
+        weight_std=0.1,
+        seed=0,
+    )
     x = spike_batch([0, 0, 0], [0, 1, 2], [0.0, 0.1, 0.2])
     exact = net.forward(x, n_samples=1)
     g = np.ones((1, 2))
@@ -201,8 +221,7 @@ def test_min_slope_bounds_what_off_model_spikes_contribute():
         np.testing.assert_array_equal(a[0], b[0])
 
     late = exact.first_times(0) + 3.0  # far past the PSP peak: the model's V' < 0 there
-    rec = delgrad.Trace.from_tables(
-        [spike_batch([0, 0], [0, 1], late[0])], [2], 1)
+    rec = delgrad.Trace.from_tables([spike_batch([0, 0], [0, 1], late[0])], [2], 1)
     huge = net.backward(x, rec, g).layers[0][0]
     small = net.backward(x, rec, g, min_slope=0.2).layers[0][0]
     smaller = net.backward(x, rec, g, min_slope=0.4).layers[0][0]

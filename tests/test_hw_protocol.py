@@ -5,11 +5,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import delgrad
 import numpy as np
 import pyarrow as pa
 import pytest
-
-import delgrad
 from delgrad.hardware import protocol as P
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +23,9 @@ NEURON = delgrad.Neuron(tau_m=1.0, tau_s=1.0, theta=2.6)
 
 
 def yinyang_net(seed: int = 1, kind: str = "axonal") -> delgrad.Network:
-    return delgrad.Network.random([20, 30, 3], NEURON, delay_kind=kind, weight_mean=(1.5, 0.5),
-                                  delay_range=(0.0, 0.3), seed=seed)
+    return delgrad.Network.random(
+        [20, 30, 3], NEURON, delay_kind=kind, weight_mean=(1.5, 0.5), delay_range=(0.0, 0.3), seed=seed
+    )
 
 
 def yinyang_inputs(n_samples: int, seed: int = 0) -> pa.RecordBatch:
@@ -70,15 +70,18 @@ def test_spike_table_round_trip_and_misaligned_frames():
     assert all(b is None or b.address % 8 == 0 for c in out.columns for b in c.buffers())
 
 
-@pytest.mark.parametrize("frame, code", [
-    (b"", P.BAD_FRAME),
-    (b"garbage that is not arrow", P.BAD_FRAME),
-    ("truncated", P.BAD_FRAME),
-    ("float32 time", P.BAD_SCHEMA),
-    ("extra column", P.BAD_SCHEMA),
-    ("missing column", P.BAD_SCHEMA),
-    ("nulls", P.BAD_SPIKES),
-])
+@pytest.mark.parametrize(
+    "frame, code",
+    [
+        (b"", P.BAD_FRAME),
+        (b"garbage that is not arrow", P.BAD_FRAME),
+        ("truncated", P.BAD_FRAME),
+        ("float32 time", P.BAD_SCHEMA),
+        ("extra column", P.BAD_SCHEMA),
+        ("missing column", P.BAD_SCHEMA),
+        ("nulls", P.BAD_SPIKES),
+    ],
+)
 def test_decode_table_refuses(frame, code):
     rb = yinyang_inputs(50)
     if frame == "truncated":
@@ -111,7 +114,8 @@ def test_replicate_inputs_layout():
     rb = P.spike_batch([0, 1], [1, 3], [0.5, 1.5])
     out = P.replicate_inputs(rb, n_channels=4, replication=3)
     assert sorted(zip(*(c.to_pylist() for c in out.columns))) == sorted(
-        [(0, 1, 0.5), (0, 5, 0.5), (0, 9, 0.5), (1, 3, 1.5), (1, 7, 1.5), (1, 11, 1.5)])
+        [(0, 1, 0.5), (0, 5, 0.5), (0, 9, 0.5), (1, 3, 1.5), (1, 7, 1.5), (1, 11, 1.5)]
+    )
 
 
 # --- emulator -----------------------------------------------------------------------------------
@@ -172,7 +176,7 @@ def test_threshold_offset_by_weight_scaling_is_exact():
     scaled = delgrad.Network([delgrad.Layer(w / factor[:, None])], NEURON).forward(x, 30).first_times(0)
     for j in range(6):
         nj = delgrad.Neuron(tau_m=1.0, tau_s=1.0, theta=2.6 * factor[j])
-        exact = delgrad.Network([delgrad.Layer(w[j:j + 1])], nj).forward(x, 30).first_times(0)[:, 0]
+        exact = delgrad.Network([delgrad.Layer(w[j : j + 1])], nj).forward(x, 30).first_times(0)[:, 0]
         np.testing.assert_allclose(scaled[:, j], exact, rtol=1e-12, atol=1e-12)
 
 
@@ -247,8 +251,9 @@ def test_encode_spikes_takes_any_arrow_table_and_casts():
         P.encode_spikes(rb.drop_columns(["time"]))
 
 
-@pytest.mark.parametrize("n_samples, n_neurons, word", [(19, None, "sample id 19 at row 76"),
-                                                        (None, 3, "neuron id 3 at row 3")])
+@pytest.mark.parametrize(
+    "n_samples, n_neurons, word", [(19, None, "sample id 19 at row 76"), (None, 3, "neuron id 3 at row 3")]
+)
 def test_decode_spikes_checks_ids(n_samples, n_neurons, word):
     frame = P.encode_spikes(yinyang_inputs(20))
     with pytest.raises(P.ProtocolError) as e:
@@ -297,12 +302,12 @@ def _numpy_emulator_run(emu: EmulatorBackend, cfg, x: pa.RecordBatch, n_samples:
     rng = np.random.default_rng([seed, emu.chip_seed])
     s, n, t = (c.to_numpy() for c in x.columns)
     played = (t >= 0.0) & (t <= p.duration)
-    inputs = P.replicate_inputs(P.spike_batch(s[played], n[played], quant(t[played])),
-                                cfg.n_channels, cfg.input_replication)
+    inputs = P.replicate_inputs(
+        P.spike_batch(s[played], n[played], quant(t[played])), cfg.n_channels, cfg.input_replication
+    )
     layers = []
     for l, layer in enumerate(cfg.network.layers):
-        factor = cfg.state["theta_factor"][l] + rng.normal(0.0, p.threshold_noise_std / p.theta_ref,
-                                                            layer.shape[0])
+        factor = cfg.state["theta_factor"][l] + rng.normal(0.0, p.threshold_noise_std / p.theta_ref, layer.shape[0])
         w = layer.weights / np.maximum(factor, 0.05)[:, None]
         d = layer.delays
         if layer.delay_kind == "axonal" and p.delay_jitter_std > 0:
@@ -319,8 +324,11 @@ def _numpy_emulator_run(emu: EmulatorBackend, cfg, x: pa.RecordBatch, n_samples:
     return out, int(t.size - played.sum()), inputs.num_rows, lost
 
 
-@pytest.mark.parametrize("params", [EmulatorParams(), EmulatorParams.ideal(), EmulatorParams(duration=1.5)],
-                         ids=["chip", "ideal", "short window"])
+@pytest.mark.parametrize(
+    "params",
+    [EmulatorParams(), EmulatorParams.ideal(), EmulatorParams(duration=1.5)],
+    ids=["chip", "ideal", "short window"],
+)
 def test_emulator_run_equals_the_numpy_reference(params):
     emu = EmulatorBackend(chip_seed=3, params=params)
     cfg = emu.configure(yinyang_net(), input_replication=5)
@@ -349,12 +357,16 @@ def test_run_frames_equals_run(event_loss):
     decoded = P.decode_layers(framed.frames, [30, 3], 40)
     assert all(a.equals(b) for a, b in zip(decoded, ref.layers))
     drop = ("wall_time_s",)
-    assert {k: v for k, v in framed.health.items() if k not in drop} == \
-        {k: v for k, v in ref.health.items() if k not in drop}
+    assert {k: v for k, v in framed.health.items() if k not in drop} == {
+        k: v for k, v in ref.health.items() if k not in drop
+    }
     if event_loss:
         assert ref.health["lost_events"] > 0
-    for frame, limit, code in [(b"junk", 10_000, P.BAD_FRAME), (P.encode_spikes(x), 799, P.TOO_LARGE),
-                               (P.encode_spikes(P.spike_batch([0], [4], [1.0])), 10_000, P.BAD_SPIKES)]:
+    for frame, limit, code in [
+        (b"junk", 10_000, P.BAD_FRAME),
+        (P.encode_spikes(x), 799, P.TOO_LARGE),
+        (P.encode_spikes(P.spike_batch([0], [4], [1.0])), 10_000, P.BAD_SPIKES),
+    ]:
         with pytest.raises(P.ProtocolError) as e:
             emu.run_frames(cfg, frame, 40, seed=4, max_events=limit)
         assert e.value.code == code and e.value.message.startswith("input spikes: "), e.value
@@ -363,8 +375,11 @@ def test_run_frames_equals_run(event_loss):
 def test_chip_io_refuses_what_no_chip_has():
     io = delgrad._core.ChipIo(time_quantum=TIME_QUANTUM, duration=20.0, replication=5, n_channels=4)
     assert (io.replication, io.n_channels, io.duration) == (5, 4, 20.0)
-    for kw, word in [({"duration": 0.0}, "duration"), ({"time_quantum": -1.0}, "time_quantum"),
-                     ({"replication": 0}, "replication")]:
+    for kw, word in [
+        ({"duration": 0.0}, "duration"),
+        ({"time_quantum": -1.0}, "time_quantum"),
+        ({"replication": 0}, "replication"),
+    ]:
         args = {"time_quantum": 0.0, "duration": 1.0, "replication": 1, "n_channels": 4, **kw}
         with pytest.raises(delgrad.ParameterError, match=word):
             delgrad._core.ChipIo(**args)

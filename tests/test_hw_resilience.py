@@ -5,13 +5,12 @@ from __future__ import annotations
 import threading
 import time
 
+import delgrad
 import numpy as np
 import pyarrow as pa
 import pytest
 import zmq
 import zmq.auth
-
-import delgrad
 from delgrad.hardware import HardwareClient, HardwareTimeout, ipc_endpoint, spike_batch, start_daemon
 from delgrad.hardware import protocol as P
 
@@ -19,8 +18,9 @@ NEURON = delgrad.Neuron(tau_m=1.0, tau_s=1.0, theta=2.6)
 
 
 def small_net() -> delgrad.Network:
-    return delgrad.Network.random([8, 10, 3], NEURON, delay_kind="axonal", weight_mean=(1.5, 0.5),
-                                  delay_range=(0.0, 0.3), seed=4)
+    return delgrad.Network.random(
+        [8, 10, 3], NEURON, delay_kind="axonal", weight_mean=(1.5, 0.5), delay_range=(0.0, 0.3), seed=4
+    )
 
 
 def inputs(n: int, seed: int = 0) -> pa.RecordBatch:
@@ -68,8 +68,11 @@ def curve_daemon(tmp_path_factory):
     allowed = keys / "allowed"
     allowed.mkdir()
     (keys / "client.key").rename(allowed / "client.key")
-    d = start_daemon("tcp://127.0.0.1:*", log_path=keys / "daemon.log", args=[
-        "--curve-secret", str(keys / "server.key_secret"), "--curve-allow", str(allowed)])
+    d = start_daemon(
+        "tcp://127.0.0.1:*",
+        log_path=keys / "daemon.log",
+        args=["--curve-secret", str(keys / "server.key_secret"), "--curve-allow", str(allowed)],
+    )
     yield d, keys
     assert d.stop() == 0
 
@@ -77,8 +80,9 @@ def curve_daemon(tmp_path_factory):
 def test_curve_authorised_client_is_served(curve_daemon):
     d, keys = curve_daemon
     assert d.ready["curve"] is True
-    with HardwareClient(d.endpoint, timeout=5, retries=0, server_key=keys / "server.key",
-                        client_key=keys / "client.key_secret") as c:
+    with HardwareClient(
+        d.endpoint, timeout=5, retries=0, server_key=keys / "server.key", client_key=keys / "client.key_secret"
+    ) as c:
         assert c.hello()["backend"] == "emulator"
         cid, _ = c.configure(small_net())
         spikes, _ = c.run(cid, inputs(3), 3, seed=0)
@@ -101,6 +105,7 @@ def test_curve_unauthorised_client_gets_no_reply(curve_daemon, who):
     s.send(P.encode_header({"v": 1, "op": "status", "id": "sneak"}))
     assert not s.poll(500)
     s.close()
-    with HardwareClient(d.endpoint, timeout=5, retries=0, server_key=keys / "server.key",
-                        client_key=keys / "client.key_secret") as c:
+    with HardwareClient(
+        d.endpoint, timeout=5, retries=0, server_key=keys / "server.key", client_key=keys / "client.key_secret"
+    ) as c:
         assert c.status()["counters"]["requests"] >= 1

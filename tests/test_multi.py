@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import pickle
 
+import delgrad
 import numpy as np
 import pyarrow as pa
 import pytest
-
-import delgrad
 from delgrad import _core
 
 H = 1e-6
@@ -20,8 +19,9 @@ H = 1e-6
 
 def batch(rows):
     s, n, t = zip(*rows)
-    return pa.record_batch({"sample": pa.array(s, pa.uint32()), "neuron": pa.array(n, pa.uint32()),
-                            "time": pa.array(t, pa.float64())})
+    return pa.record_batch(
+        {"sample": pa.array(s, pa.uint32()), "neuron": pa.array(n, pa.uint32()), "time": pa.array(t, pa.float64())}
+    )
 
 
 def case(seed=0, n_in=4, n_out=3, per=4, n_samples=2):
@@ -83,6 +83,7 @@ def test_multi_layer_backward_matches_finite_differences(t_ref):
 
     for idx in np.ndindex(w.shape):
         for arr, g in ((w, gw), (d, gd)):
+
             def f(e, arr=arr):
                 a = arr.copy()
                 a[idx] += e
@@ -90,6 +91,7 @@ def test_multi_layer_backward_matches_finite_differences(t_ref):
                 _, _, loss_val, st = run(ww, dd, rows)
                 # the loss weights c are tied to the unperturbed spike order
                 return loss_val, st
+
             num = fd(f)
             if num is not None:
                 assert abs(g[idx] - num) <= 1e-5 * (1 + abs(num)), (idx, g[idx], num)

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import delgrad
 import numpy as np
 import polars as pl
 import pytest
-
-import delgrad
 from delgrad import _core, pipeline
 from delgrad.data.encoding import LatencyEncoder
 from delgrad.data.temporal import temporal_patterns
@@ -21,9 +20,20 @@ ROOT = Path(__file__).resolve().parents[1]
 def small_net(kind: str = "synaptic", recurrent: bool = False, readout: str = "max") -> MultiNetwork:
     neuron = delgrad.Neuron(tau_m=1.5, tau_s=1.0, theta=1.0, mode="multi", t_ref=0.2, t_end=40.0)
     ro = delgrad.Neuron(tau_m=2.0, tau_s=1.0, theta=1.0, mode="multi", t_end=40.0)
-    return MultiNetwork.random([3, 6, 4], neuron, ro, delay_kind=kind, weight_mean=(2.2, 0.5),
-                               weight_std=(0.6, 0.5), delay_range=(0.0, 3.0), readout_kind=readout,
-                               t_end=40.0, recurrent=recurrent, recurrent_std=0.3, seed=3)
+    return MultiNetwork.random(
+        [3, 6, 4],
+        neuron,
+        ro,
+        delay_kind=kind,
+        weight_mean=(2.2, 0.5),
+        weight_std=(0.6, 0.5),
+        delay_range=(0.0, 3.0),
+        readout_kind=readout,
+        t_end=40.0,
+        recurrent=recurrent,
+        recurrent_std=0.3,
+        seed=3,
+    )
 
 
 def data(n: int = 5):
@@ -36,8 +46,10 @@ def loss_of(net: MultiNetwork, s, y) -> float:
     return _core.readout_cross_entropy(net.forward(s).values, y)[0]
 
 
-@pytest.mark.parametrize("kind,recurrent,readout", [("synaptic", False, "max"), ("axonal", True, "exp_mean"),
-                                                    ("dendritic", False, "exp_mean")])
+@pytest.mark.parametrize(
+    "kind,recurrent,readout",
+    [("synaptic", False, "max"), ("axonal", True, "exp_mean"), ("dendritic", False, "exp_mean")],
+)
 def test_multi_network_gradients_match_finite_differences(kind, recurrent, readout):
     net = small_net(kind, recurrent, readout)
     s, y = data()
@@ -83,8 +95,9 @@ def test_multi_network_refuses_a_ttfs_neuron():
 
 def test_temporal_pipeline_learns_with_delays_and_not_without(tmp_path):
     with_d = pipeline.run(ROOT / "pipelines" / "temporal.toml", ["train.epochs=12"], tmp_path / "d", progress=False)
-    without = pipeline.run(ROOT / "pipelines" / "temporal_nodelay.toml", ["train.epochs=6"], tmp_path / "n",
-                           progress=False)
+    without = pipeline.run(
+        ROOT / "pipelines" / "temporal_nodelay.toml", ["train.epochs=6"], tmp_path / "n", progress=False
+    )
     acc_d = pl.read_parquet(with_d / "metrics.parquet")["test_acc"].max()
     acc_n = pl.read_parquet(without / "metrics.parquet")["test_acc"].max()
     assert acc_d >= 0.9
@@ -104,8 +117,10 @@ def test_spike_time_loss_on_a_multi_spike_output_layer_matches_finite_difference
 
     neuron = delgrad.Neuron(tau_m=2.0, tau_s=1.0, theta=1.0, mode="multi", t_ref=0.1, t_end=30.0)
     rng = np.random.default_rng(4)
-    layers = [(rng.normal(2.5, 0.5, (5, 3)), "synaptic", rng.uniform(0, 1, (5, 3))),
-              (rng.normal(1.5, 0.4, (3, 5)), "axonal", rng.uniform(0, 1, 5))]
+    layers = [
+        (rng.normal(2.5, 0.5, (5, 3)), "synaptic", rng.uniform(0, 1, (5, 3))),
+        (rng.normal(1.5, 0.4, (3, 5)), "axonal", rng.uniform(0, 1, 5)),
+    ]
     s, _ = data(6)
     y = np.arange(6) % 3
     cfg = LossConfig(kind="mse", delta=0.3)

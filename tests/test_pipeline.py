@@ -7,12 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import delgrad
 import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-
-import delgrad
 from delgrad import pipeline
 from delgrad.losses import LossConfig, spike_time_loss
 from delgrad.optim import Adam, DelayParam
@@ -29,8 +28,16 @@ def run_dir(tmp_path_factory) -> Path:
 
 
 def test_run_directory_holds_everything(run_dir: Path) -> None:
-    for f in ["config.toml", "metrics.parquet", "spikes_test.parquet", "report.md",
-              "model/network.npz", "model/model.json", "data/spikes.parquet", "data/samples.parquet"]:
+    for f in [
+        "config.toml",
+        "metrics.parquet",
+        "spikes_test.parquet",
+        "report.md",
+        "model/network.npz",
+        "model/model.json",
+        "data/spikes.parquet",
+        "data/samples.parquet",
+    ]:
         assert (run_dir / f).exists(), f
     for png in ["curves", "classification_map", "output_times", "raster", "delays"]:
         assert (run_dir / "plots" / f"{png}.png").stat().st_size > 5000
@@ -69,7 +76,8 @@ def test_same_seed_same_result_and_resume_matches(run_dir: Path, tmp_path: Path)
         test, _, _ = pipeline.load_split(data_dir, "test")
         net = pipeline.build_network(cfg, n_in, 3)
         Trainer(net, TrainConfig.from_dict(cfg["train"])).fit(
-            train, {"validation": val, "test": test}, run_dir=out, on_epoch=stop_after_3)
+            train, {"validation": val, "test": test}, run_dir=out, on_epoch=stop_after_3
+        )
     assert (out / "checkpoint" / "meta.json").exists()
     resumed = pipeline.run(SYN, FAST, out, progress=False)
     got = pl.read_parquet(resumed / "metrics.parquet").drop("seconds")
@@ -98,13 +106,30 @@ def test_cli_evaluate_and_set(run_dir: Path, tmp_path: Path) -> None:
     exe = [sys.executable, "-m", "delgrad.cli"]
     r = subprocess.run([*exe, "evaluate", str(run_dir)], capture_output=True, text=True, check=True)
     assert "test_acc" in r.stdout
-    r = subprocess.run([*exe, "run", str(SYN), "--set", "train.epochs=1", "--set", "network.hidden=[7]",
-                        "--quiet", "--out", str(tmp_path / "cli")], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            *exe,
+            "run",
+            str(SYN),
+            "--set",
+            "train.epochs=1",
+            "--set",
+            "network.hidden=[7]",
+            "--quiet",
+            "--out",
+            str(tmp_path / "cli"),
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert delgrad.Model.load(tmp_path / "cli").network.sizes == [5, 7, 3]
-    assert 'hidden = [7]' in (tmp_path / "cli" / "config.toml").read_text()
-    r = subprocess.run([*exe, "run", str(SYN), "--set", "data.dataset=mnist", "--out", str(tmp_path / "bad")],
-                       capture_output=True, text=True)
+    assert "hidden = [7]" in (tmp_path / "cli" / "config.toml").read_text()
+    r = subprocess.run(
+        [*exe, "run", str(SYN), "--set", "data.dataset=mnist", "--out", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0 and "unknown data set 'mnist'" in r.stderr
 
 
@@ -115,8 +140,14 @@ def test_every_shipped_pipeline_parses_and_runs_one_epoch(tmp_path: Path) -> Non
             pytest.importorskip("sklearn")
         extra = []
         if cfg["data"]["dataset"] in pipeline.SPIKING_AUDIO:  # no HDF5 files here: tiny stand-in
-            extra = ["data.synthetic=true", "data.n_train=20", "data.n_validation=10", "data.n_test=10",
-                     "data.spikes_per_sample=300", "network.hidden=[8]"]
+            extra = [
+                "data.synthetic=true",
+                "data.n_train=20",
+                "data.n_validation=10",
+                "data.n_test=10",
+                "data.spikes_per_sample=300",
+                "network.hidden=[8]",
+            ]
         d = pipeline.run(toml, ["train.epochs=1", *extra], tmp_path / toml.stem, progress=False)
         assert (d / "report.md").exists(), toml.name
 

@@ -77,8 +77,9 @@ def test_ssc_files_stream_into_parquet_exactly(tmp_path, time_dtype):
         data[split] = (times, units, labels, speaker)
     out = tmp_path / "pq"
     shd.write_h5_dataset(out, "ssc", src, chunk_size=5)  # several chunks per file
-    write_spike_dataset(out / "small_groups", {"x": shd.read_h5_split(src / "ssc_test.h5", chunk_size=5)},
-                        700, rows_per_group=30)
+    write_spike_dataset(
+        out / "small_groups", {"x": shd.read_h5_split(src / "ssc_test.h5", chunk_size=5)}, 700, rows_per_group=30
+    )
     assert pq.ParquetFile(out / "small_groups" / "spikes.parquet").metadata.num_row_groups > 5
     for split, (times, units, labels, speaker) in data.items():
         ds = SpikeDataset(out, split)
@@ -104,8 +105,10 @@ def test_shd_validation_is_a_seeded_fraction_of_train(tmp_path):
     shd.write_h5_dataset(tmp_path / "a", "shd", tmp_path, validation_fraction=0.25, seed=3, chunk_size=6)
     shd.write_h5_dataset(tmp_path / "b", "shd", tmp_path, validation_fraction=0.25, seed=3, chunk_size=11)
     samples = pl.read_parquet(tmp_path / "a" / "samples.parquet")
-    idx = {s: samples.filter(pl.col("split") == s).sort("sample")["index"].to_numpy()
-           for s in ("train", "validation", "test")}
+    idx = {
+        s: samples.filter(pl.col("split") == s).sort("sample")["index"].to_numpy()
+        for s in ("train", "validation", "test")
+    }
     assert idx["validation"].size == 10 and idx["train"].size == 30
     assert sorted(np.concatenate([idx["train"], idx["validation"]]).tolist()) == list(range(40))
     for split in ("train", "validation"):
@@ -140,9 +143,14 @@ def test_missing_file_names_file_and_directory(tmp_path):
     assert not (tmp_path / "run" / "data" / "spikes.parquet").exists()
 
 
-@pytest.mark.parametrize("bad,match", [("nan", "sample 13 has a non-finite"),
-                                       ("unit", "sample 13 has a unit outside"),
-                                       ("length", "sample 13 has 5 times but 4 units")])
+@pytest.mark.parametrize(
+    "bad,match",
+    [
+        ("nan", "sample 13 has a non-finite"),
+        ("unit", "sample 13 has a unit outside"),
+        ("length", "sample 13 has 5 times but 4 units"),
+    ],
+)
 def test_malformed_files_name_the_sample(tmp_path, bad, match):
     times, units, labels, speaker = make_samples(20, 20, seed=1)
     times[13] = np.array([0.1, 0.2, 0.3, 0.4, 0.5], np.float32)
@@ -237,8 +245,10 @@ def test_blend_keeps_only_parent_spikes_of_the_same_class():
         both = np.any(s == a) and np.any(s == b)
         m = (mean[a] + mean[b]) / 2
         cand_n = np.concatenate([n[s == a], n[s == b]])
-        cand_t = np.maximum(np.concatenate([t[s == a] + (m - mean[a] if both else 0.0),
-                                            t[s == b] + (m - mean[b] if both else 0.0)]), 0.0)
+        cand_t = np.maximum(
+            np.concatenate([t[s == a] + (m - mean[a] if both else 0.0), t[s == b] + (m - mean[b] if both else 0.0)]),
+            0.0,
+        )
         for x, y in zip(on[os_ == k], ot[os_ == k]):  # every spike comes from a parent
             assert np.any((cand_n == x) & (np.abs(cand_t - y) < 1e-9)), (k, x, y)
         total_parent += (s == a).sum() + (s == b).sum()
@@ -251,8 +261,9 @@ def test_blend_keeps_only_parent_spikes_of_the_same_class():
 
 
 def test_synthetic_stand_in_has_the_shape_and_is_class_dependent(tmp_path):
-    shd.write_synthetic_dataset(tmp_path, "ssc", sizes={"train": 70, "validation": 10, "test": 10},
-                                spikes_per_sample=1500)
+    shd.write_synthetic_dataset(
+        tmp_path, "ssc", sizes={"train": 70, "validation": 10, "test": 10}, spikes_per_sample=1500
+    )
     ds = SpikeDataset(tmp_path, "train")
     b = ds.all()
     assert ds.n_inputs == 700 and len(ds) == 70 and b.labels.max() < 35
@@ -269,9 +280,17 @@ def test_synthetic_stand_in_has_the_shape_and_is_class_dependent(tmp_path):
 
 
 def test_shd_pipeline_runs_end_to_end_on_the_synthetic_stand_in(tmp_path):
-    sets = ["data.synthetic=true", "data.n_train=60", "data.n_validation=20", "data.n_test=20",
-            "data.spikes_per_sample=400", "network.hidden=[24]", "train.epochs=2",
-            "train.batch_size=20", "augment.enabled=true"]
+    sets = [
+        "data.synthetic=true",
+        "data.n_train=60",
+        "data.n_validation=20",
+        "data.n_test=20",
+        "data.spikes_per_sample=400",
+        "network.hidden=[24]",
+        "train.epochs=2",
+        "train.batch_size=20",
+        "augment.enabled=true",
+    ]
     run = pipeline.run(ROOT / "pipelines" / "shd.toml", sets, tmp_path / "run", progress=False)
     metrics = pl.read_parquet(run / "metrics.parquet")
     assert metrics.height == 2

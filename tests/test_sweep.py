@@ -8,11 +8,10 @@ import math
 import sys
 from pathlib import Path
 
+import delgrad
 import numpy as np
 import polars as pl
 import pytest
-
-import delgrad
 from delgrad import cli
 from delgrad.sweep_spec import SweepSpecError, load_spec
 
@@ -42,8 +41,12 @@ def expected_params(hidden: int, kind: str) -> int:
     """Yin-Yang: 4 features + 1 bias input, 3 outputs; weights plus one kind of delays."""
     sizes = [(5, hidden), (hidden, 3)]
     weights = sum(i * o for i, o in sizes)
-    delays = {"none": 0, "synaptic": weights, "axonal": sum(i for i, _ in sizes),
-              "dendritic": sum(o for _, o in sizes)}[kind]
+    delays = {
+        "none": 0,
+        "synaptic": weights,
+        "axonal": sum(i for i, _ in sizes),
+        "dendritic": sum(o for _, o in sizes),
+    }[kind]
     return weights + delays
 
 
@@ -74,14 +77,31 @@ def test_tiny_sweep_table(tiny) -> None:
     t = pl.read_parquet(res.sweep_dir / "results.parquet")
     assert t.equals(res.table)
     assert len(t) == 4 and res.ran == 4 and res.reused == 0
-    for col in ["network.hidden", "network.delay_kind", "train.seed", "trial", "status", "n_params",
-                "test_acc_best_val", "test_acc_final", "val_acc_best", "best_epoch", "epochs", "wall_s",
-                "reused", "error"]:
+    for col in [
+        "network.hidden",
+        "network.delay_kind",
+        "train.seed",
+        "trial",
+        "status",
+        "n_params",
+        "test_acc_best_val",
+        "test_acc_final",
+        "val_acc_best",
+        "best_epoch",
+        "epochs",
+        "wall_s",
+        "reused",
+        "error",
+    ]:
         assert col in t.columns, col
     assert t["status"].to_list() == ["ok"] * 4
     assert t["error"].null_count() == 4
     assert sorted((h[0], k) for h, k in zip(t["network.hidden"], t["network.delay_kind"])) == [
-        (4, "none"), (4, "synaptic"), (6, "none"), (6, "synaptic")]
+        (4, "none"),
+        (4, "synaptic"),
+        (6, "none"),
+        (6, "synaptic"),
+    ]
     for r in t.iter_rows(named=True):
         run_dir = res.sweep_dir / r["run_dir"]
         # An ordinary pipeline run directory.
@@ -147,13 +167,16 @@ def test_rerun_skips_finished_trials_and_resumes_an_unfinished_one(tiny) -> None
 def test_failed_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path: Path, capsys) -> None:
     from delgrad.sweep import run_sweep
 
-    spec = write_spec(tmp_path / "bad.toml", """
+    spec = write_spec(
+        tmp_path / "bad.toml",
+        """
 [set]
 "train.epochs" = 1
 [grid]
 "network.hidden" = [[4]]
 "network.delay_kind" = ["axonal", "bogus"]
-""")
+""",
+    )
     res = run_sweep(spec, out=tmp_path / "out", progress=False)
     t = res.table.sort("network.delay_kind")
     assert t["status"].to_list() == ["ok", "failed"]
@@ -197,21 +220,24 @@ def test_unreachable_address_fails_fast(tmp_path: Path, capsys) -> None:
     assert not (tmp_path / "o").exists(), "nothing ran"
 
 
-@pytest.mark.parametrize("body, message", [
-    ('[grid]\n"train.epochz" = [1, 2]\n', "unknown pipeline key 'train.epochz'"),
-    ('[grid]\n"netwrk.hidden" = [[4]]\n', "unknown pipeline key 'netwrk.hidden'"),
-    ('[grid]\n"train.loss.deltaa" = [0.1]\n', "known keys under [train.loss]"),
-    ('[grid]\n"train.seed" = []\n', "'train.seed' needs a non-empty list"),
-    ('[set]\n"train.epochs" = 2\n', "nothing to sweep"),
-    ('[grid]\n"train.seed" = [0, 0]\n', "same configuration"),
-    ('[random]\nn = 2\n[random.axes]\n"train.lr" = { gauss = [0, 1] }\n', "needs exactly one of uniform"),
-    ('[random]\nn = 2\n[random.axes]\n"train.lr" = { loguniform = [0, 1] }\n', "loguniform needs low > 0"),
-    ('[random]\nn = 0\n[random.axes]\n"train.lr" = { uniform = [0, 1] }\n', "n (number of draws)"),
-    ('[grid]\n"train.seed" = [0]\n[report]\nover = "train.lr"\n', "not an axis of the sweep"),
-    ('[grid]\n"train.seed" = [0]\n[[when]]\nmatch = {}\nset = { "train.seed" = 1 }\n', "may not override an axis"),
-    ('bogus = 1\n[grid]\n"train.seed" = [0]\n', "unknown entries ['bogus']"),
-    ('[grid\n', "not valid TOML"),
-])
+@pytest.mark.parametrize(
+    "body, message",
+    [
+        ('[grid]\n"train.epochz" = [1, 2]\n', "unknown pipeline key 'train.epochz'"),
+        ('[grid]\n"netwrk.hidden" = [[4]]\n', "unknown pipeline key 'netwrk.hidden'"),
+        ('[grid]\n"train.loss.deltaa" = [0.1]\n', "known keys under [train.loss]"),
+        ('[grid]\n"train.seed" = []\n', "'train.seed' needs a non-empty list"),
+        ('[set]\n"train.epochs" = 2\n', "nothing to sweep"),
+        ('[grid]\n"train.seed" = [0, 0]\n', "same configuration"),
+        ('[random]\nn = 2\n[random.axes]\n"train.lr" = { gauss = [0, 1] }\n', "needs exactly one of uniform"),
+        ('[random]\nn = 2\n[random.axes]\n"train.lr" = { loguniform = [0, 1] }\n', "loguniform needs low > 0"),
+        ('[random]\nn = 0\n[random.axes]\n"train.lr" = { uniform = [0, 1] }\n', "n (number of draws)"),
+        ('[grid]\n"train.seed" = [0]\n[report]\nover = "train.lr"\n', "not an axis of the sweep"),
+        ('[grid]\n"train.seed" = [0]\n[[when]]\nmatch = {}\nset = { "train.seed" = 1 }\n', "may not override an axis"),
+        ('bogus = 1\n[grid]\n"train.seed" = [0]\n', "unknown entries ['bogus']"),
+        ("[grid\n", "not valid TOML"),
+    ],
+)
 def test_bad_specs_name_what_is_wrong(tmp_path: Path, body: str, message: str) -> None:
     with pytest.raises(SweepSpecError) as e:
         load_spec(write_spec(tmp_path / "s.toml", body))
@@ -228,7 +254,10 @@ def test_missing_base_pipeline(tmp_path: Path, capsys) -> None:
 
 
 def test_random_search_is_seeded_and_in_range(tmp_path: Path) -> None:
-    spec = load_spec(write_spec(tmp_path / "r.toml", """
+    spec = load_spec(
+        write_spec(
+            tmp_path / "r.toml",
+            """
 [grid]
 "network.delay_kind" = ["axonal", "synaptic"]
 [random]
@@ -239,7 +268,9 @@ seed = 3
 "train.lr_gamma" = { uniform = [0.8, 0.99] }
 "train.batch_size" = { choice = [50, 150] }
 "train.lr_step" = { randint = [10, 30] }
-"""))
+""",
+        )
+    )
     trials = spec.trials()
     assert len(trials) == 10
     assert [t.name for t in trials] == [t.name for t in load_spec(spec.path).trials()], "stable names"
@@ -275,9 +306,10 @@ def test_shipped_study_matches_the_shipped_pipelines(tmp_path: Path, capsys) -> 
         assert cfg["train"]["seed"] == t.params["train.seed"]
         if kind in shipped:
             # Same settings as the shipped pipeline of that delay type, apart from its name.
-            ref = pipeline.load_config(ROOT / "pipelines" / f"{shipped[kind]}.toml",
-                                       [f"network.hidden={t.params['network.hidden']}",
-                                        f"train.seed={t.params['train.seed']}"])
+            ref = pipeline.load_config(
+                ROOT / "pipelines" / f"{shipped[kind]}.toml",
+                [f"network.hidden={t.params['network.hidden']}", f"train.seed={t.params['train.seed']}"],
+            )
             assert {**cfg, "name": ""} == {**ref, "name": ""}, t.name
         else:
             assert cfg["train"]["lr_gamma"] == 0.95
@@ -289,8 +321,9 @@ def test_shipped_study_matches_the_shipped_pipelines(tmp_path: Path, capsys) -> 
 def test_axis_of_mixed_types_is_stored_as_text(tmp_path: Path) -> None:
     from delgrad.sweep import results_table
 
-    spec = load_spec(write_spec(tmp_path / "m.toml", '[grid]\n"train.lr" = [0.005, [0.005, 0.001]]\n'
-                                '"train.seed" = [0, 1]\n'))
+    spec = load_spec(
+        write_spec(tmp_path / "m.toml", '[grid]\n"train.lr" = [0.005, [0.005, 0.001]]\n"train.seed" = [0, 1]\n')
+    )
     trials = spec.trials()
     rows = {t.name: {"status": "ok", "n_params": 1, "test_acc_best_val": 0.5, "wall_s": 1.0} for t in trials}
     t = results_table(spec, trials, rows, tmp_path)

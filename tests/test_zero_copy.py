@@ -4,10 +4,9 @@ reads; they must be the caller's Arrow buffers."""
 
 from __future__ import annotations
 
+import delgrad
 import numpy as np
 import pyarrow as pa
-
-import delgrad
 from delgrad import _core
 from helpers import batch
 
@@ -16,9 +15,12 @@ COLS = ("sample", "neuron", "time")
 
 def _batch(n=1000, sample_type=pa.uint32()):
     rng = np.random.default_rng(0)
-    return batch(np.sort(rng.integers(0, 50, n)).astype(np.uint32),
-                 rng.integers(0, 8, n).astype(np.uint32), rng.uniform(0, 3, n),
-                 sample_type=sample_type)
+    return batch(
+        np.sort(rng.integers(0, 50, n)).astype(np.uint32),
+        rng.integers(0, 8, n).astype(np.uint32),
+        rng.uniform(0, 3, n),
+        sample_type=sample_type,
+    )
 
 
 def _buffer_addresses(rb):
@@ -37,8 +39,7 @@ def test_sliced_record_batch_is_read_in_place_at_its_offset():
     got = _core._column_addresses(rb)
     base = _buffer_addresses(rb)
     # The slice shares the parent's buffers; the core reads from the slice's first element.
-    want = {"sample": base["sample"] + 37 * 4, "neuron": base["neuron"] + 37 * 4,
-            "time": base["time"] + 37 * 8}
+    want = {"sample": base["sample"] + 37 * 4, "neuron": base["neuron"] + 37 * 4, "time": base["time"] + 37 * 8}
     assert got == want
 
 

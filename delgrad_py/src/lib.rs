@@ -14,15 +14,20 @@ use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArrayDyn, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn,
     PyUntypedArrayMethods,
 };
+use pyo3::buffer::PyUntypedBuffer;
 use pyo3::create_exception;
 use pyo3::exceptions::{PyKeyboardInterrupt, PyValueError};
 use pyo3::prelude::*;
-use pyo3::buffer::PyUntypedBuffer;
 use pyo3::types::{PyBytes, PyDict, PyMemoryView, PyTuple};
 use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::PyRecordBatch;
 
-create_exception!(delgrad, SpikeError, PyValueError, "A spike table is malformed (column, null, NaN, id out of range).");
+create_exception!(
+    delgrad,
+    SpikeError,
+    PyValueError,
+    "A spike table is malformed (column, null, NaN, id out of range)."
+);
 create_exception!(delgrad, ShapeError, PyValueError, "Arrays whose shapes do not fit together.");
 create_exception!(delgrad, ParameterError, PyValueError, "A parameter value the model cannot use.");
 create_exception!(
@@ -37,8 +42,7 @@ fn to_py(e: core::Error) -> PyErr {
     match e {
         core::Error::Frame { code, message } => {
             let err = FrameError::new_err(message);
-            Python::attach(|py| err.value(py).setattr("code", code.as_str()).map(|_| err))
-                .unwrap_or_else(|e| e)
+            Python::attach(|py| err.value(py).setattr("code", code.as_str()).map(|_| err)).unwrap_or_else(|e| e)
         }
         core::Error::Spikes(m) => SpikeError::new_err(m),
         core::Error::Shape(m) => ShapeError::new_err(m),
@@ -137,9 +141,8 @@ impl PyNeuron {
 
 fn read_table(obj: AnyRecordBatch, what: &str, with_grad: bool) -> PyResult<SpikeTable> {
     let reader = obj.into_reader()?;
-    let batches: Vec<RecordBatch> = reader
-        .collect::<Result<_, _>>()
-        .map_err(|e| SpikeError::new_err(format!("{what}: {e}")))?;
+    let batches: Vec<RecordBatch> =
+        reader.collect::<Result<_, _>>().map_err(|e| SpikeError::new_err(format!("{what}: {e}")))?;
     SpikeTable::from_batches(&batches, what, with_grad).map_err(to_py)
 }
 
@@ -163,9 +166,7 @@ impl<'py> LayerArgs<'py> {
             .as_slice()
             .map_err(|_| ShapeError::new_err(format!("{what}: weights must be C-contiguous")))?;
         let d: &[f64] = match &self.delays {
-            Some(d) => d
-                .as_slice()
-                .map_err(|_| ShapeError::new_err(format!("{what}: delays must be C-contiguous")))?,
+            Some(d) => d.as_slice().map_err(|_| ShapeError::new_err(format!("{what}: delays must be C-contiguous")))?,
             None => &[],
         };
         if let Some(d) = &self.delays {
@@ -204,7 +205,11 @@ fn matrix<'py>(py: Python<'py>, rows: usize, cols: usize, v: Vec<f64>) -> Bound<
 }
 
 /// A layer's gradient as numpy arrays: `dW` `(n_out, n_in)` and `dD` in the delays' own shape.
-fn grad_arrays<'py>(py: Python<'py>, layer: &LayerRef, g: LayerGrad) -> (Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>) {
+fn grad_arrays<'py>(
+    py: Python<'py>,
+    layer: &LayerRef,
+    g: LayerGrad,
+) -> (Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>) {
     (matrix(py, layer.n_out, layer.n_in, g.weights), delay_grad_array(py, layer, g.delays))
 }
 
@@ -268,8 +273,15 @@ fn layer_backward<'py>(
     let (lg, gin) = match neuron.multi {
         None => py.detach(|| core::layer_backward(&n, layer, &table, n_samples, &out, g)),
         Some(m) => py.detach(|| {
-            core::multi_network::layer_backward(&m, core::MultiLayer { ff: layer, rec: None }, &table, n_samples, &out, g)
-                .map(|(lg, _, gin)| (lg, gin))
+            core::multi_network::layer_backward(
+                &m,
+                core::MultiLayer { ff: layer, rec: None },
+                &table,
+                n_samples,
+                &out,
+                g,
+            )
+            .map(|(lg, _, gin)| (lg, gin))
         }),
     }
     .map_err(to_py)?;
@@ -536,10 +548,7 @@ impl PySpikeSet {
 }
 
 fn select_slice<'a>(select: &'a Option<PyReadonlyArray1<'_, u32>>) -> PyResult<Option<&'a [u32]>> {
-    select
-        .as_ref()
-        .map(|a| a.as_slice().map_err(|_| ShapeError::new_err("select must be contiguous")))
-        .transpose()
+    select.as_ref().map(|a| a.as_slice().map_err(|_| ShapeError::new_err("select must be contiguous"))).transpose()
 }
 
 /// The batch `select` of `spikes`, checked to be the batch `trace` was recorded for.
@@ -613,12 +622,7 @@ fn network_backward<'py>(
             net.backward(&input, &trace.layers, &rows)
         })
         .map_err(to_py)?;
-    let grads = net
-        .layers
-        .iter()
-        .zip(g.layers)
-        .map(|(l, lg)| grad_arrays(py, l, lg))
-        .collect();
+    let grads = net.layers.iter().zip(g.layers).map(|(l, lg)| grad_arrays(py, l, lg)).collect();
     Ok((grads, g.inputs.into_pyarray(py)))
 }
 
@@ -650,9 +654,8 @@ fn multi_net<'a>(
     ff: &'a [LayerArgs],
     rec: &'a [Option<LayerArgs>],
 ) -> PyResult<core::MultiNetwork<'a>> {
-    let m = neuron
-        .multi
-        .ok_or_else(|| ParameterError::new_err("multi_network_*: the neuron must have mode='multi'"))?;
+    let m =
+        neuron.multi.ok_or_else(|| ParameterError::new_err("multi_network_*: the neuron must have mode='multi'"))?;
     let mut layers = Vec::with_capacity(ff.len());
     for (l, (f, r)) in ff.iter().zip(rec).enumerate() {
         let ff = f.as_ref(&format!("layer {l}"))?;

@@ -29,5 +29,4 @@ def make_backend(name: str, **options: Any) -> Backend:
     raise ValueError(f"unknown backend {name!r} (available: {', '.join(BACKENDS)})")
 
 
-__all__ = ["BACKENDS", "Backend", "BackendError", "BackendUnavailable", "Configuration",
-           "RunOutput", "make_backend"]
+__all__ = ["BACKENDS", "Backend", "BackendError", "BackendUnavailable", "Configuration", "RunOutput", "make_backend"]

@@ -84,31 +84,43 @@ class Backend(ABC):
         with the same fingerprint realise the same configuration identically."""
 
     @abstractmethod
-    def configure(self, network: Any, *, weight_scale: float | list[float] | None = None,
-                  input_replication: int = 1) -> Configuration:
+    def configure(
+        self, network: Any, *, weight_scale: float | list[float] | None = None, input_replication: int = 1
+    ) -> Configuration:
         """Realises ``network``; raises :class:`BackendError` (``does_not_fit``, ``unsupported``,
         ``bad_parameters``) when it cannot."""
 
     @abstractmethod
-    def run(self, config: Configuration, spikes: pa.RecordBatch, n_samples: int, *,
-            seed: int, duration: float | None = None) -> RunOutput:
+    def run(
+        self, config: Configuration, spikes: pa.RecordBatch, n_samples: int, *, seed: int, duration: float | None = None
+    ) -> RunOutput:
         """Plays ``spikes`` (validated :data:`SPIKE_SCHEMA` rows addressing input *channels*)
         into ``config`` and records every layer."""
 
-    def run_frames(self, config: Configuration, frame: Any, n_samples: int, *, seed: int,
-                   duration: float | None = None, max_events: int) -> FramedRun:
+    def run_frames(
+        self,
+        config: Configuration,
+        frame: Any,
+        n_samples: int,
+        *,
+        seed: int,
+        duration: float | None = None,
+        max_events: int,
+    ) -> FramedRun:
         """:meth:`run` from and to protocol frames, as the daemon calls it: ``frame`` is the
         request's input spike frame (untrusted; channels ``< config.n_channels``, at most
         ``max_events`` events after replication). Raises :class:`ProtocolError` for a bad
         frame. Backends that can skip the tables in between override this."""
         from delgrad.hardware import protocol as P
 
-        spikes = P.decode_spikes(frame, "input spikes", n_samples=n_samples,
-                                 n_neurons=config.n_channels, max_rows=max_events)
+        spikes = P.decode_spikes(
+            frame, "input spikes", n_samples=n_samples, n_neurons=config.n_channels, max_rows=max_events
+        )
         if spikes.num_rows * config.input_replication > max_events:
             raise P.ProtocolError(
-                P.TOO_LARGE, f"input spikes: {spikes.num_rows} x replication {config.input_replication} "
-                             f"exceeds {max_events} events")
+                P.TOO_LARGE,
+                f"input spikes: {spikes.num_rows} x replication {config.input_replication} exceeds {max_events} events",
+            )
         out = self.run(config, spikes, n_samples, seed=seed, duration=duration)
         return FramedRun(P.encode_layers(out.layers), out.health, out.seed)
 

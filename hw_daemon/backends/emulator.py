@@ -34,16 +34,16 @@ import time
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
+import delgrad
 import numpy as np
 import pyarrow as pa
-
-import delgrad
 from delgrad import _core
 from delgrad.hardware import protocol as P
+
 from hw_daemon.backends.base import Backend, BackendError, Configuration, FramedRun, RunOutput
 
-TAU_CHIP_S = 6e-6      # 1 tau on chip
-CLOCK_S = 8e-9         # FPGA / event clock
+TAU_CHIP_S = 6e-6  # 1 tau on chip
+CLOCK_S = 8e-9  # FPGA / event clock
 SPEEDUP = 1000
 TIME_QUANTUM = CLOCK_S / TAU_CHIP_S  # in units of tau_s
 
@@ -77,8 +77,14 @@ class EmulatorParams:
     def ideal(cls, **overrides: Any) -> EmulatorParams:
         """No threshold offsets, noise, jitter, time quantisation or event loss; weights are
         still quantised (so the realised network alone reproduces every run exactly)."""
-        base = cls(threshold_offset_mean=0.0, threshold_offset_std=0.0, threshold_noise_std=0.0,
-                   delay_jitter_std=0.0, time_quantum=0.0, event_loss=0.0)
+        base = cls(
+            threshold_offset_mean=0.0,
+            threshold_offset_std=0.0,
+            threshold_noise_std=0.0,
+            delay_jitter_std=0.0,
+            time_quantum=0.0,
+            event_loss=0.0,
+        )
         return replace(base, **overrides)
 
 
@@ -97,8 +103,9 @@ class EmulatorBackend(Backend):
         # Relative offsets, so the chip's mismatch means the same for any configured theta.
         self._theta_offset = rng.normal(p.threshold_offset_mean, p.threshold_offset_std, p.neurons) / p.theta_ref
         self._fingerprint = hashlib.blake2b(
-            json.dumps({"backend": self.name, "chip_seed": chip_seed, "params": asdict(p)},
-                       sort_keys=True).encode(), digest_size=16).digest()
+            json.dumps({"backend": self.name, "chip_seed": chip_seed, "params": asdict(p)}, sort_keys=True).encode(),
+            digest_size=16,
+        ).digest()
 
     def fingerprint(self) -> bytes:
         return self._fingerprint
@@ -140,8 +147,9 @@ class EmulatorBackend(Backend):
         delayed = sum(n_in for n_in, _, kind in layers if kind == "axonal")
         return compute, delayed * self.params.neurons_per_delay
 
-    def configure(self, network: Any, *, weight_scale: float | list[float] | None = None,
-                  input_replication: int = 1) -> Configuration:
+    def configure(
+        self, network: Any, *, weight_scale: float | list[float] | None = None, input_replication: int = 1
+    ) -> Configuration:
         p = self.params
         shapes = [(l.shape[1], l.shape[0], l.delay_kind) for l in network.layers]
         for l, (_, _, kind) in enumerate(shapes):
@@ -162,12 +170,15 @@ class EmulatorBackend(Backend):
                 f"a BrainScaleS-2 chip has {p.neurons}",
             )
         if not 1 <= input_replication <= p.max_input_replication:
-            raise BackendError(P.BAD_FIELD, f"input_replication = {input_replication} is outside "
-                                            f"[1, {p.max_input_replication}]")
+            raise BackendError(
+                P.BAD_FIELD, f"input_replication = {input_replication} is outside [1, {p.max_input_replication}]"
+            )
         n_in0 = shapes[0][0]
         if n_in0 % input_replication:
-            raise BackendError(P.BAD_PARAMETERS, f"layer 0 has n_in = {n_in0}, not a multiple of "
-                                                 f"input_replication = {input_replication}")
+            raise BackendError(
+                P.BAD_PARAMETERS,
+                f"layer 0 has n_in = {n_in0}, not a multiple of input_replication = {input_replication}",
+            )
         scales = self._scales(weight_scale, len(shapes))
 
         layers, report_layers, factors, base = [], [], [], 0
@@ -193,7 +204,7 @@ class EmulatorBackend(Backend):
             report_layers.append(rl)
             # Network neurons sit on consecutive chip neurons, layer after layer; the chip's fixed
             # threshold offsets follow the placement.
-            factors.append(1.0 + self._theta_offset[base:base + n_out])
+            factors.append(1.0 + self._theta_offset[base : base + n_out])
             base += n_out
         realised = delgrad.Network(layers, network.neuron)
         report = {
@@ -203,8 +214,13 @@ class EmulatorBackend(Backend):
             "neurons_delay": delay_neurons,
             "delay_range": [0.0, p.delay_max],
         }
-        return Configuration(network=realised, input_replication=input_replication, report=report,
-                             fingerprint=self._fingerprint, state={"theta_factor": factors})
+        return Configuration(
+            network=realised,
+            input_replication=input_replication,
+            report=report,
+            fingerprint=self._fingerprint,
+            state={"theta_factor": factors},
+        )
 
     def _scales(self, weight_scale: float | list[float] | None, n_layers: int) -> list[float]:
         if weight_scale is None:
@@ -234,7 +250,8 @@ class EmulatorBackend(Backend):
             # Dividing row j of W by factor_j therefore gives the same spike times as a neuron
             # with threshold theta_j.
             factor = config.state["theta_factor"][l] + rng.normal(
-                0.0, p.threshold_noise_std / p.theta_ref, layer.shape[0])
+                0.0, p.threshold_noise_std / p.theta_ref, layer.shape[0]
+            )
             factor = np.maximum(factor, 0.05)  # a threshold never reaches zero on a chip
             w = layer.weights / factor[:, None]
             d = layer.delays
@@ -244,24 +261,34 @@ class EmulatorBackend(Backend):
         return args
 
     def _io(self, config: Configuration, duration: float) -> _core.ChipIo:
-        return _core.ChipIo(time_quantum=self.params.time_quantum, duration=duration,
-                            replication=config.input_replication, n_channels=config.n_channels)
+        return _core.ChipIo(
+            time_quantum=self.params.time_quantum,
+            duration=duration,
+            replication=config.input_replication,
+            n_channels=config.n_channels,
+        )
 
     def _health(self, counts: dict[str, Any], n_samples: int, duration: float, t_start: float) -> dict[str, Any]:
         lost = counts["lost_per_layer"]
-        return {**counts, "lost_events": sum(lost), "duration": duration,
-                "chip_time_s": n_samples * duration * TAU_CHIP_S,
-                "wall_time_s": time.perf_counter() - t_start}
+        return {
+            **counts,
+            "lost_events": sum(lost),
+            "duration": duration,
+            "chip_time_s": n_samples * duration * TAU_CHIP_S,
+            "wall_time_s": time.perf_counter() - t_start,
+        }
 
-    def run(self, config: Configuration, spikes: pa.RecordBatch, n_samples: int, *,
-            seed: int, duration: float | None = None) -> RunOutput:
+    def run(
+        self, config: Configuration, spikes: pa.RecordBatch, n_samples: int, *, seed: int, duration: float | None = None
+    ) -> RunOutput:
         t_start = time.perf_counter()
         p = self.params
         dur = float(duration) if duration is not None else p.duration
         rng = np.random.default_rng([seed, self.chip_seed])
         # The spike side (window, event clock, replication, forward, recording) is the core's.
-        layers, counts = _core.chip_run(spikes, n_samples, self._perturbed(config, rng),
-                                        config.network.neuron, self._io(config, dur))
+        layers, counts = _core.chip_run(
+            spikes, n_samples, self._perturbed(config, rng), config.network.neuron, self._io(config, dur)
+        )
         if p.event_loss > 0:
             lost = counts["lost_per_layer"]
             for l, rb in enumerate(layers):
@@ -271,17 +298,24 @@ class EmulatorBackend(Backend):
             counts["recorded_events"] = [rb.num_rows for rb in layers]
         return RunOutput(layers=layers, health=self._health(counts, n_samples, dur, t_start), seed=seed)
 
-    def run_frames(self, config: Configuration, frame: Any, n_samples: int, *, seed: int,
-                   duration: float | None = None, max_events: int) -> FramedRun:
+    def run_frames(
+        self,
+        config: Configuration,
+        frame: Any,
+        n_samples: int,
+        *,
+        seed: int,
+        duration: float | None = None,
+        max_events: int,
+    ) -> FramedRun:
         p = self.params
         if p.event_loss > 0:  # drawn here, on tables
-            return super().run_frames(config, frame, n_samples, seed=seed, duration=duration,
-                                      max_events=max_events)
+            return super().run_frames(config, frame, n_samples, seed=seed, duration=duration, max_events=max_events)
         t_start = time.perf_counter()
         dur = float(duration) if duration is not None else p.duration
         rng = np.random.default_rng([seed, self.chip_seed])
         with P.reading_frames():
             frames, counts = _core.chip_run_frames(
-                frame, n_samples, self._perturbed(config, rng), config.network.neuron,
-                self._io(config, dur), max_events)
+                frame, n_samples, self._perturbed(config, rng), config.network.neuron, self._io(config, dur), max_events
+            )
         return FramedRun(frames, self._health(counts, n_samples, dur, t_start), seed)

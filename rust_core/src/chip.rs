@@ -144,18 +144,10 @@ pub fn run_frames(
     if events > max_events {
         return Err(frame_err(
             FrameCode::TooLarge,
-            format!(
-                "input spikes: {} x replication {} exceeds {max_events} events",
-                input.len(),
-                io.replication
-            ),
+            format!("input spikes: {} x replication {} exceeds {max_events} events", input.len(), io.replication),
         ));
     }
     let out = run(net, io, &input, n_samples)?;
-    let encoded = out
-        .layers
-        .iter()
-        .map(|sp| frames::write_stream(&sp.to_record_batch(None)))
-        .collect::<Result<_>>()?;
+    let encoded = out.layers.iter().map(|sp| frames::write_stream(&sp.to_record_batch(None))).collect::<Result<_>>()?;
     Ok((out, encoded))
 }

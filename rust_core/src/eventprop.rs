@@ -48,9 +48,11 @@
 
 use std::collections::BinaryHeap;
 
-use crate::layer::LayerRef;
 use crate::layer::DelayKind;
-use crate::multi::{bucket_fill, bucket_sort, factored_step, spike_factors, time_range, DelayFactors, MultiNeuron, RecLayer, SortBuf};
+use crate::layer::LayerRef;
+use crate::multi::{
+    bucket_fill, bucket_sort, factored_step, spike_factors, time_range, DelayFactors, MultiNeuron, RecLayer, SortBuf,
+};
 use crate::ttfs::{In, SLOPE_FLOOR};
 
 /// One arrival at a neuron in the backward pass: time, weight, index of its synapse in the
@@ -357,20 +359,36 @@ pub fn layer_backward(
         let key = |x: &Arr| x.a;
         match (factors, layer.kind) {
             (Some(f), DelayKind::Synaptic) => {
-                let (fm, fs, d) = (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in], &layer.delays[row..row + layer.n_in]);
+                let (fm, fs, d) =
+                    (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in], &layer.delays[row..row + layer.n_in]);
                 let w = &layer.weights[row..row + layer.n_in];
-                let items = inputs.iter().zip(um.iter().zip(us.iter())).enumerate().filter_map(|(r, (&(i, t), (&xm, &xs)))| {
-                    let i = i as usize;
-                    let a = t + d[i];
-                    (a < end).then(|| Arr { a, w: w[i], fm: xm * fm[i], fs: xs * fs[i], syn: (row + i) as u32, src: r as u32 })
-                });
+                let items =
+                    inputs.iter().zip(um.iter().zip(us.iter())).enumerate().filter_map(|(r, (&(i, t), (&xm, &xs)))| {
+                        let i = i as usize;
+                        let a = t + d[i];
+                        (a < end).then(|| Arr {
+                            a,
+                            w: w[i],
+                            fm: xm * fm[i],
+                            fs: xs * fs[i],
+                            syn: (row + i) as u32,
+                            src: r as u32,
+                        })
+                    });
                 bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, key);
             }
             (Some(f), _) => {
                 let items = inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
                     let (i, q) = (i as usize, row + i as usize);
                     let a = t + layer.delay(j, i);
-                    (a < end).then(|| Arr { a, w: layer.weights[q], fm: um[r] * f.fm[q], fs: us[r] * f.fs[q], syn: q as u32, src: r as u32 })
+                    (a < end).then(|| Arr {
+                        a,
+                        w: layer.weights[q],
+                        fm: um[r] * f.fm[q],
+                        fs: us[r] * f.fs[q],
+                        syn: q as u32,
+                        src: r as u32,
+                    })
                 });
                 bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, key);
             }
@@ -378,7 +396,14 @@ pub fn layer_backward(
                 let items = inputs.iter().enumerate().filter_map(|(r, &(i, t))| {
                     let (i, q) = (i as usize, row + i as usize);
                     let a = t + layer.delay(j, i);
-                    (a < end).then(|| Arr { a, w: layer.weights[q], fm: f64::NAN, fs: f64::NAN, syn: q as u32, src: r as u32 })
+                    (a < end).then(|| Arr {
+                        a,
+                        w: layer.weights[q],
+                        fm: f64::NAN,
+                        fs: f64::NAN,
+                        syn: q as u32,
+                        src: r as u32,
+                    })
                 });
                 bucket_fill(inputs.len(), lo, hi, sort, arrivals, items, key);
             }

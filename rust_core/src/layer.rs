@@ -24,9 +24,7 @@ impl DelayKind {
             "synaptic" => Ok(Self::Synaptic),
             "axonal" => Ok(Self::Axonal),
             "dendritic" => Ok(Self::Dendritic),
-            _ => Err(param_err(format!(
-                "unknown delay kind '{s}' (expected none, synaptic, axonal or dendritic)"
-            ))),
+            _ => Err(param_err(format!("unknown delay kind '{s}' (expected none, synaptic, axonal or dendritic)"))),
         }
     }
     pub fn name(self) -> &'static str {

@@ -38,8 +38,8 @@ pub use layer::{DelayKind, LayerGrad, LayerRef};
 pub use multi::MultiNeuron;
 pub use multi_network::{MultiGrad, MultiLayer, MultiNetwork};
 pub use network::{Input, NetGrad, Network, SpikeSet};
-pub use readout::{Readout, ReadoutKind};
 pub use neuron::Neuron;
+pub use readout::{Readout, ReadoutKind};
 pub use spikes::{SpikeTable, Spikes};
 
 /// Forward pass of a single layer: the output spikes of every sample.

@@ -140,7 +140,8 @@ mod tests {
     #[test]
     fn silent_neurons_use_stand_in_and_get_no_gradient() {
         let inf = f64::INFINITY;
-        let out = evaluate(&[inf, 1.0, inf], 3, &[0], Loss::CrossEntropy { xi: 0.2, alpha: 0.0, beta: 1.0 }, 1.0, 5.0).unwrap();
+        let out = evaluate(&[inf, 1.0, inf], 3, &[0], Loss::CrossEntropy { xi: 0.2, alpha: 0.0, beta: 1.0 }, 1.0, 5.0)
+            .unwrap();
         assert!(out.loss.is_finite() && out.loss > 0.0);
         assert_eq!(out.grad[0], 0.0);
         assert_eq!(out.grad[2], 0.0);

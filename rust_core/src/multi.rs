@@ -400,7 +400,14 @@ fn pow_decays<const K: i32>(pm: f64, qm: f64) -> (f64, f64) {
 /// case `tau_m = K tau_s` fixed at compile time (`K = 0`: any ratio). Bit for bit the values of
 /// [`MultiNeuron::factor_decays`] and [`Neuron::kernel_from_fast`].
 #[inline(always)]
-pub(crate) fn factored_step<const K: i32>(m: &MultiNeuron, pm: f64, ps: f64, qm: f64, qs: f64, len: f64) -> (f64, f64, f64) {
+pub(crate) fn factored_step<const K: i32>(
+    m: &MultiNeuron,
+    pm: f64,
+    ps: f64,
+    qm: f64,
+    qs: f64,
+    len: f64,
+) -> (f64, f64, f64) {
     let n = &m.neuron;
     match K {
         1 => {
@@ -479,7 +486,8 @@ pub fn layer_forward(
         let w = &layer.weights[row..row + layer.n_in];
         match (factors, layer.kind) {
             (Some(f), DelayKind::Synaptic) => {
-                let (fm, fs, d) = (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in], &layer.delays[row..row + layer.n_in]);
+                let (fm, fs, d) =
+                    (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in], &layer.delays[row..row + layer.n_in]);
                 let items = inputs.iter().zip(um.iter().zip(us.iter())).filter_map(|(&(i, t), (&xm, &xs))| {
                     let i = i as usize;
                     (w[i] != 0.0).then(|| FArr { a: t + d[i], w: w[i], fm: xm * fm[i], fs: xs * fs[i] })
@@ -555,11 +563,7 @@ impl PartialOrd for Event {
 impl Ord for Event {
     // Reversed: BinaryHeap is a max-heap and we want the earliest event first.
     fn cmp(&self, other: &Self) -> Ordering {
-        other
-            .time
-            .total_cmp(&self.time)
-            .then(other.kind.cmp(&self.kind))
-            .then(other.neuron.cmp(&self.neuron))
+        other.time.total_cmp(&self.time).then(other.kind.cmp(&self.kind)).then(other.neuron.cmp(&self.neuron))
     }
 }
 

@@ -135,7 +135,13 @@ impl<'a> MultiNetwork<'a> {
     }
 
     /// Gradients for a table of input spikes; see [`MultiNetwork::backward`].
-    pub fn backward_table(&self, table: &SpikeTable, n_samples: usize, spikes: &[Spikes], grad_out: &[f64]) -> Result<MultiGrad> {
+    pub fn backward_table(
+        &self,
+        table: &SpikeTable,
+        n_samples: usize,
+        spikes: &[Spikes],
+        grad_out: &[f64],
+    ) -> Result<MultiGrad> {
         let set = SpikeSet::new(table.clone(), n_samples)?;
         self.backward(&set.input(None)?, spikes, grad_out)
     }
@@ -225,11 +231,8 @@ impl<'a> MultiNetwork<'a> {
         if let Some(k) = grad_out.iter().position(|g| !g.is_finite()) {
             return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
         }
-        let sizes: Vec<usize> = self
-            .layers
-            .iter()
-            .map(|l| l.ff.n_out * l.ff.n_in + l.rec.map_or(0, |r| r.n_out * r.n_in))
-            .collect();
+        let sizes: Vec<usize> =
+            self.layers.iter().map(|l| l.ff.n_out * l.ff.n_in + l.rec.map_or(0, |r| r.n_out * r.n_in)).collect();
         let n_layers = self.layers.len();
         let factors: Vec<multi::DelayFactors> =
             self.layers.iter().map(|l| multi::delay_factors(&self.neuron.neuron, &l.ff)).collect();
@@ -314,7 +317,9 @@ impl<'a> MultiNetwork<'a> {
         for (layer, (w, d)) in self.layers.iter().zip(gw.into_iter().zip(gd)) {
             let nf = layer.ff.n_out * layer.ff.n_in;
             layers.push(LayerGrad { weights: w[..nf].to_vec(), delays: layer.ff.reduce_delay_grad(&d[..nf]) });
-            recs.push(layer.rec.map(|r| LayerGrad { weights: w[nf..].to_vec(), delays: r.reduce_delay_grad(&d[nf..]) }));
+            recs.push(
+                layer.rec.map(|r| LayerGrad { weights: w[nf..].to_vec(), delays: r.reduce_delay_grad(&d[nf..]) }),
+            );
         }
         Ok(MultiGrad { layers, rec: recs, inputs: gin })
     }

@@ -199,27 +199,27 @@ impl<'a> Network<'a> {
         let table = input.table;
         let prepared: Vec<ttfs::Prepared> = self.layers.iter().map(|l| ttfs::prepare(&self.neuron, l)).collect();
         let parts: Vec<Vec<Spikes>> = map_chunks(n_samples, |range| {
-                let mut scratch = Scratch::default();
-                let mut outs: Vec<Spikes> =
-                    self.layers.iter().map(|_| Spikes { offsets: vec![0], ..Default::default() }).collect();
-                let mut cur: Vec<In> = Vec::new();
-                let mut next: Vec<In> = Vec::new();
-                for s in range {
-                    cur.clear();
-                    cur.extend(input.rows(s).map(|r| (table.neuron()[r], table.time()[r])));
-                    for ((layer, out), p) in self.layers.iter().zip(outs.iter_mut()).zip(&prepared) {
-                        next.clear();
-                        ttfs::layer_forward(&self.neuron, layer, &cur, p, &mut next, &mut scratch);
-                        for &(j, t) in &next {
-                            out.neuron.push(j);
-                            out.time.push(t);
-                        }
-                        out.offsets.push(out.neuron.len());
-                        std::mem::swap(&mut cur, &mut next);
+            let mut scratch = Scratch::default();
+            let mut outs: Vec<Spikes> =
+                self.layers.iter().map(|_| Spikes { offsets: vec![0], ..Default::default() }).collect();
+            let mut cur: Vec<In> = Vec::new();
+            let mut next: Vec<In> = Vec::new();
+            for s in range {
+                cur.clear();
+                cur.extend(input.rows(s).map(|r| (table.neuron()[r], table.time()[r])));
+                for ((layer, out), p) in self.layers.iter().zip(outs.iter_mut()).zip(&prepared) {
+                    next.clear();
+                    ttfs::layer_forward(&self.neuron, layer, &cur, p, &mut next, &mut scratch);
+                    for &(j, t) in &next {
+                        out.neuron.push(j);
+                        out.time.push(t);
                     }
+                    out.offsets.push(out.neuron.len());
+                    std::mem::swap(&mut cur, &mut next);
                 }
-                outs
-            });
+            }
+            outs
+        });
         Ok(concat_layers(self.layers.len(), parts))
     }
 
@@ -260,55 +260,55 @@ impl<'a> Network<'a> {
             gin: Vec<(usize, f64)>,
         }
         let parts: Vec<Part> = map_chunks(n_samples, |range| {
-                let mut scratch = Scratch::default();
-                let mut part = Part {
-                    gw: self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect(),
-                    gd: self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect(),
-                    gin: Vec::new(),
-                };
-                let mut rows: Vec<usize> = Vec::new();
-                let mut inputs: Vec<In> = Vec::new();
-                let mut outputs: Vec<In> = Vec::new();
-                let mut g_cur: Vec<f64> = Vec::new();
-                let mut g_in: Vec<f64> = Vec::new();
-                for s in range {
-                    let r = last.range(s);
-                    g_cur.clear();
-                    g_cur.extend_from_slice(&grad_out[r]);
-                    for l in (0..n_layers).rev() {
-                        inputs.clear();
-                        if l == 0 {
-                            rows.clear();
-                            rows.extend(input.rows(s));
-                            inputs.extend(rows.iter().map(|&r| (table.neuron()[r], table.time()[r])));
-                        } else {
-                            let prev = &spikes[l - 1];
-                            let r = prev.range(s);
-                            inputs.extend(prev.neuron[r.clone()].iter().copied().zip(prev.time[r].iter().copied()));
-                        }
-                        let sp = &spikes[l];
-                        let r = sp.range(s);
-                        outputs.clear();
-                        outputs.extend(sp.neuron[r.clone()].iter().copied().zip(sp.time[r].iter().copied()));
-                        g_in.clear();
-                        g_in.resize(inputs.len(), 0.0);
-                        ttfs::layer_backward(
-                            &self.neuron,
-                            &self.layers[l],
-                            &inputs,
-                            &outputs,
-                            &g_cur,
-                            factors[l].as_ref(),
-                            self.min_slope,
-                            (&mut part.gw[l], &mut part.gd[l], &mut g_in),
-                            &mut scratch,
-                        );
-                        std::mem::swap(&mut g_cur, &mut g_in);
+            let mut scratch = Scratch::default();
+            let mut part = Part {
+                gw: self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect(),
+                gd: self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect(),
+                gin: Vec::new(),
+            };
+            let mut rows: Vec<usize> = Vec::new();
+            let mut inputs: Vec<In> = Vec::new();
+            let mut outputs: Vec<In> = Vec::new();
+            let mut g_cur: Vec<f64> = Vec::new();
+            let mut g_in: Vec<f64> = Vec::new();
+            for s in range {
+                let r = last.range(s);
+                g_cur.clear();
+                g_cur.extend_from_slice(&grad_out[r]);
+                for l in (0..n_layers).rev() {
+                    inputs.clear();
+                    if l == 0 {
+                        rows.clear();
+                        rows.extend(input.rows(s));
+                        inputs.extend(rows.iter().map(|&r| (table.neuron()[r], table.time()[r])));
+                    } else {
+                        let prev = &spikes[l - 1];
+                        let r = prev.range(s);
+                        inputs.extend(prev.neuron[r.clone()].iter().copied().zip(prev.time[r].iter().copied()));
                     }
-                    part.gin.extend(rows.iter().copied().zip(g_cur.iter().copied()));
+                    let sp = &spikes[l];
+                    let r = sp.range(s);
+                    outputs.clear();
+                    outputs.extend(sp.neuron[r.clone()].iter().copied().zip(sp.time[r].iter().copied()));
+                    g_in.clear();
+                    g_in.resize(inputs.len(), 0.0);
+                    ttfs::layer_backward(
+                        &self.neuron,
+                        &self.layers[l],
+                        &inputs,
+                        &outputs,
+                        &g_cur,
+                        factors[l].as_ref(),
+                        self.min_slope,
+                        (&mut part.gw[l], &mut part.gd[l], &mut g_in),
+                        &mut scratch,
+                    );
+                    std::mem::swap(&mut g_cur, &mut g_in);
                 }
-                part
-            });
+                part.gin.extend(rows.iter().copied().zip(g_cur.iter().copied()));
+            }
+            part
+        });
 
         let mut gw: Vec<Vec<f64>> = self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect();
         let mut gd = gw.clone();
@@ -353,10 +353,7 @@ pub(crate) fn concat_layers(n_layers: usize, parts: impl IntoIterator<Item = Vec
 /// spike per neuron and sample (TTFS).
 pub fn check_spikes(sp: &Spikes, n_samples: usize, n_out: usize, what: &str) -> Result<()> {
     if sp.n_samples() != n_samples {
-        return Err(shape_err(format!(
-            "{what}: cover {} samples, expected {n_samples}",
-            sp.n_samples()
-        )));
+        return Err(shape_err(format!("{what}: cover {} samples, expected {n_samples}", sp.n_samples())));
     }
     for s in 0..n_samples {
         let r = sp.range(s);

@@ -155,7 +155,9 @@ impl Readout<'_> {
 
     fn fill_terms(&self, n: &Neuron, tau_w: f64, inputs: &[In], terms: &mut Vec<(f64, f64)>) {
         terms.clear();
-        terms.extend(inputs.iter().map(|&(i, t)| exp_mean_term(n, tau_w, self.t_end, t + self.layer.delay(0, i as usize))));
+        terms.extend(
+            inputs.iter().map(|&(i, t)| exp_mean_term(n, tau_w, self.t_end, t + self.layer.delay(0, i as usize))),
+        );
     }
 
     fn fill(&self, c: usize, inputs: &[In], arr: &mut Vec<(f64, f64, u32)>) {
@@ -255,8 +257,11 @@ impl Readout<'_> {
                 ReadoutKind::ExpMean { tau_w } => {
                     for (r, &(i, t)) in inputs.iter().enumerate() {
                         let i = i as usize;
-                        let (f, df) =
-                            if shared { scratch.terms[r] } else { exp_mean_term(n, tau_w, self.t_end, t + l.delay(c, i)) };
+                        let (f, df) = if shared {
+                            scratch.terms[r]
+                        } else {
+                            exp_mean_term(n, tau_w, self.t_end, t + l.delay(c, i))
+                        };
                         let w = l.weights[row + i];
                         gw[row + i] += g * f;
                         gd[row + i] += g * w * df;
@@ -315,7 +320,13 @@ impl Readout<'_> {
                     inputs.clear();
                     inputs.extend(spikes.neuron[r.clone()].iter().copied().zip(spikes.time[r.clone()].iter().copied()));
                     let g = &mut gin[r.start - rows.start..r.end - rows.start];
-                    self.backward_sample(n, &inputs, &dy[s * l.n_out..(s + 1) * l.n_out], (&mut gw, &mut gd, g), &mut scratch);
+                    self.backward_sample(
+                        n,
+                        &inputs,
+                        &dy[s * l.n_out..(s + 1) * l.n_out],
+                        (&mut gw, &mut gd, g),
+                        &mut scratch,
+                    );
                 }
                 (gw, gd, gin)
             })
@@ -343,7 +354,10 @@ pub fn cross_entropy(values: &[f64], n_out: usize, labels: &[i64]) -> Result<(f6
         )));
     }
     if let Some(k) = labels.iter().position(|&l| l < 0 || l as usize >= n_out) {
-        return Err(shape_err(format!("cross_entropy: label {} at sample {k} is out of range (n_out = {n_out})", labels[k])));
+        return Err(shape_err(format!(
+            "cross_entropy: label {} at sample {k} is out of range (n_out = {n_out})",
+            labels[k]
+        )));
     }
     let ns = labels.len().max(1) as f64;
     let mut loss = 0.0;

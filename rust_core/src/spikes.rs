@@ -28,16 +28,12 @@ impl SpikeTable {
     /// used in place.
     pub fn from_batches(batches: &[RecordBatch], what: &str, with_grad: bool) -> Result<Self> {
         let mut cols: Vec<Vec<ArrayRef>> = vec![Vec::new(); 4];
-        let names: &[&str] = if with_grad {
-            &["sample", "neuron", "time", "grad"]
-        } else {
-            &["sample", "neuron", "time"]
-        };
+        let names: &[&str] =
+            if with_grad { &["sample", "neuron", "time", "grad"] } else { &["sample", "neuron", "time"] };
         for batch in batches {
             for (k, name) in names.iter().enumerate() {
                 let col = batch.column_by_name(name).ok_or_else(|| {
-                    let have: Vec<_> =
-                        batch.schema().fields().iter().map(|f| f.name().clone()).collect();
+                    let have: Vec<_> = batch.schema().fields().iter().map(|f| f.name().clone()).collect();
                     spikes_err(format!("{what}: missing column '{name}' (columns: {have:?})"))
                 })?;
                 cols[k].push(col.clone());
@@ -45,17 +41,13 @@ impl SpikeTable {
         }
         let col = |k: usize, ty: &DataType| -> Result<ArrayRef> {
             let name = names[k];
-            let parts: Vec<ArrayRef> = cols[k]
-                .iter()
-                .map(|a| cast_column(a, ty, what, name))
-                .collect::<Result<_>>()?;
+            let parts: Vec<ArrayRef> = cols[k].iter().map(|a| cast_column(a, ty, what, name)).collect::<Result<_>>()?;
             let arr = match parts.len() {
                 0 => arrow_array::new_empty_array(ty),
                 1 => parts[0].clone(),
                 _ => {
                     let refs: Vec<&dyn arrow_array::Array> = parts.iter().map(|a| a.as_ref()).collect();
-                    arrow_select::concat::concat(&refs)
-                        .map_err(|e| spikes_err(format!("{what}: {e}")))?
+                    arrow_select::concat::concat(&refs).map_err(|e| spikes_err(format!("{what}: {e}")))?
                 }
             };
             if arr.null_count() > 0 {
@@ -67,11 +59,8 @@ impl SpikeTable {
         let sample = col(0, &DataType::UInt32)?.as_primitive::<UInt32Type>().clone();
         let neuron = col(1, &DataType::UInt32)?.as_primitive::<UInt32Type>().clone();
         let time = col(2, &DataType::Float64)?.as_primitive::<Float64Type>().clone();
-        let grad = if with_grad {
-            Some(col(3, &DataType::Float64)?.as_primitive::<Float64Type>().clone())
-        } else {
-            None
-        };
+        let grad =
+            if with_grad { Some(col(3, &DataType::Float64)?.as_primitive::<Float64Type>().clone()) } else { None };
         Ok(Self { sample, neuron, time, grad })
     }
 
@@ -160,16 +149,12 @@ fn cast_column(a: &ArrayRef, ty: &DataType, what: &str, name: &str) -> Result<Ar
         _ => a.data_type().is_numeric(),
     };
     if !ok {
-        return Err(spikes_err(format!(
-            "{what}: column '{name}' has type {}, expected {ty}",
-            a.data_type()
-        )));
+        return Err(spikes_err(format!("{what}: column '{name}' has type {}, expected {ty}", a.data_type())));
     }
     // Safe cast: a negative or too-large id is an error, not a wrapped number.
     let opts = arrow_cast::CastOptions { safe: false, ..Default::default() };
-    arrow_cast::cast_with_options(a, ty, &opts).map_err(|e| {
-        spikes_err(format!("{what}: column '{name}' cannot be read as {ty}: {e}"))
-    })
+    arrow_cast::cast_with_options(a, ty, &opts)
+        .map_err(|e| spikes_err(format!("{what}: column '{name}' cannot be read as {ty}: {e}")))
 }
 
 /// Rows grouped by sample: `rows(s)` are the row indices of sample `s`.

@@ -174,10 +174,10 @@ pub fn layer_forward(
     } else {
         inputs
     };
-    let (t_ref, t_last) = inputs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x.1), hi.max(x.1)));
-    let factors = factors
-        .filter(|f| (t_last - t_ref + f.max_delay) * n.inv_tau_m < MAX_FACTOR_SPAN)
-        .map(|f| &f.per_synapse[..]);
+    let (t_ref, t_last) =
+        inputs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(x.1), hi.max(x.1)));
+    let factors =
+        factors.filter(|f| (t_last - t_ref + f.max_delay) * n.inv_tau_m < MAX_FACTOR_SPAN).map(|f| &f.per_synapse[..]);
     up.clear();
     if factors.is_some() {
         up.extend(inputs.iter().map(|&(_, t)| ((t - t_ref) * n.inv_tau_m).exp()));

@@ -12,7 +12,8 @@ fn v_ref(tm: f64, ts: f64, arr: &[(f64, f64)], t: f64) -> f64 {
         .filter(|(a, _)| *a < t)
         .map(|&(a, w)| {
             let s = t - a;
-            let k = if tm == ts { s * (-s / tm).exp() } else { tm * ts / (tm - ts) * ((-s / tm).exp() - (-s / ts).exp()) };
+            let k =
+                if tm == ts { s * (-s / tm).exp() } else { tm * ts / (tm - ts) * ((-s / tm).exp() - (-s / ts).exp()) };
             w * k
         })
         .sum()
@@ -36,7 +37,11 @@ fn first_spike_ref(tm: f64, ts: f64, theta: f64, arr: &[(f64, f64)]) -> (Option<
             let (mut lo, mut hi) = (t, t1);
             for _ in 0..200 {
                 let mid = 0.5 * (lo + hi);
-                if v_ref(tm, ts, arr, mid) >= theta { hi = mid } else { lo = mid }
+                if v_ref(tm, ts, arr, mid) >= theta {
+                    hi = mid
+                } else {
+                    lo = mid
+                }
             }
             return (Some(hi), near);
         }
@@ -51,7 +56,12 @@ fn first_spike_ref(tm: f64, ts: f64, theta: f64, arr: &[(f64, f64)]) -> (Option<
 }
 
 fn table(inputs: &[(u32, f64)]) -> SpikeTable {
-    SpikeTable::from_vecs(vec![0; inputs.len()], inputs.iter().map(|x| x.0).collect(), inputs.iter().map(|x| x.1).collect()).unwrap()
+    SpikeTable::from_vecs(
+        vec![0; inputs.len()],
+        inputs.iter().map(|x| x.0).collect(),
+        inputs.iter().map(|x| x.1).collect(),
+    )
+    .unwrap()
 }
 
 fn case() -> impl Strategy<Value = (Vec<(u32, f64)>, Vec<f64>, Vec<f64>)> {
@@ -68,7 +78,8 @@ fn check_forward(tm: f64, ts: f64, inputs: &[(u32, f64)], w: &[f64], d: &[f64]) 
     let layer = LayerRef::new(3, 4, w, DelayKind::Synaptic, d, "layer").unwrap();
     let out = layer_forward(&n, layer, &table(inputs), 1).unwrap();
     for j in 0..3 {
-        let arr: Vec<(f64, f64)> = inputs.iter().map(|&(i, t)| (t + d[j * 4 + i as usize], w[j * 4 + i as usize])).collect();
+        let arr: Vec<(f64, f64)> =
+            inputs.iter().map(|&(i, t)| (t + d[j * 4 + i as usize], w[j * 4 + i as usize])).collect();
         let (want, near) = first_spike_ref(tm, ts, 1.0, &arr);
         // Near-tangent peaks decide spike/no spike on rounding: not a property of the solver.
         prop_assume!(near > 1e-6);

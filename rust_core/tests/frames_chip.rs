@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use arrow_buffer::Buffer;
 use arrow_array::{ArrayRef, Float32Array, Float64Array, RecordBatch, UInt32Array};
+use arrow_buffer::Buffer;
 use arrow_ipc::writer::StreamWriter;
 use arrow_schema::{Field, Schema};
 use delgrad_core::chip::{self, ChipIo};
@@ -129,7 +129,7 @@ fn play_drops_outside_the_window_quantises_and_replicates_in_blocks() {
     let t = table(&[0, 0, 1, 1], &[1, 0, 0, 1], &[0.3, -0.1, 2.0, 2.01]);
     let (played, dropped) = io.play(&t).unwrap();
     assert_eq!(dropped, 2); // -0.1 and 2.01
-    // Rows kept: (0, 1, 0.3 -> 0.25) and (1, 0, 2.0); replica k adds 2k to the channel.
+                            // Rows kept: (0, 1, 0.3 -> 0.25) and (1, 0, 2.0); replica k adds 2k to the channel.
     assert_eq!(played.sample(), &[0, 1, 0, 1, 0, 1]);
     assert_eq!(played.neuron(), &[1, 0, 3, 2, 5, 4]);
     assert_eq!(played.time(), &[0.25, 2.0, 0.25, 2.0, 0.25, 2.0]);
@@ -197,13 +197,8 @@ fn run_is_the_forward_pass_between_play_and_record() {
     assert_eq!((run.dropped_inputs, run.played_events), (dropped, set.table.len()));
     assert!(dropped > 0 && dropped < setup.input.len());
     for (l, (got, want)) in run.layers.iter().zip(&exact).enumerate() {
-        let kept: Vec<(u32, f64)> = want
-            .neuron
-            .iter()
-            .zip(&want.time)
-            .map(|(&j, &t)| (j, io.quantise(t)))
-            .filter(|&(_, t)| t <= 2.0)
-            .collect();
+        let kept: Vec<(u32, f64)> =
+            want.neuron.iter().zip(&want.time).map(|(&j, &t)| (j, io.quantise(t))).filter(|&(_, t)| t <= 2.0).collect();
         let got_rows: Vec<(u32, f64)> = got.neuron.iter().copied().zip(got.time.iter().copied()).collect();
         assert_eq!(got_rows, kept, "layer {l}");
         assert_eq!(run.lost_per_layer[l], want.len() - kept.len());

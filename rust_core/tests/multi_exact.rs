@@ -83,7 +83,11 @@ fn reference_layer(
                 let (mut lo, mut hi) = (0.0, te - t);
                 for _ in 0..200 {
                     let mid = 0.5 * (lo + hi);
-                    if evolve_ref(tm, ts, v[j], cur[j], mid).0 >= theta { hi = mid } else { lo = mid }
+                    if evolve_ref(tm, ts, v[j], cur[j], mid).0 >= theta {
+                        hi = mid
+                    } else {
+                        lo = mid
+                    }
                 }
                 let tc = t + hi;
                 if first.is_none_or(|(f, _)| tc < f) {
@@ -245,7 +249,9 @@ impl Case {
                 let key = (sp.neuron[k], s);
                 rank = if key == prev { rank + 1 } else { 0 };
                 prev = key;
-                out.push((0.3 + 0.4 * sp.neuron[k] as f64) * (1.0 - 0.25 * rank as f64) * if s == 1 { -0.7 } else { 1.0 });
+                out.push(
+                    (0.3 + 0.4 * sp.neuron[k] as f64) * (1.0 - 0.25 * rank as f64) * if s == 1 { -0.7 } else { 1.0 },
+                );
             }
         }
         out
@@ -255,7 +261,8 @@ impl Case {
     fn loss(&self, p: &[Vec<f64>], inputs: &[(u32, u32, f64)]) -> (f64, Vec<usize>) {
         let net = self.net(p);
         let spikes = net.forward_table(&table(inputs), self.n_samples).unwrap();
-        let structure: Vec<usize> = spikes.iter().flat_map(|sp| sp.neuron.iter().map(|&j| j as usize).chain([usize::MAX])).collect();
+        let structure: Vec<usize> =
+            spikes.iter().flat_map(|sp| sp.neuron.iter().map(|&j| j as usize).chain([usize::MAX])).collect();
         let last = spikes.last().unwrap();
         let loss = match self.readout(p) {
             None => Self::spike_weights(last).iter().zip(&last.time).map(|(c, t)| c * t).sum(),
@@ -420,9 +427,16 @@ fn check_forward_layer(seed: u64, tm: f64, t_ref: f64, recurrent: bool) -> bool 
     }
     for (j, want_j) in want.iter().enumerate() {
         let got: Vec<f64> = (0..out.len()).filter(|&k| out.neuron[k] == j as u32).map(|k| out.time[k]).collect();
-        assert_eq!(got.len(), want_j.len(), "seed {seed} tm {tm} t_ref {t_ref} rec {recurrent} neuron {j}: {got:?} vs {want_j:?}");
+        assert_eq!(
+            got.len(),
+            want_j.len(),
+            "seed {seed} tm {tm} t_ref {t_ref} rec {recurrent} neuron {j}: {got:?} vs {want_j:?}"
+        );
         for (g, r) in got.iter().zip(want_j) {
-            assert!((g - r).abs() < 1e-9, "seed {seed} tm {tm} t_ref {t_ref} rec {recurrent} neuron {j}: core {g}, reference {r}");
+            assert!(
+                (g - r).abs() < 1e-9,
+                "seed {seed} tm {tm} t_ref {t_ref} rec {recurrent} neuron {j}: core {g}, reference {r}"
+            );
         }
     }
     true
@@ -483,7 +497,9 @@ fn recurrent_with_zero_recurrent_weights_equals_feed_forward() {
 #[test]
 fn gradients_feed_forward_single_layer() {
     for (tm, t_ref) in [(1.0, 0.0), (2.0, 0.0), (1.5, 0.0), (2.0, 0.4), (1.5, 0.25), (1.0, 0.3)] {
-        run_cases(&format!("ff tm={tm} t_ref={t_ref}"), 4, |rng| Case::new(rng, tm, t_ref, 3, &[3], &[false], (-1.0, 4.0)));
+        run_cases(&format!("ff tm={tm} t_ref={t_ref}"), 4, |rng| {
+            Case::new(rng, tm, t_ref, 3, &[3], &[false], (-1.0, 4.0))
+        });
     }
 }
 
@@ -499,7 +515,9 @@ fn gradients_feed_forward_two_layers() {
 #[test]
 fn gradients_recurrent() {
     for (tm, t_ref) in [(2.0, 0.0), (1.5, 0.3), (1.0, 0.2), (2.0, 0.5)] {
-        run_cases(&format!("rec tm={tm} t_ref={t_ref}"), 4, |rng| Case::new(rng, tm, t_ref, 3, &[3], &[true], (-1.0, 4.0)));
+        run_cases(&format!("rec tm={tm} t_ref={t_ref}"), 4, |rng| {
+            Case::new(rng, tm, t_ref, 3, &[3], &[true], (-1.0, 4.0))
+        });
     }
 }
 
@@ -534,7 +552,12 @@ fn gradients_readout_exp_mean() {
 #[test]
 fn gradients_recurrent_with_readout() {
     run_cases("rec + exp-mean readout", 3, |rng| {
-        Case::new(rng, 2.0, 0.2, 3, &[3], &[true], (-1.0, 4.0)).with_readout(rng, 2, ReadoutKind::ExpMean { tau_w: 5.0 }, 7.0)
+        Case::new(rng, 2.0, 0.2, 3, &[3], &[true], (-1.0, 4.0)).with_readout(
+            rng,
+            2,
+            ReadoutKind::ExpMean { tau_w: 5.0 },
+            7.0,
+        )
     });
 }
 
@@ -564,7 +587,11 @@ fn readout_values_match_dense_evaluation() {
             .map(|k| {
                 let i = sp.neuron[k] as usize;
                 let a = sp.time[k] + d[c * n_h + i];
-                if a < t { w[c * n_h + i] * evolve_ref(2.0, 1.0, 0.0, 1.0, t - a).0 } else { 0.0 }
+                if a < t {
+                    w[c * n_h + i] * evolve_ref(2.0, 1.0, 0.0, 1.0, t - a).0
+                } else {
+                    0.0
+                }
             })
             .sum()
     };
@@ -614,13 +641,24 @@ fn eventprop_equals_ttfs_gradients_when_each_neuron_spikes_once() {
             }
             let g: Vec<f64> = (0..multi.len()).map(|k| 0.5 + 0.3 * k as f64).collect();
             let out = SpikeTable::from_vecs(multi.sample_column(), multi.neuron.clone(), multi.time.clone()).unwrap();
-            let (gm, gmr, gim) = multi_network::layer_backward(&m, MultiLayer { ff, rec: None }, &tab, 2, &out, &g).unwrap();
+            let (gm, gmr, gim) =
+                multi_network::layer_backward(&m, MultiLayer { ff, rec: None }, &tab, 2, &out, &g).unwrap();
             assert!(gmr.is_none());
             let (gt, git) = layer_backward(&neuron, ff, &tab, 2, &out, &g).unwrap();
             let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * (1.0 + a.abs().max(b.abs()));
             for k in 0..gm.weights.len() {
-                assert!(close(gm.weights[k], gt.weights[k]), "dW[{k}]: eventprop {} vs ttfs {}", gm.weights[k], gt.weights[k]);
-                assert!(close(gm.delays[k], gt.delays[k]), "dD[{k}]: eventprop {} vs ttfs {}", gm.delays[k], gt.delays[k]);
+                assert!(
+                    close(gm.weights[k], gt.weights[k]),
+                    "dW[{k}]: eventprop {} vs ttfs {}",
+                    gm.weights[k],
+                    gt.weights[k]
+                );
+                assert!(
+                    close(gm.delays[k], gt.delays[k]),
+                    "dD[{k}]: eventprop {} vs ttfs {}",
+                    gm.delays[k],
+                    gt.delays[k]
+                );
             }
             for k in 0..gim.len() {
                 assert!(close(gim[k], git[k]), "dt[{k}]: eventprop {} vs ttfs {}", gim[k], git[k]);
@@ -658,7 +696,8 @@ fn runaway_recurrent_activity_is_an_error_not_a_hang() {
     m.max_spikes = 10_000;
     let ff = LayerRef::new(2, 1, &w, DelayKind::Synaptic, &d, "ff").unwrap();
     let rec = LayerRef::new(2, 2, &rw, DelayKind::Synaptic, &rd, "rec").unwrap();
-    let err = multi_network::layer_forward(&m, MultiLayer { ff, rec: Some(rec) }, &table(&[(0, 0, 0.0)]), 1).unwrap_err();
+    let err =
+        multi_network::layer_forward(&m, MultiLayer { ff, rec: Some(rec) }, &table(&[(0, 0, 0.0)]), 1).unwrap_err();
     assert!(err.to_string().contains("max_spikes"), "{err}");
     // With a trial end the same network is fine.
     m.t_end = 1.0;
@@ -676,17 +715,15 @@ fn runaway_recurrent_activity_is_an_error_not_a_hang() {
 fn bucket_fill_sorts_like_a_comparison_sort() {
     let mut sb: SortBuf<FArr> = SortBuf::default();
     let mut out = Vec::new();
-    for (case, &(n, clustered)) in [(5000, false), (60, false), (3000, true), (7000, false), (49, true), (200, false)]
-        .iter()
-        .enumerate()
+    for (case, &(n, clustered)) in
+        [(5000, false), (60, false), (3000, true), (7000, false), (49, true), (200, false)].iter().enumerate()
     {
         let u = Rng(case as u64 + 1).vec(2 * n, 0.0, 1.0);
         let times: Vec<f64> =
             (0..n).map(|r| if clustered { 3.0 + (u[r] * 4.0).floor() * 1e-3 } else { 100.0 * u[r] }).collect();
         let (lo, hi) = times.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), &t| (a.min(t), b.max(t)));
         // Keep about 90 % of the records; the weight records the input row.
-        let items =
-            (0..n).filter(|&r| u[n + r] < 0.9).map(|r| FArr { a: times[r], w: r as f64, fm: 1.0, fs: 1.0 });
+        let items = (0..n).filter(|&r| u[n + r] < 0.9).map(|r| FArr { a: times[r], w: r as f64, fm: 1.0, fs: 1.0 });
         let mut want: Vec<FArr> = items.clone().collect();
         want.sort_by(|x, y| x.a.total_cmp(&y.a).then(x.w.total_cmp(&y.w)));
         bucket_fill(n, lo, hi, &mut sb, &mut out, items, |x| x.a);
@@ -715,14 +752,17 @@ fn forward_matches_reference_many_arrivals() {
             let ff = LayerRef::new(n, n_in, &w, DelayKind::Synaptic, &d, "ff").unwrap();
             let out = multi_network::layer_forward(&m, MultiLayer { ff, rec: None }, &table(&inputs), 1).unwrap();
             let arr: Vec<Vec<(f64, f64)>> = (0..n)
-                .map(|j| inputs.iter().map(|&(_, i, t)| (t + d[j * n_in + i as usize], w[j * n_in + i as usize])).collect())
+                .map(|j| {
+                    inputs.iter().map(|&(_, i, t)| (t + d[j * n_in + i as usize], w[j * n_in + i as usize])).collect()
+                })
                 .collect();
             let (want, near) = reference_layer(tm, 1.0, 1.0, t_ref, &arr, None);
             if near < 1e-6 {
                 continue;
             }
             for (j, want_j) in want.iter().enumerate() {
-                let got: Vec<f64> = (0..out.len()).filter(|&k| out.neuron[k] == j as u32).map(|k| out.time[k]).collect();
+                let got: Vec<f64> =
+                    (0..out.len()).filter(|&k| out.neuron[k] == j as u32).map(|k| out.time[k]).collect();
                 assert_eq!(got.len(), want_j.len(), "seed {seed} tm {tm} neuron {j}: {got:?} vs {want_j:?}");
                 for (g, r) in got.iter().zip(want_j) {
                     assert!((g - r).abs() < 1e-9, "seed {seed} tm {tm} neuron {j}: core {g}, reference {r}");
@@ -739,7 +779,12 @@ fn forward_matches_reference_many_arrivals() {
 fn gradients_many_arrivals() {
     for (tm, t_ref) in [(2.0, 0.0), (1.5, 0.2), (4.0, 0.0)] {
         run_cases(&format!("fan-in 30 tm={tm} t_ref={t_ref}"), 2, |rng| {
-            Case::new(rng, tm, t_ref, 30, &[3], &[false], (-0.3, 1.2)).with_readout(rng, 2, ReadoutKind::ExpMean { tau_w: 5.0 }, 8.0)
+            Case::new(rng, tm, t_ref, 30, &[3], &[false], (-0.3, 1.2)).with_readout(
+                rng,
+                2,
+                ReadoutKind::ExpMean { tau_w: 5.0 },
+                8.0,
+            )
         });
     }
 }
@@ -769,7 +814,8 @@ fn readout_with_per_source_delays_equals_synaptic_form() {
     }
     let kind = ReadoutKind::ExpMean { tau_w: 4.0 };
     let a = Readout { layer: LayerRef::new(n_out, n_h, &w, DelayKind::Axonal, &dax, "a").unwrap(), kind, t_end: 6.0 };
-    let b = Readout { layer: LayerRef::new(n_out, n_h, &w, DelayKind::Synaptic, &dsyn, "b").unwrap(), kind, t_end: 6.0 };
+    let b =
+        Readout { layer: LayerRef::new(n_out, n_h, &w, DelayKind::Synaptic, &dsyn, "b").unwrap(), kind, t_end: 6.0 };
     let (ya, yb) = (a.forward(&n, &sp).unwrap(), b.forward(&n, &sp).unwrap());
     for (x, y) in ya.iter().zip(&yb) {
         assert!((x - y).abs() < 1e-13, "{x} vs {y}");

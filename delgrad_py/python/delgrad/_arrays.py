@@ -21,9 +21,7 @@ def as_f64(x: ArrayLike, name: str, ndim: int | None = None) -> NDArray[np.float
     return a
 
 
-def delay_kind_of(
-    weights: NDArray[np.float64], delays: NDArray[np.float64] | None, kind: str | None
-) -> str:
+def delay_kind_of(weights: NDArray[np.float64], delays: NDArray[np.float64] | None, kind: str | None) -> str:
     """The delay parametrisation: explicit, or read off the shape of ``delays``."""
     if kind is not None:
         if kind not in DELAY_KINDS:
@@ -43,8 +41,7 @@ def delay_kind_of(
             return "dendritic"
     if delays.ndim == 1 and n_in == n_out:
         raise ShapeError(
-            "delays: a 1-d delay vector is ambiguous for a square layer; "
-            "pass delay_kind='axonal' or 'dendritic'"
+            "delays: a 1-d delay vector is ambiguous for a square layer; pass delay_kind='axonal' or 'dendritic'"
         )
     raise ShapeError(
         f"delays: shape {delays.shape} fits no parametrisation of weights {weights.shape} "

@@ -11,23 +11,36 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
     r = sub.add_parser("run", help="run a pipeline: encode -> train -> evaluate -> report")
     r.add_argument("pipeline", help="pipeline TOML, e.g. pipelines/yinyang_synaptic.toml")
-    r.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pipeline key, e.g. --set train.epochs=10 (repeatable)")
+    r.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a pipeline key, e.g. --set train.epochs=10 (repeatable)",
+    )
     r.add_argument("--out", help="run directory (default runs/<name>-seed<seed>); an interrupted run there resumes")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="re-evaluate a finished run directory and rewrite its report")
     e.add_argument("run_dir")
-    x = sub.add_parser("export-nir", help="write a run directory's trained network as a NIR graph "
-                       "(pip install 'delgrad[nir]')")
+    x = sub.add_parser(
+        "export-nir", help="write a run directory's trained network as a NIR graph (pip install 'delgrad[nir]')"
+    )
     x.add_argument("run_dir")
     x.add_argument("out", help="NIR file to write (HDF5), e.g. model.nir")
     s = sub.add_parser("sweep", help="run a sweep of pipeline runs on Ray (pip install 'delgrad[sweep]')")
     s.add_argument("spec", help="sweep TOML, e.g. pipelines/sweeps/yinyang_delays.toml")
-    s.add_argument("--address", help="Ray cluster to join ('auto' or 'ray://host:10001'); default: a local "
-                   "Ray on this machine's cores")
+    s.add_argument(
+        "--address",
+        help="Ray cluster to join ('auto' or 'ray://host:10001'); default: a local Ray on this machine's cores",
+    )
     s.add_argument("--max-parallel", type=int, metavar="N", help="at most N trials at once")
-    s.add_argument("--cpus-per-trial", type=float, metavar="C", help="CPUs (and rayon threads) per trial; "
-                   "default from the sweep file, else 1")
+    s.add_argument(
+        "--cpus-per-trial",
+        type=float,
+        metavar="C",
+        help="CPUs (and rayon threads) per trial; default from the sweep file, else 1",
+    )
     s.add_argument("--out", help="sweep directory (default: the sweep file's 'out'); re-running resumes")
     s.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     s.add_argument("--quiet", action="store_true", help="no progress output")
@@ -83,15 +96,23 @@ def _sweep(args: argparse.Namespace) -> int:
                 print(t.name, " ".join(f"--set {o}" for o in t.overrides))
             print(f"{len(trials)} trials; base pipeline {spec.pipeline}; sweep directory {args.out or spec.out}")
             return 0
-        res = run_sweep(args.spec, address=args.address, max_parallel=args.max_parallel, out=args.out,
-                        cpus_per_trial=args.cpus_per_trial, progress=not args.quiet)
+        res = run_sweep(
+            args.spec,
+            address=args.address,
+            max_parallel=args.max_parallel,
+            out=args.out,
+            cpus_per_trial=args.cpus_per_trial,
+            progress=not args.quiet,
+        )
     except (MissingRayError, RayConnectionError, SweepSpecError) as e:
         print(f"delgrad sweep: {e}", file=sys.stderr)
         return 2
     t = res.table
     print(f"sweep directory: {res.sweep_dir}")
-    print(f"{len(t)} trials: {int((t['status'] == 'ok').sum())} ok, {int((t['status'] == 'failed').sum())} failed; "
-          f"ran {res.ran}, reused {res.reused}; {res.wall_s:.1f} s")
+    print(
+        f"{len(t)} trials: {int((t['status'] == 'ok').sum())} ok, {int((t['status'] == 'failed').sum())} failed; "
+        f"ran {res.ran}, reused {res.reused}; {res.wall_s:.1f} s"
+    )
     print(f"table: {res.sweep_dir / 'results.parquet'}  report: {res.sweep_dir / 'report.md'}")
     return 1 if (t["status"] == "failed").any() else 0
 

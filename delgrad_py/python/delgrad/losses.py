@@ -36,15 +36,20 @@ class LossResult:
     predictions: NDArray[np.int64]
 
 
-def spike_time_loss(
-    times: ArrayLike, labels: ArrayLike, config: LossConfig, tau_s: float = 1.0
-) -> LossResult:
+def spike_time_loss(times: ArrayLike, labels: ArrayLike, config: LossConfig, tau_s: float = 1.0) -> LossResult:
     """Mean loss over the batch, ``dL/dt`` shaped like ``times``, and predictions (earliest
     output spike; -1 when all outputs are silent)."""
     t = as_f64(times, "times", ndim=2)
     lab = np.ascontiguousarray(labels, dtype=np.int64)
     loss, grad, pred = _core.loss(
-        t, lab, config.kind, tau_s, config.t_silent,
-        delta=config.delta, xi=config.xi, alpha=config.alpha, beta=config.beta,
+        t,
+        lab,
+        config.kind,
+        tau_s,
+        config.t_silent,
+        delta=config.delta,
+        xi=config.xi,
+        alpha=config.alpha,
+        beta=config.beta,
     )
     return LossResult(loss=loss, grad=grad, predictions=pred)

@@ -68,8 +68,9 @@ class MultiNetwork:
     """Hidden multi-spike LIF layers (``neuron.mode == "multi"``), optional recurrent
     connections per hidden layer, and a :class:`Readout`."""
 
-    def __init__(self, layers: Sequence[Layer], neuron: Neuron, readout: Readout,
-                 recurrent: Sequence[Layer | None] | None = None) -> None:
+    def __init__(
+        self, layers: Sequence[Layer], neuron: Neuron, readout: Readout, recurrent: Sequence[Layer | None] | None = None
+    ) -> None:
         if neuron.mode != "multi":
             raise ParameterError(f"MultiNetwork needs Neuron(mode='multi'), got mode={neuron.mode!r}")
         if not layers:
@@ -91,11 +92,23 @@ class MultiNetwork:
             raise ShapeError(f"readout has n_in = {readout.layer.shape[1]} but the last layer has {widths[-1]} neurons")
 
     @classmethod
-    def random(cls, sizes: Sequence[int], neuron: Neuron, readout_neuron: Neuron, *,
-               delay_kind: str = "synaptic", weight_mean: float | Sequence[float] = (1.6, 0.5),
-               weight_std: float | Sequence[float] = (0.4, 0.5), delay_range: tuple[float, float] = (0.0, 1.0),
-               readout_kind: str = "max", t_end: float = 60.0, tau_w: float | None = None,
-               recurrent: bool = False, recurrent_std: float = 0.1, seed: int = 0) -> MultiNetwork:
+    def random(
+        cls,
+        sizes: Sequence[int],
+        neuron: Neuron,
+        readout_neuron: Neuron,
+        *,
+        delay_kind: str = "synaptic",
+        weight_mean: float | Sequence[float] = (1.6, 0.5),
+        weight_std: float | Sequence[float] = (0.4, 0.5),
+        delay_range: tuple[float, float] = (0.0, 1.0),
+        readout_kind: str = "max",
+        t_end: float = 60.0,
+        tau_w: float | None = None,
+        recurrent: bool = False,
+        recurrent_std: float = 0.1,
+        seed: int = 0,
+    ) -> MultiNetwork:
         """``sizes`` = inputs, hidden widths..., classes. Hidden layers get ``delay_kind`` delays
         uniform in ``delay_range``; the readout has none. ``weight_mean`` / ``weight_std`` per
         connection stage (hidden layers, then readout)."""
@@ -139,20 +152,22 @@ class MultiNetwork:
         trace = _core.multi_network_forward(spikes, _select(select), self._ff(), self.neuron, self._rec())
         r = self.readout
         w, d, kind, ro_neuron = r._call()
-        values = _core.readout_forward(trace.spikes(trace.n_layers - 1), w, d, kind, ro_neuron,
-                                       trace.n_samples, r.kind, r.t_end, r.tau_w)
+        values = _core.readout_forward(
+            trace.spikes(trace.n_layers - 1), w, d, kind, ro_neuron, trace.n_samples, r.kind, r.t_end, r.tau_w
+        )
         return MultiOutput(trace, values)
 
-    def backward(self, spikes: SpikeSet, out: MultiOutput, dy: NDArray[np.float64], *,
-                 select: Any = None) -> MultiGrad:
+    def backward(self, spikes: SpikeSet, out: MultiOutput, dy: NDArray[np.float64], *, select: Any = None) -> MultiGrad:
         """Exact gradients (EventProp) of a loss with ``dy = dL/dvalues``."""
         r = self.readout
         w, d, kind, ro_neuron = r._call()
         last = out.trace.spikes(out.trace.n_layers - 1)
-        gw, gd, g_spikes = _core.readout_backward(last, w, d, kind, ro_neuron, out.trace.n_samples,
-                                                  r.kind, r.t_end, np.ascontiguousarray(dy), r.tau_w)
-        layers, rec, _ = _core.multi_network_backward(spikes, _select(select), self._ff(), self.neuron,
-                                                      out.trace, g_spikes, self._rec())
+        gw, gd, g_spikes = _core.readout_backward(
+            last, w, d, kind, ro_neuron, out.trace.n_samples, r.kind, r.t_end, np.ascontiguousarray(dy), r.tau_w
+        )
+        layers, rec, _ = _core.multi_network_backward(
+            spikes, _select(select), self._ff(), self.neuron, out.trace, g_spikes, self._rec()
+        )
         return MultiGrad(layers, rec, (gw, gd))
 
     # --- parameters as flat lists (optimiser order) ------------------------------------------
@@ -197,10 +212,13 @@ class MultiNetwork:
 
     def save(self, path: str | Path) -> None:
         r = self.readout
-        meta = {"neuron": neuron_meta(self.neuron), "readout_neuron": neuron_meta(r.neuron),
-                "readout": {"kind": r.kind, "t_end": r.t_end, "tau_w": r.tau_w},
-                "kinds": [l.delay_kind for l in self.layers],
-                "recurrent": [None if x is None else x.delay_kind for x in self.recurrent]}
+        meta = {
+            "neuron": neuron_meta(self.neuron),
+            "readout_neuron": neuron_meta(r.neuron),
+            "readout": {"kind": r.kind, "t_end": r.t_end, "tau_w": r.tau_w},
+            "kinds": [l.delay_kind for l in self.layers],
+            "recurrent": [None if x is None else x.delay_kind for x in self.recurrent],
+        }
         arrays = {"ro": r.layer.weights}
         for l, layer in enumerate(self.layers):
             arrays[f"w{l}"], arrays[f"d{l}"] = layer.weights, layer.delays
@@ -217,8 +235,10 @@ class MultiNetwork:
         return cls(layers, Neuron(**meta["neuron"]), ro, rec)
 
     def __repr__(self) -> str:
-        return (f"MultiNetwork(sizes={self.sizes}, delays={[l.delay_kind for l in self.layers]}, "
-                f"readout={self.readout.kind!r}, {self.neuron!r})")
+        return (
+            f"MultiNetwork(sizes={self.sizes}, delays={[l.delay_kind for l in self.layers]}, "
+            f"readout={self.readout.kind!r}, {self.neuron!r})"
+        )
 
 
 # --- training ----------------------------------------------------------------------------------
@@ -265,8 +285,13 @@ def evaluate_multi(net: MultiNetwork, split: Split) -> MultiEval:
     return MultiEval(loss, float(np.mean(pred == split.labels)) if len(split) else 0.0, pred, out, per)
 
 
-def fit_multi(net: MultiNetwork, cfg: MultiTrainConfig, train: Split, evals: dict[str, Split],
-              on_epoch: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+def fit_multi(
+    net: MultiNetwork,
+    cfg: MultiTrainConfig,
+    train: Split,
+    evals: dict[str, Split],
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> list[dict[str, Any]]:
     """Adam on every weight and delay, StepLR, delays clipped to ``[0, delay_max]``; restores
     the epoch with the best ``select_on`` accuracy at the end."""
     params = net.params()
@@ -281,7 +306,7 @@ def fit_multi(net: MultiNetwork, cfg: MultiTrainConfig, train: Split, evals: dic
         perm = rng.permutation(len(train)).astype(np.uint32)
         total, correct = 0.0, 0
         for k in range(0, len(perm), cfg.batch_size):
-            sel = perm[k:k + cfg.batch_size]
+            sel = perm[k : k + cfg.batch_size]
             out = net.forward(train.spikes, select=sel)
             labels = train.labels[sel]
             loss, dy, pred = _core.readout_cross_entropy(out.values, labels)
@@ -291,8 +316,12 @@ def fit_multi(net: MultiNetwork, cfg: MultiTrainConfig, train: Split, evals: dic
             for (layer, what), p in zip(net._trainable(), params):
                 if what == "d":
                     np.clip(p, 0.0, cfg.delay_max, out=p)
-        row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": total / len(train),
-                               "train_acc": correct / len(train), "lr_scale": scale}
+        row: dict[str, Any] = {
+            "epoch": epoch + 1,
+            "train_loss": total / len(train),
+            "train_acc": correct / len(train),
+            "lr_scale": scale,
+        }
         for name, split in evals.items():
             r = evaluate_multi(net, split)
             row[f"{name}_loss"], row[f"{name}_acc"] = r.loss, r.accuracy

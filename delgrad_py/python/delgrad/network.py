@@ -70,8 +70,7 @@ def _select(select: ArrayLike | None) -> NDArray[np.uint32] | None:
 
 def neuron_meta(n: Neuron) -> dict:
     """A neuron's parameters as saved with a network (``Neuron(**meta)`` rebuilds it)."""
-    return {"tau_m": n.tau_m, "tau_s": n.tau_s, "theta": n.theta, "mode": n.mode, "t_ref": n.t_ref,
-            "t_end": n.t_end}
+    return {"tau_m": n.tau_m, "tau_s": n.tau_s, "theta": n.theta, "mode": n.mode, "t_ref": n.t_ref, "t_end": n.t_end}
 
 
 def _write_npz(path: str | Path, meta: dict, arrays: dict[str, np.ndarray]) -> None:
@@ -104,8 +103,7 @@ class Network:
         for l, (a, b) in enumerate(zip(layers, layers[1:])):
             if b.shape[1] != a.shape[0]:
                 raise ShapeError(
-                    f"network: layer {l + 1} has n_in = {b.shape[1]} but layer {l} has "
-                    f"n_out = {a.shape[0]}"
+                    f"network: layer {l + 1} has n_in = {b.shape[1]} but layer {l} has n_out = {a.shape[0]}"
                 )
         self.layers = list(layers)
         self.neuron = neuron
@@ -198,9 +196,7 @@ class Network:
         """
         spikes = as_spike_set(spikes, trace.n_samples if select is None else None)
         g = as_f64(grad_times, "grad_times", ndim=2)
-        layers, gin = _core.network_backward(
-            spikes, _select(select), self._args(), self.neuron, trace, g, min_slope
-        )
+        layers, gin = _core.network_backward(spikes, _select(select), self._args(), self.neuron, trace, g, min_slope)
         return NetworkGrad(layers=layers, inputs=gin)
 
     def n_parameters(self) -> int:

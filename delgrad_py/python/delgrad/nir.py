@@ -105,8 +105,11 @@ def to_nir(net: Network | MultiNetwork) -> nir.NIRGraph:
         meta["readout"] = {"kind": r.kind, "t_end": r.t_end, "tau_w": r.tau_w}
         n = r.layer.shape[0]
         nodes["readout"] = nir.CubaLI(
-            tau_syn=np.full(n, r.neuron.tau_s), tau_mem=np.full(n, r.neuron.tau_m),
-            r=np.full(n, r.neuron.tau_m), v_leak=np.zeros(n), w_in=np.full(n, r.neuron.tau_s),
+            tau_syn=np.full(n, r.neuron.tau_s),
+            tau_mem=np.full(n, r.neuron.tau_m),
+            r=np.full(n, r.neuron.tau_m),
+            v_leak=np.zeros(n),
+            w_in=np.full(n, r.neuron.tau_s),
         )
         _projection(nodes, edges, "readout", r.layer, src, "readout")
         src, width = "readout", n
@@ -118,14 +121,19 @@ def to_nir(net: Network | MultiNetwork) -> nir.NIRGraph:
 
 def _cuba_lif(n: Neuron, size: int) -> nir.CubaLIF:
     return nir.CubaLIF(
-        tau_syn=np.full(size, n.tau_s), tau_mem=np.full(size, n.tau_m), r=np.full(size, n.tau_m),
-        v_leak=np.zeros(size), v_threshold=np.full(size, n.theta), v_reset=np.zeros(size),
+        tau_syn=np.full(size, n.tau_s),
+        tau_mem=np.full(size, n.tau_m),
+        r=np.full(size, n.tau_m),
+        v_leak=np.zeros(size),
+        v_threshold=np.full(size, n.theta),
+        v_reset=np.zeros(size),
         w_in=np.full(size, n.tau_s),
     )
 
 
-def _projection(nodes: dict[str, Any], edges: list[tuple[str, str]], name: str, layer: Layer,
-                src: str, dst: str) -> None:
+def _projection(
+    nodes: dict[str, Any], edges: list[tuple[str, str]], name: str, layer: Layer, src: str, dst: str
+) -> None:
     """Adds the nodes of one weight matrix with its delays, from ``src`` to ``dst``."""
     w = np.array(layer.weights, dtype=np.float64)
     n_out, n_in = w.shape
@@ -142,8 +150,11 @@ def _projection(nodes: dict[str, Any], edges: list[tuple[str, str]], name: str, 
         fan[k, k % n_in] = 1.0
         block = np.zeros((n_out, n_out * n_in))
         block[k // n_in, k] = w.ravel()
-        chain = [(f"{name}_fanout", nir.Linear(weight=fan)), (f"{name}_delay", nir.Delay(delay=d.ravel())),
-                 (f"{name}_linear", nir.Linear(weight=block))]
+        chain = [
+            (f"{name}_fanout", nir.Linear(weight=fan)),
+            (f"{name}_delay", nir.Delay(delay=d.ravel())),
+            (f"{name}_linear", nir.Linear(weight=block)),
+        ]
     prev = src
     for key, node in chain:
         nodes[key] = node
@@ -172,9 +183,9 @@ _NEURON_TYPES = ("CubaLIF", "CubaLI")
 
 _NO_FORM = {
     "LIF": "it has no synaptic current (an input spike makes V jump), while every delgrad neuron "
-           "integrates a current with tau_s > 0; there is no exact delgrad form (CubaLIF is)",
+    "integrates a current with tau_s > 0; there is no exact delgrad form (CubaLIF is)",
     "LI": "it has no synaptic current (an input spike makes V jump), while delgrad's readout "
-          "integrates a current with tau_s > 0; there is no exact delgrad form (CubaLI is)",
+    "integrates a current with tau_s > 0; there is no exact delgrad form (CubaLI is)",
     "IF": "it has neither leak nor synaptic current; delgrad's neurons have both (CubaLIF)",
     "I": "it has neither leak nor synaptic current; delgrad's neurons have both (CubaLI)",
     "Threshold": "a bare threshold has no delgrad form (thresholds belong to CubaLIF)",
@@ -202,8 +213,14 @@ class _Stage:
     rec: list[str] | None = None
 
 
-def from_nir(graph: nir.NIRGraph | str | Path, *, mode: str | None = None, t_end: float | None = None,
-             readout_kind: str | None = None, tau_w: float | None = None) -> Network | MultiNetwork:
+def from_nir(
+    graph: nir.NIRGraph | str | Path,
+    *,
+    mode: str | None = None,
+    t_end: float | None = None,
+    readout_kind: str | None = None,
+    tau_w: float | None = None,
+) -> Network | MultiNetwork:
     """A delgrad network from a NIR graph (a ``nir.NIRGraph`` or the path of a NIR file).
 
     A graph written by :func:`to_nir` comes back as the network it was made from. Any other
@@ -245,15 +262,21 @@ def from_nir(graph: nir.NIRGraph | str | Path, *, mode: str | None = None, t_end
         raise ShapeError("nir: the graph has no spiking layer (CubaLIF) before its readout")
     if mode == "ttfs":
         if ends_in_readout:
-            raise ShapeError(f"nir: mode='ttfs' but the graph ends in the readout {stages[-1].name!r} "
-                             "(CubaLI); a TTFS Network's output is its last spiking layer")
+            raise ShapeError(
+                f"nir: mode='ttfs' but the graph ends in the readout {stages[-1].name!r} "
+                "(CubaLI); a TTFS Network's output is its last spiking layer"
+            )
         for st in hidden:
             if st.rec is not None:
-                raise ShapeError(f"nir: node {st.name!r} has a recurrent projection; a TTFS Network "
-                                 "is feed-forward (load it with mode='multi')")
+                raise ShapeError(
+                    f"nir: node {st.name!r} has a recurrent projection; a TTFS Network "
+                    "is feed-forward (load it with mode='multi')"
+                )
     elif not ends_in_readout:
-        raise ShapeError(f"nir: mode='multi' needs a readout (CubaLI) before the output; the graph "
-                         f"ends in {stages[-1].name!r} (CubaLIF)")
+        raise ShapeError(
+            f"nir: mode='multi' needs a readout (CubaLI) before the output; the graph "
+            f"ends in {stages[-1].name!r} (CubaLIF)"
+        )
 
     layers: list[Layer] = []
     rec: list[Layer | None] = []
@@ -281,17 +304,33 @@ def from_nir(graph: nir.NIRGraph | str | Path, *, mode: str | None = None, t_end
     ro = meta.get("readout", {})
     t_win = t_end if t_end is not None else ro.get("t_end")
     if t_win is None:
-        raise ParameterError("nir: the readout's window t_end has no NIR form and the graph carries no "
-                             "delgrad metadata; pass t_end=... (the trial length)")
+        raise ParameterError(
+            "nir: the readout's window t_end has no NIR form and the graph carries no "
+            "delgrad metadata; pass t_end=... (the trial length)"
+        )
     kind = readout_kind or ro.get("kind", "max")
     tw = tau_w if tau_w is not None else (ro.get("tau_w") if kind == ro.get("kind") else None)
     # The graph's values for what it holds; the metadata (or defaults) for what it cannot.
-    nm = {"t_ref": 0.0, "t_end": math.inf, **meta.get("neuron", {}),
-          "tau_m": tau_m, "tau_s": tau_s, "theta": theta, "mode": "multi"}
+    nm = {
+        "t_ref": 0.0,
+        "t_end": math.inf,
+        **meta.get("neuron", {}),
+        "tau_m": tau_m,
+        "tau_s": tau_s,
+        "theta": theta,
+        "mode": "multi",
+    }
     ro_layer = _compose(ro_stage.ff, nodes, src_width)
     (rtm, rts, _), rscale = _neuron_params(ro_stage, ro_layer.shape[0])
-    rm = {"theta": 1.0, "mode": "multi", "t_ref": 0.0, "t_end": nm["t_end"], **meta.get("readout_neuron", {}),
-          "tau_m": rtm, "tau_s": rts}
+    rm = {
+        "theta": 1.0,
+        "mode": "multi",
+        "t_ref": 0.0,
+        "t_end": nm["t_end"],
+        **meta.get("readout_neuron", {}),
+        "tau_m": rtm,
+        "tau_s": rts,
+    }
     if t_end is not None:
         nm["t_end"] = t_end
         if rm["mode"] == "multi":
@@ -329,8 +368,10 @@ def _flatten(graph: Any, prefix: str = "") -> tuple[dict[str, Any], list[tuple[s
             ins = [k for k, v in node.nodes.items() if isinstance(v, nir.Input)]
             outs = [k for k, v in node.nodes.items() if isinstance(v, nir.Output)]
             if len(ins) != 1 or len(outs) != 1:
-                raise ShapeError(f"nir: subgraph {key!r} has {len(ins)} Input and {len(outs)} Output "
-                                 "nodes; delgrad reads subgraphs with one of each")
+                raise ShapeError(
+                    f"nir: subgraph {key!r} has {len(ins)} Input and {len(outs)} Output "
+                    "nodes; delgrad reads subgraphs with one of each"
+                )
             for k in (ins[0], outs[0]):
                 sub_nodes[f"{key}.{k}"] = _Pass(key)
             entry[key], exit_[key] = f"{key}.{ins[0]}", f"{key}.{outs[0]}"
@@ -371,8 +412,9 @@ def _stages(nodes: dict[str, Any], edges: list[tuple[str, str]]) -> tuple[int, l
     inputs = [k for k, v in nodes.items() if _kind(v) == "Input"]
     outputs = [k for k, v in nodes.items() if _kind(v) == "Output"]
     if len(inputs) != 1 or len(outputs) != 1:
-        raise ShapeError(f"nir: delgrad reads graphs with one Input and one Output, got inputs {inputs} "
-                         f"and outputs {outputs}")
+        raise ShapeError(
+            f"nir: delgrad reads graphs with one Input and one Output, got inputs {inputs} and outputs {outputs}"
+        )
     inp, out = inputs[0], outputs[0]
     n_in = int(np.prod(nodes[inp].input_type["input"]))
 
@@ -384,11 +426,15 @@ def _stages(nodes: dict[str, Any], edges: list[tuple[str, str]]) -> tuple[int, l
         chain: list[str] = []
         while not (is_neuron(k) or k == inp):
             if len(preds[k]) != 1:
-                raise ShapeError(f"nir: node {k!r} ({_kind(nodes[k])}) on the way into {target!r} has "
-                                 f"{len(preds[k])} inputs; delgrad reads one chain of nodes per projection")
+                raise ShapeError(
+                    f"nir: node {k!r} ({_kind(nodes[k])}) on the way into {target!r} has "
+                    f"{len(preds[k])} inputs; delgrad reads one chain of nodes per projection"
+                )
             if len(succs[k]) != 1:
-                raise ShapeError(f"nir: node {k!r} ({_kind(nodes[k])}) feeds {len(succs[k])} nodes; "
-                                 "delgrad reads one chain of nodes per projection")
+                raise ShapeError(
+                    f"nir: node {k!r} ({_kind(nodes[k])}) feeds {len(succs[k])} nodes; "
+                    "delgrad reads one chain of nodes per projection"
+                )
             if k in chain:
                 raise ShapeError(f"nir: nodes {chain} form a cycle without a neuron node")
             chain.append(k)
@@ -400,8 +446,10 @@ def _stages(nodes: dict[str, Any], edges: list[tuple[str, str]]) -> tuple[int, l
     last, tail = walk_back(preds[out][0], out)
     feeder = next((k for k in reversed(tail) if not _passes(nodes[k])), last)
     if feeder != last or not is_neuron(last):
-        raise ShapeError(f"nir: the Output node {out!r} must be fed by a neuron node (CubaLIF or CubaLI), "
-                         f"not by {feeder!r} ({_kind(nodes[feeder])})")
+        raise ShapeError(
+            f"nir: the Output node {out!r} must be fed by a neuron node (CubaLIF or CubaLI), "
+            f"not by {feeder!r} ({_kind(nodes[feeder])})"
+        )
     stages: list[_Stage] = []
     seen = {out, inp, *tail}
     k = last
@@ -417,16 +465,19 @@ def _stages(nodes: dict[str, Any], edges: list[tuple[str, str]]) -> tuple[int, l
                     raise ShapeError(f"nir: node {k!r} has two recurrent projections into itself")
                 st.rec = chain
             elif sources:
-                raise ShapeError(f"nir: node {k!r} has inputs from {sources[0]!r} and {src!r}; delgrad "
-                                 "layers have one source (plus an optional recurrent projection)")
+                raise ShapeError(
+                    f"nir: node {k!r} has inputs from {sources[0]!r} and {src!r}; delgrad "
+                    "layers have one source (plus an optional recurrent projection)"
+                )
             else:
                 sources.append(src)
                 st.ff = chain
         if not sources:
             raise ShapeError(f"nir: node {k!r} has no input from the Input or a layer below")
         if st.rec is not None and _kind(st.node) != "CubaLIF":
-            raise ShapeError(f"nir: node {k!r} ({_kind(st.node)}) has a recurrent projection; only spiking "
-                             "layers (CubaLIF) can")
+            raise ShapeError(
+                f"nir: node {k!r} ({_kind(st.node)}) has a recurrent projection; only spiking layers (CubaLIF) can"
+            )
         stages.append(st)
         if sources[0] in seen and sources[0] != inp:
             raise ShapeError(f"nir: node {sources[0]!r} feeds more than one layer; delgrad networks are chains")
@@ -434,12 +485,15 @@ def _stages(nodes: dict[str, Any], edges: list[tuple[str, str]]) -> tuple[int, l
     stages.reverse()
     for st in stages[:-1]:
         if _kind(st.node) != "CubaLIF":
-            raise ShapeError(f"nir: node {st.name!r} ({_kind(st.node)}) does not spike but feeds another "
-                             "layer; only the last node before the Output may be a CubaLI readout")
+            raise ShapeError(
+                f"nir: node {st.name!r} ({_kind(st.node)}) does not spike but feeds another "
+                "layer; only the last node before the Output may be a CubaLI readout"
+            )
     extra = sorted(set(nodes) - seen)
     if extra:
-        raise ShapeError(f"nir: nodes {extra} are not on the chain from {inp!r} to {out!r}; delgrad reads "
-                         "layered chains only")
+        raise ShapeError(
+            f"nir: nodes {extra} are not on the chain from {inp!r} to {out!r}; delgrad reads layered chains only"
+        )
     return n_in, stages
 
 
@@ -449,8 +503,7 @@ def _per_neuron(st: _Stage, field_name: str, n: int) -> NDArray[np.float64]:
     if a.size == 1:
         a = np.full(n, a[0])
     if a.size != n:
-        raise ShapeError(f"nir: node {st.name!r} ({_kind(st.node)}): {field_name} has {a.size} entries for "
-                         f"{n} neurons")
+        raise ShapeError(f"nir: node {st.name!r} ({_kind(st.node)}): {field_name} has {a.size} entries for {n} neurons")
     if not np.all(np.isfinite(a)):
         raise ParameterError(f"nir: node {st.name!r} ({_kind(st.node)}): {field_name} must be finite, got {a}")
     return a
@@ -491,8 +544,10 @@ def _neuron_params(st: _Stage, n: int) -> tuple[tuple[float, float, float], NDAr
     # Same operand order as the export's r = tau_m, w_in = tau_s, so that factor is exactly 1.
     scale = (r * w_in) / (tau_m * tau_s)
     if np.any(scale == 0):
-        raise ParameterError(f"nir: node {st.name!r} ({t}): r * w_in is 0 for some neuron: its input has "
-                             "no effect, which delgrad cannot represent")
+        raise ParameterError(
+            f"nir: node {st.name!r} ({t}): r * w_in is 0 for some neuron: its input has "
+            "no effect, which delgrad cannot represent"
+        )
     return (tau_m, tau_s, theta), scale
 
 
@@ -557,8 +612,9 @@ def _compose(chain: list[str], nodes: dict[str, Any], n_src: int) -> Layer:
         if t in ("Linear", "Affine"):
             w = np.asarray(node.weight, dtype=np.float64)
             if w.ndim != 2 or w.shape[1] != s.width:
-                raise ShapeError(f"nir: node {k!r} ({t}): weight of shape {w.shape} does not take the "
-                                 f"{s.width} channels before it")
+                raise ShapeError(
+                    f"nir: node {k!r} ({t}): weight of shape {w.shape} does not take the {s.width} channels before it"
+                )
             if t == "Affine" and np.any(np.asarray(node.bias) != 0):
                 bias = np.asarray(node.bias)
                 raise ParameterError(

@@ -142,9 +142,22 @@ def encoder_of(cfg: dict[str, Any]) -> LatencyEncoder:
 
 
 SPIKING_AUDIO = ("shd", "ssc")
-_AUDIO_DATA_KEYS = {"dataset", "seed", "path", "synthetic", "validation_fraction", "chunk_size",
-                    "n_train", "n_validation", "n_test", "spikes_per_sample", "noise_fraction",
-                    "band_width", "jitter", "duration"}
+_AUDIO_DATA_KEYS = {
+    "dataset",
+    "seed",
+    "path",
+    "synthetic",
+    "validation_fraction",
+    "chunk_size",
+    "n_train",
+    "n_validation",
+    "n_test",
+    "spikes_per_sample",
+    "noise_fraction",
+    "band_width",
+    "jitter",
+    "duration",
+}
 
 
 def _write_spiking_audio(cfg: dict[str, Any], data_dir: Path) -> None:
@@ -159,13 +172,17 @@ def _write_spiking_audio(cfg: dict[str, Any], data_dir: Path) -> None:
     seed = int(d.get("seed", 0))
     if d.get("synthetic", False):
         sizes = {s: int(d[f"n_{s}"]) for s in ("train", "validation", "test") if f"n_{s}" in d}
-        kw = {k: d[k] for k in ("spikes_per_sample", "noise_fraction", "band_width", "jitter", "duration")
-              if k in d}
+        kw = {k: d[k] for k in ("spikes_per_sample", "noise_fraction", "band_width", "jitter", "duration") if k in d}
         shd.write_synthetic_dataset(data_dir, d["dataset"], seed=seed, sizes=sizes, **kw)
     else:
-        shd.write_h5_dataset(data_dir, d["dataset"], d.get("path") or None,
-                             validation_fraction=float(d.get("validation_fraction", 0.1)), seed=seed,
-                             chunk_size=int(d.get("chunk_size", 512)))
+        shd.write_h5_dataset(
+            data_dir,
+            d["dataset"],
+            d.get("path") or None,
+            validation_fraction=float(d.get("validation_fraction", 0.1)),
+            seed=seed,
+            chunk_size=int(d.get("chunk_size", 512)),
+        )
 
 
 def encode(cfg: dict[str, Any], run_dir: Path) -> Path:
@@ -202,9 +219,11 @@ def augmented(cfg: dict[str, Any], split: Split, n_inputs: int) -> Split:
     if a.get("channel_shift"):
         spikes = channel_shift(spikes, int(a["channel_shift"]), n_inputs, rng, n_samples=n)
     col = lambda rb, c: rb.column(c).to_numpy()  # noqa: E731
-    both = spike_batch(np.concatenate([col(orig, "sample"), col(spikes, "sample") + n]),
-                       np.concatenate([col(orig, "neuron"), col(spikes, "neuron")]),
-                       np.concatenate([col(orig, "time"), col(spikes, "time")]))
+    both = spike_batch(
+        np.concatenate([col(orig, "sample"), col(spikes, "sample") + n]),
+        np.concatenate([col(orig, "neuron"), col(spikes, "neuron")]),
+        np.concatenate([col(orig, "time"), col(spikes, "time")]),
+    )
     return Split(SpikeSet(both, 2 * n), np.concatenate([split.labels, labels]))
 
 
@@ -296,34 +315,55 @@ def hardware_loop(cfg: dict[str, Any], run_dir: Path) -> Iterator[Any]:
         return
     from delgrad.hardware import HardwareClient, HardwareLoop, start_daemon
 
-    unknown = set(hw) - {"enabled", "endpoint", "backend", "chip_seed", "ideal", "weight_scale",
-                         "input_replication", "max_batch", "timeout", "retries", "seed",
-                         "daemon_cpus", "keep_awake"}
+    unknown = set(hw) - {
+        "enabled",
+        "endpoint",
+        "backend",
+        "chip_seed",
+        "ideal",
+        "weight_scale",
+        "input_replication",
+        "max_batch",
+        "timeout",
+        "retries",
+        "seed",
+        "daemon_cpus",
+        "keep_awake",
+    }
     if unknown:
         raise ValueError(f"[hardware]: unknown keys {sorted(unknown)}")
     daemon = None
     endpoint = hw.get("endpoint") or ""
     if not endpoint:
-        daemon = start_daemon("tcp://127.0.0.1:*", backend=hw.get("backend", "emulator"),
-                              chip_seed=int(hw.get("chip_seed", 0)),
-                              args=(["--ideal"] if hw.get("ideal", False) else [])
-                              + (["--keep-awake"] if hw.get("keep_awake", False) else []),
-                              log_path=run_dir / "hw_daemon.log", cpus=hw.get("daemon_cpus"))
+        daemon = start_daemon(
+            "tcp://127.0.0.1:*",
+            backend=hw.get("backend", "emulator"),
+            chip_seed=int(hw.get("chip_seed", 0)),
+            args=(["--ideal"] if hw.get("ideal", False) else [])
+            + (["--keep-awake"] if hw.get("keep_awake", False) else []),
+            log_path=run_dir / "hw_daemon.log",
+            cpus=hw.get("daemon_cpus"),
+        )
         endpoint = daemon.endpoint
     try:
-        with HardwareClient(endpoint, timeout=float(hw.get("timeout", 30.0)),
-                            retries=int(hw.get("retries", 5))) as client:
-            yield HardwareLoop(client, seed=int(hw.get("seed", cfg["train"].get("seed", 0))),
-                               weight_scale=hw.get("weight_scale"),
-                               input_replication=int(hw.get("input_replication", 1)),
-                               max_batch=int(hw.get("max_batch", 1000)))
+        with HardwareClient(
+            endpoint, timeout=float(hw.get("timeout", 30.0)), retries=int(hw.get("retries", 5))
+        ) as client:
+            yield HardwareLoop(
+                client,
+                seed=int(hw.get("seed", cfg["train"].get("seed", 0))),
+                weight_scale=hw.get("weight_scale"),
+                input_replication=int(hw.get("input_replication", 1)),
+                max_batch=int(hw.get("max_batch", 1000)),
+            )
     finally:
         if daemon is not None:
             daemon.stop()
 
 
-def _write_hardware_record(run_dir: Path, loop: Any, net: Network, splits: dict[str, Split],
-                           tcfg: TrainConfig, cfg: dict[str, Any]) -> None:
+def _write_hardware_record(
+    run_dir: Path, loop: Any, net: Network, splits: dict[str, Split], tcfg: TrainConfig, cfg: dict[str, Any]
+) -> None:
     """Measures the trained (restored best) parameters on the hardware and writes
     ``hardware.json``: what the report quotes as the in-the-loop result."""
     accuracy = {}
@@ -390,16 +430,21 @@ class _progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
-            TextColumn("epoch"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
+            TextColumn("epoch"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"),
         )
         self.bar.__enter__()
         self.task = self.bar.add_task("train", total=self.total, info="")
 
         def on_epoch(row: dict[str, Any]) -> None:
-            info = (f"loss {row['train_loss']:.4f}  train {row['train_acc']:.3f}  "
-                    f"val {row.get('validation_acc', float('nan')):.3f}  "
-                    f"test {row.get('test_acc', float('nan')):.3f}")
+            info = (
+                f"loss {row['train_loss']:.4f}  train {row['train_acc']:.3f}  "
+                f"val {row.get('validation_acc', float('nan')):.3f}  "
+                f"test {row.get('test_acc', float('nan')):.3f}"
+            )
             self.bar.update(self.task, completed=row["epoch"], info=info)
 
         return on_epoch

@@ -29,18 +29,36 @@ MODEL_FILE = "multi_network.npz"
 def build_network(cfg: dict[str, Any], n_in: int, n_out: int) -> MultiNetwork:
     n = cfg["network"]
     t_end = float(n.get("t_end", 60.0))
-    neuron = Neuron(tau_m=n["tau_m"], tau_s=n["tau_s"], theta=n["theta"], mode="multi",
-                    t_ref=float(n.get("t_ref", 0.0)), t_end=t_end)
-    readout_neuron = Neuron(tau_m=float(n.get("readout_tau_m", n["tau_m"])),
-                            tau_s=float(n.get("readout_tau_s", n["tau_s"])), theta=1.0, mode="multi",
-                            t_end=t_end)
+    neuron = Neuron(
+        tau_m=n["tau_m"],
+        tau_s=n["tau_s"],
+        theta=n["theta"],
+        mode="multi",
+        t_ref=float(n.get("t_ref", 0.0)),
+        t_end=t_end,
+    )
+    readout_neuron = Neuron(
+        tau_m=float(n.get("readout_tau_m", n["tau_m"])),
+        tau_s=float(n.get("readout_tau_s", n["tau_s"])),
+        theta=1.0,
+        mode="multi",
+        t_end=t_end,
+    )
     return MultiNetwork.random(
-        [n_in, *n["hidden"], n_out], neuron, readout_neuron,
-        delay_kind=n["delay_kind"], weight_mean=n["weight_mean"], weight_std=n["weight_std"],
-        delay_range=tuple(n["delay_range"]), readout_kind=n.get("readout", "max"), t_end=t_end,
-        tau_w=n.get("tau_w"), recurrent=bool(n.get("recurrent", False)),
+        [n_in, *n["hidden"], n_out],
+        neuron,
+        readout_neuron,
+        delay_kind=n["delay_kind"],
+        weight_mean=n["weight_mean"],
+        weight_std=n["weight_std"],
+        delay_range=tuple(n["delay_range"]),
+        readout_kind=n.get("readout", "max"),
+        t_end=t_end,
+        tau_w=n.get("tau_w"),
+        recurrent=bool(n.get("recurrent", False)),
         recurrent_std=float(n.get("recurrent_std", 0.1)),
-        seed=int(cfg["train"].get("seed", 0)))
+        seed=int(cfg["train"].get("seed", 0)),
+    )
 
 
 def run(cfg: dict[str, Any], run_dir: Path, splits: dict[str, Split], n_in: int, progress: bool) -> Path:
@@ -50,8 +68,9 @@ def run(cfg: dict[str, Any], run_dir: Path, splits: dict[str, Split], n_in: int,
     tcfg = MultiTrainConfig.from_dict(cfg["train"])
     t0 = time.perf_counter()
     with _progress(progress, tcfg.epochs) as on_epoch:
-        history = fit_multi(net, tcfg, splits["train"],
-                            {"validation": splits["validation"], "test": splits["test"]}, on_epoch)
+        history = fit_multi(
+            net, tcfg, splits["train"], {"validation": splits["validation"], "test": splits["test"]}, on_epoch
+        )
     wall = time.perf_counter() - t0
     pl.DataFrame(history).write_parquet(run_dir / "metrics.parquet")
     (run_dir / "model").mkdir(exist_ok=True)

@@ -80,8 +80,13 @@ def plot_raster(spikes: pl.DataFrame, sizes: list[int], out: Path, samples: int 
         d = spikes.filter(pl.col("sample") == s)
         for l in range(len(sizes)):
             dl = d.filter(pl.col("layer") == l)
-            ax.scatter(dl["time"].to_numpy(), dl["neuron"].to_numpy() + offsets[l], s=8,
-                       color=colors[l % len(colors)], label=("input" if l == 0 else f"layer {l}"))
+            ax.scatter(
+                dl["time"].to_numpy(),
+                dl["neuron"].to_numpy() + offsets[l],
+                s=8,
+                color=colors[l % len(colors)],
+                label=("input" if l == 0 else f"layer {l}"),
+            )
         ax.set_title(f"test sample {s}"), ax.set_xlabel("time [tau_s]")
     np.atleast_1d(axes)[0].set_ylabel("neuron (stacked by layer)")
     np.atleast_1d(axes)[0].legend(fontsize=7)
@@ -117,14 +122,18 @@ def _hardware_lines(hw: dict[str, Any]) -> list[str]:
     return lines
 
 
-def _finish_report(run_dir: Path, lines: list[str], figs: list[tuple[str, str | None]], layers: str,
-                   model: str) -> Path:
+def _finish_report(
+    run_dir: Path, lines: list[str], figs: list[tuple[str, str | None]], layers: str, model: str
+) -> Path:
     """Appends the figures and the list of files to ``lines`` and writes ``report.md``."""
     for title, name in figs:
         if name:
             lines += ["", f"## {title}", "", f"![{title}](plots/{name})"]
-    lines += ["", f"Files: `metrics.parquet` (per epoch), `spikes_test.parquet` (test spikes of {layers}), "
-                  f"`data/` (encoded data set), {model}, `config.toml`."]
+    lines += [
+        "",
+        f"Files: `metrics.parquet` (per epoch), `spikes_test.parquet` (test spikes of {layers}), "
+        f"`data/` (encoded data set), {model}, `config.toml`.",
+    ]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -140,8 +149,9 @@ def _test_spikes(run_dir: Path) -> pl.DataFrame:
     return pl.concat([inputs, layer_spikes.with_columns(pl.col("layer").cast(pl.UInt16))])
 
 
-def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, float], split, ev,
-                 train_seconds: float | None) -> Path:
+def write_report(
+    run_dir: Path, cfg: dict[str, Any], model, results: dict[str, float], split, ev, train_seconds: float | None
+) -> Path:
     """Writes ``plots/*.png`` and ``report.md`` for a finished run."""
     from delgrad.pipeline import SpikeDataset
 
@@ -156,9 +166,15 @@ def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, f
     if metrics is not None and metrics.height:
         figs.append(("Loss and accuracy", plot_curves(metrics, plots)))
     if cfg["data"]["dataset"] == "yinyang":
-        figs.append(("Classification of the Yin-Yang plane",
-                     plot_yinyang_map(model, plots, ds.features(), split.labels, ev.predictions)))
-    figs.append(("Output spike times on the test set, by true class", plot_output_times(out_times, split.labels, plots)))
+        figs.append(
+            (
+                "Classification of the Yin-Yang plane",
+                plot_yinyang_map(model, plots, ds.features(), split.labels, ev.predictions),
+            )
+        )
+    figs.append(
+        ("Output spike times on the test set, by true class", plot_output_times(out_times, split.labels, plots))
+    )
     figs.append(("Spikes of a few test samples", plot_raster(all_spikes, model.network.sizes, plots)))
     figs.append(("Learned delays", plot_delays(model.network, plots)))
 
@@ -175,17 +191,30 @@ def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, f
     hw_path = run_dir / "hardware.json"
     hw = json.loads(hw_path.read_text()) if hw_path.exists() else None
     if hw is not None:
-        lines[-2:] = _hardware_lines(hw) + ["", "The same parameters in the ideal simulation (no hardware effects):", "",
-                                           "| split | accuracy | loss |", "|---|---|---|"]
+        lines[-2:] = _hardware_lines(hw) + [
+            "",
+            "The same parameters in the ideal simulation (no hardware effects):",
+            "",
+            "| split | accuracy | loss |",
+            "|---|---|---|",
+        ]
     for split_name in ("train", "validation", "test"):
-        lines.append(f"| {split_name} | {100 * results[f'{split_name}_acc']:.2f} % | {results[f'{split_name}_loss']:.5f} |")
+        lines.append(
+            f"| {split_name} | {100 * results[f'{split_name}_acc']:.2f} % | {results[f'{split_name}_loss']:.5f} |"
+        )
     if metrics is not None and metrics.height:
         best = metrics.sort("validation_acc", descending=True).row(0, named=True)
-        lines += ["", f"Best validation accuracy {100 * best['validation_acc']:.2f} % at epoch "
-                      f"{best['epoch']} (test {100 * best['test_acc']:.2f} % there)."]
+        lines += [
+            "",
+            f"Best validation accuracy {100 * best['validation_acc']:.2f} % at epoch "
+            f"{best['epoch']} (test {100 * best['test_acc']:.2f} % there).",
+        ]
     if cfg.get("train", {}).get("select_on", "validation"):
-        lines += ["", "The saved model holds the parameters of the epoch with the best "
-                      f"{cfg.get('train', {}).get('select_on', 'validation')} accuracy; the table above evaluates it."]
+        lines += [
+            "",
+            "The saved model holds the parameters of the epoch with the best "
+            f"{cfg.get('train', {}).get('select_on', 'validation')} accuracy; the table above evaluates it.",
+        ]
     if train_seconds is not None:
         lines += ["", f"Training wall time: {train_seconds:.1f} s."]
     return _finish_report(run_dir, lines, figs, "every layer", "`model/` (`delgrad.Model.load`)")
@@ -194,8 +223,7 @@ def write_report(run_dir: Path, cfg: dict[str, Any], model, results: dict[str, f
 def plot_readout_values(values: np.ndarray, labels: np.ndarray, out: Path) -> str:
     """Mean readout value of every class unit, per true class (a learned readout is diagonal)."""
     k = values.shape[1]
-    mean = np.stack([values[labels == c].mean(axis=0) if np.any(labels == c) else np.full(k, np.nan)
-                     for c in range(k)])
+    mean = np.stack([values[labels == c].mean(axis=0) if np.any(labels == c) else np.full(k, np.nan) for c in range(k)])
     fig, ax = plt.subplots(figsize=(4.6, 3.8))
     im = ax.imshow(mean, cmap="viridis")
     ax.set_xlabel("readout unit"), ax.set_ylabel("true class")
@@ -203,8 +231,9 @@ def plot_readout_values(values: np.ndarray, labels: np.ndarray, out: Path) -> st
     return _save(fig, out / "readout_values.png")
 
 
-def write_multi_report(run_dir: Path, cfg: dict[str, Any], net, results: dict[str, float], split, ev,
-                       train_seconds: float | None) -> Path:
+def write_multi_report(
+    run_dir: Path, cfg: dict[str, Any], net, results: dict[str, float], split, ev, train_seconds: float | None
+) -> Path:
     """``report.md`` and plots of a multi-spike (EventProp) run."""
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
@@ -213,8 +242,7 @@ def write_multi_report(run_dir: Path, cfg: dict[str, Any], net, results: dict[st
     figs: list[tuple[str, str | None]] = []
     if metrics is not None and metrics.height:
         figs.append(("Loss and accuracy", plot_curves(metrics, plots)))
-    figs.append(("Readout values by true class (test set)",
-                 plot_readout_values(ev.output.values, split.labels, plots)))
+    figs.append(("Readout values by true class (test set)", plot_readout_values(ev.output.values, split.labels, plots)))
     figs.append(("Spikes of a few test samples", plot_raster(all_spikes, net.sizes[:-1], plots)))
     figs.append(("Learned delays", plot_delays(net, plots)))
     n = cfg["network"]
@@ -232,13 +260,20 @@ def write_multi_report(run_dir: Path, cfg: dict[str, Any], net, results: dict[st
     ]
     for name in ("train", "validation", "test"):
         lines.append(f"| {name} | {100 * results[f'{name}_acc']:.2f} % | {results[f'{name}_loss']:.5f} |")
-    lines += ["", "Hidden spikes per test sample: "
-              + ", ".join(f"layer {l}: {s:.1f}" for l, s in enumerate(ev.spikes_per_sample)) + "."]
+    lines += [
+        "",
+        "Hidden spikes per test sample: "
+        + ", ".join(f"layer {l}: {s:.1f}" for l, s in enumerate(ev.spikes_per_sample))
+        + ".",
+    ]
     if metrics is not None and metrics.height:
         best = metrics.sort("validation_acc", descending=True).row(0, named=True)
-        lines += ["", f"Best validation accuracy {100 * best['validation_acc']:.2f} % at epoch "
-                      f"{best['epoch']} (test {100 * best['test_acc']:.2f} % there); the saved model "
-                      "holds those parameters."]
+        lines += [
+            "",
+            f"Best validation accuracy {100 * best['validation_acc']:.2f} % at epoch "
+            f"{best['epoch']} (test {100 * best['test_acc']:.2f} % there); the saved model "
+            "holds those parameters.",
+        ]
     if train_seconds is not None:
         lines += ["", f"Training wall time: {train_seconds:.1f} s."]
     if n.get("delay_kind") == "none":

@@ -34,10 +34,20 @@ import polars as pl
 
 from delgrad.sweep_spec import SweepSpec, SweepSpecError, Trial, load_spec, toml_value
 
-__all__ = ["MissingRayError", "RayConnectionError", "SweepResult", "SweepSpecError", "import_ray", "run_sweep", "run_trial"]
+__all__ = [
+    "MissingRayError",
+    "RayConnectionError",
+    "SweepResult",
+    "SweepSpecError",
+    "import_ray",
+    "run_sweep",
+    "run_trial",
+]
 
-RAY_HINT = ("delgrad sweep needs Ray, an optional extra: pip install 'delgrad[sweep]' "
-            "(from a checkout: pip install -e '.[sweep]', or make install)")
+RAY_HINT = (
+    "delgrad sweep needs Ray, an optional extra: pip install 'delgrad[sweep]' "
+    "(from a checkout: pip install -e '.[sweep]', or make install)"
+)
 # Ray reserves 30 % of memory for its object store by default; trials return small rows, and
 # this machine is shared, so a local Ray gets a small store.
 _LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
@@ -79,8 +89,7 @@ def _metrics_summary(run_dir: Path) -> dict[str, Any]:
     }
 
 
-def run_trial(base: str, overrides: list[str], trial_dir: str, name: str,
-              params: dict[str, Any]) -> dict[str, Any]:
+def run_trial(base: str, overrides: list[str], trial_dir: str, name: str, params: dict[str, Any]) -> dict[str, Any]:
     """Runs one trial as ``delgrad run base --set ... --out trial_dir``; never raises.
 
     Returns its result row and writes it to ``trial_dir/trial.json`` (last, so that a trial
@@ -91,9 +100,14 @@ def run_trial(base: str, overrides: list[str], trial_dir: str, name: str,
 
     out = Path(trial_dir)
     out.mkdir(parents=True, exist_ok=True)
-    row: dict[str, Any] = {"trial": name, "params": params, "status": "failed", "error": None,
-                           "node": socket.gethostname(),
-                           "rayon_threads": os.environ.get("RAYON_NUM_THREADS")}
+    row: dict[str, Any] = {
+        "trial": name,
+        "params": params,
+        "status": "failed",
+        "error": None,
+        "node": socket.gethostname(),
+        "rayon_threads": os.environ.get("RAYON_NUM_THREADS"),
+    }
     t0 = time.perf_counter()
     try:
         run_dir = pipeline.run(base, list(overrides), out=out, progress=False)
@@ -122,12 +136,27 @@ def finished_row(trial_dir: Path) -> dict[str, Any] | None:
 
 # --- the table ------------------------------------------------------------------------------
 
-RESULT_COLUMNS = ["trial", "status", "n_params", "test_acc_best_val", "test_acc_final", "val_acc_best",
-                  "best_epoch", "epochs", "train_acc_final", "wall_s", "reused", "error", "node", "run_dir"]
+RESULT_COLUMNS = [
+    "trial",
+    "status",
+    "n_params",
+    "test_acc_best_val",
+    "test_acc_final",
+    "val_acc_best",
+    "best_epoch",
+    "epochs",
+    "train_acc_final",
+    "wall_s",
+    "reused",
+    "error",
+    "node",
+    "run_dir",
+]
 
 
-def results_table(spec: SweepSpec, trials: list[Trial], rows: dict[str, dict[str, Any]],
-                  sweep_dir: Path) -> pl.DataFrame:
+def results_table(
+    spec: SweepSpec, trials: list[Trial], rows: dict[str, dict[str, Any]], sweep_dir: Path
+) -> pl.DataFrame:
     """One row per trial that has a result: the axis values (one column per dotted key), then
     :data:`RESULT_COLUMNS`. Trials without a result yet (still running) are left out."""
     records = []
@@ -142,10 +171,20 @@ def results_table(spec: SweepSpec, trials: list[Trial], rows: dict[str, dict[str
         rec["run_dir"] = str((sweep_dir / "trials" / t.name).relative_to(sweep_dir))
         records.append(rec)
     schema = {
-        "trial": pl.Utf8, "status": pl.Utf8, "n_params": pl.Int64, "test_acc_best_val": pl.Float64,
-        "test_acc_final": pl.Float64, "val_acc_best": pl.Float64, "best_epoch": pl.Int64,
-        "epochs": pl.Int64, "train_acc_final": pl.Float64, "wall_s": pl.Float64, "reused": pl.Boolean,
-        "error": pl.Utf8, "node": pl.Utf8, "run_dir": pl.Utf8,
+        "trial": pl.Utf8,
+        "status": pl.Utf8,
+        "n_params": pl.Int64,
+        "test_acc_best_val": pl.Float64,
+        "test_acc_final": pl.Float64,
+        "val_acc_best": pl.Float64,
+        "best_epoch": pl.Int64,
+        "epochs": pl.Int64,
+        "train_acc_final": pl.Float64,
+        "wall_s": pl.Float64,
+        "reused": pl.Boolean,
+        "error": pl.Utf8,
+        "node": pl.Utf8,
+        "run_dir": pl.Utf8,
     }
     if not records:
         return pl.DataFrame(schema={k: pl.Utf8 for k in spec.axes} | schema)
@@ -191,8 +230,12 @@ def _init_ray(ray, address: str | None) -> bool:
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise RayConnectionError(f"cannot join the Ray cluster at {address!r}: {e}") from None
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=_LOCAL_OBJECT_STORE_BYTES)
+        ray.init(
+            num_cpus=os.cpu_count() or 1,
+            include_dashboard=False,
+            log_to_driver=False,
+            object_store_memory=_LOCAL_OBJECT_STORE_BYTES,
+        )
     return True
 
 
@@ -256,10 +299,17 @@ def run_sweep(
     table = results_table(spec, trials, rows, sweep_dir)
     _write_parquet(table, sweep_dir / "results.parquet")
     summary = {
-        "spec": str(spec.path), "pipeline": str(spec.pipeline), "trials": len(trials),
-        "ok": int((table["status"] == "ok").sum()), "failed": int((table["status"] == "failed").sum()),
-        "ran": len(todo), "reused": reused, "wall_s": wall, "address": address or "local",
-        "max_parallel": max_parallel, "cpus_per_trial": cpus,
+        "spec": str(spec.path),
+        "pipeline": str(spec.pipeline),
+        "trials": len(trials),
+        "ok": int((table["status"] == "ok").sum()),
+        "failed": int((table["status"] == "failed").sum()),
+        "ran": len(todo),
+        "reused": reused,
+        "wall_s": wall,
+        "address": address or "local",
+        "max_parallel": max_parallel,
+        "cpus_per_trial": cpus,
         "finished_at": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
     }
     (sweep_dir / "sweep.json").write_text(json.dumps(summary, indent=1))
@@ -269,9 +319,18 @@ def run_sweep(
     return SweepResult(sweep_dir, table, wall, len(todo), reused)
 
 
-def _run_on_ray(ray, spec: SweepSpec, todo: list[Trial], sweep_dir: Path, rows: dict[str, dict[str, Any]],
-                trials: list[Trial], address: str | None, max_parallel: int | None, cpus: float,
-                bar) -> None:
+def _run_on_ray(
+    ray,
+    spec: SweepSpec,
+    todo: list[Trial],
+    sweep_dir: Path,
+    rows: dict[str, dict[str, Any]],
+    trials: list[Trial],
+    address: str | None,
+    max_parallel: int | None,
+    cpus: float,
+    bar,
+) -> None:
     started = _init_ray(ray, address)
     try:
         # Each trial's Rust core runs a rayon pool; sized to the trial's CPUs so parallel trials
@@ -279,16 +338,16 @@ def _run_on_ray(ray, spec: SweepSpec, todo: list[Trial], sweep_dir: Path, rows: 
         threads = str(max(1, int(cpus)))
         # Ray retries a task only when its worker or node dies (run_trial itself never raises);
         # a retried trial resumes from its checkpoint.
-        task = ray.remote(num_cpus=cpus,
-                          runtime_env={"env_vars": {"RAYON_NUM_THREADS": threads}})(run_trial)
+        task = ray.remote(num_cpus=cpus, runtime_env={"env_vars": {"RAYON_NUM_THREADS": threads}})(run_trial)
         queue = list(todo)
         pending: dict[Any, Trial] = {}
         try:
             while queue or pending:
                 while queue and (max_parallel is None or len(pending) < max_parallel):
                     t = queue.pop(0)
-                    ref = task.remote(str(spec.pipeline), list(t.overrides),
-                                      str(sweep_dir / "trials" / t.name), t.name, t.params)
+                    ref = task.remote(
+                        str(spec.pipeline), list(t.overrides), str(sweep_dir / "trials" / t.name), t.name, t.params
+                    )
                     pending[ref] = t
                     bar.started(t)
                 ready, _ = ray.wait(list(pending), num_returns=1)

@@ -19,11 +19,24 @@ class SweepProgress:
     def __enter__(self) -> SweepProgress:
         if not self.enabled:
             return self
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self.bar = Progress(TextColumn("trials"), MofNCompleteColumn(), BarColumn(), TimeElapsedColumn(),
-                            TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+        self.bar = Progress(
+            TextColumn("trials"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("eta"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[info]}"),
+        )
         self.bar.__enter__()
         self.task = self.bar.add_task("sweep", total=self.total, completed=self.done, info=self._info())
         if self.reused:
@@ -46,8 +59,10 @@ class SweepProgress:
         if not self.enabled:
             return
         if ok:
-            msg = (f"[green]ok[/]     {trial.name}  test {row['test_acc_best_val']:.4f}  "
-                   f"params {row['n_params']}  {row['wall_s']:.1f} s")
+            msg = (
+                f"[green]ok[/]     {trial.name}  test {row['test_acc_best_val']:.4f}  "
+                f"params {row['n_params']}  {row['wall_s']:.1f} s"
+            )
         else:
             from rich.markup import escape
 

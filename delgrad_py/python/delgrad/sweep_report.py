@@ -88,8 +88,10 @@ def plot(spec: SweepSpec, gs: list[Group], path: Path) -> None:
 
 
 def _y_label(y: str) -> str:
-    return {"test_acc_best_val": "test accuracy (best-validation epoch)",
-            "test_acc_final": "test accuracy (last epoch)"}.get(y, y)
+    return {
+        "test_acc_best_val": "test accuracy (best-validation epoch)",
+        "test_acc_final": "test accuracy (last epoch)",
+    }.get(y, y)
 
 
 def _pct(v: float) -> str:
@@ -101,15 +103,29 @@ def table_md(spec: SweepSpec, gs: list[Group]) -> list[str]:
     keys = [k for k, _ in gs[0].key] if gs else []
     short = short_keys(keys)
     over = short_keys([rep["over"]])[rep["over"]] if rep["over"] else "trials"
-    head = [short[k] for k in keys] + ["params", f"median {rep['y']} %", "min %", "max %",
-                                       "median test_acc_final %", f"{over} ok", "median wall s"]
+    head = [short[k] for k in keys] + [
+        "params",
+        f"median {rep['y']} %",
+        "min %",
+        "max %",
+        "median test_acc_final %",
+        f"{over} ok",
+        "median wall s",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for g in gs:
         cells = [value_label(v) for _, v in g.key]
         if g.y:
             med, lo, hi = g.stats()
-            cells += [f"{np.median(g.x):.0f}", _pct(med), _pct(lo), _pct(hi), _pct(float(np.median(g.final))),
-                      f"{len(g.y)}/{g.n}", f"{np.median(g.wall):.1f}"]
+            cells += [
+                f"{np.median(g.x):.0f}",
+                _pct(med),
+                _pct(lo),
+                _pct(hi),
+                _pct(float(np.median(g.final))),
+                f"{len(g.y)}/{g.n}",
+                f"{np.median(g.wall):.1f}",
+            ]
         else:
             cells += ["", "", "", "", "", f"0/{g.n}", ""]
         lines.append("| " + " | ".join(cells) + " |")
@@ -132,7 +148,7 @@ def write_report(sweep_dir: Path, spec: SweepSpec, table: pl.DataFrame, summary:
         f"sum of the finished trials' own wall times: {trial_wall:.1f} s.",
         "",
         f"`{spec.report['y']}`: test accuracy of the epoch with the best validation accuracy (the saved "
-        "model when `train.select_on = \"validation\"`); `test_acc_final`: test accuracy after the last epoch.",
+        'model when `train.select_on = "validation"`); `test_acc_final`: test accuracy after the last epoch.',
         "",
         f"![accuracy versus parameters]({FIGURE})",
         "",

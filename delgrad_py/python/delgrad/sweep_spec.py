@@ -119,8 +119,10 @@ class SweepSpec:
                 sets = tuple(f"{k}={toml_value(v)}" for k, v in overrides.items())
                 name = _trial_name(params, sets, self.pipeline)
                 if name in seen:
-                    raise SweepSpecError(f"{self.path}: two trials resolve to the same configuration "
-                                         f"({name}); check the grid for repeated values")
+                    raise SweepSpecError(
+                        f"{self.path}: two trials resolve to the same configuration "
+                        f"({name}); check the grid for repeated values"
+                    )
                 seen[name] = trial = Trial(name, params, sets)
                 out.append(trial)
         return out
@@ -131,7 +133,7 @@ class SweepSpec:
         for _ in range(self.random_n):
             draw = {}
             for key, dist in self.random_axes.items():
-                (kind, arg), = dist.items()
+                ((kind, arg),) = dist.items()
                 if kind == "uniform":
                     draw[key] = float(rng.uniform(arg[0], arg[1]))
                 elif kind == "loguniform":
@@ -246,8 +248,9 @@ def check_key(cfg: dict[str, Any], key: str, where: str) -> None:
             return
         if parts[i] not in known:
             inside = f"under [{table}]" if table else "at the top level"
-            raise SweepSpecError(f"{where}: unknown pipeline key {key!r} "
-                                 f"(known keys {inside}: {', '.join(sorted(known))})")
+            raise SweepSpecError(
+                f"{where}: unknown pipeline key {key!r} (known keys {inside}: {', '.join(sorted(known))})"
+            )
 
 
 def _table(raw: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
@@ -295,12 +298,14 @@ def load_spec(path: str | Path) -> SweepSpec:
 
     rnd = _table(raw, "random", path)
     if set(rnd) - _RANDOM_KEYS:
-        raise SweepSpecError(f"{path} [random]: unknown entries {sorted(set(rnd) - _RANDOM_KEYS)} "
-                             f"(allowed: n, seed, axes)")
+        raise SweepSpecError(
+            f"{path} [random]: unknown entries {sorted(set(rnd) - _RANDOM_KEYS)} (allowed: n, seed, axes)"
+        )
     random_axes = rnd.get("axes", {})
     if rnd and not random_axes:
-        raise SweepSpecError(f"{path} [random]: no axes; add [random.axes] with e.g. "
-                             "\"train.lr\" = { loguniform = [1e-3, 1e-2] }")
+        raise SweepSpecError(
+            f'{path} [random]: no axes; add [random.axes] with e.g. "train.lr" = {{ loguniform = [1e-3, 1e-2] }}'
+        )
     n = rnd.get("n", 0)
     if random_axes and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise SweepSpecError(f"{path} [random]: n (number of draws) must be a positive integer, got {n!r}")
@@ -327,8 +332,9 @@ def load_spec(path: str | Path) -> SweepSpec:
 
     report = _table(raw, "report", path)
     if set(report) - _REPORT_KEYS:
-        raise SweepSpecError(f"{path} [report]: unknown entries {sorted(set(report) - _REPORT_KEYS)} "
-                             f"(allowed: {sorted(_REPORT_KEYS)})")
+        raise SweepSpecError(
+            f"{path} [report]: unknown entries {sorted(set(report) - _REPORT_KEYS)} (allowed: {sorted(_REPORT_KEYS)})"
+        )
     axes = [*grid, *random_axes]
     rep = {
         "y": "test_acc_best_val",
@@ -339,14 +345,23 @@ def load_spec(path: str | Path) -> SweepSpec:
     }
     for role in ("curve", "over"):
         if rep[role] and rep[role] not in axes:
-            raise SweepSpecError(f"{path} [report]: {role} = {rep[role]!r} is not an axis of the sweep "
-                                 f"(axes: {', '.join(axes)})")
+            raise SweepSpecError(
+                f"{path} [report]: {role} = {rep[role]!r} is not an axis of the sweep (axes: {', '.join(axes)})"
+            )
 
     spec = SweepSpec(
-        path=path, name=name, pipeline=base, out=Path(str(raw.get("out", f"sweeps/{name}"))),
-        cpus_per_trial=float(cpus), fixed=dict(fixed), grid={k: list(v) for k, v in grid.items()},
-        random_n=int(n) if random_axes else 0, random_seed=int(rnd.get("seed", 0)),
-        random_axes=dict(random_axes), when=when, report=rep,
+        path=path,
+        name=name,
+        pipeline=base,
+        out=Path(str(raw.get("out", f"sweeps/{name}"))),
+        cpus_per_trial=float(cpus),
+        fixed=dict(fixed),
+        grid={k: list(v) for k, v in grid.items()},
+        random_n=int(n) if random_axes else 0,
+        random_seed=int(rnd.get("seed", 0)),
+        random_axes=dict(random_axes),
+        when=when,
+        report=rep,
     )
     try:
         spec.trials()
@@ -359,15 +374,21 @@ def load_spec(path: str | Path) -> SweepSpec:
 
 def _check_distribution(dist: Any, where: str) -> None:
     if not isinstance(dist, dict) or len(dist) != 1 or next(iter(dist)) not in _DISTRIBUTIONS:
-        raise SweepSpecError(f"{where}: needs exactly one of {', '.join(_DISTRIBUTIONS)}, "
-                             f"e.g. {{ loguniform = [1e-3, 1e-2] }}; got {dist!r}")
-    (kind, arg), = dist.items()
+        raise SweepSpecError(
+            f"{where}: needs exactly one of {', '.join(_DISTRIBUTIONS)}, "
+            f"e.g. {{ loguniform = [1e-3, 1e-2] }}; got {dist!r}"
+        )
+    ((kind, arg),) = dist.items()
     if kind == "choice":
         if not isinstance(arg, list) or not arg:
             raise SweepSpecError(f"{where}: choice needs a non-empty list, got {arg!r}")
         return
-    ok = (isinstance(arg, list) and len(arg) == 2
-          and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in arg) and arg[0] <= arg[1])
+    ok = (
+        isinstance(arg, list)
+        and len(arg) == 2
+        and all(isinstance(a, (int, float)) and not isinstance(a, bool) for a in arg)
+        and arg[0] <= arg[1]
+    )
     if not ok:
         raise SweepSpecError(f"{where}: {kind} needs [low, high] with low <= high, got {arg!r}")
     if kind == "loguniform" and arg[0] <= 0:

@@ -92,10 +92,7 @@ def _per_layer(v: list[float] | float, n: int, name: str) -> list[float]:
 
 
 def silent_fractions(trace: Trace) -> list[float]:
-    return [
-        float(np.mean(np.isinf(trace.first_times(l)))) if trace.n_samples else 0.0
-        for l in range(trace.n_layers)
-    ]
+    return [float(np.mean(np.isinf(trace.first_times(l)))) if trace.n_samples else 0.0 for l in range(trace.n_layers)]
 
 
 Forward = Callable[[Network, SpikeSet, "NDArray[np.uint32] | None"], Trace]
@@ -200,8 +197,7 @@ class Trainer:
         correct = int(np.sum(res.predictions == labels))
         if self._bump(trace):
             return res.loss, correct
-        g = self.backward_network().backward(split.spikes, trace, res.grad, select=select,
-                                             min_slope=self.cfg.min_slope)
+        g = self.backward_network().backward(split.spikes, trace, res.grad, select=select, min_slope=self.cfg.min_slope)
         grads = []
         for (gw, gd), layer, raw in zip(g.layers, self.net.layers, self.raw_delays):
             grads.append(gw)
@@ -257,9 +253,7 @@ class Trainer:
                 self.best = (row[f"{sel}_acc"], self.epoch, self._snapshot())
             if on_epoch:
                 on_epoch(row)
-            if run_dir is not None and (
-                self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs
-            ):
+            if run_dir is not None and (self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs):
                 self.save_checkpoint(run_dir)
         if self.best is not None:
             self._restore(self.best[2])

@@ -123,10 +123,12 @@ def blend_pairs(
     keep_b = rng.random(rows_b.size) >= p
     out_sample = np.concatenate([out_a[keep_a], out_b[keep_b]])
     out_neuron = np.concatenate([neuron[rows_a[keep_a]], neuron[rows_b[keep_b]]])
-    out_time = np.concatenate([
-        time[rows_a[keep_a]] + shift_a[out_a[keep_a]],
-        time[rows_b[keep_b]] + shift_b[out_b[keep_b]],
-    ])
+    out_time = np.concatenate(
+        [
+            time[rows_a[keep_a]] + shift_a[out_a[keep_a]],
+            time[rows_b[keep_b]] + shift_b[out_b[keep_b]],
+        ]
+    )
     np.maximum(out_time, 0.0, out=out_time)
     order = np.lexsort((out_time, out_neuron, out_sample))
     return spike_batch(out_sample[order], out_neuron[order], out_time[order])

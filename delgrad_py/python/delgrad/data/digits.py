@@ -20,9 +20,7 @@ def digits() -> tuple[np.ndarray, np.ndarray]:
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # scikit-learn is an optional extra, say how to get it
-        raise ImportError(
-            "the digits data set needs scikit-learn: pip install delgrad[digits]"
-        ) from err
+        raise ImportError("the digits data set needs scikit-learn: pip install delgrad[digits]") from err
     bunch = load_digits()
     # Pixels are integer counts 0..16 (4x4 blocks of a 32x32 bitmap); /16 is exact in float64.
     features = np.asarray(bunch.data, dtype=np.float64) / 16.0
@@ -42,9 +40,7 @@ def digits_splits(
     "test": ...}``, the form :func:`delgrad.data.parquet.write_dataset` takes.
     """
     if not (0.0 <= validation and 0.0 <= test and validation + test < 1.0):
-        raise ValueError(
-            f"need validation, test >= 0 and validation + test < 1, got {validation}, {test}"
-        )
+        raise ValueError(f"need validation, test >= 0 and validation + test < 1, got {validation}, {test}")
     features, labels = digits()
     n_classes = int(labels.max()) + 1
     counts = np.bincount(labels, minlength=n_classes)
@@ -58,10 +54,5 @@ def digits_splits(
     class_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
     rank = np.empty(labels.size, dtype=np.int64)
     rank[order] = np.arange(labels.size) - class_start[labels[order]]
-    split_of = np.where(
-        rank < n_test[labels], 2, np.where(rank < (n_test + n_val)[labels], 1, 0)
-    )
-    return {
-        name: (features[split_of == k], labels[split_of == k])
-        for k, name in enumerate(DIGITS_SPLIT_NAMES)
-    }
+    split_of = np.where(rank < n_test[labels], 2, np.where(rank < (n_test + n_val)[labels], 1, 0))
+    return {name: (features[split_of == k], labels[split_of == k]) for k, name in enumerate(DIGITS_SPLIT_NAMES)}

@@ -82,14 +82,10 @@ def _encoder_config(encoder: Encoder) -> Any:
     return {"encoder": getattr(encoder, "__qualname__", repr(encoder))}
 
 
-def _check_encoded(
-    spikes: pa.RecordBatch | pa.Table, n_samples: int, n_inputs: int, split: str
-) -> None:
+def _check_encoded(spikes: pa.RecordBatch | pa.Table, n_samples: int, n_inputs: int, split: str) -> None:
     """Reject encoder output the row-offset index could not address (vectorised checks)."""
     if not spikes.schema.equals(SPIKE_SCHEMA, check_metadata=False):
-        raise ValueError(
-            f"encoder output for split {split!r} has schema {spikes.schema}, need {SPIKE_SCHEMA}"
-        )
+        raise ValueError(f"encoder output for split {split!r} has schema {spikes.schema}, need {SPIKE_SCHEMA}")
     if spikes.num_rows == 0:
         return
     sample = spikes.column("sample").to_numpy()
@@ -97,9 +93,7 @@ def _check_encoded(
     if sample.max() >= n_samples:
         raise ValueError(f"encoder output for split {split!r} has sample ids >= {n_samples}")
     if neuron.max() >= n_inputs:
-        raise ValueError(
-            f"encoder output for split {split!r} has neuron ids >= n_inputs={n_inputs}"
-        )
+        raise ValueError(f"encoder output for split {split!r} has neuron ids >= n_inputs={n_inputs}")
     key = (sample.astype(np.uint64) << np.uint64(32)) | neuron.astype(np.uint64)
     if np.any(key[1:] < key[:-1]):
         raise ValueError(f"encoder output for split {split!r} is not sorted by (sample, neuron)")
@@ -156,17 +150,14 @@ def write_dataset(
         labels = np.asarray(labels)
         if features.ndim != 2 or labels.shape != (features.shape[0],):
             raise ValueError(
-                f"split {name!r}: need features (n, f) and labels (n,), "
-                f"got {features.shape}, {labels.shape}"
+                f"split {name!r}: need features (n, f) and labels (n,), got {features.shape}, {labels.shape}"
             )
         if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"split {name!r}: labels must be integers, got {labels.dtype}")
         if n_features is None:
             n_features = features.shape[1]
         elif features.shape[1] != n_features:
-            raise ValueError(
-                f"split {name!r} has {features.shape[1]} features, earlier splits {n_features}"
-            )
+            raise ValueError(f"split {name!r} has {features.shape[1]} features, earlier splits {n_features}")
         n = features.shape[0]
         if first_sample + n >= 2**32:
             raise ValueError("more than 2**32 - 1 samples do not fit the uint32 sample id")
@@ -216,12 +207,8 @@ def write_dataset(
         for name, spikes, n_spikes in encoded:
             offset = split_meta[name]["first_sample"]
             global_sample = spikes.column("sample").to_numpy() + np.uint32(offset)
-            table = pa.Table.from_batches([spikes]).set_column(
-                0, SPIKE_SCHEMA.field("sample"), pa.array(global_sample)
-            )
-            cuts = np.concatenate([[0], np.cumsum(n_spikes, dtype=np.int64)])[
-                _row_group_cuts(n_spikes, rows_per_group)
-            ]
+            table = pa.Table.from_batches([spikes]).set_column(0, SPIKE_SCHEMA.field("sample"), pa.array(global_sample))
+            cuts = np.concatenate([[0], np.cumsum(n_spikes, dtype=np.int64)])[_row_group_cuts(n_spikes, rows_per_group)]
             # One write per group: each becomes its own row group, cut at a sample boundary.
             for r0, r1 in zip(cuts[:-1], cuts[1:]):
                 if r1 > r0:
@@ -302,9 +289,7 @@ def write_spike_dataset(
                     if extra_names is None:
                         extra_names = sorted(extra)
                     elif sorted(extra) != extra_names:
-                        raise ValueError(
-                            f"split {name!r}: extra columns {sorted(extra)}, earlier {extra_names}"
-                        )
+                        raise ValueError(f"split {name!r}: extra columns {sorted(extra)}, earlier {extra_names}")
                     columns: dict[str, pa.Array] = {
                         "sample": pa.array(np.arange(first_sample, first_sample + n, dtype=np.uint32)),
                         "label": pa.array(labels.astype(np.int64)),
@@ -319,7 +304,8 @@ def write_spike_dataset(
                     sample_tables.append(pa.table(columns))
 
                     table = pa.Table.from_batches([spikes]).set_column(
-                        0, SPIKE_SCHEMA.field("sample"),
+                        0,
+                        SPIKE_SCHEMA.field("sample"),
                         pa.array(sample.astype(np.uint32) + np.uint32(first_sample)),
                     )
                     cuts = np.concatenate([[0], np.cumsum(n_spikes, dtype=np.int64)])[
@@ -352,13 +338,17 @@ def write_spike_dataset(
             # The split counts are known only now: the footer's key-value metadata is written
             # at close, so add it before the writer closes.
             writer.add_key_value_metadata(meta)
-        samples = pa.concat_tables(sample_tables) if sample_tables else pa.table(
-            {
-                "sample": pa.array([], pa.uint32()),
-                "label": pa.array([], pa.int64()),
-                "split": pa.array([], pa.string()),
-                "n_spikes": pa.array([], pa.uint32()),
-            }
+        samples = (
+            pa.concat_tables(sample_tables)
+            if sample_tables
+            else pa.table(
+                {
+                    "sample": pa.array([], pa.uint32()),
+                    "label": pa.array([], pa.int64()),
+                    "split": pa.array([], pa.string()),
+                    "n_spikes": pa.array([], pa.uint32()),
+                }
+            )
         )
         pq.write_table(samples.replace_schema_metadata(meta), tmp.samples, **compression)
     except BaseException:
@@ -409,11 +399,7 @@ def _pool(
     time: np.ndarray,
 ) -> _Pool:
     k = int(n_spikes[0]) if n_spikes.size else 0
-    uniform = (
-        k > 0
-        and bool(np.all(n_spikes == k))
-        and bool(np.all(offsets == k * np.arange(offsets.size)))
-    )
+    uniform = k > 0 and bool(np.all(n_spikes == k)) and bool(np.all(offsets == k * np.arange(offsets.size)))
     return _Pool(local_ids, n_spikes, offsets, neuron, time, k if uniform else 0)
 
 
@@ -468,23 +454,18 @@ class SpikeDataset:
         expected = self.first_sample + np.arange(info["n_samples"])
         if not np.array_equal(ids, expected):
             raise ValueError(
-                f"split {split!r} in {self.paths.samples} is not the contiguous block of sample "
-                "ids the metadata says"
+                f"split {split!r} in {self.paths.samples} is not the contiguous block of sample ids the metadata says"
             )
         self.labels: np.ndarray = table["label"].to_numpy().astype(np.int64)
         self.n_spikes: np.ndarray = table["n_spikes"].to_numpy().astype(np.int64)
         # Row offset of each sample within the split's block of spike rows.
         self.offsets: np.ndarray = np.concatenate([[0], np.cumsum(self.n_spikes)])
         if self.offsets[-1] != info["n_spikes"]:
-            raise ValueError(
-                f"split {split!r}: n_spikes in the sample table disagree with the metadata"
-            )
+            raise ValueError(f"split {split!r}: n_spikes in the sample table disagree with the metadata")
 
         self._file = pq.ParquetFile(self.paths.spikes)
         meta = self._file.metadata
-        group_rows = np.array(
-            [meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64
-        )
+        group_rows = np.array([meta.row_group(g).num_rows for g in range(meta.num_row_groups)], dtype=np.int64)
         group_start = np.concatenate([[0], np.cumsum(group_rows)])
         lo, hi = self.first_row, self.first_row + int(self.offsets[-1])
         # Row groups overlapping the split, with their row ranges relative to the split.
@@ -535,11 +516,7 @@ class SpikeDataset:
 
     def all(self) -> Batch:
         """The whole split as one batch (sample re-indexed to ``0..n-1``); for small splits."""
-        df = (
-            self.scan()
-            .with_columns((pl.col("sample") - self.first_sample).cast(pl.UInt32))
-            .collect()
-        )
+        df = self.scan().with_columns((pl.col("sample") - self.first_sample).cast(pl.UInt32)).collect()
         batches = df.to_arrow().cast(SPIKE_SCHEMA).combine_chunks().to_batches()
         spikes = batches[0] if batches else _empty_batch()
         return Batch(spikes, self.labels.copy(), self.sample_ids)
@@ -567,9 +544,7 @@ class SpikeDataset:
                 np.array_equal(sample[[0, -1]].astype(np.int64), self.first_sample + owner)
                 and np.all(sample[1:] >= sample[:-1])
             ):
-                raise ValueError(
-                    f"{self.paths.spikes}: spike rows do not match the sample table's n_spikes"
-                )
+                raise ValueError(f"{self.paths.spikes}: spike rows do not match the sample table's n_spikes")
         return table.column("neuron").to_numpy(), table.column("time").to_numpy(), row0
 
     def _pool_for(self, which: np.ndarray, extra: _Pool | None) -> _Pool:
@@ -583,8 +558,7 @@ class SpikeDataset:
         s1 = len(self) if is_last else int(np.searchsorted(self.offsets[:-1], row1, side="left"))
         if self.offsets[s0] != row0 or self.offsets[s1] != row1:
             raise ValueError(
-                f"{self.paths.spikes}: row groups are not cut at sample boundaries; "
-                "open with resident=True"
+                f"{self.paths.spikes}: row groups are not cut at sample boundaries; open with resident=True"
             )
         ids = np.arange(s0, s1, dtype=np.int64)
         pool = _pool(ids, self.n_spikes[s0:s1], self.offsets[s0:s1] - row0, neuron, time)
@@ -607,9 +581,7 @@ class SpikeDataset:
             else:
                 neuron, time, row0 = self._read_groups(np.arange(self._groups.size))
                 if row0 != 0 or neuron.size != self.offsets[-1]:
-                    raise ValueError(
-                        f"{self.paths.spikes}: spike rows disagree with the sample table"
-                    )
+                    raise ValueError(f"{self.paths.spikes}: spike rows disagree with the sample table")
             self._resident_pool = _pool(ids, self.n_spikes, self.offsets[:-1], neuron, time)
         return self._resident_pool
 
@@ -648,9 +620,7 @@ class SpikeDataset:
         ids = pool.local_ids[pos]
         return Batch(spike_batch(sample, neuron, time), self.labels[ids], self.first_sample + ids)
 
-    def batches(
-        self, batch_size: int, shuffle_seed: int | None = None, *, drop_last: bool = False
-    ) -> Iterator[Batch]:
+    def batches(self, batch_size: int, shuffle_seed: int | None = None, *, drop_last: bool = False) -> Iterator[Batch]:
         """Iterate over the split in batches of ``batch_size`` samples (one epoch).
 
         ``shuffle_seed=None`` keeps the stored order; an int gives a deterministic shuffle (see
@@ -682,9 +652,7 @@ class SpikeDataset:
             order = np.arange(n_pool) if rng is None else rng.permutation(n_pool)
             final = w0 + self.window >= group_order.size
             n_full = order.size // batch_size * batch_size
-            yield from self._emit(
-                pool, order if final else order[:n_full], batch_size, drop_last, final, rng is None
-            )
+            yield from self._emit(pool, order if final else order[:n_full], batch_size, drop_last, final, rng is None)
             if not final:
                 keep = order[n_full:]
                 carry = self._subpool(pool, keep) if keep.size else None

@@ -157,9 +157,7 @@ def read_h5_split(
         times, units, labels = f["spikes/times"], f["spikes/units"], f["labels"]
         n = labels.shape[0]
         if times.shape[0] != n or units.shape[0] != n:
-            raise ValueError(
-                f"{path}: {times.shape[0]} time arrays, {units.shape[0]} unit arrays, {n} labels"
-            )
+            raise ValueError(f"{path}: {times.shape[0]} time arrays, {units.shape[0]} unit arrays, {n} labels")
         speaker = f["extra/speaker"] if "extra/speaker" in f else None
         if select is not None:
             select = np.asarray(select, dtype=bool)
@@ -174,9 +172,7 @@ def read_h5_split(
             rel = keep - s0
             if select is not None:
                 t_chunk, u_chunk = [t_chunk[i] for i in rel], [u_chunk[i] for i in rel]
-            sample, neuron, time = _chunk_from_lists(
-                t_chunk, u_chunk, keep, n_channels, time_scale, str(path)
-            )
+            sample, neuron, time = _chunk_from_lists(t_chunk, u_chunk, keep, n_channels, time_scale, str(path))
             lab = np.asarray(labels[s0:s1])[rel].astype(np.int64)
             extra = {"index": keep.astype(np.int64)}
             if speaker is not None:
@@ -208,9 +204,12 @@ def write_h5_dataset(
     ``validation``, ``test``.  SHD's validation split is a seeded random
     ``validation_fraction`` of its training file (the rest stays ``train``)."""
     files = {split: h5_path(dataset, split, source) for split in DATA_FILES[dataset]}
-    meta: dict[str, Any] = {"dataset": dataset, "time_unit": "ms",
-                            "files": {k: str(v) for k, v in files.items()},
-                            "class_names": class_names(files["train"])}
+    meta: dict[str, Any] = {
+        "dataset": dataset,
+        "time_unit": "ms",
+        "files": {k: str(v) for k, v in files.items()},
+        "class_names": class_names(files["train"]),
+    }
     if "validation" in files:
         splits = {s: read_h5_split(files[s], chunk_size=chunk_size) for s in ("train", "validation", "test")}
     else:
@@ -221,8 +220,13 @@ def write_h5_dataset(
         n_val = int(round(validation_fraction * n))
         val = np.zeros(n, dtype=bool)
         val[np.random.default_rng(seed).permutation(n)[:n_val]] = True
-        meta["validation"] = {"from": "train", "fraction": validation_fraction, "seed": seed,
-                              "by": "sample", "n": n_val}
+        meta["validation"] = {
+            "from": "train",
+            "fraction": validation_fraction,
+            "seed": seed,
+            "by": "sample",
+            "n": n_val,
+        }
         splits = {
             "train": read_h5_split(files["train"], chunk_size=chunk_size, select=~val),
             "validation": read_h5_split(files["train"], chunk_size=chunk_size, select=val),

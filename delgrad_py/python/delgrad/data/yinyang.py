@@ -56,9 +56,7 @@ def _pow2(a: np.ndarray) -> np.ndarray:
     return np.power(a, np.full_like(a, 2.0))
 
 
-def _classify(
-    x: np.ndarray, y: np.ndarray, r_small: float, r_big: float
-) -> tuple[np.ndarray, np.ndarray]:
+def _classify(x: np.ndarray, y: np.ndarray, r_small: float, r_big: float) -> tuple[np.ndarray, np.ndarray]:
     """``(inside big circle, class)`` with the published formulas, vectorised.
 
     ``(y - r_big) ** 2`` enters all three distances; computing it once saves a third of the
@@ -76,9 +74,7 @@ def _classify(
     return inside, np.where(is_circles, 2, is_yin.astype(np.int64)).astype(np.int64)
 
 
-def yinyang_class(
-    x: np.ndarray | float, y: np.ndarray | float, r_small: float = 0.1, r_big: float = 0.5
-) -> np.ndarray:
+def yinyang_class(x: np.ndarray | float, y: np.ndarray | float, r_small: float = 0.1, r_big: float = 0.5) -> np.ndarray:
     """Class of points ``(x, y)``: 0 = yin, 1 = yang, 2 = dot (published ``which_class``).
 
     Vectorised over any broadcastable ``x``, ``y`` (e.g. a meshgrid for plotting the class
@@ -161,9 +157,7 @@ def _try_generate(
     return features, cls[accepted].astype(np.int64)
 
 
-def yinyang(
-    size: int, seed: int, r_small: float = 0.1, r_big: float = 0.5
-) -> tuple[np.ndarray, np.ndarray]:
+def yinyang(size: int, seed: int, r_small: float = 0.1, r_big: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Generate ``size`` Yin-Yang samples exactly as the published ``YinYangDataset``.
 
     Returns ``(features, labels)``: features ``(size, 4)`` float64 ``[x, y, 1 - x, 1 - y]``,
@@ -185,15 +179,11 @@ def yinyang(
         n_words *= 2
         # The published loop would spin forever if a class had no area for these radii.
         if n_words > max(1000 * size, 1 << 22):
-            raise RuntimeError(
-                f"a class is (nearly) unreachable for r_small={r_small}, r_big={r_big}"
-            )
+            raise RuntimeError(f"a class is (nearly) unreachable for r_small={r_small}, r_big={r_big}")
     return out
 
 
-def yinyang_splits(
-    r_small: float = 0.1, r_big: float = 0.5
-) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def yinyang_splits(r_small: float = 0.1, r_big: float = 0.5) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """The published splits: train 5000 (seed 42), validation 1000 (seed 41), test 1000 (seed 40).
 
     Returns ``{"train": (features, labels), "validation": ..., "test": ...}`` in that order,

@@ -102,11 +102,20 @@ class HardwareClient:
             a small batch takes; spinning trades one busy core for that latency.
     """
 
-    def __init__(self, endpoint: str, *, timeout: float = 30.0, retries: int = 3,
-                 session: str | None = None, server_key: str | bytes | Path | None = None,
-                 client_key: str | Path | None = None, reconfigure: bool = True,
-                 context: zmq.Context | None = None, remember_configs: int = 32,
-                 spin: float = 0.0) -> None:
+    def __init__(
+        self,
+        endpoint: str,
+        *,
+        timeout: float = 30.0,
+        retries: int = 3,
+        session: str | None = None,
+        server_key: str | bytes | Path | None = None,
+        client_key: str | Path | None = None,
+        reconfigure: bool = True,
+        context: zmq.Context | None = None,
+        remember_configs: int = 32,
+        spin: float = 0.0,
+    ) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
         self.endpoint = endpoint
@@ -157,9 +166,15 @@ class HardwareClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, op: str, fields: dict[str, Any] | None = None, frames: list[Any] = (),  # type: ignore[assignment]
-                *, timeout: float | None = None, request_id: str | None = None
-                ) -> tuple[dict[str, Any], list[zmq.Frame]]:
+    def request(
+        self,
+        op: str,
+        fields: dict[str, Any] | None = None,
+        frames: list[Any] = (),  # type: ignore[assignment]
+        *,
+        timeout: float | None = None,
+        request_id: str | None = None,
+    ) -> tuple[dict[str, Any], list[zmq.Frame]]:
         """Sends one request (re-sending it on timeouts) and returns the reply header and body
         frames; raises :class:`HardwareError` on an error reply, :class:`HardwareTimeout` when
         every attempt timed out."""
@@ -193,8 +208,8 @@ class HardwareClient:
                     raise HardwareError(str(rh.get("code")), str(rh.get("message")), rh)
                 return rh, reply[1:]
         raise HardwareTimeout(
-            f"no reply to {op} (id {rid}) from {self.endpoint} after {self.retries + 1} attempts "
-            f"of {wait:g} s")
+            f"no reply to {op} (id {rid}) from {self.endpoint} after {self.retries + 1} attempts of {wait:g} s"
+        )
 
     def _wait(self, left: float) -> bool:
         """True when a reply is readable within ``left`` seconds (spinning first, see ``spin``)."""
@@ -219,8 +234,14 @@ class HardwareClient:
         h, _ = self.request("status", timeout=timeout)
         return {k: v for k, v in h.items() if k not in ("v", "id", "op", "ok")}
 
-    def configure(self, network: Any, *, weight_scale: float | list[float] | None = None,
-                  input_replication: int = 1, timeout: float | None = None) -> Configured:
+    def configure(
+        self,
+        network: Any,
+        *,
+        weight_scale: float | list[float] | None = None,
+        input_replication: int = 1,
+        timeout: float | None = None,
+    ) -> Configured:
         """Configures ``network``; returns the config id and the *realised* network (quantised
         weights, clipped delays) that the host should use for gradients. What was changed is in
         :meth:`config_info`."""
@@ -249,8 +270,16 @@ class HardwareClient:
         delays, neurons used, ``input_replication``)."""
         return self._configs[config_id]["info"]
 
-    def run(self, config_id: str, spikes: Any, n_samples: int, *, seed: int | None = None,
-            duration: float | None = None, timeout: float | None = None) -> RunResult:
+    def run(
+        self,
+        config_id: str,
+        spikes: Any,
+        n_samples: int,
+        *,
+        seed: int | None = None,
+        duration: float | None = None,
+        timeout: float | None = None,
+    ) -> RunResult:
         """Runs input spikes (addressing input *channels*, before replication) on a
         configuration; returns every layer's recorded spikes and the health counters
         (plus the run's noise ``seed``, so a run can be reproduced)."""
@@ -285,4 +314,5 @@ class HardwareClient:
                 CONFIG_CHANGED,
                 f"the daemon realises the network of {config_id} as {got.config_id} now (a "
                 "different chip or emulator setting after its restart); configure again and use "
-                "the new realised network")
+                "the new realised network",
+            )

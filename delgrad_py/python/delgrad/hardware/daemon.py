@@ -33,8 +33,8 @@ def find_daemon_root() -> Path:
         if (parent / "hw_daemon" / "__main__.py").is_file():
             return parent
     raise FileNotFoundError(
-        "hw_daemon not found: run from the delgrad repository (hw_daemon/ is a top-level "
-        "package there) or pass root=")
+        "hw_daemon not found: run from the delgrad repository (hw_daemon/ is a top-level package there) or pass root="
+    )
 
 
 def ipc_endpoint(name: str | None = None) -> str:
@@ -91,11 +91,20 @@ class DaemonProcess:
         self.stop()
 
 
-def start_daemon(bind: str = "tcp://127.0.0.1:*", *, backend: str = "emulator",
-                 chip_seed: int = 0, pub: str | None = None, args: Sequence[str] = (),
-                 log_path: str | Path | None = None, root: str | Path | None = None,
-                 python: str = sys.executable, ready_timeout: float = 30.0,
-                 exit_with_parent: bool = True, cpus: Sequence[int] | None = None) -> DaemonProcess:
+def start_daemon(
+    bind: str = "tcp://127.0.0.1:*",
+    *,
+    backend: str = "emulator",
+    chip_seed: int = 0,
+    pub: str | None = None,
+    args: Sequence[str] = (),
+    log_path: str | Path | None = None,
+    root: str | Path | None = None,
+    python: str = sys.executable,
+    ready_timeout: float = 30.0,
+    exit_with_parent: bool = True,
+    cpus: Sequence[int] | None = None,
+) -> DaemonProcess:
     """Starts ``python -m hw_daemon`` and waits until it serves.
 
     ``bind`` defaults to a free loopback port (the daemon binds ``tcp://127.0.0.1:*`` and
@@ -111,8 +120,7 @@ def start_daemon(bind: str = "tcp://127.0.0.1:*", *, backend: str = "emulator",
         os.close(fd)
         log_path = name
     log_path = Path(log_path)
-    argv = [python, "-m", "hw_daemon", "--backend", backend, "--bind", bind,
-            "--chip-seed", str(chip_seed), *args]
+    argv = [python, "-m", "hw_daemon", "--backend", backend, "--bind", bind, "--chip-seed", str(chip_seed), *args]
     if pub is not None:
         argv += ["--pub", pub]
     if exit_with_parent:
@@ -122,8 +130,7 @@ def start_daemon(bind: str = "tcp://127.0.0.1:*", *, backend: str = "emulator",
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(root), *filter(None, [env.get("PYTHONPATH")])])
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=log)
+        proc = subprocess.Popen(argv, cwd=root, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=log)
     handle = DaemonProcess(proc, endpoint="", pub=None, log_path=log_path, argv=argv)
     try:
         line = _read_line(proc, ready_timeout)

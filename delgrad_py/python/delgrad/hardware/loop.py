@@ -57,9 +57,15 @@ class HardwareLoop:
             sent in pieces of this size.
     """
 
-    def __init__(self, client: HardwareClient, *, seed: int = 0,
-                 weight_scale: float | list[float] | None = None, input_replication: int = 1,
-                 max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        client: HardwareClient,
+        *,
+        seed: int = 0,
+        weight_scale: float | list[float] | None = None,
+        input_replication: int = 1,
+        max_batch: int = 1000,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
         self.client = client
@@ -67,9 +73,16 @@ class HardwareLoop:
         self.weight_scale = weight_scale
         self.input_replication = int(input_replication)
         self.max_batch = int(max_batch)
-        self.counters = {"runs": 0, "configures": 0, "samples": 0, "input_events": 0,
-                         "dropped_inputs": 0, "lost_events": 0, "recorded_events": 0,
-                         "backend_seconds": 0.0}
+        self.counters = {
+            "runs": 0,
+            "configures": 0,
+            "samples": 0,
+            "input_events": 0,
+            "dropped_inputs": 0,
+            "lost_events": 0,
+            "recorded_events": 0,
+            "backend_seconds": 0.0,
+        }
         self._last: tuple[bytes, Configured] | None = None
 
     def configure(self, net: Any) -> Configured:
@@ -77,8 +90,7 @@ class HardwareLoop:
         digest = _param_digest(net)
         if self._last is not None and self._last[0] == digest:
             return self._last[1]
-        got = self.client.configure(net, weight_scale=self.weight_scale,
-                                    input_replication=self.input_replication)
+        got = self.client.configure(net, weight_scale=self.weight_scale, input_replication=self.input_replication)
         self.counters["configures"] += 1
         self._last = (digest, got)
         return got
@@ -102,14 +114,16 @@ class HardwareLoop:
 
     def __call__(self, net: Any, spikes: SpikeSet, select: NDArray[np.uint32] | None) -> Trace:
         cfg = self.configure(net)
-        sel = (np.arange(len(spikes), dtype=np.uint32) if select is None
-               else np.ascontiguousarray(select, dtype=np.uint32))
+        sel = (
+            np.arange(len(spikes), dtype=np.uint32) if select is None else np.ascontiguousarray(select, dtype=np.uint32)
+        )
         n_layers = len(net.layers)
         pieces: list[list[pa.RecordBatch]] = [[] for _ in range(n_layers)]
         for start in range(0, len(sel), self.max_batch):
-            part = sel[start:start + self.max_batch]
-            res = self.client.run(cfg.config_id, spikes.select(part), len(part),
-                                  seed=self.run_seed(cfg.config_id, part))
+            part = sel[start : start + self.max_batch]
+            res = self.client.run(
+                cfg.config_id, spikes.select(part), len(part), seed=self.run_seed(cfg.config_id, part)
+            )
             self._count(res.health, len(part))
             for l, rb in enumerate(res.spikes):
                 if start:

@@ -133,14 +133,14 @@ class ProtocolError(Exception):
 
 # --- schemas ------------------------------------------------------------------------------------
 
+
 def _schema(*cols: tuple[str, pa.DataType]) -> pa.Schema:
     # Non-nullable like the core's own output; incoming frames are checked for nulls instead.
     return pa.schema([pa.field(n, t, nullable=False) for n, t in cols])
 
 
 SPIKE_SCHEMA = _schema(("sample", pa.uint32()), ("neuron", pa.uint32()), ("time", pa.float64()))
-WEIGHT_SCHEMA = _schema(("layer", pa.uint16()), ("post", pa.uint32()), ("pre", pa.uint32()),
-                        ("weight", pa.float64()))
+WEIGHT_SCHEMA = _schema(("layer", pa.uint16()), ("post", pa.uint32()), ("pre", pa.uint32()), ("weight", pa.float64()))
 DELAY_SCHEMA = _schema(("layer", pa.uint16()), ("index", pa.uint32()), ("delay", pa.float64()))
 
 DELAY_KINDS = ("none", "synaptic", "axonal", "dendritic")
@@ -185,8 +185,7 @@ def _reject_constant(name: str) -> Any:
 _HEADER_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
-def request_header(op: str, request_id: str | None = None, session: str | None = None,
-                   **fields: Any) -> dict[str, Any]:
+def request_header(op: str, request_id: str | None = None, session: str | None = None, **fields: Any) -> dict[str, Any]:
     """A request header with the common fields filled in."""
     h: dict[str, Any] = {"v": PROTOCOL_VERSION, "op": op, "id": request_id or new_request_id()}
     if session is not None:
@@ -218,8 +217,9 @@ def encode_message(header: Mapping[str, Any], frames: Sequence[Any] = ()) -> lis
 # --- header fields ------------------------------------------------------------------------------
 
 
-def field(header: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *,
-          required: bool = True, default: Any = None) -> Any:
+def field(
+    header: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True, default: Any = None
+) -> Any:
     """``header[name]`` checked against ``kind`` (``bool`` never passes for ``int``)."""
     if name not in header or header[name] is None:
         if required:
@@ -237,8 +237,16 @@ def field(header: Mapping[str, Any], name: str, kind: type | tuple[type, ...], *
     return v
 
 
-def int_field(header: Mapping[str, Any], name: str, *, lo: int, hi: int, required: bool = True,
-              default: int | None = None, limit: bool = False) -> int | None:
+def int_field(
+    header: Mapping[str, Any],
+    name: str,
+    *,
+    lo: int,
+    hi: int,
+    required: bool = True,
+    default: int | None = None,
+    limit: bool = False,
+) -> int | None:
     """An int in ``[lo, hi]``; with ``limit``, ``hi`` is a size limit and exceeding it is
     ``too_large`` rather than ``bad_field``."""
     v = field(header, name, int, required=required, default=default)
@@ -250,8 +258,9 @@ def int_field(header: Mapping[str, Any], name: str, *, lo: int, hi: int, require
     return v
 
 
-def number_field(header: Mapping[str, Any], name: str, *, positive: bool = True,
-                 required: bool = True, default: float | None = None) -> float | None:
+def number_field(
+    header: Mapping[str, Any], name: str, *, positive: bool = True, required: bool = True, default: float | None = None
+) -> float | None:
     v = field(header, name, (int, float), required=required, default=default)
     if v is None:
         return None
@@ -316,8 +325,7 @@ def _aligned(frame: Any) -> pa.Buffer:
     return out
 
 
-def decode_table(frame: Any, schema: pa.Schema, what: str, *,
-                 max_rows: int | None = None) -> pa.RecordBatch:
+def decode_table(frame: Any, schema: pa.Schema, what: str, *, max_rows: int | None = None) -> pa.RecordBatch:
     """Reads one Arrow IPC stream frame into a single RecordBatch with exactly ``schema``.
 
     Untrusted input: the stream is read, every batch fully validated (offsets, buffer sizes)
@@ -342,9 +350,7 @@ def decode_table(frame: Any, schema: pa.Schema, what: str, *,
         )
     for f in () if exact else got:
         if f.type != want[f.name]:
-            raise ProtocolError(
-                BAD_SCHEMA, f"{what}: column {f.name!r} is {f.type}, the protocol needs {want[f.name]}"
-            )
+            raise ProtocolError(BAD_SCHEMA, f"{what}: column {f.name!r} is {f.type}, the protocol needs {want[f.name]}")
     try:
         batches = []
         rows = 0
@@ -384,8 +390,9 @@ def encode_spikes(spikes: Any) -> bytes:
     return _core.write_spike_frame(spikes)
 
 
-def decode_spikes(frame: Any, what: str, *, n_samples: int | None = None,
-                  n_neurons: int | None = None, max_rows: int | None = None) -> pa.RecordBatch:
+def decode_spikes(
+    frame: Any, what: str, *, n_samples: int | None = None, n_neurons: int | None = None, max_rows: int | None = None
+) -> pa.RecordBatch:
     """Reads a spike frame (untrusted) into one RecordBatch with :data:`SPIKE_SCHEMA`.
 
     The core decodes and validates in one pass: exactly the three columns with their types
@@ -413,8 +420,11 @@ def reading_frames() -> Iterator[None]:
 def spike_batch(sample: Any, neuron: Any, time: Any) -> pa.RecordBatch:
     """A spikes RecordBatch from three equally long arrays."""
     return pa.RecordBatch.from_arrays(
-        [pa.array(np.asarray(sample, np.uint32)), pa.array(np.asarray(neuron, np.uint32)),
-         pa.array(np.asarray(time, np.float64))],
+        [
+            pa.array(np.asarray(sample, np.uint32)),
+            pa.array(np.asarray(neuron, np.uint32)),
+            pa.array(np.asarray(time, np.float64)),
+        ],
         schema=SPIKE_SCHEMA,
     )
 
@@ -468,15 +478,18 @@ def replicate_inputs(rb: Any, n_channels: int, replication: int) -> pa.RecordBat
     return spike_batch(*replicate_columns(*spike_columns(rb), n_channels, replication))
 
 
-def replicate_columns(sample: np.ndarray, neuron: np.ndarray, time: np.ndarray, n_channels: int,
-                      replication: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def replicate_columns(
+    sample: np.ndarray, neuron: np.ndarray, time: np.ndarray, n_channels: int, replication: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """:func:`replicate_inputs` on numpy columns."""
     if replication == 1:
         return sample, neuron, time
     offsets = np.arange(replication, dtype=np.uint32)[:, None] * np.uint32(n_channels)
-    return (np.broadcast_to(sample, (replication, sample.size)).ravel(),
-            (neuron[None, :] + offsets).ravel(),
-            np.broadcast_to(time, (replication, time.size)).ravel())
+    return (
+        np.broadcast_to(sample, (replication, sample.size)).ravel(),
+        (neuron[None, :] + offsets).ravel(),
+        np.broadcast_to(time, (replication, time.size)).ravel(),
+    )
 
 
 # --- networks -----------------------------------------------------------------------------------
@@ -507,11 +520,18 @@ def encode_network(net: Any) -> tuple[dict[str, Any], list[pa.Buffer]]:
             d_val.append(d)
     cat = lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt)  # noqa: E731
     weights = pa.RecordBatch.from_arrays(
-        [pa.array(cat(layer_ids, np.uint16)), pa.array(cat(posts, np.uint32)),
-         pa.array(cat(pres, np.uint32)), pa.array(cat(ws, np.float64))], schema=WEIGHT_SCHEMA)
+        [
+            pa.array(cat(layer_ids, np.uint16)),
+            pa.array(cat(posts, np.uint32)),
+            pa.array(cat(pres, np.uint32)),
+            pa.array(cat(ws, np.float64)),
+        ],
+        schema=WEIGHT_SCHEMA,
+    )
     delays = pa.RecordBatch.from_arrays(
-        [pa.array(cat(d_layer, np.uint16)), pa.array(cat(d_index, np.uint32)),
-         pa.array(cat(d_val, np.float64))], schema=DELAY_SCHEMA)
+        [pa.array(cat(d_layer, np.uint16)), pa.array(cat(d_index, np.uint32)), pa.array(cat(d_val, np.float64))],
+        schema=DELAY_SCHEMA,
+    )
     n = net.neuron
     fields = {
         "neuron": {"tau_m": n.tau_m, "tau_s": n.tau_s, "theta": n.theta, "mode": n.mode},
@@ -593,7 +613,9 @@ def decode_network(header: Mapping[str, Any], frames: Sequence[Any]) -> Any:
             raise ProtocolError(BAD_PARAMETERS, f"{name}: value at row {row} is {v[row]} (must be finite)")
     for name, lay in (("weights", wl), ("delays", dl)):
         if lay.size and int(lay.max()) >= len(layers):
-            raise ProtocolError(BAD_PARAMETERS, f"{name}: layer id {int(lay.max())} but the network has {len(layers)} layers")
+            raise ProtocolError(
+                BAD_PARAMETERS, f"{name}: layer id {int(lay.max())} but the network has {len(layers)} layers"
+            )
     try:
         neuron = delgrad.Neuron(**neuron_spec)
     except (ValueError, TypeError) as e:
@@ -617,7 +639,9 @@ def decode_network(header: Mapping[str, Any], frames: Sequence[Any]) -> Any:
         md = dl == l
         idx = di[md]
         if idx.size != nd or (nd and (int(idx.max()) >= nd or np.bincount(idx, minlength=nd).max() > 1)):
-            raise ProtocolError(BAD_PARAMETERS, f"delays: layer {l} ({kind}) must list each of its {nd} delays exactly once")
+            raise ProtocolError(
+                BAD_PARAMETERS, f"delays: layer {l} ({kind}) must list each of its {nd} delays exactly once"
+            )
         d = np.empty(nd)
         d[idx] = dv[md]
         if kind == "synaptic":
@@ -643,5 +667,7 @@ def decode_layers(frames: Sequence[Any], sizes: Sequence[int], n_samples: int) -
     """The per-layer spike frames of a run reply, checked against the layer sizes."""
     if len(frames) != len(sizes):
         raise ProtocolError(BAD_FRAME, f"run reply: {len(frames)} spike frames for {len(sizes)} layers")
-    return [decode_spikes(f, f"layer {l} spikes", n_samples=n_samples, n_neurons=n)
-            for l, (f, n) in enumerate(zip(frames, sizes))]
+    return [
+        decode_spikes(f, f"layer {l} spikes", n_samples=n_samples, n_neurons=n)
+        for l, (f, n) in enumerate(zip(frames, sizes))
+    ]
