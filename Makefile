@@ -6,7 +6,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIPELINE ?= pipelines/yinyang_synaptic.toml
 
-.PHONY: run test install cargo-test pytest bench clean
+.PHONY: run test install lint cargo-test pytest bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,18 @@ install: $(PY)
 run: install
 	$(VENV)/bin/delgrad run $(PIPELINE)
 
+# Python lint and format (configured in pyproject.toml).
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
 cargo-test:
 	cargo test --locked --release -p delgrad-core
 
 pytest: install
 	$(PY) -m pytest
 
-test: install cargo-test
+test: install lint cargo-test
 	$(PY) -m pytest
 
 bench: install

@@ -163,8 +163,8 @@ def network_cases(draw, max_in=5, max_hidden=5, w=(1.4, 1.0), d=(0.0, 1.5), p_sp
     n_samples = draw(st.integers(1, 3))
     rng = np.random.default_rng(seed)
     layers = []
-    for l, kind in enumerate(kinds):
-        n_in, n_out = sizes[l], sizes[l + 1]
+    for index, kind in enumerate(kinds):
+        n_in, n_out = sizes[index], sizes[index + 1]
         # Mostly excitatory, so that the hidden layer spikes and drives the output.
         wts = rng.normal(w[0], w[1], size=(n_out, n_in))
         shape = {"none": None, "synaptic": (n_out, n_in), "axonal": (n_in,), "dendritic": (n_out,)}[kind]

@@ -163,14 +163,14 @@ def test_network_forward_matches_reference(ratio, case):
     net = _network(case["layers"], neuron)
     trace = net.forward(rows_to_batch(case["rows"]), n_samples=n)
     assert trace.n_layers == 2
-    for l in range(2):
-        ft = trace.first_times(l)
-        assert ft.shape == (n, case["sizes"][l + 1])
+    for index in range(2):
+        ft = trace.first_times(index)
+        assert ft.shape == (n, case["sizes"][index + 1])
         # A 1e-9 error in a hidden spike moves the output by at most ~1e-9 * |dT/dt| in this
         # well-conditioned regime; allow a little room for that propagation.
-        assert_times_close(ft, want[l], atol=1e-9 if l == 0 else 1e-8, what=f"layer {l}")
+        assert_times_close(ft, want[index], atol=1e-9 if index == 0 else 1e-8, what=f"layer {index}")
         # The RecordBatch view of the same layer agrees with the dense view.
-        assert_times_close(out_to_matrix(trace.spikes(l), n, case["sizes"][l + 1]), ft, atol=0.0)
+        assert_times_close(out_to_matrix(trace.spikes(index), n, case["sizes"][index + 1]), ft, atol=0.0)
 
 
 def test_network_spikes_equal_chained_layer_forward():
@@ -183,9 +183,9 @@ def test_network_spikes_equal_chained_layer_forward():
     spikes = rows_to_batch(rows)
     trace = net.forward(spikes, n_samples=n)
     cur = spikes
-    for l, layer in enumerate(net.layers):
+    for index, layer in enumerate(net.layers):
         cur = delgrad.layer_forward(cur, layer.weights, layer.delays, neuron, n_samples=n, delay_kind=layer.delay_kind)
-        assert cur.equals(trace.spikes(l))
+        assert cur.equals(trace.spikes(index))
     assert trace.n_spikes(0) > 0 and trace.n_spikes(1) > 0
 
 

@@ -232,13 +232,15 @@ def test_network_gradients_match_finite_differences(ratio, case):
     grad_times = np.where(spiking, c, 1e3)
     grads = net.backward(spikes_tab(), trace, grad_times)
     assert len(grads.layers) == 2
-    for l, layer in enumerate(net.layers):
-        dW, dD = grads.layers[l]
-        assert_grad_close(dW, central_difference(loss, layer.weights), f"{ratio} layer {l} dL/dw")
+    for index, layer in enumerate(net.layers):
+        dW, dD = grads.layers[index]
+        assert_grad_close(dW, central_difference(loss, layer.weights), f"{ratio} layer {index} dL/dw")
         if layer.delay_kind == "none":
             assert np.asarray(dD).size == 0
         else:
-            assert_grad_close(dD, central_difference(loss, layer.delays), f"{ratio} layer {l} {layer.delay_kind} dL/dd")
+            assert_grad_close(
+                dD, central_difference(loss, layer.delays), f"{ratio} layer {index} {layer.delay_kind} dL/dd"
+            )
     assert_grad_close(grads.inputs, central_difference(loss, times), f"{ratio} dL/dt_in")
 
 

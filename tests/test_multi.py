@@ -84,7 +84,7 @@ def test_multi_layer_backward_matches_finite_differences(t_ref):
     for idx in np.ndindex(w.shape):
         for arr, g in ((w, gw), (d, gd)):
 
-            def f(e, arr=arr):
+            def f(e, arr=arr, idx=idx):
                 a = arr.copy()
                 a[idx] += e
                 ww, dd = (a, d) if arr is w else (w, a)
@@ -158,11 +158,11 @@ def test_multi_network_recurrent_backward_matches_finite_differences(t_ref):
         tr = _core.multi_network_forward(s, None, layers, n, rec)
         o = tr.spikes(-1).to_pydict()
         c = np.array([0.4 + 0.3 * j for j in o["neuron"]]) * np.where(np.array(o["sample"]) == 1, -0.5, 1.0)
-        struct = [tuple(tr.spikes(l).to_pydict()["neuron"]) for l in range(2)]
+        struct = [tuple(tr.spikes(index).to_pydict()["neuron"]) for index in range(2)]
         return tr, c, float(np.dot(c, o["time"])), struct, layers, rec
 
     tr, c, _, struct0, layers, rec = run(params)
-    assert sum(tr.n_spikes(l) for l in range(2)) > 12
+    assert sum(tr.n_spikes(index) for index in range(2)) > 12
     (g_ff, g_rec, g_in) = _core.multi_network_backward(s, None, layers, n, tr, c, rec)
     assert g_rec[1] is None and g_rec[0] is not None
     analytic = [g_ff[0][0], g_ff[0][1], g_rec[0][0], g_rec[0][1], g_ff[1][0], g_ff[1][1]]

@@ -130,7 +130,9 @@ def test_spike_time_loss_on_a_multi_spike_output_layer_matches_finite_difference
         return spike_time_loss(tr.first_times(1), y, cfg, neuron.tau_s), tr
 
     res, tr = loss_and_trace()
-    per_neuron = [np.bincount(tr.spikes(l).column("neuron").to_numpy(), minlength=n) for l, n in ((0, 5), (1, 3))]
+    per_neuron = [
+        np.bincount(tr.spikes(index).column("neuron").to_numpy(), minlength=n) for index, n in ((0, 5), (1, 3))
+    ]
     assert per_neuron[1].max() > 6  # output neurons spike more than once per sample
     assert np.isfinite(tr.first_times(1)).all()
     g_rows = tr.first_time_grad(1, res.grad)

@@ -243,8 +243,8 @@ def test_ttfs_network_round_trip_through_a_nir_file(kind, tmp_path):
     s, _ = spike_set(5, 6, 1, 1.0, seed=0)
     a, b = net.forward(s), back.forward(s)
     assert a.n_spikes(1) > 0
-    for l in range(len(net.layers)):
-        assert a.spikes(l).equals(b.spikes(l))
+    for index in range(len(net.layers)):
+        assert a.spikes(index).equals(b.spikes(index))
 
 
 @pytest.mark.parametrize(
@@ -270,8 +270,8 @@ def test_multi_network_round_trip_through_a_nir_file(kind, recurrent, readout, t
     a, b = net.forward(s), back.forward(s)
     assert a.trace.n_spikes(0) > 3 * s.n_samples
     np.testing.assert_array_equal(a.values, b.values)
-    for l in range(a.trace.n_layers):
-        assert a.trace.spikes(l).equals(b.trace.spikes(l))
+    for index in range(a.trace.n_layers):
+        assert a.trace.spikes(index).equals(b.trace.spikes(index))
 
 
 def test_save_and_load_nir_keep_the_refractory_time_in_metadata(tmp_path):
@@ -332,8 +332,8 @@ def test_exported_cuba_lif_parameters_and_weights(kind):
     g = to_nir(net)
     n = net.neuron
     assert json.loads(g.metadata["delgrad"])["network"] == "Network"
-    for l, layer in enumerate(net.layers):
-        lif = g.nodes[f"layer{l}"]
+    for index, layer in enumerate(net.layers):
+        lif = g.nodes[f"layer{index}"]
         assert isinstance(lif, nir.CubaLIF)
         for field, value in (
             ("tau_syn", n.tau_s),
@@ -347,7 +347,7 @@ def test_exported_cuba_lif_parameters_and_weights(kind):
             np.testing.assert_array_equal(getattr(lif, field), np.full(layer.shape[0], value), err_msg=field)
         # NIR's Dirac pulse of area w jumps I by w_in w / tau_syn; r I / tau_mem is delgrad's current.
         factor = lif.r * lif.w_in / lif.tau_syn / lif.tau_mem
-        w, d = effective(g, "input" if l == 0 else f"layer{l - 1}", f"layer{l}", layer.shape[1])
+        w, d = effective(g, "input" if index == 0 else f"layer{index - 1}", f"layer{index}", layer.shape[1])
         np.testing.assert_allclose(w * factor[:, None], layer.weights, rtol=1e-15)
         if kind == "none":
             expect = np.zeros(layer.shape)
@@ -367,10 +367,10 @@ def test_exported_ttfs_graph_run_by_nir_equations_gives_the_first_spikes(kind):
     trace = net.forward(s)
     for sample in range(2):
         spikes, _, _ = NirSim(g, first_spike_only=True).run(inputs_of(rows, sample), t_stop=6.0)
-        for l in range(2):
+        for index in range(2):
             assert_spikes_close(
-                by_neuron(spikes[f"layer{l}"], net.sizes[l + 1]),
-                trace_by_neuron(trace, l, sample, net.sizes[l + 1]),
+                by_neuron(spikes[f"layer{index}"], net.sizes[index + 1]),
+                trace_by_neuron(trace, index, sample, net.sizes[index + 1]),
                 1e-8,
             )
     # Run as NIR means it (reset, every spike): the first layer's first spikes are the same, and

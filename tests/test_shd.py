@@ -81,7 +81,7 @@ def test_ssc_files_stream_into_parquet_exactly(tmp_path, time_dtype):
         out / "small_groups", {"x": shd.read_h5_split(src / "ssc_test.h5", chunk_size=5)}, 700, rows_per_group=30
     )
     assert pq.ParquetFile(out / "small_groups" / "spikes.parquet").metadata.num_row_groups > 5
-    for split, (times, units, labels, speaker) in data.items():
+    for split, (times, units, labels, _speaker) in data.items():
         ds = SpikeDataset(out, split)
         assert len(ds) == labels.size and ds.n_inputs == 700
         check_split(ds, times, units, labels, np.arange(labels.size))

@@ -118,7 +118,7 @@ def test_tiny_sweep_table(tiny) -> None:
         for c in ["test_acc_best_val", "test_acc_final", "val_acc_best"]:
             assert 0.0 <= r[c] <= 1.0
         assert r["wall_s"] > 0 and r["reused"] is False
-        trial = json.loads((run_dir / "trial.json").read_text())
+        trial = json.loads((run_dir.parent / "trial.json").read_text())
         assert trial["status"] == "ok"
         assert trial["rayon_threads"] == "1", "one CPU per trial -> one rayon thread"
         # Overrides reached the run: the resolved config says so.
@@ -143,7 +143,7 @@ def test_rerun_skips_finished_trials_and_resumes_an_unfinished_one(tiny) -> None
 
     spec, first = tiny
     trials = first.sweep_dir / "trials"
-    stamps = {p: p.stat().st_mtime_ns for p in trials.glob("*/metrics.parquet")}
+    stamps = {p: p.stat().st_mtime_ns for p in trials.glob("*/run/metrics.parquet")}
     assert len(stamps) == 4
     again = run_sweep(spec, out=first.sweep_dir, progress=False)
     assert again.ran == 0 and again.reused == 4
@@ -156,7 +156,10 @@ def test_rerun_skips_finished_trials_and_resumes_an_unfinished_one(tiny) -> None
     # from the checkpoint, and ends with exactly the result it had.
     victim = first.table["trial"][1]
     (trials / victim / "trial.json").unlink()
-    (trials / victim / "metrics.parquet").unlink()
+    (trials / victim / "run" / "metrics.parquet").unlink()
+    manifest_path = trials / victim / "run" / "run.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "status": "running"}))
     third = run_sweep(spec, out=first.sweep_dir, progress=False)
     assert third.ran == 1 and third.reused == 3
     row = third.table.filter(pl.col("trial") == victim)
@@ -174,17 +177,23 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path: Pat
 "train.epochs" = 1
 [grid]
 "network.hidden" = [[4]]
-"network.delay_kind" = ["axonal", "bogus"]
+"network.delay_kind" = ["axonal", "synaptic"]
 """,
     )
+    # A failure only the run can find: the synaptic trial's directory holds someone else's file.
+    victim = next(t for t in load_spec(spec).trials() if t.params["network.delay_kind"] == "synaptic")
+    foreign = tmp_path / "out" / "trials" / victim.name / "run" / "notes.txt"
+    foreign.parent.mkdir(parents=True)
+    foreign.write_text("mine")
     res = run_sweep(spec, out=tmp_path / "out", progress=False)
     t = res.table.sort("network.delay_kind")
     assert t["status"].to_list() == ["ok", "failed"]
     ok, bad = t.row(0, named=True), t.row(1, named=True)
     assert ok["n_params"] == expected_params(4, "axonal") and ok["error"] is None
-    assert "delay_kind" in bad["error"] and "bogus" in bad["error"]
+    assert "RunDirError" in bad["error"] and "not a delgrad run" in bad["error"]
+    assert foreign.read_text() == "mine" and sorted(foreign.parent.iterdir()) == [foreign], "nothing touched"
     assert bad["n_params"] is None and bad["test_acc_best_val"] is None
-    assert "Traceback" in (res.sweep_dir / bad["run_dir"] / "error.txt").read_text()
+    assert "Traceback" in (res.sweep_dir / "trials" / bad["trial"] / "error.txt").read_text()
     assert "## Failed trials" in (res.sweep_dir / "report.md").read_text()
     # A failed trial is retried on the next run; the finished one is not.
     again = run_sweep(spec, out=tmp_path / "out", progress=False)
@@ -194,7 +203,7 @@ def test_failed_trial_is_recorded_and_the_sweep_goes_on(ray_local, tmp_path: Pat
     assert cli.main(["sweep", str(spec), "--out", str(tmp_path / "out")]) == 1
     out = capsys.readouterr().out
     assert "1 of 2 trials already finished (resumed)" in out
-    assert "failed hidden=4,delay_kind=bogus" in out and "2 trials: 1 ok, 1 failed; ran 1, reused 1" in out
+    assert "failed hidden=4,delay_kind=synaptic" in out and "2 trials: 1 ok, 1 failed; ran 1, reused 1" in out
 
 
 # --- without Ray, and bad specs (no Ray needed) ---------------------------------------------
@@ -225,7 +234,7 @@ def test_unreachable_address_fails_fast(tmp_path: Path, capsys) -> None:
     [
         ('[grid]\n"train.epochz" = [1, 2]\n', "unknown pipeline key 'train.epochz'"),
         ('[grid]\n"netwrk.hidden" = [[4]]\n', "unknown pipeline key 'netwrk.hidden'"),
-        ('[grid]\n"train.loss.deltaa" = [0.1]\n', "known keys under [train.loss]"),
+        ('[grid]\n"train.loss.deltaa" = [0.1]\n', "valid keys under [train.loss]"),
         ('[grid]\n"train.seed" = []\n', "'train.seed' needs a non-empty list"),
         ('[set]\n"train.epochs" = 2\n', "nothing to sweep"),
         ('[grid]\n"train.seed" = [0, 0]\n', "same configuration"),
@@ -283,7 +292,7 @@ seed = 3
         from delgrad import pipeline
 
         cfg = pipeline.load_config(SYN, list(t.overrides))
-        assert cfg["train"]["lr"] == p["train.lr"] and cfg["train"]["lr_step"] == p["train.lr_step"]
+        assert cfg.train.lr == p["train.lr"] and cfg.train.lr_step == p["train.lr_step"]
     # Each draw is crossed with the whole grid: both delay kinds see the same draws.
     draws = [tuple(v for k, v in t.params.items() if k != "network.delay_kind") for t in trials]
     assert draws[0::2] == draws[1::2]
@@ -302,17 +311,17 @@ def test_shipped_study_matches_the_shipped_pipelines(tmp_path: Path, capsys) -> 
     for t in trials:
         cfg = pipeline.load_config(spec.pipeline, list(t.overrides))
         kind = t.params["network.delay_kind"]
-        assert cfg["network"]["hidden"] == t.params["network.hidden"]
-        assert cfg["train"]["seed"] == t.params["train.seed"]
+        assert cfg.network.hidden == t.params["network.hidden"]
+        assert cfg.train.seed == t.params["train.seed"]
         if kind in shipped:
             # Same settings as the shipped pipeline of that delay type, apart from its name.
             ref = pipeline.load_config(
                 ROOT / "pipelines" / f"{shipped[kind]}.toml",
                 [f"network.hidden={t.params['network.hidden']}", f"train.seed={t.params['train.seed']}"],
             )
-            assert {**cfg, "name": ""} == {**ref, "name": ""}, t.name
+            assert cfg.replace(name="") == ref.replace(name=""), t.name
         else:
-            assert cfg["train"]["lr_gamma"] == 0.95
+            assert cfg.train.lr_gamma == 0.95
     assert cli.main(["sweep", str(STUDY), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "120 trials" in out and "hidden=5,delay_kind=none,seed=0__" in out

@@ -20,6 +20,7 @@ def main(argv: list[str] | None = None) -> int:
         help="override a pipeline key, e.g. --set train.epochs=10 (repeatable)",
     )
     r.add_argument("--out", help="run directory (default runs/<name>-seed<seed>); an interrupted run there resumes")
+    r.add_argument("--restart", action="store_true", help="discard the run in --out (if any) and start again")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     e = sub.add_parser("evaluate", help="re-evaluate a finished run directory and rewrite its report")
     e.add_argument("run_dir")
@@ -52,33 +53,45 @@ def main(argv: list[str] | None = None) -> int:
         return _export_nir(args.run_dir, args.out)
 
     from delgrad import pipeline
+    from delgrad.config import ConfigError
+    from delgrad.rundir import RunDirError
 
-    if args.cmd == "run":
-        run_dir = pipeline.run(args.pipeline, args.overrides, args.out, progress=not args.quiet)
-        print(f"run directory: {run_dir}")
-        print((run_dir / "report.md").read_text().split("\n## ")[0])
-    elif args.cmd == "evaluate":
-        res = pipeline.evaluate_run(args.run_dir)
-        for k, v in res.items():
-            print(f"{k:>16}: {v:.4f}")
+    try:
+        if args.cmd == "run":
+            run_dir = pipeline.run(
+                args.pipeline,
+                args.overrides,
+                args.out,
+                progress=not args.quiet,
+                restart=args.restart,
+            )
+            print(f"run directory: {run_dir}")
+            print((run_dir / "report.md").read_text().split("\n## ")[0])
+        elif args.cmd == "evaluate":
+            res = pipeline.evaluate_run(args.run_dir)
+            for k, v in res.items():
+                print(f"{k:>16}: {v:.4f}")
+    except (ConfigError, RunDirError) as e:  # the user's input, not a bug: one line, no traceback
+        print(f"delgrad {args.cmd}: {e}", file=sys.stderr)
+        return 2
     return 0
 
 
 def _export_nir(run_dir: str, out: str) -> int:
     from pathlib import Path
 
+    from delgrad.model import NETWORK_FILES
     from delgrad.multi import MultiNetwork
     from delgrad.network import Network
     from delgrad.nir import save_nir
-    from delgrad.pipeline_multi import MODEL_FILE
 
     d = Path(run_dir) / "model"
-    if (d / MODEL_FILE).exists():
-        net: Network | MultiNetwork = MultiNetwork.load(d / MODEL_FILE)
-    elif (d / "network.npz").exists():
-        net = Network.load(d / "network.npz")
+    if (d / NETWORK_FILES["multi"]).exists():
+        net: Network | MultiNetwork = MultiNetwork.load(d / NETWORK_FILES["multi"])
+    elif (d / NETWORK_FILES["ttfs"]).exists():
+        net = Network.load(d / NETWORK_FILES["ttfs"])
     else:
-        raise FileNotFoundError(f"no saved network in {d} (expected network.npz or {MODEL_FILE})")
+        raise FileNotFoundError(f"no saved network in {d} (expected {' or '.join(NETWORK_FILES.values())})")
     save_nir(net, out)
     print(f"{net!r} -> {out}")
     return 0

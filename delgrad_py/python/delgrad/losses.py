@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
@@ -21,11 +22,11 @@ class LossConfig:
     Silent outputs enter at ``t_silent`` with zero gradient.
     """
 
-    kind: str = "mse"
+    kind: Literal["mse", "ce"] = "mse"
     delta: float = 0.3
-    xi: float = 0.2
+    xi: float = field(default=0.2, metadata={"gt": 0.0})
     alpha: float = 0.005
-    beta: float = 2.7
+    beta: float = field(default=2.7, metadata={"gt": 0.0})
     t_silent: float = 5.0
 
 

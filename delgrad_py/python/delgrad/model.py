@@ -1,5 +1,5 @@
-"""A trained classifier: the network plus everything needed to go from raw features to a class
-(data set convention and input encoding)."""
+"""A trained classifier: the network (TTFS or multi-spike) plus everything needed to go from raw
+features to a class (data set convention and input encoding; spike data sets have none)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,10 @@ from numpy.typing import ArrayLike, NDArray
 from delgrad import _core
 from delgrad._core import ShapeError
 from delgrad.data.encoding import LatencyEncoder
+from delgrad.multi import MultiNetwork
 from delgrad.network import Network
+
+NETWORK_FILES = {"ttfs": "network.npz", "multi": "multi_network.npz"}
 
 
 class Model:
@@ -23,7 +26,9 @@ class Model:
     ``(n, 2)`` coordinates ``[x, y]`` (the mirrored pair is added).
     """
 
-    def __init__(self, network: Network, encoder: LatencyEncoder, dataset: str, n_features: int) -> None:
+    def __init__(
+        self, network: Network | MultiNetwork, encoder: LatencyEncoder | None, dataset: str, n_features: int
+    ) -> None:
         self.network = network
         self.encoder = encoder
         self.dataset = dataset
@@ -43,15 +48,37 @@ class Model:
             )
         return x
 
-    def output_times(self, features: ArrayLike) -> NDArray[np.float64]:
-        """First spike time of each output neuron, ``(n, n_classes)``; inf where silent."""
+    @property
+    def kind(self) -> str:
+        return "multi" if isinstance(self.network, MultiNetwork) else "ttfs"
+
+    def _encode(self, features: ArrayLike):
+        if self.encoder is None:
+            raise ValueError(f"this model was trained on spikes ({self.dataset}); it has no encoder for features")
         x = self._features(features)
         spikes, _ = self.encoder(x)
-        trace = self.network.forward(spikes, len(x))
+        return spikes, len(x)
+
+    def output_times(self, features: ArrayLike) -> NDArray[np.float64]:
+        """First spike time of each output neuron, ``(n, n_classes)``; inf where silent (TTFS)."""
+        if self.kind != "ttfs":
+            raise ValueError("output_times: a multi-spike model has readout values (readout_values), not spike times")
+        spikes, n = self._encode(features)
+        trace = self.network.forward(spikes, n)
         return trace.first_times(trace.n_layers - 1)
 
+    def readout_values(self, features: ArrayLike) -> NDArray[np.float64]:
+        """The readout's value of each class unit, ``(n, n_classes)`` (multi-spike)."""
+        if self.kind != "multi":
+            raise ValueError("readout_values: a TTFS model has output spike times (output_times)")
+        spikes, n = self._encode(features)
+        return self.network.forward(_core.SpikeSet(spikes, n)).values
+
     def predict(self, features: ArrayLike) -> NDArray[np.int64]:
-        """Class of each row: the output neuron that spikes first (-1 if none spikes)."""
+        """Class of each row: the output neuron that spikes first (-1 if none spikes), or the
+        readout unit with the largest value."""
+        if self.kind == "multi":
+            return np.argmax(self.readout_values(features), axis=1).astype(np.int64)
         return _core.predict(self.output_times(features))
 
     # --- persistence -------------------------------------------------------------------------
@@ -59,11 +86,12 @@ class Model:
     def save(self, run_dir: str | Path) -> Path:
         d = Path(run_dir) / "model"
         d.mkdir(parents=True, exist_ok=True)
-        self.network.save(d / "network.npz")
+        self.network.save(d / NETWORK_FILES[self.kind])
         meta: dict[str, Any] = {
+            "kind": self.kind,
             "dataset": self.dataset,
             "n_features": self.n_features,
-            "encoder": self.encoder.config(),
+            "encoder": None if self.encoder is None else self.encoder.config(),
         }
         (d / "model.json").write_text(json.dumps(meta, indent=2))
         return d
@@ -72,7 +100,12 @@ class Model:
     def load(cls, run_dir: str | Path) -> Model:
         d = Path(run_dir) / "model"
         if not (d / "model.json").exists():
-            raise FileNotFoundError(f"no saved model in {d} (expected model.json and network.npz)")
+            raise FileNotFoundError(f"no saved model in {d} (expected model.json and a network file)")
         meta = json.loads((d / "model.json").read_text())
-        enc = {k: v for k, v in meta["encoder"].items() if k != "encoder"}
-        return cls(Network.load(d / "network.npz"), LatencyEncoder(**enc), meta["dataset"], meta["n_features"])
+        kind = meta.get("kind", "ttfs")
+        network_class = MultiNetwork if kind == "multi" else Network
+        network = network_class.load(d / NETWORK_FILES[kind])
+        encoder = None
+        if meta.get("encoder") is not None:
+            encoder = LatencyEncoder(**{k: v for k, v in meta["encoder"].items() if k != "encoder"})
+        return cls(network, encoder, meta["dataset"], meta["n_features"])

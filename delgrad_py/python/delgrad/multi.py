@@ -2,14 +2,14 @@
 optionally recurrent, every synapse with its own continuous delay) and a non-spiking
 leaky-integrator readout whose maximum voltage (``"max"``) or exponentially time-weighted mean
 voltage (``"exp_mean"``) feeds a softmax cross-entropy. All numerics are in the Rust core
-(``multi_network_*``, ``readout_*``); this module holds parameters and the training loop.
+(``multi_network_*``, ``readout_*``); this module holds the parameters. Training is
+:class:`delgrad.train.Trainer`'s, as for every network kind.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,6 @@ from numpy.typing import NDArray
 from delgrad import _core
 from delgrad._core import Neuron, ParameterError, ShapeError, SpikeSet, Trace
 from delgrad.network import Layer, _delay_shape, _read_npz, _select, _write_npz, neuron_meta
-from delgrad.optim import Adam, step_lr
-from delgrad.train import Split
 
 READOUT_KINDS = ("max", "exp_mean")
 
@@ -81,13 +79,17 @@ class MultiNetwork:
         self.recurrent = list(recurrent) if recurrent is not None else [None] * len(self.layers)
         if len(self.recurrent) != len(self.layers):
             raise ShapeError(f"recurrent: {len(self.recurrent)} entries for {len(self.layers)} layers")
-        widths = [l.shape[0] for l in self.layers]
-        for l, (a, b) in enumerate(zip(self.layers, self.layers[1:])):
+        widths = [layer.shape[0] for layer in self.layers]
+        for index, (a, b) in enumerate(zip(self.layers, self.layers[1:])):
             if b.shape[1] != a.shape[0]:
-                raise ShapeError(f"layer {l + 1} has n_in = {b.shape[1]} but layer {l} has n_out = {a.shape[0]}")
-        for l, r in enumerate(self.recurrent):
-            if r is not None and r.shape != (widths[l], widths[l]):
-                raise ShapeError(f"recurrent layer {l} has shape {r.shape}, expected {(widths[l], widths[l])}")
+                raise ShapeError(
+                    f"layer {index + 1} has n_in = {b.shape[1]} but layer {index} has n_out = {a.shape[0]}"
+                )
+        for index, r in enumerate(self.recurrent):
+            if r is not None and r.shape != (widths[index], widths[index]):
+                raise ShapeError(
+                    f"recurrent layer {index} has shape {r.shape}, expected {(widths[index], widths[index])}"
+                )
         if readout.layer.shape[1] != widths[-1]:
             raise ShapeError(f"readout has n_in = {readout.layer.shape[1]} but the last layer has {widths[-1]} neurons")
 
@@ -125,9 +127,9 @@ class MultiNetwork:
             raise ShapeError(f"weight_mean/weight_std: need {n} values (or 2: hidden, readout)")
         rng = np.random.default_rng(seed)
         layers, rec = [], []
-        for l in range(n - 1):
-            n_in, n_out = sizes[l], sizes[l + 1]
-            w = rng.normal(means[l], stds[l], (n_out, n_in))
+        for index in range(n - 1):
+            n_in, n_out = sizes[index], sizes[index + 1]
+            w = rng.normal(means[index], stds[index], (n_out, n_in))
             d = rng.uniform(*delay_range, _delay_shape(delay_kind, n_out, n_in))
             layers.append(Layer(w, d, delay_kind))
             if recurrent:
@@ -140,10 +142,10 @@ class MultiNetwork:
 
     @property
     def sizes(self) -> list[int]:
-        return [self.layers[0].shape[1]] + [l.shape[0] for l in self.layers] + [self.readout.layer.shape[0]]
+        return [self.layers[0].shape[1]] + [layer.shape[0] for layer in self.layers] + [self.readout.layer.shape[0]]
 
     def _ff(self) -> list[tuple]:
-        return [l.as_args() for l in self.layers]
+        return [layer.as_args() for layer in self.layers]
 
     def _rec(self) -> list[tuple | None] | None:
         return None if all(r is None for r in self.recurrent) else [r.as_args() if r else None for r in self.recurrent]
@@ -174,11 +176,11 @@ class MultiNetwork:
 
     def _trainable(self) -> list[tuple[Layer, str]]:
         out: list[tuple[Layer, str]] = []
-        for l, layer in enumerate(self.layers):
+        for index, layer in enumerate(self.layers):
             out.append((layer, "w"))
             if layer.delay_kind != "none":
                 out.append((layer, "d"))
-            r = self.recurrent[l]
+            r = self.recurrent[index]
             if r is not None:
                 out.append((r, "w"))
                 if r.delay_kind != "none":
@@ -191,13 +193,13 @@ class MultiNetwork:
 
     def flat_grads(self, g: MultiGrad) -> list[NDArray[np.float64]]:
         out = []
-        for l, layer in enumerate(self.layers):
-            out.append(g.layers[l][0])
+        for index, layer in enumerate(self.layers):
+            out.append(g.layers[index][0])
             if layer.delay_kind != "none":
-                out.append(g.layers[l][1])
-            r = self.recurrent[l]
+                out.append(g.layers[index][1])
+            r = self.recurrent[index]
             if r is not None:
-                gr = g.recurrent[l]
+                gr = g.recurrent[index]
                 assert gr is not None
                 out.append(gr[0])
                 if r.delay_kind != "none":
@@ -216,125 +218,29 @@ class MultiNetwork:
             "neuron": neuron_meta(self.neuron),
             "readout_neuron": neuron_meta(r.neuron),
             "readout": {"kind": r.kind, "t_end": r.t_end, "tau_w": r.tau_w},
-            "kinds": [l.delay_kind for l in self.layers],
+            "kinds": [layer.delay_kind for layer in self.layers],
             "recurrent": [None if x is None else x.delay_kind for x in self.recurrent],
         }
         arrays = {"ro": r.layer.weights}
-        for l, layer in enumerate(self.layers):
-            arrays[f"w{l}"], arrays[f"d{l}"] = layer.weights, layer.delays
-            if self.recurrent[l] is not None:
-                arrays[f"rw{l}"], arrays[f"rd{l}"] = self.recurrent[l].weights, self.recurrent[l].delays
+        for index, layer in enumerate(self.layers):
+            arrays[f"w{index}"], arrays[f"d{index}"] = layer.weights, layer.delays
+            if self.recurrent[index] is not None:
+                arrays[f"rw{index}"], arrays[f"rd{index}"] = self.recurrent[index].weights, self.recurrent[index].delays
         _write_npz(path, meta, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> MultiNetwork:
         meta, z = _read_npz(path)
-        layers = [Layer(z[f"w{l}"], z[f"d{l}"], k) for l, k in enumerate(meta["kinds"])]
-        rec = [None if k is None else Layer(z[f"rw{l}"], z[f"rd{l}"], k) for l, k in enumerate(meta["recurrent"])]
+        layers = [Layer(z[f"w{index}"], z[f"d{index}"], k) for index, k in enumerate(meta["kinds"])]
+        rec = [
+            None if k is None else Layer(z[f"rw{index}"], z[f"rd{index}"], k)
+            for index, k in enumerate(meta["recurrent"])
+        ]
         ro = Readout(Layer(z["ro"], np.zeros(0), "none"), Neuron(**meta["readout_neuron"]), **meta["readout"])
         return cls(layers, Neuron(**meta["neuron"]), ro, rec)
 
     def __repr__(self) -> str:
         return (
-            f"MultiNetwork(sizes={self.sizes}, delays={[l.delay_kind for l in self.layers]}, "
+            f"MultiNetwork(sizes={self.sizes}, delays={[layer.delay_kind for layer in self.layers]}, "
             f"readout={self.readout.kind!r}, {self.neuron!r})"
         )
-
-
-# --- training ----------------------------------------------------------------------------------
-
-
-@dataclass
-class MultiTrainConfig:
-    epochs: int = 30
-    batch_size: int = 64
-    lr: float = 0.01
-    lr_delay: float = 0.1
-    lr_step: int = 10
-    lr_gamma: float = 0.8
-    delay_max: float | None = None  # delays are clipped to [0, delay_max]
-    seed: int = 0
-    select_on: str | None = "validation"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MultiTrainConfig:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"[train]: unknown keys for a multi-spike network: {sorted(unknown)}")
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class MultiEval:
-    loss: float
-    accuracy: float
-    predictions: NDArray[np.int64]
-    output: MultiOutput
-    spikes_per_sample: list[float] = field(default_factory=list)
-
-
-def evaluate_multi(net: MultiNetwork, split: Split) -> MultiEval:
-    out = net.forward(split.spikes)
-    loss, _, pred = _core.readout_cross_entropy(out.values, split.labels)
-    n = max(len(split), 1)
-    per = [out.trace.n_spikes(l) / n for l in range(out.trace.n_layers)]
-    return MultiEval(loss, float(np.mean(pred == split.labels)) if len(split) else 0.0, pred, out, per)
-
-
-def fit_multi(
-    net: MultiNetwork,
-    cfg: MultiTrainConfig,
-    train: Split,
-    evals: dict[str, Split],
-    on_epoch: Callable[[dict[str, Any]], None] | None = None,
-) -> list[dict[str, Any]]:
-    """Adam on every weight and delay, StepLR, delays clipped to ``[0, delay_max]``; restores
-    the epoch with the best ``select_on`` accuracy at the end."""
-    params = net.params()
-    lrs = [cfg.lr_delay if what == "d" else cfg.lr for _, what in net._trainable()]
-    adam = Adam(lrs)
-    rng = np.random.default_rng(cfg.seed)
-    history: list[dict[str, Any]] = []
-    best: tuple[float, list[NDArray[np.float64]]] | None = None
-    for epoch in range(cfg.epochs):
-        t0 = time.perf_counter()
-        scale = step_lr(epoch, cfg.lr_step, cfg.lr_gamma)
-        perm = rng.permutation(len(train)).astype(np.uint32)
-        total, correct = 0.0, 0
-        for k in range(0, len(perm), cfg.batch_size):
-            sel = perm[k : k + cfg.batch_size]
-            out = net.forward(train.spikes, select=sel)
-            labels = train.labels[sel]
-            loss, dy, pred = _core.readout_cross_entropy(out.values, labels)
-            total += loss * len(sel)
-            correct += int(np.sum(pred == labels))
-            adam.step(params, net.flat_grads(net.backward(train.spikes, out, dy, select=sel)), scale=scale)
-            for (layer, what), p in zip(net._trainable(), params):
-                if what == "d":
-                    np.clip(p, 0.0, cfg.delay_max, out=p)
-        row: dict[str, Any] = {
-            "epoch": epoch + 1,
-            "train_loss": total / len(train),
-            "train_acc": correct / len(train),
-            "lr_scale": scale,
-        }
-        for name, split in evals.items():
-            r = evaluate_multi(net, split)
-            row[f"{name}_loss"], row[f"{name}_acc"] = r.loss, r.accuracy
-            for l, s in enumerate(r.spikes_per_sample):
-                row[f"{name}_spikes_l{l}"] = s
-        row["seconds"] = time.perf_counter() - t0
-        history.append(row)
-        sel_key = f"{cfg.select_on}_acc" if cfg.select_on else None
-        if sel_key in row and (best is None or row[sel_key] > best[0]):
-            best = (row[sel_key], [p.copy() for p in params])
-        if on_epoch:
-            on_epoch(row)
-    if best is not None:
-        for p, b in zip(params, best[1]):
-            p[...] = b
-    return history

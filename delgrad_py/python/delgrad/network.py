@@ -100,10 +100,10 @@ class Network:
     def __init__(self, layers: Sequence[Layer], neuron: Neuron) -> None:
         if not layers:
             raise ShapeError("network: needs at least one layer")
-        for l, (a, b) in enumerate(zip(layers, layers[1:])):
+        for index, (a, b) in enumerate(zip(layers, layers[1:])):
             if b.shape[1] != a.shape[0]:
                 raise ShapeError(
-                    f"network: layer {l + 1} has n_in = {b.shape[1]} but layer {l} has n_out = {a.shape[0]}"
+                    f"network: layer {index + 1} has n_in = {b.shape[1]} but layer {index} has n_out = {a.shape[0]}"
                 )
         self.layers = list(layers)
         self.neuron = neuron
@@ -123,7 +123,8 @@ class Network:
         """Gaussian weights and uniform delays, per layer, from ``numpy.random.default_rng(seed)``.
 
         ``sizes`` lists the widths, input first (Yin-Yang: ``[5, 30, 3]`` with a bias input).
-        Per-layer settings take a scalar or a sequence with one entry per layer.
+        Per-layer settings take a scalar, a sequence with one entry per layer, or two entries
+        (hidden layers, output layer).
         """
         if len(sizes) < 2:
             raise ShapeError(f"sizes needs at least an input and an output width, got {sizes}")
@@ -131,6 +132,8 @@ class Network:
 
         def per_layer(v, name):
             vals = [v] * n_layers if isinstance(v, (int, float, str)) else list(v)
+            if len(vals) == 2 and n_layers > 2:
+                vals = [vals[0]] * (n_layers - 1) + [vals[1]]
             if len(vals) != n_layers:
                 raise ShapeError(f"{name}: {len(vals)} values for {n_layers} layers")
             return vals
@@ -143,19 +146,19 @@ class Network:
                 raise ParameterError(f"delay_kind must be one of {DELAY_KINDS}, got {k!r}")
         rng = np.random.default_rng(seed)
         layers = []
-        for l in range(n_layers):
-            n_in, n_out = sizes[l], sizes[l + 1]
-            w = rng.normal(means[l], stds[l], size=(n_out, n_in))
-            d = rng.uniform(*delay_range, size=_delay_shape(kinds[l], n_out, n_in))
-            layers.append(Layer(w, d, kinds[l]))
+        for index in range(n_layers):
+            n_in, n_out = sizes[index], sizes[index + 1]
+            w = rng.normal(means[index], stds[index], size=(n_out, n_in))
+            d = rng.uniform(*delay_range, size=_delay_shape(kinds[index], n_out, n_in))
+            layers.append(Layer(w, d, kinds[index]))
         return cls(layers, neuron)
 
     @property
     def sizes(self) -> list[int]:
-        return [self.layers[0].shape[1]] + [l.shape[0] for l in self.layers]
+        return [self.layers[0].shape[1]] + [layer.shape[0] for layer in self.layers]
 
     def _args(self) -> list[tuple]:
-        return [l.as_args() for l in self.layers]
+        return [layer.as_args() for layer in self.layers]
 
     def forward(
         self,
@@ -200,25 +203,25 @@ class Network:
         return NetworkGrad(layers=layers, inputs=gin)
 
     def n_parameters(self) -> int:
-        return int(sum(l.weights.size + l.delays.size for l in self.layers))
+        return int(sum(layer.weights.size + layer.delays.size for layer in self.layers))
 
     # --- persistence -------------------------------------------------------------------------
 
     def save(self, path: str | Path) -> None:
         """Writes the parameters (``.npz``) and the architecture (inside it, as JSON)."""
-        meta = {"neuron": neuron_meta(self.neuron), "delay_kinds": [l.delay_kind for l in self.layers]}
+        meta = {"neuron": neuron_meta(self.neuron), "delay_kinds": [layer.delay_kind for layer in self.layers]}
         arrays: dict[str, np.ndarray] = {}
-        for l, layer in enumerate(self.layers):
-            arrays[f"w{l}"] = layer.weights
-            arrays[f"d{l}"] = layer.delays
+        for index, layer in enumerate(self.layers):
+            arrays[f"w{index}"] = layer.weights
+            arrays[f"d{index}"] = layer.delays
         _write_npz(path, meta, arrays)
 
     @classmethod
     def load(cls, path: str | Path) -> Network:
         meta, z = _read_npz(path)
-        layers = [Layer(z[f"w{l}"], z[f"d{l}"], kind) for l, kind in enumerate(meta["delay_kinds"])]
+        layers = [Layer(z[f"w{index}"], z[f"d{index}"], kind) for index, kind in enumerate(meta["delay_kinds"])]
         return cls(layers, Neuron(**meta["neuron"]))
 
     def __repr__(self) -> str:
-        kinds = ",".join(l.delay_kind for l in self.layers)
+        kinds = ",".join(layer.delay_kind for layer in self.layers)
         return f"Network(sizes={self.sizes}, delays=[{kinds}], {self.neuron!r})"

@@ -92,12 +92,12 @@ def to_nir(net: Network | MultiNetwork) -> nir.NIRGraph:
             stacklevel=2,
         )
     src, width = "input", n_in
-    for l, layer in enumerate(net.layers):
-        name = f"layer{l}"
+    for index, layer in enumerate(net.layers):
+        name = f"layer{index}"
         nodes[name] = _cuba_lif(net.neuron, layer.shape[0])
         _projection(nodes, edges, name, layer, src, name)
-        if rec[l] is not None:
-            _projection(nodes, edges, f"{name}_rec", rec[l], name, name)
+        if rec[index] is not None:
+            _projection(nodes, edges, f"{name}_rec", rec[index], name, name)
         src, width = name, layer.shape[0]
     if isinstance(net, MultiNetwork):
         r = net.readout

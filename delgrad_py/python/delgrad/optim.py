@@ -4,7 +4,9 @@ happened in the core."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 from numpy.typing import NDArray
@@ -51,6 +53,13 @@ def step_lr(epoch: int, step_size: int, gamma: float) -> float:
     return gamma ** (epoch // step_size) if step_size > 0 else 1.0
 
 
+def cosine_lr(epoch: int, epochs: int, floor: float) -> float:
+    """Cosine annealing from 1 at epoch 0 to ``floor`` at the last epoch."""
+    if epochs <= 1:
+        return 1.0
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * epoch / (epochs - 1)))
+
+
 def clip_norm(grads: list[NDArray[np.float64]], max_norm: float | None) -> float:
     """Scales ``grads`` in place to a global norm of at most ``max_norm``; returns the norm."""
     norm = float(np.sqrt(sum(float(np.sum(g * g)) for g in grads)))
@@ -64,13 +73,22 @@ def clip_norm(grads: list[NDArray[np.float64]], max_norm: float | None) -> float
 class DelayParam:
     """How the optimiser sees delays.
 
-    ``"clip"``: the delay itself, clipped to ``[0, high]`` after each step.
+    ``"clip"``: the delay itself, clipped to ``[low, high]`` after each step (``high=None``:
+    no upper bound).
     ``"sigmoid"``: DelGrad's ``d = low + (high - low) * sigmoid(p)`` over an unconstrained ``p``.
     """
 
-    kind: str = "clip"
-    low: float = 0.0
-    high: float = 2.0
+    kind: Literal["clip", "sigmoid"] = "clip"
+    low: float = field(default=0.0, metadata={"ge": 0.0})
+    high: float | None = field(default=None, metadata={"ge": 0.0})
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("clip", "sigmoid"):
+            raise ValueError(f"delay parametrisation must be 'clip' or 'sigmoid', got {self.kind!r}")
+        if self.kind == "sigmoid" and (self.high is None or self.high <= self.low):
+            raise ValueError(
+                f"the sigmoid delay parametrisation needs high > low, got low={self.low}, high={self.high}"
+            )
 
     def to_raw(self, d: NDArray[np.float64]) -> NDArray[np.float64]:
         if self.kind == "clip":

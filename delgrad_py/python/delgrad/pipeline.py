@@ -1,27 +1,31 @@
-"""Pipelines: a TOML file names the data set, encoding, network and training; ``run`` chains
-encode -> train -> evaluate -> report into one run directory.
+"""Pipelines: a TOML file (:mod:`delgrad.config`) names the data set, encoding, network and
+training; :func:`run` chains encode -> train -> evaluate -> report into one run directory, for
+every network kind.
 
-Run directory::
+Run directory (owned through its manifest, :mod:`delgrad.rundir`)::
 
+    run.json             manifest: delgrad version, config hash, status, times
     config.toml          the resolved configuration (after --set overrides)
     data/                spikes.parquet + samples.parquet (encoded data set)
-    metrics.parquet      one row per epoch
+    checkpoint/          state.npz: the resumable training state (one atomic file)
+    metrics.parquet      one row per epoch, rewritten atomically after every epoch
+    model/               model.json + network.npz (TTFS) or multi_network.npz (multi-spike)
+    spikes_test.parquet  test-set spikes of every network layer (sample, neuron, time, layer)
+    report.md, plots/    the report
     hardware.json        in-the-loop runs only: backend, realised configuration, counters and
                          the trained model's accuracy measured on the hardware
     hw_daemon.log        the log of the daemon the pipeline started (if it started one)
-    spikes_test.parquet  test-set spikes of every layer (sample, neuron, time, layer)
-    model/               network.npz + model.json (Model.load)
-    checkpoint/          resumable training state
-    report.md, plots/    the report
 """
 
 from __future__ import annotations
 
-import copy
+import io
 import json
+import math
+import shutil
+import sys
 import time
-import tomllib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,199 +36,93 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from delgrad._core import Neuron, SpikeSet
+from delgrad.config import SPIKING_AUDIO, ConfigError, PipelineConfig, load_config
 from delgrad.data.encoding import LatencyEncoder
 from delgrad.data.parquet import SpikeDataset, write_dataset
+from delgrad.data.split import Split
 from delgrad.model import Model
+from delgrad.multi import MultiNetwork
 from delgrad.network import Network
-from delgrad.train import Split, TrainConfig, Trainer, evaluate
+from delgrad.rundir import RunDir, RunDirError, atomic_write, read_config
+from delgrad.train import EvalResult, Trainer, evaluate, evaluate_any
 
-DEFAULTS: dict[str, Any] = {
-    "name": "run",
-    "data": {"dataset": "yinyang", "seed": 0},
-    "encoding": {"t_early": 0.15, "t_late": 2.0, "bias_time": 0.9, "replicate": 1, "invert": False},
-    "network": {
-        "hidden": [30],
-        "delay_kind": "synaptic",
-        "tau_m": 2.0,
-        "tau_s": 1.0,
-        "theta": 1.0,
-        "weight_mean": [1.5, 0.5],
-        "weight_std": [0.8, 0.8],
-        "delay_range": [0.0, 0.1],
-    },
-    "train": {},
-}
+__all__ = [
+    "ConfigError",
+    "RunDirError",
+    "build_network",
+    "encode",
+    "encoder_of",
+    "evaluate_run",
+    "load_config",
+    "load_split",
+    "n_classes",
+    "run",
+]
 
-
-def _merge(base: dict, over: dict) -> dict:
-    out = copy.deepcopy(base)
-    for k, v in over.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
+SPLITS = ("train", "validation", "test")
 
 
-def _parse_value(text: str) -> Any:
-    """A --set value as TOML would read it (numbers, booleans, lists, quoted strings); a bare
-    word is a string."""
-    try:
-        return tomllib.loads(f"v = {text}")["v"]
-    except tomllib.TOMLDecodeError:
-        return text
+# --- stage 1: data -----------------------------------------------------------------------------
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> dict[str, Any]:
-    """Reads a pipeline TOML, fills defaults, applies ``key.sub=value`` overrides."""
-    cfg = _merge(DEFAULTS, tomllib.loads(Path(path).read_text()))
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"--set expects key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        node = cfg
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise ValueError(f"--set {key}: {p} is not a table")
-        node[parts[-1]] = _parse_value(value.strip())
-    return cfg
-
-
-def _dump_toml(cfg: dict[str, Any]) -> str:
-    """Minimal TOML writer for the resolved config (tables, scalars, lists of scalars)."""
-
-    def fmt(v: Any) -> str:
-        if isinstance(v, bool):
-            return "true" if v else "false"
-        if isinstance(v, str):
-            return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-        if isinstance(v, (list, tuple)):
-            return "[" + ", ".join(fmt(x) for x in v) + "]"
-        return repr(v)
-
-    lines: list[str] = []
-
-    def table(prefix: str, d: dict) -> None:
-        scalars = {k: v for k, v in d.items() if not isinstance(v, dict) and v is not None}
-        if prefix:
-            lines.append(f"\n[{prefix}]")
-        lines.extend(f"{k} = {fmt(v)}" for k, v in scalars.items())
-        for k, v in d.items():
-            if isinstance(v, dict):
-                table(f"{prefix}.{k}" if prefix else k, v)
-
-    table("", cfg)
-    return "\n".join(lines).lstrip() + "\n"
-
-
-def _raw_splits(cfg: dict[str, Any]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    name = cfg["data"]["dataset"]
-    if name == "yinyang":
+def _raw_splits(cfg: PipelineConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    data = cfg.data
+    if data.dataset == "yinyang":
         from delgrad.data.yinyang import yinyang_splits
 
         return yinyang_splits()
-    if name == "digits":
+    if data.dataset == "digits":
         from delgrad.data.digits import digits_splits
 
-        return digits_splits(seed=int(cfg["data"].get("seed", 0)))
-    if name == "temporal":
-        from delgrad.data.temporal import temporal_splits
+        return digits_splits(seed=data.seed)
+    from delgrad.data.temporal import temporal_splits
 
-        opts = {k: v for k, v in cfg["data"].items() if k not in ("dataset", "seed")}
-        return temporal_splits(seed=int(cfg["data"].get("seed", 0)), **opts)
-    raise ValueError(f"data.dataset: unknown data set {name!r} (available: yinyang, digits, temporal, shd, ssc)")
-
-
-def encoder_of(cfg: dict[str, Any]) -> LatencyEncoder:
-    enc = dict(cfg["encoding"])
-    if enc.get("bias_time") is False:  # TOML has no null: `bias_time = false` means no bias input
-        enc["bias_time"] = None
-    return LatencyEncoder(**enc)
+    return temporal_splits(
+        seed=data.seed, **data.options("n_channels", "n_classes", "gap", "jitter", "onset_max", "span")
+    )
 
 
-SPIKING_AUDIO = ("shd", "ssc")
-_AUDIO_DATA_KEYS = {
-    "dataset",
-    "seed",
-    "path",
-    "synthetic",
-    "validation_fraction",
-    "chunk_size",
-    "n_train",
-    "n_validation",
-    "n_test",
-    "spikes_per_sample",
-    "noise_fraction",
-    "band_width",
-    "jitter",
-    "duration",
-}
+def encoder_of(cfg: PipelineConfig) -> LatencyEncoder:
+    e = cfg.encoding
+    return LatencyEncoder(e.t_early, e.t_late, e.bias_time, e.replicate, e.invert, e.silent_value)
 
 
-def _write_spiking_audio(cfg: dict[str, Any], data_dir: Path) -> None:
+def _write_spiking_audio(cfg: PipelineConfig, data_dir: Path) -> None:
     """SHD / SSC: stream the real HDF5 files into Parquet, or write the synthetic stand-in
     (``[data] synthetic = true``). Times in milliseconds (:mod:`delgrad.data.shd`)."""
     from delgrad.data import shd
 
-    d = cfg["data"]
-    unknown = set(d) - _AUDIO_DATA_KEYS
-    if unknown:
-        raise ValueError(f"[data]: unknown keys for {d['dataset']}: {sorted(unknown)}")
-    seed = int(d.get("seed", 0))
-    if d.get("synthetic", False):
-        sizes = {s: int(d[f"n_{s}"]) for s in ("train", "validation", "test") if f"n_{s}" in d}
-        kw = {k: d[k] for k in ("spikes_per_sample", "noise_fraction", "band_width", "jitter", "duration") if k in d}
-        shd.write_synthetic_dataset(data_dir, d["dataset"], seed=seed, sizes=sizes, **kw)
+    d = cfg.data
+    if d.synthetic:
+        sizes = {s: getattr(d, f"n_{s}") for s in SPLITS if getattr(d, f"n_{s}") is not None}
+        options = d.options("spikes_per_sample", "noise_fraction", "band_width", "jitter", "duration")
+        shd.write_synthetic_dataset(data_dir, d.dataset, seed=d.seed, sizes=sizes, **options)
     else:
         shd.write_h5_dataset(
             data_dir,
-            d["dataset"],
-            d.get("path") or None,
-            validation_fraction=float(d.get("validation_fraction", 0.1)),
-            seed=seed,
-            chunk_size=int(d.get("chunk_size", 512)),
+            d.dataset,
+            d.path or None,
+            validation_fraction=d.validation_fraction,
+            seed=d.seed,
+            chunk_size=d.chunk_size,
         )
 
 
-def encode(cfg: dict[str, Any], run_dir: Path) -> Path:
-    """Stage 1: the data set, encoded, as Parquet in ``run_dir/data`` (kept if present)."""
-    data_dir = run_dir / "data"
-    if not (data_dir / "spikes.parquet").exists():
-        if cfg["data"]["dataset"] in SPIKING_AUDIO:
-            _write_spiking_audio(cfg, data_dir)
-        else:
-            write_dataset(data_dir, _raw_splits(cfg), encoder_of(cfg))
+def encode(cfg: PipelineConfig, run_dir: Path) -> Path:
+    """Stage 1: the data set, encoded, as Parquet in ``run_dir/data`` (kept if present). Written
+    beside and renamed into place, so an interrupted encoding is never taken for a finished one."""
+    data_dir = Path(run_dir) / "data"
+    if data_dir.exists():
+        return data_dir
+    partial = Path(run_dir) / "data.partial"
+    if partial.exists():
+        shutil.rmtree(partial)
+    if cfg.data.dataset in SPIKING_AUDIO:
+        _write_spiking_audio(cfg, partial)
+    else:
+        write_dataset(partial, _raw_splits(cfg), encoder_of(cfg))
+    partial.rename(data_dir)
     return data_dir
-
-
-def augmented(cfg: dict[str, Any], split: Split, n_inputs: int) -> Split:
-    """The training split with one augmented copy appended (``[augment]``, once per run):
-    ``channel_shift = k`` shifts every copy's channels by up to ±k, ``blend = true`` mixes
-    same-class pairs (:mod:`delgrad.data.augment`), seeded by ``[augment] seed``."""
-    from delgrad.data.augment import blend, channel_shift
-    from delgrad.data.encoding import spike_batch
-
-    a = cfg.get("augment") or {}
-    unknown = set(a) - {"enabled", "channel_shift", "blend", "blend_p", "seed"}
-    if unknown:
-        raise ValueError(f"[augment]: unknown keys {sorted(unknown)}")
-    if not a.get("enabled", True) or not (a.get("channel_shift") or a.get("blend")):
-        return split
-    rng = np.random.default_rng(int(a.get("seed", cfg["train"].get("seed", 0))))
-    n = len(split)
-    orig = split.spikes.select()  # the split's spikes as one batch, from memory
-    spikes, labels = orig, split.labels
-    if a.get("blend"):
-        b = blend(spikes, labels, rng, p=float(a.get("blend_p", 0.5)))
-        spikes, labels = b.spikes, b.labels
-    if a.get("channel_shift"):
-        spikes = channel_shift(spikes, int(a["channel_shift"]), n_inputs, rng, n_samples=n)
-    col = lambda rb, c: rb.column(c).to_numpy()  # noqa: E731
-    both = spike_batch(
-        np.concatenate([col(orig, "sample"), col(spikes, "sample") + n]),
-        np.concatenate([col(orig, "neuron"), col(spikes, "neuron")]),
-        np.concatenate([col(orig, "time"), col(spikes, "time")]),
-    )
-    return Split(SpikeSet(both, 2 * n), np.concatenate([split.labels, labels]))
 
 
 def load_split(data_dir: Path, split: str) -> tuple[Split, np.ndarray, int]:
@@ -235,27 +133,80 @@ def load_split(data_dir: Path, split: str) -> tuple[Split, np.ndarray, int]:
     return Split(spikes, np.asarray(batch.labels, dtype=np.int64)), ds.features(), ds.n_inputs
 
 
-def build_network(cfg: dict[str, Any], n_in: int, n_out: int) -> Network:
-    n = cfg["network"]
-    neuron = Neuron(tau_m=n["tau_m"], tau_s=n["tau_s"], theta=n["theta"])
-    return Network.random(
-        [n_in, *n["hidden"], n_out],
-        neuron,
-        delay_kind=n["delay_kind"],
-        weight_mean=n["weight_mean"],
-        weight_std=n["weight_std"],
-        delay_range=tuple(n["delay_range"]),
-        seed=int(cfg["train"].get("seed", 0)),
+def augmented(cfg: PipelineConfig, split: Split, n_inputs: int) -> Split:
+    """The training split with one augmented copy appended (``[augment]``, once per run):
+    ``channel_shift = k`` shifts every copy's channels by up to ±k, ``blend = true`` mixes
+    same-class pairs (:mod:`delgrad.data.augment`), seeded by ``[augment] seed``."""
+    from delgrad.data.augment import blend, channel_shift
+    from delgrad.data.encoding import spike_batch
+
+    a = cfg.augment
+    if a is None or not a.enabled or not (a.channel_shift or a.blend):
+        return split
+    rng = np.random.default_rng(a.seed if a.seed is not None else cfg.train.seed)
+    n = len(split)
+    original = split.spikes.select()  # the split's spikes as one batch, from memory
+    spikes, labels = original, split.labels
+    if a.blend:
+        b = blend(spikes, labels, rng, p=a.blend_p)
+        spikes, labels = b.spikes, b.labels
+    if a.channel_shift:
+        spikes = channel_shift(spikes, a.channel_shift, n_inputs, rng, n_samples=n)
+
+    def column(batch: pa.RecordBatch, name: str) -> np.ndarray:
+        return batch.column(name).to_numpy()
+
+    both = spike_batch(
+        np.concatenate([column(original, "sample"), column(spikes, "sample") + n]),
+        np.concatenate([column(original, "neuron"), column(spikes, "neuron")]),
+        np.concatenate([column(original, "time"), column(spikes, "time")]),
     )
+    return Split(SpikeSet(both, 2 * n), np.concatenate([split.labels, labels]))
 
 
-def n_classes(cfg: dict[str, Any]) -> int:
-    d = cfg["data"]
-    if d["dataset"] == "temporal":
-        import math
+# --- stage 2: the network and training ---------------------------------------------------------
 
-        return int(d.get("n_classes") or math.factorial(int(d.get("n_channels", 3))))
-    return {"yinyang": 3, "digits": 10, "shd": 20, "ssc": 35}[d["dataset"]]
+
+def n_classes(cfg: PipelineConfig) -> int:
+    d = cfg.data
+    if d.dataset == "temporal":
+        return d.n_classes or math.factorial(d.n_channels or 3)
+    return {"yinyang": 3, "digits": 10, "shd": 20, "ssc": 35}[d.dataset]
+
+
+def build_network(cfg: PipelineConfig, n_in: int, n_out: int) -> Network | MultiNetwork:
+    """The configured network, initialised from ``train.seed``."""
+    n = cfg.network
+    sizes = [n_in, *n.hidden, n_out]
+    if not cfg.multi:
+        return Network.random(
+            sizes,
+            Neuron(tau_m=n.tau_m, tau_s=n.tau_s, theta=n.theta),
+            delay_kind=n.delay_kind,
+            weight_mean=n.weight_mean,
+            weight_std=n.weight_std,
+            delay_range=tuple(n.delay_range),
+            seed=cfg.train.seed,
+        )
+    neuron = Neuron(tau_m=n.tau_m, tau_s=n.tau_s, theta=n.theta, mode="multi", t_ref=n.t_ref, t_end=n.t_end)
+    readout_neuron = Neuron(
+        tau_m=n.readout_tau_m or n.tau_m, tau_s=n.readout_tau_s or n.tau_s, theta=1.0, mode="multi", t_end=n.t_end
+    )
+    return MultiNetwork.random(
+        sizes,
+        neuron,
+        readout_neuron,
+        delay_kind=n.delay_kind,
+        weight_mean=n.weight_mean,
+        weight_std=n.weight_std,
+        delay_range=tuple(n.delay_range),
+        readout_kind=n.readout,
+        t_end=n.t_end,
+        tau_w=n.tau_w,
+        recurrent=n.recurrent,
+        recurrent_std=n.recurrent_std,
+        seed=cfg.train.seed,
+    )
 
 
 def run(
@@ -263,98 +214,120 @@ def run(
     overrides: list[str] = (),
     out: str | Path | None = None,
     progress: bool = True,
-    forward=None,
+    forward: Any = None,
+    restart: bool = False,
+    say: Callable[[str], None] | None = None,
 ) -> Path:
-    """Runs a pipeline; returns the run directory. Resumes an interrupted run in ``out``."""
+    """Runs a pipeline file; returns the run directory. See :func:`run_config`."""
     cfg = load_config(config_path, overrides)
-    run_dir = Path(out) if out else Path("runs") / f"{cfg['name']}-seed{cfg['train'].get('seed', 0)}"
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.toml").write_text(_dump_toml(cfg))
+    return run_config(cfg, out, progress=progress, forward=forward, restart=restart, say=say)
 
+
+def default_run_dir(cfg: PipelineConfig) -> Path:
+    return Path("runs") / f"{cfg.name}-seed{cfg.train.seed}"
+
+
+def run_config(
+    cfg: PipelineConfig,
+    out: str | Path | None = None,
+    *,
+    progress: bool = True,
+    forward: Any = None,
+    restart: bool = False,
+    say: Callable[[str], None] | None = None,
+) -> Path:
+    """Runs a parsed pipeline into ``out`` (default ``runs/<name>-seed<seed>``).
+
+    An interrupted run there resumes from its last checkpoint and ends exactly where an
+    uninterrupted one would; a finished one is left as it is; a directory holding another
+    configuration, or anything that is not a delgrad run, is refused (:mod:`delgrad.rundir`).
+    """
+    say = say or (lambda text: print(text, file=sys.stderr, flush=True))
+    run_dir = Path(out) if out else default_run_dir(cfg)
+    with RunDir.open(run_dir, cfg, restart=restart) as owned:
+        if owned.status == "finished":
+            say(f"{run_dir}: already finished with this configuration; nothing to do (--restart runs it again)")
+            return run_dir
+        owned.set_status("running", error=None)
+        try:
+            seconds = _train_and_evaluate(cfg, run_dir, progress, forward, say)
+        except BaseException as e:
+            owned.set_status("failed", error=f"{type(e).__name__}: {e}")
+            raise
+        owned.set_status("finished", train_seconds=seconds)
+    return run_dir
+
+
+def _train_and_evaluate(cfg: PipelineConfig, run_dir: Path, progress: bool, forward: Any, say) -> float:
     data_dir = encode(cfg, run_dir)
     train, _, n_in = load_split(data_dir, "train")
     val, _, _ = load_split(data_dir, "validation")
     test, _, _ = load_split(data_dir, "test")
-    if cfg.get("augment"):
-        train = augmented(cfg, train, n_in)
-    if cfg["network"].get("mode", "ttfs") == "multi":
-        from delgrad import pipeline_multi
-
-        return pipeline_multi.run(cfg, run_dir, {"train": train, "validation": val, "test": test}, n_in, progress)
-
+    train = augmented(cfg, train, n_in)
     net = build_network(cfg, n_in, n_classes(cfg))
-    tcfg = TrainConfig.from_dict(cfg["train"])
-    splits = {"train": train, "validation": val, "test": test}
 
     with hardware_loop(cfg, run_dir) as loop:
-        trainer = Trainer(net, tcfg, forward=forward or loop)
-        t0 = time.perf_counter()
-        with _progress(progress, tcfg.epochs) as on_epoch:
-            history = trainer.fit(train, {"validation": val, "test": test}, run_dir=run_dir, on_epoch=on_epoch)
-        wall = time.perf_counter() - t0
-        if loop is not None:
-            _write_hardware_record(run_dir, loop, net, splits, tcfg, cfg)
-    pl.DataFrame(history).write_parquet(run_dir / "metrics.parquet")
+        trainer = Trainer(net, cfg.train, forward=forward or loop)
+        with _progress(progress, cfg.train.epochs, cfg.multi) as (on_epoch, on_batch):
 
-    model = Model(net, encoder_of(cfg), cfg["data"]["dataset"], int(_raw_dim(data_dir)))
-    model.save(run_dir)
-    evaluate_run(run_dir, train_seconds=wall)
-    return run_dir
+            def epoch_done(row: dict[str, Any]) -> None:
+                _write_metrics(run_dir, trainer.history)
+                on_epoch(row)
+
+            if trainer.resume(run_dir):
+                where = f" (batch position {trainer.position} of the epoch)" if trainer.position else ""
+                say(f"{run_dir}: resuming after epoch {trainer.epoch} of {cfg.train.epochs}{where}")
+            history = trainer.fit(train, {"validation": val, "test": test}, run_dir, epoch_done, on_batch)
+        _write_metrics(run_dir, history)
+        if loop is not None:
+            _write_hardware_record(run_dir, loop, net, {"train": train, "validation": val, "test": test}, cfg)
+
+    encoder = encoder_of(cfg) if cfg.data.dataset not in SPIKING_AUDIO else None
+    Model(net, encoder, cfg.data.dataset, _raw_dim(data_dir)).save(run_dir)
+    seconds = float(sum(row["seconds"] for row in history))
+    evaluate_run(run_dir, train_seconds=seconds, _owned=True)
+    return seconds
+
+
+def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    buffer = io.BytesIO()
+    pl.DataFrame(history).write_parquet(buffer)
+    atomic_write(run_dir / "metrics.parquet", buffer.getvalue())
 
 
 @contextmanager
-def hardware_loop(cfg: dict[str, Any], run_dir: Path) -> Iterator[Any]:
+def hardware_loop(cfg: PipelineConfig, run_dir: Path) -> Iterator[Any]:
     """The pipeline's ``[hardware]`` table as a :class:`HardwareLoop` (None without one).
 
     With no ``endpoint`` the pipeline starts its own emulator daemon on a free loopback port
     and stops that process, by its pid, when training ends.
     """
-    hw = cfg.get("hardware")
-    if not hw or not hw.get("enabled", True):
+    hw = cfg.hardware
+    if hw is None or not hw.enabled:
         yield None
         return
     from delgrad.hardware import HardwareClient, HardwareLoop, start_daemon
 
-    unknown = set(hw) - {
-        "enabled",
-        "endpoint",
-        "backend",
-        "chip_seed",
-        "ideal",
-        "weight_scale",
-        "input_replication",
-        "max_batch",
-        "timeout",
-        "retries",
-        "seed",
-        "daemon_cpus",
-        "keep_awake",
-    }
-    if unknown:
-        raise ValueError(f"[hardware]: unknown keys {sorted(unknown)}")
     daemon = None
-    endpoint = hw.get("endpoint") or ""
+    endpoint = hw.endpoint
     if not endpoint:
         daemon = start_daemon(
             "tcp://127.0.0.1:*",
-            backend=hw.get("backend", "emulator"),
-            chip_seed=int(hw.get("chip_seed", 0)),
-            args=(["--ideal"] if hw.get("ideal", False) else [])
-            + (["--keep-awake"] if hw.get("keep_awake", False) else []),
+            backend=hw.backend,
+            chip_seed=hw.chip_seed,
+            args=(["--ideal"] if hw.ideal else []) + (["--keep-awake"] if hw.keep_awake else []),
             log_path=run_dir / "hw_daemon.log",
-            cpus=hw.get("daemon_cpus"),
+            cpus=hw.daemon_cpus,
         )
         endpoint = daemon.endpoint
     try:
-        with HardwareClient(
-            endpoint, timeout=float(hw.get("timeout", 30.0)), retries=int(hw.get("retries", 5))
-        ) as client:
+        with HardwareClient(endpoint, timeout=hw.timeout, retries=hw.retries) as client:
             yield HardwareLoop(
                 client,
-                seed=int(hw.get("seed", cfg["train"].get("seed", 0))),
-                weight_scale=hw.get("weight_scale"),
-                input_replication=int(hw.get("input_replication", 1)),
-                max_batch=int(hw.get("max_batch", 1000)),
+                seed=hw.seed if hw.seed is not None else cfg.train.seed,
+                weight_scale=hw.weight_scale,
+                input_replication=hw.input_replication,
+                max_batch=hw.max_batch,
             )
     finally:
         if daemon is not None:
@@ -362,18 +335,18 @@ def hardware_loop(cfg: dict[str, Any], run_dir: Path) -> Iterator[Any]:
 
 
 def _write_hardware_record(
-    run_dir: Path, loop: Any, net: Network, splits: dict[str, Split], tcfg: TrainConfig, cfg: dict[str, Any]
+    run_dir: Path, loop: Any, net: Network, splits: dict[str, Split], cfg: PipelineConfig
 ) -> None:
     """Measures the trained (restored best) parameters on the hardware and writes
     ``hardware.json``: what the report quotes as the in-the-loop result."""
     accuracy = {}
     for name, split in splits.items():
-        r = evaluate(net, split, tcfg.loss, loop)
+        r = evaluate(net, split, cfg.train.loss, loop)
         accuracy[name] = {"acc": r.accuracy, "loss": r.loss}
     configured = loop.configure(net)
     record = {
         "endpoint": loop.client.endpoint,
-        "hardware": {k: v for k, v in cfg["hardware"].items()},
+        "hardware": cfg.to_dict()["hardware"],
         "backend": loop.client.hello(),
         "config_id": configured.config_id,
         "realised": loop.client.config_info(configured.config_id).get("report"),
@@ -381,74 +354,99 @@ def _write_hardware_record(
         "client": loop.client.stats,
         "accuracy": accuracy,
     }
-    (run_dir / "hardware.json").write_text(json.dumps(record, indent=1, default=float))
+    atomic_write(run_dir / "hardware.json", json.dumps(record, indent=1, default=float))
 
 
 def _raw_dim(data_dir: Path) -> int:
     return SpikeDataset(data_dir, "test").features().shape[1]
 
 
-def evaluate_run(run_dir: str | Path, train_seconds: float | None = None) -> dict[str, float]:
+# --- stage 3: evaluation and report ------------------------------------------------------------
+
+
+def evaluate_run(run_dir: str | Path, train_seconds: float | None = None, *, _owned: bool = False) -> dict[str, float]:
     """Stage 3: re-evaluates the saved model on every split, writes the test spikes of every
-    layer and the report. Usable on any finished run directory (``delgrad evaluate``)."""
+    layer and the report. Usable on any finished run directory (``delgrad evaluate``); the
+    training wall time comes from the run's manifest."""
     from delgrad.report import write_report
 
     run_dir = Path(run_dir)
-    cfg = tomllib.loads((run_dir / "config.toml").read_text())
-    if cfg.get("network", {}).get("mode", "ttfs") == "multi":
-        from delgrad import pipeline_multi
-
-        return pipeline_multi.evaluate_run(run_dir, cfg, train_seconds)
+    if not _owned:
+        with RunDir.attach(run_dir) as owned:
+            if train_seconds is None:
+                train_seconds = owned.manifest.get("train_seconds")
+            return evaluate_run(run_dir, train_seconds, _owned=True)
+    cfg = read_config(run_dir)
     model = Model.load(run_dir)
-    tcfg = TrainConfig.from_dict(cfg.get("train", {}))
     results: dict[str, float] = {}
-    test_eval = None
-    for split in ("train", "validation", "test"):
+    evaluations: dict[str, tuple[Split, EvalResult]] = {}
+    for split in SPLITS:
         s, _, _ = load_split(run_dir / "data", split)
-        r = evaluate(model.network, s, tcfg.loss)
-        results[f"{split}_acc"] = r.accuracy
-        results[f"{split}_loss"] = r.loss
-        if split == "test":
-            test_eval = (s, r)
-    assert test_eval is not None
-    s, r = test_eval
-    tables = [r.trace.spikes(l, with_layer=True) for l in range(r.trace.n_layers)]
-    pq.write_table(pa.Table.from_batches(tables), run_dir / "spikes_test.parquet", compression="zstd")
-    write_report(run_dir, cfg, model, results, s, r, train_seconds)
+        r = evaluate_any(model.network, s, cfg.train)
+        results[f"{split}_acc"], results[f"{split}_loss"] = r.accuracy, r.loss
+        evaluations[split] = (s, r)
+    test_split, test_eval = evaluations["test"]
+    trace = test_eval.trace
+    tables = [trace.spikes(index, with_layer=True) for index in range(trace.n_layers)]
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_batches(tables), buffer, compression="zstd")
+    atomic_write(run_dir / "spikes_test.parquet", buffer.getvalue())
+    write_report(run_dir, cfg, model, results, test_split, test_eval, train_seconds)
     return results
 
 
-class _progress:
-    """A rich progress bar showing epoch, loss and accuracy (a no-op when disabled)."""
+def _epoch_line(row: dict[str, Any]) -> str:
+    return (
+        f"loss {row['train_loss']:.4f}  train {row['train_acc']:.3f}  "
+        f"val {row.get('validation_acc', float('nan')):.3f}  "
+        f"test {row.get('test_acc', float('nan')):.3f}"
+    )
 
-    def __init__(self, enabled: bool, total: int) -> None:
-        self.enabled, self.total = enabled, total
+
+class _progress:
+    """Progress as the output allows: a rich bar on a terminal (epochs; batches too for
+    multi-spike runs, whose epochs are long), one line per epoch otherwise (a log file, a
+    pipe), nothing when disabled. Yields ``(on_epoch, on_batch)``."""
+
+    def __init__(self, enabled: bool, total: int, batches: bool) -> None:
+        self.enabled, self.total, self.batches = enabled, total, batches
+        self.bar = None
 
     def __enter__(self):
         if not self.enabled:
-            return None
+            return (lambda row: None), None
+        if not sys.stdout.isatty():
+
+            def print_line(row: dict[str, Any]) -> None:
+                print(f"epoch {row['epoch']}/{self.total}  {_epoch_line(row)}  {row['seconds']:.1f} s", flush=True)
+
+            return print_line, None
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
-            TextColumn("epoch"),
+            TextColumn("{task.description}"),
             MofNCompleteColumn(),
             BarColumn(),
             TimeElapsedColumn(),
             TextColumn("{task.fields[info]}"),
         )
         self.bar.__enter__()
-        self.task = self.bar.add_task("train", total=self.total, info="")
+        self.task = self.bar.add_task("epoch", total=self.total, info="")
+        batch_task = self.bar.add_task("batch", total=None, info="") if self.batches else None
+        clock = {"start": time.perf_counter(), "done": 0}
 
         def on_epoch(row: dict[str, Any]) -> None:
-            info = (
-                f"loss {row['train_loss']:.4f}  train {row['train_acc']:.3f}  "
-                f"val {row.get('validation_acc', float('nan')):.3f}  "
-                f"test {row.get('test_acc', float('nan')):.3f}"
-            )
-            self.bar.update(self.task, completed=row["epoch"], info=info)
+            self.bar.update(self.task, completed=row["epoch"], info=_epoch_line(row))
 
-        return on_epoch
+        def on_batch(done: int, total: int, loss: float) -> None:
+            if done < clock["done"]:  # a new epoch
+                clock["start"] = time.perf_counter()
+            clock["done"] = done
+            rate = done / max(time.perf_counter() - clock["start"], 1e-9)
+            self.bar.update(batch_task, completed=done, total=total, info=f"loss {loss:.4f}  {rate:.1f} samples/s")
+
+        return on_epoch, (on_batch if self.batches else None)
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
+        if self.bar is not None:
             self.bar.__exit__(*exc)

@@ -13,6 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
+from delgrad.config import PipelineConfig  # noqa: E402
+
 
 def _save(fig, path: Path) -> str:
     fig.tight_layout()
@@ -78,14 +80,14 @@ def plot_raster(spikes: pl.DataFrame, sizes: list[int], out: Path, samples: int 
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for s, ax in enumerate(np.atleast_1d(axes)):
         d = spikes.filter(pl.col("sample") == s)
-        for l in range(len(sizes)):
-            dl = d.filter(pl.col("layer") == l)
+        for index in range(len(sizes)):
+            dl = d.filter(pl.col("layer") == index)
             ax.scatter(
                 dl["time"].to_numpy(),
-                dl["neuron"].to_numpy() + offsets[l],
+                dl["neuron"].to_numpy() + offsets[index],
                 s=8,
-                color=colors[l % len(colors)],
-                label=("input" if l == 0 else f"layer {l}"),
+                color=colors[index % len(colors)],
+                label=("input" if index == 0 else f"layer {index}"),
             )
         ax.set_title(f"test sample {s}"), ax.set_xlabel("time [tau_s]")
     np.atleast_1d(axes)[0].set_ylabel("neuron (stacked by layer)")
@@ -94,12 +96,12 @@ def plot_raster(spikes: pl.DataFrame, sizes: list[int], out: Path, samples: int 
 
 
 def plot_delays(network, out: Path) -> str | None:
-    layers = [(l, layer) for l, layer in enumerate(network.layers) if layer.delay_kind != "none"]
+    layers = [(index, layer) for index, layer in enumerate(network.layers) if layer.delay_kind != "none"]
     if not layers:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for l, layer in layers:
-        ax.hist(layer.delays.ravel(), bins=40, alpha=0.6, label=f"layer {l} ({layer.delay_kind})")
+    for index, layer in layers:
+        ax.hist(layer.delays.ravel(), bins=40, alpha=0.6, label=f"layer {index} ({layer.delay_kind})")
     ax.set_xlabel("delay [tau_s]"), ax.set_ylabel("count"), ax.legend(fontsize=8)
     return _save(fig, out / "delays.png")
 
@@ -150,74 +152,95 @@ def _test_spikes(run_dir: Path) -> pl.DataFrame:
 
 
 def write_report(
-    run_dir: Path, cfg: dict[str, Any], model, results: dict[str, float], split, ev, train_seconds: float | None
+    run_dir: Path,
+    cfg: PipelineConfig,
+    model,
+    results: dict[str, float],
+    split,
+    ev,
+    train_seconds: float | None,
 ) -> Path:
-    """Writes ``plots/*.png`` and ``report.md`` for a finished run."""
-    from delgrad.pipeline import SpikeDataset
+    """Writes ``plots/*.png`` and ``report.md`` for a finished run of either network kind: the
+    shared parts (results table, curves, raster, delays) and a section per kind (TTFS: output
+    spike times and the Yin-Yang map; multi-spike: readout values and hidden activity)."""
+    from delgrad.data.parquet import SpikeDataset
 
     plots = run_dir / "plots"
     plots.mkdir(exist_ok=True)
     metrics = pl.read_parquet(run_dir / "metrics.parquet") if (run_dir / "metrics.parquet").exists() else None
-    ds = SpikeDataset(run_dir / "data", "test")
-    all_spikes = _test_spikes(run_dir)
-    out_times = ev.trace.first_times(ev.trace.n_layers - 1)
-
+    net = model.network
+    multi = cfg.multi
     figs: list[tuple[str, str | None]] = []
     if metrics is not None and metrics.height:
         figs.append(("Loss and accuracy", plot_curves(metrics, plots)))
-    if cfg["data"]["dataset"] == "yinyang":
-        figs.append(
-            (
-                "Classification of the Yin-Yang plane",
-                plot_yinyang_map(model, plots, ds.features(), split.labels, ev.predictions),
+    if multi:
+        figs.append(("Readout values by true class (test set)", plot_readout_values(ev.values, split.labels, plots)))
+        layer_sizes = net.sizes[:-1]
+    else:
+        if cfg.data.dataset == "yinyang":
+            features = SpikeDataset(run_dir / "data", "test").features()
+            figs.append(
+                (
+                    "Classification of the Yin-Yang plane",
+                    plot_yinyang_map(model, plots, features, split.labels, ev.predictions),
+                )
             )
+        out_times = ev.trace.first_times(ev.trace.n_layers - 1)
+        figs.append(
+            ("Output spike times on the test set, by true class", plot_output_times(out_times, split.labels, plots))
         )
-    figs.append(
-        ("Output spike times on the test set, by true class", plot_output_times(out_times, split.labels, plots))
-    )
-    figs.append(("Spikes of a few test samples", plot_raster(all_spikes, model.network.sizes, plots)))
-    figs.append(("Learned delays", plot_delays(model.network, plots)))
+        layer_sizes = net.sizes
+    figs.append(("Spikes of a few test samples", plot_raster(_test_spikes(run_dir), layer_sizes, plots)))
+    figs.append(("Learned delays", plot_delays(net, plots)))
 
-    n = model.network
-    lines = [
-        f"# {cfg.get('name', 'run')}",
-        "",
-        f"Network {'-'.join(map(str, n.sizes))}, delays: "
-        f"{', '.join(l.delay_kind for l in n.layers)}, {n.n_parameters()} parameters, {n.neuron!r}.",
-        "",
-        "| split | accuracy | loss |",
-        "|---|---|---|",
-    ]
-    hw_path = run_dir / "hardware.json"
-    hw = json.loads(hw_path.read_text()) if hw_path.exists() else None
-    if hw is not None:
-        lines[-2:] = _hardware_lines(hw) + [
-            "",
-            "The same parameters in the ideal simulation (no hardware effects):",
-            "",
-            "| split | accuracy | loss |",
-            "|---|---|---|",
-        ]
-    for split_name in ("train", "validation", "test"):
-        lines.append(
-            f"| {split_name} | {100 * results[f'{split_name}_acc']:.2f} % | {results[f'{split_name}_loss']:.5f} |"
+    delays = ", ".join(layer.delay_kind for layer in net.layers)
+    if multi:
+        recurrent = ", recurrent" if any(r is not None for r in net.recurrent) else ""
+        description = (
+            f"Multi-spike network {'-'.join(map(str, net.sizes))} (EventProp), hidden delays: {delays}{recurrent}; "
+            f"leaky-integrator readout, loss on its `{net.readout.kind}` voltage; "
+            f"{net.n_parameters()} parameters; {net.neuron!r}."
         )
-    if metrics is not None and metrics.height:
+    else:
+        description = (
+            f"Network {'-'.join(map(str, net.sizes))}, delays: {delays}, {net.n_parameters()} parameters, "
+            f"{net.neuron!r}."
+        )
+    lines = [f"# {cfg.name}", "", description, ""]
+    hw_path = run_dir / "hardware.json"
+    if hw_path.exists():
+        lines += _hardware_lines(json.loads(hw_path.read_text()))
+        lines += ["", "The same parameters in the ideal simulation (no hardware effects):", ""]
+    lines += ["| split | accuracy | loss |", "|---|---|---|"]
+    for name in ("train", "validation", "test"):
+        lines.append(f"| {name} | {100 * results[f'{name}_acc']:.2f} % | {results[f'{name}_loss']:.5f} |")
+    if multi:
+        per_layer = [v for k, v in ev.stats.items() if k.startswith("spikes_l")]
+        lines += [
+            "",
+            "Hidden spikes per test sample: "
+            + ", ".join(f"layer {index}: {count:.1f}" for index, count in enumerate(per_layer))
+            + ".",
+        ]
+    if metrics is not None and metrics.height and "validation_acc" in metrics.columns:
         best = metrics.sort("validation_acc", descending=True).row(0, named=True)
         lines += [
             "",
             f"Best validation accuracy {100 * best['validation_acc']:.2f} % at epoch "
             f"{best['epoch']} (test {100 * best['test_acc']:.2f} % there).",
         ]
-    if cfg.get("train", {}).get("select_on", "validation"):
+    if cfg.train.select_on:
         lines += [
             "",
-            "The saved model holds the parameters of the epoch with the best "
-            f"{cfg.get('train', {}).get('select_on', 'validation')} accuracy; the table above evaluates it.",
+            f"The saved model holds the parameters of the epoch with the best {cfg.train.select_on} accuracy; "
+            "the table above evaluates it.",
         ]
     if train_seconds is not None:
         lines += ["", f"Training wall time: {train_seconds:.1f} s."]
-    return _finish_report(run_dir, lines, figs, "every layer", "`model/` (`delgrad.Model.load`)")
+    if multi and cfg.network.delay_kind == "none":
+        lines += ["", "No delays: the baseline that shows what the delays are for."]
+    layers = "every hidden layer" if multi else "every layer"
+    return _finish_report(run_dir, lines, figs, layers, "`model/` (`delgrad.Model.load`)")
 
 
 def plot_readout_values(values: np.ndarray, labels: np.ndarray, out: Path) -> str:
@@ -229,53 +252,3 @@ def plot_readout_values(values: np.ndarray, labels: np.ndarray, out: Path) -> st
     ax.set_xlabel("readout unit"), ax.set_ylabel("true class")
     fig.colorbar(im, ax=ax, label="mean readout value")
     return _save(fig, out / "readout_values.png")
-
-
-def write_multi_report(
-    run_dir: Path, cfg: dict[str, Any], net, results: dict[str, float], split, ev, train_seconds: float | None
-) -> Path:
-    """``report.md`` and plots of a multi-spike (EventProp) run."""
-    plots = run_dir / "plots"
-    plots.mkdir(exist_ok=True)
-    metrics = pl.read_parquet(run_dir / "metrics.parquet") if (run_dir / "metrics.parquet").exists() else None
-    all_spikes = _test_spikes(run_dir)
-    figs: list[tuple[str, str | None]] = []
-    if metrics is not None and metrics.height:
-        figs.append(("Loss and accuracy", plot_curves(metrics, plots)))
-    figs.append(("Readout values by true class (test set)", plot_readout_values(ev.output.values, split.labels, plots)))
-    figs.append(("Spikes of a few test samples", plot_raster(all_spikes, net.sizes[:-1], plots)))
-    figs.append(("Learned delays", plot_delays(net, plots)))
-    n = cfg["network"]
-    lines = [
-        f"# {cfg.get('name', 'run')}",
-        "",
-        f"Multi-spike network {'-'.join(map(str, net.sizes))} (EventProp), hidden delays: "
-        f"{', '.join(l.delay_kind for l in net.layers)}"
-        f"{', recurrent' if any(r is not None for r in net.recurrent) else ''}; "
-        f"leaky-integrator readout, loss on its `{net.readout.kind}` voltage; "
-        f"{net.n_parameters()} parameters; {net.neuron!r}.",
-        "",
-        "| split | accuracy | loss |",
-        "|---|---|---|",
-    ]
-    for name in ("train", "validation", "test"):
-        lines.append(f"| {name} | {100 * results[f'{name}_acc']:.2f} % | {results[f'{name}_loss']:.5f} |")
-    lines += [
-        "",
-        "Hidden spikes per test sample: "
-        + ", ".join(f"layer {l}: {s:.1f}" for l, s in enumerate(ev.spikes_per_sample))
-        + ".",
-    ]
-    if metrics is not None and metrics.height:
-        best = metrics.sort("validation_acc", descending=True).row(0, named=True)
-        lines += [
-            "",
-            f"Best validation accuracy {100 * best['validation_acc']:.2f} % at epoch "
-            f"{best['epoch']} (test {100 * best['test_acc']:.2f} % there); the saved model "
-            "holds those parameters.",
-        ]
-    if train_seconds is not None:
-        lines += ["", f"Training wall time: {train_seconds:.1f} s."]
-    if n.get("delay_kind") == "none":
-        lines += ["", "No delays: the baseline that shows what the delays are for."]
-    return _finish_report(run_dir, lines, figs, "every hidden layer", "`model/multi_network.npz`")

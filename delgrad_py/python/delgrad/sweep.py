@@ -5,8 +5,9 @@ as a Ray task (local Ray on this machine's cores by default, a cluster when an a
 given). Sweep directory::
 
     spec.toml            a copy of the sweep file
-    trials/<trial>/      one ordinary run directory per trial (``delgrad run --out``), plus
-                         trial.json (its result row; status "ok" marks it finished)
+    trials/<trial>/      trial.json (its result row; status "ok" marks it finished),
+                         error.txt (a failed trial's traceback) and run/, the trial's ordinary
+                         run directory (``delgrad run --out``)
     results.parquet      one row per trial (rewritten as trials finish)
     sweep.json           wall time and counts of the last invocation
     report.md, accuracy_vs_params.png
@@ -110,7 +111,7 @@ def run_trial(base: str, overrides: list[str], trial_dir: str, name: str, params
     }
     t0 = time.perf_counter()
     try:
-        run_dir = pipeline.run(base, list(overrides), out=out, progress=False)
+        run_dir = pipeline.run(base, list(overrides), out=out / "run", progress=False, say=lambda text: None)
         row.update(_metrics_summary(run_dir))
         row["n_params"] = Model.load(run_dir).network.n_parameters()
         row["status"] = "ok"
@@ -168,7 +169,7 @@ def results_table(
         rec: dict[str, Any] = {k: (toml_value(v) if k in text_axes else v) for k, v in t.params.items()}
         rec.update({c: r.get(c) for c in RESULT_COLUMNS})
         rec["reused"] = bool(r.get("reused", False))
-        rec["run_dir"] = str((sweep_dir / "trials" / t.name).relative_to(sweep_dir))
+        rec["run_dir"] = str((sweep_dir / "trials" / t.name / "run").relative_to(sweep_dir))
         records.append(rec)
     schema = {
         "trial": pl.Utf8,

@@ -40,8 +40,6 @@ hash of its fully resolved configuration, so the same trial always gets the same
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
 import itertools
 import json
 import math
@@ -53,7 +51,7 @@ from typing import Any
 
 import numpy as np
 
-from delgrad import pipeline
+from delgrad import config as pipeline_config
 
 __all__ = ["SweepSpec", "SweepSpecError", "Trial", "load_spec", "toml_value"]
 
@@ -102,7 +100,7 @@ class SweepSpec:
         """All trials: the grid's product, crossed with ``random.n`` seeded draws (if any)."""
         grid_points = [dict(zip(self.grid, values)) for values in itertools.product(*self.grid.values())]
         draws = self._random_draws() if self.random_axes else [{}]
-        base_cfg = pipeline.load_config(self.pipeline)
+        base_cfg = pipeline_config.load_config(self.pipeline).to_dict()
         out: list[Trial] = []
         seen: dict[str, Trial] = {}
         for draw in draws:
@@ -201,8 +199,7 @@ def short_keys(keys: list[str]) -> dict[str, str]:
 def _trial_name(params: dict[str, Any], sets: tuple[str, ...], base: Path) -> str:
     # The hash covers the resolved configuration, not just the overrides: an edited base
     # pipeline gives new trials instead of silently reusing results of the old one.
-    cfg = pipeline.load_config(base, list(sets))
-    digest = hashlib.sha1(json.dumps(cfg, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    digest = pipeline_config.load_config(base, list(sets)).digest()[:8]
     short = short_keys(list(params))
     slug = ",".join(f"{short[k]}={value_label(v)}" for k, v in params.items())
     slug = re.sub(r"[^A-Za-z0-9=,.+_-]", "_", slug)[:120]
@@ -212,45 +209,13 @@ def _trial_name(params: dict[str, Any], sets: tuple[str, ...], base: Path) -> st
 # --- parsing --------------------------------------------------------------------------------
 
 
-def _known_keys(cfg: dict[str, Any], table: str) -> set[str] | None:
-    """Keys a pipeline table accepts (None: any key, e.g. inside unknown free-form tables)."""
-    from delgrad.data.encoding import LatencyEncoder
-    from delgrad.losses import LossConfig
-    from delgrad.optim import DelayParam
-    from delgrad.train import TrainConfig
-
-    fields = {
-        "": {"name", "data", "encoding", "network", "train"},
-        "data": {"dataset", "seed"},
-        "encoding": {f.name for f in dataclasses.fields(LatencyEncoder)},
-        "network": set(pipeline.DEFAULTS["network"]),
-        "train": {f.name for f in dataclasses.fields(TrainConfig)},
-        "train.loss": {f.name for f in dataclasses.fields(LossConfig)},
-        "train.delay": {f.name for f in dataclasses.fields(DelayParam)},
-    }
-    if table not in fields:
-        return None
-    node: Any = cfg
-    for part in filter(None, table.split(".")):
-        node = node.get(part, {}) if isinstance(node, dict) else {}
-    return fields[table] | (set(node) if isinstance(node, dict) else set())
-
-
-def check_key(cfg: dict[str, Any], key: str, where: str) -> None:
-    """Raises :class:`SweepSpecError` unless ``key`` names a pipeline setting."""
-    parts = key.split(".")
-    if not key or any(not p for p in parts):
-        raise SweepSpecError(f"{where}: {key!r} is not a dotted pipeline key like 'train.epochs'")
-    for i in range(len(parts)):
-        table = ".".join(parts[:i])
-        known = _known_keys(cfg, table)
-        if known is None:
-            return
-        if parts[i] not in known:
-            inside = f"under [{table}]" if table else "at the top level"
-            raise SweepSpecError(
-                f"{where}: unknown pipeline key {key!r} (known keys {inside}: {', '.join(sorted(known))})"
-            )
+def check_key(key: str, where: str) -> None:
+    """Raises :class:`SweepSpecError` unless ``key`` names a pipeline setting (the pipeline
+    schema's own check, :func:`delgrad.config.check_key`)."""
+    try:
+        pipeline_config.check_key(key)
+    except pipeline_config.ConfigError as e:
+        raise SweepSpecError(f"{where}: {e}") from None
 
 
 def _table(raw: dict[str, Any], name: str, path: Path) -> dict[str, Any]:
@@ -278,9 +243,9 @@ def load_spec(path: str | Path) -> SweepSpec:
     if not base.exists():
         raise SweepSpecError(f"{path}: base pipeline {base} does not exist")
     try:
-        cfg = pipeline.load_config(base)
-    except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise SweepSpecError(f"{path}: base pipeline {base}: {e}") from None
+        pipeline_config.load_config(base)
+    except ValueError as e:
+        raise SweepSpecError(f"{path}: base pipeline {e}") from None
     name = str(raw.get("name", path.stem))
     cpus = raw.get("cpus_per_trial", 1)
     if not isinstance(cpus, (int, float)) or isinstance(cpus, bool) or cpus <= 0:
@@ -288,11 +253,11 @@ def load_spec(path: str | Path) -> SweepSpec:
 
     fixed = _table(raw, "set", path)
     for k in fixed:
-        check_key(cfg, k, f"{path} [set]")
+        check_key(k, f"{path} [set]")
 
     grid = _table(raw, "grid", path)
     for k, values in grid.items():
-        check_key(cfg, k, f"{path} [grid]")
+        check_key(k, f"{path} [grid]")
         if not isinstance(values, list) or not values:
             raise SweepSpecError(f"{path} [grid]: {k!r} needs a non-empty list of values, got {values!r}")
 
@@ -310,7 +275,7 @@ def load_spec(path: str | Path) -> SweepSpec:
     if random_axes and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise SweepSpecError(f"{path} [random]: n (number of draws) must be a positive integer, got {n!r}")
     for k, dist in random_axes.items():
-        check_key(cfg, k, f"{path} [random.axes]")
+        check_key(k, f"{path} [random.axes]")
         _check_distribution(dist, f"{path} [random.axes] {k!r}")
         if k in grid:
             raise SweepSpecError(f"{path}: {k!r} is both a grid and a random axis")
@@ -324,7 +289,7 @@ def load_spec(path: str | Path) -> SweepSpec:
         if not isinstance(rule, dict) or set(rule) != {"match", "set"}:
             raise SweepSpecError(f"{where}: needs exactly 'match' and 'set' tables")
         for k in [*rule["match"], *rule["set"]]:
-            check_key(cfg, k, where)
+            check_key(k, where)
         clash = set(rule["set"]) & (set(grid) | set(random_axes))
         if clash:
             raise SweepSpecError(f"{where}: sets the axis key(s) {sorted(clash)}; a rule may not override an axis")

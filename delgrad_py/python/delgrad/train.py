@@ -1,156 +1,154 @@
-"""Training loop: exact gradients from the core, Adam on the host, DelGrad's training aids.
+"""The trainer, one for every network kind: exact gradients from the core, Adam on the host.
 
 One epoch = a seeded permutation of the training split cut into batches. Each batch is chosen
 by index from a :class:`SpikeSet` holding the whole split, so Python handles neither spikes nor
-copies. Everything that influences the result (parameters, optimiser moments, RNG state, bump
-state) is in the checkpoint, so a resumed run ends exactly where an uninterrupted one would.
+copies. What differs between network kinds (forward, loss, backward, what an evaluation
+reports) is a *task*: :class:`TTFSTask` (DelGrad: spike-time losses, weight bumping, the
+hardware forward hook) and :class:`MultiTask` (EventProp: leaky-integrator readout,
+cross-entropy). Everything else is shared: per-layer learning rates, step and cosine schedules,
+gradient clipping, the delay parametrisations, best-validation selection and checkpoints.
+
+A checkpoint (``RUN/checkpoint/state.npz``) is one file written atomically. It holds everything
+the rest of the run depends on (parameters, optimiser moments, the RNG state at the start of the
+current epoch, the position within it and the running sums, bump state, history, best epoch),
+so a run resumed from any checkpoint, within an epoch or between epochs, ends with the same
+metrics as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from delgrad import _core
 from delgrad._core import SpikeSet, Trace
+from delgrad.config import TrainConfig
+from delgrad.data.split import Split
 from delgrad.losses import LossConfig, spike_time_loss
+from delgrad.multi import MultiNetwork, MultiOutput
 from delgrad.network import Network
-from delgrad.optim import Adam, DelayParam, clip_norm, step_lr
+from delgrad.optim import Adam, DelayParam, clip_norm, cosine_lr, step_lr
 
+__all__ = [
+    "EvalResult",
+    "MultiTask",
+    "Split",
+    "TTFSTask",
+    "TrainConfig",
+    "Trainer",
+    "evaluate",
+    "per_layer",
+]
 
-@dataclass
-class TrainConfig:
-    """Hyperparameters. Per-layer values take a list with one entry per layer."""
-
-    epochs: int = 300
-    batch_size: int = 150
-    lr: list[float] = field(default_factory=lambda: [0.005, 0.005])
-    lr_delay: list[float] = field(default_factory=lambda: [0.005, 0.005])
-    lr_step: int = 20
-    lr_gamma: float = 0.95
-    max_grad_norm: float | None = None
-    # Floor on V'(T) in the gradient formulas (None: the exact 1e-12). In the loop, recorded
-    # spikes can sit where the host's model is flat; see Network.backward.
-    min_slope: float | None = None
-    # DelGrad / Fast&Deep weight bumping: when a layer has more silent neurons in a batch than
-    # `max_silent` allows, the silent neurons' input weights grow by `bump` and the step is skipped.
-    max_silent: list[float] = field(default_factory=lambda: [0.3, 0.0])
-    bump: float = 0.0005
-    bump_exponential: bool = True
-    delay: DelayParam = field(default_factory=DelayParam)
-    loss: LossConfig = field(default_factory=LossConfig)
-    seed: int = 0
-    checkpoint_every: int = 10
-    # Early-stopping style model selection: at the end, restore the parameters of the epoch with
-    # the best accuracy on this evaluation split (None: keep the last epoch's parameters).
-    select_on: str | None = "validation"
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        d = dict(d)
-        if "delay" in d and isinstance(d["delay"], dict):
-            d["delay"] = DelayParam(**d["delay"])
-        if "loss" in d and isinstance(d["loss"], dict):
-            d["loss"] = LossConfig(**d["loss"])
-        return cls(**d)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class Split:
-    """A data split ready for the core: spikes grouped once, labels as int64."""
-
-    spikes: SpikeSet
-    labels: NDArray[np.int64]
-
-    def __len__(self) -> int:
-        return len(self.labels)
+CHECKPOINT = Path("checkpoint") / "state.npz"
 
 
 @dataclass
 class EvalResult:
+    """A whole split through the network. ``stats`` are the per-layer activity figures that go
+    into the metrics (``silent_l{k}`` for TTFS, ``spikes_l{k}`` for multi-spike networks)."""
+
     loss: float
     accuracy: float
-    silent: list[float]  # fraction of silent (sample, neuron) pairs per layer
     predictions: NDArray[np.int64]
     trace: Trace
+    stats: dict[str, float] = field(default_factory=dict)
+    values: NDArray[np.float64] | None = None  # multi-spike: readout values (n_samples, n_classes)
+
+    @property
+    def silent(self) -> list[float]:
+        return [v for k, v in self.stats.items() if k.startswith("silent_l")]
 
 
-def _per_layer(v: list[float] | float, n: int, name: str) -> list[float]:
-    vals = [float(v)] * n if isinstance(v, (int, float)) else [float(x) for x in v]
-    if len(vals) != n:
-        raise ValueError(f"train.{name}: {len(vals)} values for {n} layers")
-    return vals
+def per_layer(value: float | list[float], n: int, name: str) -> list[float]:
+    """One value per layer: a number for all, a list of ``n``, or (hidden layers, last layer)."""
+    if isinstance(value, (int, float)):
+        return [float(value)] * n
+    values = [float(x) for x in value]
+    if len(values) == 2 and n > 2:
+        return [values[0]] * (n - 1) + [values[1]]
+    if len(values) != n:
+        raise ValueError(f"train.{name}: {len(values)} values for {n} layers (give {n}, 2 or one number)")
+    return values
 
 
-def silent_fractions(trace: Trace) -> list[float]:
-    return [float(np.mean(np.isinf(trace.first_times(l)))) if trace.n_samples else 0.0 for l in range(trace.n_layers)]
+def _accuracy(predictions: NDArray[np.int64], labels: NDArray[np.int64]) -> float:
+    return float(np.mean(predictions == labels)) if len(labels) else 0.0
 
 
 Forward = Callable[[Network, SpikeSet, "NDArray[np.uint32] | None"], Trace]
 
 
-def evaluate(net: Network, split: Split, loss: LossConfig, forward: Forward | None = None) -> EvalResult:
-    """Loss, accuracy and silent fractions of ``net`` on a whole split (one core call, or
-    ``forward(net, spikes, None)`` when given: a hardware loop evaluates on the hardware)."""
-    trace = forward(net, split.spikes, None) if forward else net.forward(split.spikes)
-    res = spike_time_loss(trace.first_times(trace.n_layers - 1), split.labels, loss, net.neuron.tau_s)
-    return EvalResult(
-        loss=res.loss,
-        accuracy=float(np.mean(res.predictions == split.labels)) if len(split) else 0.0,
-        silent=silent_fractions(trace),
-        predictions=res.predictions,
-        trace=trace,
-    )
+class Task(Protocol):
+    """What the trainer needs of a network kind."""
+
+    n_layers: int
+    params: list[NDArray[np.float64]]  # the optimiser's view, updated in place
+    roles: list[tuple[int, str]]  # (layer, "w" or "d") of each entry of params
+
+    def step(self, split: Split, select: NDArray[np.uint32]) -> tuple[float, int, list[NDArray[np.float64]] | None]:
+        """Forward, loss and backward of one batch: (mean loss, correct, gradients or None to skip)."""
+        ...
+
+    def sync(self) -> None:
+        """Brings the network's delays in line with the optimiser's raw parameters."""
+        ...
+
+    def evaluate(self, split: Split) -> EvalResult: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any]) -> None: ...
 
 
-class Trainer:
-    """Trains a :class:`Network` in place; see the module docstring.
+class _DelayParams:
+    """The delays of some layers seen through a :class:`DelayParam`: raw arrays for the optimiser."""
 
-    ``forward`` may be replaced (training in the loop, :class:`delgrad.hardware.HardwareLoop`):
-    it maps ``(network, spikes, select)`` to a :class:`Trace` of recorded spikes, and the exact
-    gradients are evaluated at those times (with ``forward.backward_network(net)`` when it has
-    one, see :meth:`backward_network`). The per-epoch evaluations use it too, so the accuracies
-    in the history are the hardware's.
-    """
+    def __init__(self, layers: list[Any], param: DelayParam) -> None:
+        self.layers, self.param = layers, param
+        self.raw = [param.to_raw(layer.delays) for layer in layers]
 
-    def __init__(
-        self,
-        net: Network,
-        config: TrainConfig,
-        forward: Forward | None = None,
-    ) -> None:
-        self.net = net
-        self.cfg = config
-        n = len(net.layers)
-        self.lr = _per_layer(config.lr, n, "lr")
-        self.lr_delay = _per_layer(config.lr_delay, n, "lr_delay")
-        self.max_silent = _per_layer(config.max_silent, n, "max_silent")
+    def grad(self, index: int, grad_delay: NDArray[np.float64]) -> NDArray[np.float64]:
+        return self.param.grad_raw(self.raw[index], grad_delay)
+
+    def sync(self) -> None:
+        for layer, raw in zip(self.layers, self.raw):
+            self.param.project(raw)
+            layer.delays = np.ascontiguousarray(self.param.to_delay(raw))
+
+
+class TTFSTask:
+    """Time-to-first-spike networks (DelGrad): spike-time loss, weight bumping, and ``forward``
+    replaceable by a hardware loop (:class:`delgrad.hardware.HardwareLoop`): it maps
+    ``(network, spikes, select)`` to a :class:`Trace` of recorded spikes, and the exact gradients
+    are evaluated at those times, with ``forward.backward_network(net)`` when it has one. The
+    evaluations use it too, so the accuracies in the history are the hardware's."""
+
+    def __init__(self, net: Network, config: TrainConfig, forward: Forward | None = None) -> None:
+        self.net, self.cfg = net, config
+        self.n_layers = len(net.layers)
+        self.max_silent = per_layer(config.max_silent, self.n_layers, "max_silent")
         self.eval_forward = forward
         self.forward = forward or (lambda net, spikes, sel: net.forward(spikes, select=sel))
-        # The optimiser sees raw delay parameters (identity for clipping, logits for sigmoid).
-        self.raw_delays = [config.delay.to_raw(l.delays) for l in net.layers]
-        lrs = []
-        for l, layer in enumerate(net.layers):
-            lrs.append(self.lr[l])
+        delayed = [layer for layer in net.layers if layer.delay_kind != "none"]
+        self.delays = _DelayParams(delayed, config.delay)
+        self.params, self.roles = [], []
+        raw = iter(self.delays.raw)
+        for index, layer in enumerate(net.layers):
+            self.params.append(layer.weights)
+            self.roles.append((index, "w"))
             if layer.delay_kind != "none":
-                lrs.append(self.lr_delay[l])
-        self.adam = Adam(lrs)
-        self.rng = np.random.default_rng(config.seed)
-        self.epoch = 0
+                self.params.append(next(raw))
+                self.roles.append((index, "d"))
         self.bump_streak = 0
-        self.history: list[dict[str, Any]] = []
-        self.best: tuple[float, int, list[np.ndarray]] | None = None  # (acc, epoch, params)
-
-    # --- one step ---------------------------------------------------------------------------
 
     def backward_network(self) -> Network:
         """The network the gradient formulas are evaluated with: the trained (float) network,
@@ -160,71 +158,211 @@ class Trainer:
         realised = getattr(self.forward, "backward_network", None)
         return realised(self.net) if realised is not None else self.net
 
-    def _params(self) -> list[NDArray[np.float64]]:
-        out = []
-        for layer, raw in zip(self.net.layers, self.raw_delays):
-            out.append(layer.weights)
-            if layer.delay_kind != "none":
-                out.append(raw)
-        return out
-
-    def _sync_delays(self) -> None:
-        for layer, raw in zip(self.net.layers, self.raw_delays):
-            if layer.delay_kind != "none":
-                self.cfg.delay.project(raw)
-                layer.delays = np.ascontiguousarray(self.cfg.delay.to_delay(raw))
-
     def _bump(self, trace: Trace) -> bool:
         """Weight bumping; True if any layer was bumped (then the gradient step is skipped)."""
         bumped = False
-        for l, layer in enumerate(self.net.layers):
-            silent = np.isinf(trace.first_times(l))
-            if silent.size == 0 or silent.mean() <= self.max_silent[l]:
+        for index, layer in enumerate(self.net.layers):
+            silent = np.isinf(trace.first_times(index))
+            if silent.size == 0 or silent.mean() <= self.max_silent[index]:
                 continue
-            neurons = silent.any(axis=0)
             value = self.cfg.bump * (2.0**self.bump_streak if self.cfg.bump_exponential else 1.0)
-            layer.weights[neurons, :] += value
+            layer.weights[silent.any(axis=0), :] += value
             bumped = True
         self.bump_streak = self.bump_streak + 1 if bumped else 0
         return bumped
 
-    def step(self, split: Split, select: NDArray[np.uint32], lr_scale: float) -> tuple[float, int]:
-        """One batch: forward, loss, backward, update. Returns (loss, number correct)."""
+    def step(self, split: Split, select: NDArray[np.uint32]) -> tuple[float, int, list[NDArray[np.float64]] | None]:
         trace = self.forward(self.net, split.spikes, select)
         labels = split.labels[select]
-        out_l = trace.n_layers - 1
-        res = spike_time_loss(trace.first_times(out_l), labels, self.cfg.loss, self.net.neuron.tau_s)
+        res = spike_time_loss(trace.first_times(trace.n_layers - 1), labels, self.cfg.loss, self.net.neuron.tau_s)
         correct = int(np.sum(res.predictions == labels))
         if self._bump(trace):
-            return res.loss, correct
+            return res.loss, correct, None
         g = self.backward_network().backward(split.spikes, trace, res.grad, select=select, min_slope=self.cfg.min_slope)
-        grads = []
-        for (gw, gd), layer, raw in zip(g.layers, self.net.layers, self.raw_delays):
-            grads.append(gw)
+        grads, delay_index = [], 0
+        for (grad_w, grad_d), layer in zip(g.layers, self.net.layers):
+            grads.append(grad_w)
             if layer.delay_kind != "none":
-                grads.append(self.cfg.delay.grad_raw(raw, gd))
-        clip_norm(grads, self.cfg.max_grad_norm)
-        self.adam.step(self._params(), grads, scale=lr_scale)
-        self._sync_delays()
-        return res.loss, correct
+                grads.append(self.delays.grad(delay_index, grad_d))
+                delay_index += 1
+        return res.loss, correct, grads
+
+    def sync(self) -> None:
+        self.delays.sync()
+
+    def evaluate(self, split: Split) -> EvalResult:
+        return evaluate(self.net, split, self.cfg.loss, self.eval_forward)
+
+    def state(self) -> dict[str, Any]:
+        return {"bump_streak": self.bump_streak}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.bump_streak = int(state.get("bump_streak", 0))
+
+
+class MultiTask:
+    """Multi-spike networks (EventProp): leaky-integrator readout and its cross-entropy. The
+    layers for per-layer rates are the hidden layers (a recurrent connection shares its layer's
+    rate) and the readout."""
+
+    def __init__(self, net: MultiNetwork, config: TrainConfig) -> None:
+        self.net, self.cfg = net, config
+        self.n_layers = len(net.layers) + 1
+        entries: list[tuple[int, Any, str]] = []
+        for index, layer in enumerate(net.layers):
+            for connection in (layer, net.recurrent[index]):
+                if connection is None:
+                    continue
+                entries.append((index, connection, "w"))
+                if connection.delay_kind != "none":
+                    entries.append((index, connection, "d"))
+        entries.append((len(net.layers), net.readout.layer, "w"))
+        self.delays = _DelayParams([c for _, c, what in entries if what == "d"], config.delay)
+        raw = iter(self.delays.raw)
+        self.params = [c.weights if what == "w" else next(raw) for _, c, what in entries]
+        self.roles = [(index, what) for index, _, what in entries]
+
+    def step(self, split: Split, select: NDArray[np.uint32]) -> tuple[float, int, list[NDArray[np.float64]] | None]:
+        out = self.net.forward(split.spikes, select=select)
+        labels = split.labels[select]
+        loss, dy, predictions = _core.readout_cross_entropy(out.values, labels)
+        flat = self.net.flat_grads(self.net.backward(split.spikes, out, dy, select=select))
+        grads, delay_index = [], 0
+        for grad, (_, what) in zip(flat, self.roles):
+            if what == "d":
+                grad = self.delays.grad(delay_index, grad)
+                delay_index += 1
+            grads.append(grad)
+        return loss, int(np.sum(predictions == labels)), grads
+
+    def sync(self) -> None:
+        self.delays.sync()
+
+    def evaluate(self, split: Split) -> EvalResult:
+        return evaluate_multi(self.net, split)
+
+    def state(self) -> dict[str, Any]:
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        pass
+
+
+def evaluate(net: Network, split: Split, loss: LossConfig, forward: Forward | None = None) -> EvalResult:
+    """Loss, accuracy and silent fractions of a TTFS network on a whole split (one core call,
+    or ``forward(net, spikes, None)`` when given: a hardware loop evaluates on the hardware)."""
+    trace = forward(net, split.spikes, None) if forward else net.forward(split.spikes)
+    res = spike_time_loss(trace.first_times(trace.n_layers - 1), split.labels, loss, net.neuron.tau_s)
+    silent = {
+        f"silent_l{index}": float(np.mean(np.isinf(trace.first_times(index)))) if trace.n_samples else 0.0
+        for index in range(trace.n_layers)
+    }
+    return EvalResult(res.loss, _accuracy(res.predictions, split.labels), res.predictions, trace, silent)
+
+
+def evaluate_multi(net: MultiNetwork, split: Split) -> EvalResult:
+    """Loss, accuracy, readout values and spikes per sample of every hidden layer."""
+    out: MultiOutput = net.forward(split.spikes)
+    loss, _, predictions = _core.readout_cross_entropy(out.values, split.labels)
+    n = max(len(split), 1)
+    stats = {f"spikes_l{index}": out.trace.n_spikes(index) / n for index in range(out.trace.n_layers)}
+    return EvalResult(loss, _accuracy(predictions, split.labels), predictions, out.trace, stats, out.values)
+
+
+def evaluate_any(net: Network | MultiNetwork, split: Split, config: TrainConfig, forward: Forward | None = None):
+    """:func:`evaluate` or :func:`evaluate_multi`, by the network's kind."""
+    if isinstance(net, MultiNetwork):
+        return evaluate_multi(net, split)
+    return evaluate(net, split, config.loss, forward)
+
+
+class Trainer:
+    """Trains a :class:`Network` or :class:`MultiNetwork` in place; see the module docstring.
+
+    ``forward`` (TTFS only) replaces the network's own forward pass, for training in the loop.
+    """
+
+    def __init__(
+        self, net: Network | MultiNetwork, config: TrainConfig | None = None, forward: Forward | None = None
+    ) -> None:
+        self.net = net
+        self.cfg = config = config or TrainConfig()
+        if isinstance(net, MultiNetwork):
+            if forward is not None:
+                raise ValueError("Trainer: a forward hook (training in the loop) applies to TTFS networks only")
+            self.task: Task = MultiTask(net, config)
+        else:
+            self.task = TTFSTask(net, config, forward)
+        n = self.task.n_layers
+        lr = per_layer(config.lr, n, "lr")
+        lr_delay = per_layer(config.lr_delay, n, "lr_delay")
+        self.adam = Adam([lr_delay[index] if what == "d" else lr[index] for index, what in self.task.roles])
+        self.rng = np.random.default_rng(config.seed)
+        self.epoch = 0  # completed epochs
+        self.position = 0  # samples of the current epoch already trained on
+        self.totals = (0.0, 0)  # the current epoch's loss sum and correct count so far
+        self.epoch_rng_state: dict[str, Any] | None = None
+        self.history: list[dict[str, Any]] = []
+        self.best: tuple[float, int, list[np.ndarray]] | None = None  # (accuracy, epoch, parameters)
+        self.resumed_from: tuple[int, int] | None = None  # (epoch, position) of the loaded checkpoint
+
+    # --- compatibility with the TTFS-only trainer -------------------------------------------
+
+    @property
+    def forward(self) -> Forward | None:
+        return getattr(self.task, "forward", None)
+
+    def backward_network(self) -> Network:
+        return self.task.backward_network()  # type: ignore[attr-defined]
+
+    # --- one step ---------------------------------------------------------------------------
+
+    def lr_scale(self, epoch: int) -> float:
+        if self.cfg.lr_schedule == "cosine":
+            return cosine_lr(epoch, self.cfg.epochs, self.cfg.lr_min)
+        return step_lr(epoch, self.cfg.lr_step, self.cfg.lr_gamma)
+
+    def step(self, split: Split, select: NDArray[np.uint32], lr_scale: float) -> tuple[float, int]:
+        """One batch: forward, loss, backward, update. Returns (loss, number correct)."""
+        loss, correct, grads = self.task.step(split, select)
+        if grads is not None:
+            clip_norm(grads, self.cfg.max_grad_norm)
+            self.adam.step(self.task.params, grads, scale=lr_scale)
+            self.task.sync()
+        return loss, correct
 
     # --- epochs -----------------------------------------------------------------------------
 
-    def run_epoch(self, train: Split) -> dict[str, float]:
-        lr_scale = step_lr(self.epoch, self.cfg.lr_step, self.cfg.lr_gamma)
+    def run_epoch(
+        self,
+        train: Split,
+        run_dir: Path | None = None,
+        on_batch: Callable[[int, int, float], None] | None = None,
+    ) -> dict[str, float]:
+        """Trains one epoch (or the rest of one, after a mid-epoch checkpoint)."""
+        lr_scale = self.lr_scale(self.epoch)
+        self.epoch_rng_state = self.rng.bit_generator.state
         perm = self.rng.permutation(len(train)).astype(np.uint32)
-        total_loss, total_correct = 0.0, 0
-        for k in range(0, len(perm), self.cfg.batch_size):
-            sel = perm[k : k + self.cfg.batch_size]
+        total_loss, total_correct = self.totals
+        every = self.cfg.checkpoint_every_batches
+        batch_size = self.cfg.batch_size
+        for start in range(self.position, len(perm), batch_size):
+            sel = perm[start : start + batch_size]
             loss, correct = self.step(train, sel, lr_scale)
             total_loss += loss * len(sel)
             total_correct += correct
+            self.position, self.totals = start + len(sel), (total_loss, total_correct)
+            if on_batch is not None:
+                on_batch(self.position, len(perm), loss)
+            if run_dir is not None and every and self.position < len(perm) and (start // batch_size + 1) % every == 0:
+                self.save_checkpoint(run_dir)
         self.epoch += 1
-        return {
-            "train_loss": total_loss / max(len(train), 1),
-            "train_acc": total_correct / max(len(train), 1),
-            "lr_scale": lr_scale,
-        }
+        self.position, self.totals = 0, (0.0, 0)
+        n = max(len(train), 1)
+        return {"train_loss": total_loss / n, "train_acc": total_correct / n, "lr_scale": lr_scale}
+
+    def evaluate(self, split: Split) -> EvalResult:
+        return self.task.evaluate(split)
 
     def fit(
         self,
@@ -232,29 +370,29 @@ class Trainer:
         evals: dict[str, Split],
         run_dir: Path | None = None,
         on_epoch: Callable[[dict[str, Any]], None] | None = None,
+        on_batch: Callable[[int, int, float], None] | None = None,
     ) -> list[dict[str, Any]]:
-        """Trains until ``config.epochs``, evaluating ``evals`` after each epoch; with
-        ``run_dir``, checkpoints every ``checkpoint_every`` epochs and resumes from the last one."""
-        if run_dir is not None:
-            self.load_checkpoint(run_dir)
+        """Trains until ``config.epochs``, evaluating ``evals`` after each epoch; with ``run_dir``,
+        checkpoints as configured and resumes from the last checkpoint there."""
+        if run_dir is not None and self.resumed_from is None:
+            self.resume(run_dir)
         while self.epoch < self.cfg.epochs:
             t0 = time.perf_counter()
-            row: dict[str, Any] = {"epoch": self.epoch + 1, **self.run_epoch(train)}
+            row: dict[str, Any] = {"epoch": self.epoch + 1, **self.run_epoch(train, run_dir, on_batch)}
             for name, split in evals.items():
-                r = evaluate(self.net, split, self.cfg.loss, self.eval_forward)
+                r = self.task.evaluate(split)
                 row[f"{name}_loss"] = r.loss
                 row[f"{name}_acc"] = r.accuracy
-                for l, s in enumerate(r.silent):
-                    row[f"{name}_silent_l{l}"] = s
+                row.update({f"{name}_{k}": v for k, v in r.stats.items()})
             row["seconds"] = time.perf_counter() - t0
             self.history.append(row)
-            sel = self.cfg.select_on
-            if sel and f"{sel}_acc" in row and (self.best is None or row[f"{sel}_acc"] > self.best[0]):
-                self.best = (row[f"{sel}_acc"], self.epoch, self._snapshot())
-            if on_epoch:
-                on_epoch(row)
+            key = f"{self.cfg.select_on}_acc" if self.cfg.select_on else None
+            if key in row and (self.best is None or row[key] > self.best[0]):
+                self.best = (row[key], self.epoch, self._snapshot())
             if run_dir is not None and (self.epoch % self.cfg.checkpoint_every == 0 or self.epoch == self.cfg.epochs):
                 self.save_checkpoint(run_dir)
+            if on_epoch:
+                on_epoch(row)
         if self.best is not None:
             self._restore(self.best[2])
         return self.history
@@ -264,67 +402,77 @@ class Trainer:
         return None if self.best is None else self.best[1]
 
     def _snapshot(self) -> list[np.ndarray]:
-        return [a.copy() for l in self.net.layers for a in (l.weights, l.delays)]
+        return [p.copy() for p in self.task.params]
 
-    def _restore(self, snap: list[np.ndarray]) -> None:
-        for k, layer in enumerate(self.net.layers):
-            layer.weights = snap[2 * k].copy()
-            layer.delays = snap[2 * k + 1].copy()
+    def _restore(self, snapshot: list[np.ndarray]) -> None:
+        for p, saved in zip(self.task.params, snapshot):
+            p[...] = saved
+        self.task.sync()
 
     # --- checkpoints ------------------------------------------------------------------------
 
     def save_checkpoint(self, run_dir: Path) -> None:
-        """Everything the rest of the run depends on; written atomically."""
-        ckpt = Path(run_dir) / "checkpoint"
-        ckpt.mkdir(parents=True, exist_ok=True)
-        arrays: dict[str, np.ndarray] = {}
-        for l, (layer, raw) in enumerate(zip(self.net.layers, self.raw_delays)):
-            arrays[f"w{l}"] = layer.weights
-            arrays[f"raw{l}"] = raw
+        """Everything the rest of the run depends on, as one file written atomically."""
+        from delgrad.rundir import atomic_write
+
+        path = Path(run_dir) / CHECKPOINT
+        path.parent.mkdir(parents=True, exist_ok=True)
+        arrays = {f"p{k}": p for k, p in enumerate(self.task.params)}
         if self.best is not None:
-            for k, a in enumerate(self.best[2]):
-                arrays[f"best{k}"] = a
+            arrays.update({f"best{k}": a for k, a in enumerate(self.best[2])})
         for k, (m, v) in enumerate(zip(self.adam.m or [], self.adam.v or [])):
-            arrays[f"m{k}"] = m
-            arrays[f"v{k}"] = v
+            arrays[f"m{k}"], arrays[f"v{k}"] = m, v
+        mid_epoch = self.position > 0
         meta = {
             "epoch": self.epoch,
+            "position": self.position,
+            "totals": list(self.totals),
+            # Within an epoch the permutation is drawn again from the state it was drawn from.
+            "rng": self.epoch_rng_state if mid_epoch else self.rng.bit_generator.state,
             "adam_t": self.adam.t,
-            "bump_streak": self.bump_streak,
-            "rng": self.rng.bit_generator.state,
+            "task": self.task.state(),
             "history": self.history,
             "best": None if self.best is None else [self.best[0], self.best[1]],
+            "n_params": len(self.task.params),
         }
-        tmp = ckpt / "state.npz.tmp"
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-        tmp_meta = ckpt / "meta.json.tmp"
-        tmp_meta.write_text(json.dumps(meta))
-        # Arrays first, then the metadata that names the epoch: a crash in between leaves the
-        # previous pair's epoch pointing at newer arrays only if both renames happened.
-        tmp.replace(ckpt / "state.npz")
-        tmp_meta.replace(ckpt / "meta.json")
+        buffer = io.BytesIO()
+        np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), np.uint8), **arrays)
+        atomic_write(path, buffer.getvalue())
+
+    def resume(self, run_dir: Path) -> bool:
+        """Loads the checkpoint in ``run_dir`` if there is one; :attr:`resumed_from` says where."""
+        if self.load_checkpoint(run_dir):
+            self.resumed_from = (self.epoch, self.position)
+            return True
+        return False
 
     def load_checkpoint(self, run_dir: Path) -> bool:
-        ckpt = Path(run_dir) / "checkpoint"
-        if not (ckpt / "meta.json").exists():
+        """Restores the state saved in ``run_dir`` (False if there is none)."""
+        path = Path(run_dir) / CHECKPOINT
+        if not path.exists():
             return False
-        meta = json.loads((ckpt / "meta.json").read_text())
-        with np.load(ckpt / "state.npz") as z:
-            for l, layer in enumerate(self.net.layers):
-                layer.weights = z[f"w{l}"].copy()
-                self.raw_delays[l] = z[f"raw{l}"].copy()
-            if meta.get("best") is not None:
-                snap = [z[f"best{k}"].copy() for k in range(2 * len(self.net.layers))]
-                self.best = (meta["best"][0], meta["best"][1], snap)
-            n = len(self._params())
+        with np.load(path) as z:
+            meta = json.loads(z["meta"].tobytes().decode())
+            if meta["n_params"] != len(self.task.params):
+                raise ValueError(
+                    f"{path}: the checkpoint holds {meta['n_params']} parameter arrays, "
+                    f"the network {len(self.task.params)}"
+                )
+            for k, p in enumerate(self.task.params):
+                if z[f"p{k}"].shape != p.shape:
+                    raise ValueError(f"{path}: parameter {k} has shape {z[f'p{k}'].shape}, the network {p.shape}")
+                p[...] = z[f"p{k}"]
+            if meta["best"] is not None:
+                snapshot = [z[f"best{k}"].copy() for k in range(len(self.task.params))]
+                self.best = (meta["best"][0], meta["best"][1], snapshot)
             if "m0" in z:
-                self.adam.m = [z[f"m{k}"].copy() for k in range(n)]
-                self.adam.v = [z[f"v{k}"].copy() for k in range(n)]
+                self.adam.m = [z[f"m{k}"].copy() for k in range(len(self.task.params))]
+                self.adam.v = [z[f"v{k}"].copy() for k in range(len(self.task.params))]
         self.adam.t = meta["adam_t"]
-        self.epoch = meta["epoch"]
-        self.bump_streak = meta["bump_streak"]
+        self.epoch, self.position = meta["epoch"], meta["position"]
+        self.totals = (float(meta["totals"][0]), int(meta["totals"][1]))
         self.rng.bit_generator.state = meta["rng"]
+        self.task.load_state(meta["task"])
         self.history = meta["history"]
-        self._sync_delays()
+        self.task.sync()
         return True
