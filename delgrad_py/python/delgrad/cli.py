@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from delgrad import pipeline
     from delgrad.config import ConfigError
+    from delgrad.data.user import DataError
     from delgrad.rundir import RunDirError
 
     try:
@@ -71,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
             res = pipeline.evaluate_run(args.run_dir)
             for k, v in res.items():
                 print(f"{k:>16}: {v:.4f}")
-    except (ConfigError, RunDirError) as e:  # the user's input, not a bug: one line, no traceback
+    except (ConfigError, RunDirError, DataError, FileNotFoundError) as e:  # the user's input: one line
         print(f"delgrad {args.cmd}: {e}", file=sys.stderr)
         return 2
     return 0

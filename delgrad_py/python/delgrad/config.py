@@ -64,9 +64,10 @@ def _spec(default: Any = dataclasses.MISSING, *, factory: Any = None, doc: str =
 
 # --- the tables --------------------------------------------------------------------------------
 
-FEATURE_DATASETS = ("yinyang", "digits", "temporal")
+FEATURE_DATASETS = ("yinyang", "digits", "temporal", "features")
 SPIKING_AUDIO = ("shd", "ssc")
-DATASETS = FEATURE_DATASETS + SPIKING_AUDIO
+USER_DATASETS = ("parquet", "tonic", "features")  # a researcher's own files (delgrad.data.user)
+DATASETS = ("yinyang", "digits", "temporal", "shd", "ssc", "parquet", "tonic", "features")
 
 # Keys of [data] beyond `dataset` and `seed`, by the data sets that read them.
 _DATA_KEYS_FOR: dict[str, tuple[str, ...]] = {
@@ -87,13 +88,18 @@ _DATA_KEYS_FOR: dict[str, tuple[str, ...]] = {
     ),
 }
 _DATA_KEYS_FOR["ssc"] = _DATA_KEYS_FOR["shd"]
+_DATA_KEYS_FOR["parquet"] = ("path", "n_inputs", "validation_fraction", "test_fraction", "chunk_size")
+_DATA_KEYS_FOR["tonic"] = (*_DATA_KEYS_FOR["parquet"], "sensor_size")
+_DATA_KEYS_FOR["features"] = ("path", "validation_fraction", "test_fraction")
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """``[data]``: which data set, and the options of that data set."""
 
-    dataset: Literal["yinyang", "digits", "temporal", "shd", "ssc"] = _spec("yinyang")
+    dataset: Literal["yinyang", "digits", "temporal", "shd", "ssc", "parquet", "tonic", "features"] = _spec(
+        "yinyang", doc="a built-in data set, or your own: parquet (directory), tonic or features (.npz)"
+    )
     seed: int = _spec(0, doc="seed of generated or split data")
     # temporal (delgrad.data.temporal); None: that function's default
     n_channels: int | None = _spec(None, ge=2)
@@ -103,9 +109,16 @@ class DataConfig:
     onset_max: float | None = _spec(None, ge=0.0)
     span: float | None = _spec(None, gt=0.0)
     # shd / ssc (delgrad.data.shd)
-    path: str = _spec("", doc="directory of the HDF5 files; empty: $DELGRAD_DATA or ~/.cache/delgrad")
+    path: str = _spec(
+        "",
+        doc="shd/ssc: directory of the HDF5 files (empty: $DELGRAD_DATA or ~/.cache/delgrad); "
+        "parquet: the data set directory; tonic, features: the .npz file",
+    )
     synthetic: bool = _spec(False, doc="the generated stand-in instead of the real files")
-    validation_fraction: float = _spec(0.1, gt=0.0, lt=1.0)
+    validation_fraction: float = _spec(0.1, gt=0.0, lt=1.0, doc="without a split column: share of validation")
+    test_fraction: float = _spec(0.1, gt=0.0, lt=1.0, doc="without a split column: share of test")
+    n_inputs: int | None = _spec(None, ge=1, doc="declared input channels; default: largest neuron id + 1")
+    sensor_size: list[int] | None = _spec(None, ge=1, doc="tonic events with y: [width, height(, polarities)]")
     chunk_size: int = _spec(512, ge=1)
     n_train: int | None = _spec(None, ge=1)
     n_validation: int | None = _spec(None, ge=1)
@@ -321,12 +334,17 @@ def _check_applicability(cfg: PipelineConfig, raw: dict[str, Any]) -> None:
     """Keys that exist but do not apply to this network kind or data set."""
     data = raw.get("data", {})
     allowed = {"dataset", "seed", *_DATA_KEYS_FOR.get(cfg.data.dataset, ())}
+    defaults = DataConfig()
     for key in data:
-        if key not in allowed:
+        # A key of another data set at its default value does nothing either way: accepted, so
+        # that any pipeline can be pointed at another data set with --set data.dataset=...
+        if key not in allowed and getattr(cfg.data, key) != getattr(defaults, key):
             users = sorted(d for d, keys in _DATA_KEYS_FOR.items() if key in keys)
             raise ConfigError(
                 f"data.{key}: applies to data set {' / '.join(users)} only (data.dataset is {cfg.data.dataset!r})"
             )
+    if cfg.data.dataset in USER_DATASETS and not cfg.data.path:
+        raise ConfigError(f"data.path: the {cfg.data.dataset!r} data set needs a path (see delgrad.data.user)")
     given_net, given_train = raw.get("network", {}), raw.get("train", {})
     if cfg.multi:
         for key in _TTFS_TRAIN_KEYS:

@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from delgrad._core import Neuron, SpikeSet
-from delgrad.config import SPIKING_AUDIO, ConfigError, PipelineConfig, load_config
+from delgrad.config import FEATURE_DATASETS, SPIKING_AUDIO, ConfigError, PipelineConfig, load_config
 from delgrad.data.encoding import LatencyEncoder
 from delgrad.data.parquet import SpikeDataset, write_dataset
 from delgrad.data.split import Split
@@ -67,6 +67,15 @@ SPLITS = ("train", "validation", "test")
 
 def _raw_splits(cfg: PipelineConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     data = cfg.data
+    if data.dataset == "features":
+        from delgrad.data import user
+
+        return user.feature_splits(
+            Path(data.path),
+            validation_fraction=data.validation_fraction,
+            test_fraction=data.test_fraction,
+            seed=data.seed,
+        )
     if data.dataset == "yinyang":
         from delgrad.data.yinyang import yinyang_splits
 
@@ -108,6 +117,26 @@ def _write_spiking_audio(cfg: PipelineConfig, data_dir: Path) -> None:
         )
 
 
+def _write_user_spikes(cfg: PipelineConfig, data_dir: Path) -> None:
+    """A researcher's own spikes (:mod:`delgrad.data.user`), checked, in the usual layout."""
+    from delgrad.data import user
+    from delgrad.data.parquet import write_spike_dataset
+
+    d = cfg.data
+    common = dict(
+        n_inputs=d.n_inputs,
+        validation_fraction=d.validation_fraction,
+        test_fraction=d.test_fraction,
+        seed=d.seed,
+        chunk_size=d.chunk_size,
+    )
+    if d.dataset == "parquet":
+        splits, n_inputs, _ = user.parquet_splits(Path(d.path), **common)
+    else:
+        splits, n_inputs, _ = user.tonic_splits(Path(d.path), sensor_size=d.sensor_size, **common)
+    write_spike_dataset(data_dir, splits, n_inputs, metadata={"dataset": d.dataset, "path": str(d.path)})
+
+
 def encode(cfg: PipelineConfig, run_dir: Path) -> Path:
     """Stage 1: the data set, encoded, as Parquet in ``run_dir/data`` (kept if present). Written
     beside and renamed into place, so an interrupted encoding is never taken for a finished one."""
@@ -119,6 +148,8 @@ def encode(cfg: PipelineConfig, run_dir: Path) -> Path:
         shutil.rmtree(partial)
     if cfg.data.dataset in SPIKING_AUDIO:
         _write_spiking_audio(cfg, partial)
+    elif cfg.data.dataset in ("parquet", "tonic"):
+        _write_user_spikes(cfg, partial)
     else:
         write_dataset(partial, _raw_splits(cfg), encoder_of(cfg))
     partial.rename(data_dir)
@@ -167,11 +198,18 @@ def augmented(cfg: PipelineConfig, split: Split, n_inputs: int) -> Split:
 # --- stage 2: the network and training ---------------------------------------------------------
 
 
-def n_classes(cfg: PipelineConfig) -> int:
+def n_classes(cfg: PipelineConfig, data_dir: Path | None = None) -> int:
+    """The class count: fixed by a built-in data set, else the largest label in the data + 1."""
     d = cfg.data
     if d.dataset == "temporal":
         return d.n_classes or math.factorial(d.n_channels or 3)
-    return {"yinyang": 3, "digits": 10, "shd": 20, "ssc": 35}[d.dataset]
+    known = {"yinyang": 3, "digits": 10, "shd": 20, "ssc": 35}
+    if d.dataset in known:
+        return known[d.dataset]
+    if data_dir is None:
+        raise ValueError(f"the class count of a {d.dataset!r} data set comes from its data: pass data_dir")
+    largest = pl.scan_parquet(Path(data_dir) / "samples.parquet").select(pl.col("label").max()).collect().item()
+    return int(largest) + 1
 
 
 def build_network(cfg: PipelineConfig, n_in: int, n_out: int) -> Network | MultiNetwork:
@@ -264,7 +302,7 @@ def _train_and_evaluate(cfg: PipelineConfig, run_dir: Path, progress: bool, forw
     val, _, _ = load_split(data_dir, "validation")
     test, _, _ = load_split(data_dir, "test")
     train = augmented(cfg, train, n_in)
-    net = build_network(cfg, n_in, n_classes(cfg))
+    net = build_network(cfg, n_in, n_classes(cfg, data_dir))
 
     with hardware_loop(cfg, run_dir) as loop:
         trainer = Trainer(net, cfg.train, forward=forward or loop)
@@ -282,7 +320,7 @@ def _train_and_evaluate(cfg: PipelineConfig, run_dir: Path, progress: bool, forw
         if loop is not None:
             _write_hardware_record(run_dir, loop, net, {"train": train, "validation": val, "test": test}, cfg)
 
-    encoder = encoder_of(cfg) if cfg.data.dataset not in SPIKING_AUDIO else None
+    encoder = encoder_of(cfg) if cfg.data.dataset in FEATURE_DATASETS else None
     Model(net, encoder, cfg.data.dataset, _raw_dim(data_dir)).save(run_dir)
     seconds = float(sum(row["seconds"] for row in history))
     evaluate_run(run_dir, train_seconds=seconds, _owned=True)
