@@ -6,6 +6,8 @@ and ``time`` (float64); pyarrow RecordBatches/Tables and polars DataFrames are a
 without copies.
 """
 
+# Submodules a user reaches from `import delgrad` alone (delgrad.train.Trainer, ...).
+from delgrad import config, data, hardware, multi, train
 from delgrad._core import (
     FrameError,
     Neuron,
@@ -16,24 +18,41 @@ from delgrad._core import (
     Trace,
     __version__,
 )
+from delgrad.config import ConfigError, PipelineConfig, TrainConfig, load_config
+from delgrad.fitting import FitResult, fit
 from delgrad.functional import LayerGrad, layer_backward, layer_forward
 from delgrad.model import Model
+from delgrad.multi import MultiNetwork
 from delgrad.network import Layer, Network, NetworkGrad
+from delgrad.train import Trainer
 
 __all__ = [
+    "__version__",
+    "config",
+    "ConfigError",
+    "data",
+    "fit",
+    "FitResult",
     "FrameError",
+    "hardware",
     "Layer",
+    "layer_backward",
+    "layer_forward",
     "LayerGrad",
+    "load_config",
     "Model",
+    "multi",
+    "MultiNetwork",
     "Network",
     "NetworkGrad",
     "Neuron",
     "ParameterError",
+    "PipelineConfig",
     "ShapeError",
     "SpikeError",
     "SpikeSet",
     "Trace",
-    "__version__",
-    "layer_backward",
-    "layer_forward",
+    "train",
+    "TrainConfig",
+    "Trainer",
 ]

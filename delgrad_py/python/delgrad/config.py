@@ -40,6 +40,7 @@ __all__ = [
     "DelayParam",
     "EncodingConfig",
     "HardwareConfig",
+    "LogConfig",
     "LossConfig",
     "NetworkConfig",
     "PipelineConfig",
@@ -91,14 +92,17 @@ _DATA_KEYS_FOR["ssc"] = _DATA_KEYS_FOR["shd"]
 _DATA_KEYS_FOR["parquet"] = ("path", "n_inputs", "validation_fraction", "test_fraction", "chunk_size")
 _DATA_KEYS_FOR["tonic"] = (*_DATA_KEYS_FOR["parquet"], "sensor_size")
 _DATA_KEYS_FOR["features"] = ("path", "validation_fraction", "test_fraction")
+_DATA_KEYS_FOR["arrays"] = ("fingerprint",)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """``[data]``: which data set, and the options of that data set."""
 
-    dataset: Literal["yinyang", "digits", "temporal", "shd", "ssc", "parquet", "tonic", "features"] = _spec(
-        "yinyang", doc="a built-in data set, or your own: parquet (directory), tonic or features (.npz)"
+    dataset: Literal["yinyang", "digits", "temporal", "shd", "ssc", "parquet", "tonic", "features", "arrays"] = _spec(
+        "yinyang",
+        doc="a built-in data set, or your own: parquet (directory), tonic or features (.npz); "
+        "arrays: given from Python to delgrad.fit",
     )
     seed: int = _spec(0, doc="seed of generated or split data")
     # temporal (delgrad.data.temporal); None: that function's default
@@ -119,6 +123,7 @@ class DataConfig:
     test_fraction: float = _spec(0.1, gt=0.0, lt=1.0, doc="without a split column: share of test")
     n_inputs: int | None = _spec(None, ge=1, doc="declared input channels; default: largest neuron id + 1")
     sensor_size: list[int] | None = _spec(None, ge=1, doc="tonic events with y: [width, height(, polarities)]")
+    fingerprint: str = _spec("", doc="arrays: hash of the data and initial network given to delgrad.fit")
     chunk_size: int = _spec(512, ge=1)
     n_train: int | None = _spec(None, ge=1)
     n_validation: int | None = _spec(None, ge=1)
@@ -150,7 +155,7 @@ class NetworkConfig:
     """``[network]``: the network's shape, neuron model and initialisation."""
 
     mode: Literal["ttfs", "multi"] = _spec("ttfs", doc="time-to-first-spike (DelGrad) or multi-spike (EventProp)")
-    hidden: list[int] = _spec(factory=lambda: [30], min_length=1, ge=1)
+    hidden: list[int] = _spec(factory=lambda: [30], ge=1, doc="hidden widths; multi-spike networks need one")
     delay_kind: Literal["none", "axonal", "dendritic", "synaptic"] = "synaptic"
     tau_m: float = _spec(2.0, gt=0.0)
     tau_s: float = _spec(1.0, gt=0.0)
@@ -240,6 +245,13 @@ class HardwareConfig:
 
 
 @dataclass(frozen=True)
+class LogConfig:
+    """``[log]``: where metrics go besides ``metrics.parquet`` (rewritten after every epoch)."""
+
+    tensorboard: bool = _spec(False, doc="TensorBoard event files in RUN/tensorboard (pip install 'delgrad[log]')")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """A whole pipeline file. ``augment`` and ``hardware`` are None when their table is absent."""
 
@@ -250,6 +262,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     augment: AugmentConfig | None = None
     hardware: HardwareConfig | None = None
+    log: LogConfig = field(default_factory=LogConfig)
 
     @property
     def multi(self) -> bool:
@@ -347,6 +360,8 @@ def _check_applicability(cfg: PipelineConfig, raw: dict[str, Any]) -> None:
         raise ConfigError(f"data.path: the {cfg.data.dataset!r} data set needs a path (see delgrad.data.user)")
     given_net, given_train = raw.get("network", {}), raw.get("train", {})
     if cfg.multi:
+        if not cfg.network.hidden:
+            raise ConfigError("network.hidden: a multi-spike network needs at least one hidden layer, got []")
         for key in _TTFS_TRAIN_KEYS:
             if key in given_train:
                 raise ConfigError(f"train.{key}: applies to TTFS networks only (network.mode is 'multi')")

@@ -20,7 +20,7 @@ NETWORK_FILES = {"ttfs": "network.npz", "multi": "multi_network.npz"}
 
 
 class Model:
-    """``Model(network, encoder, dataset)``; ``predict(features) -> class indices``.
+    """``Model(network, encoder, dataset, n_features)``; ``predict(data) -> class indices``.
 
     For Yin-Yang, ``features`` may be the published ``(n, 4)`` rows ``[x, y, 1-x, 1-y]`` or just
     ``(n, 2)`` coordinates ``[x, y]`` (the mirrored pair is added).
@@ -52,34 +52,44 @@ class Model:
     def kind(self) -> str:
         return "multi" if isinstance(self.network, MultiNetwork) else "ttfs"
 
-    def _encode(self, features: ArrayLike):
+    def spikes(self, data: Any, n_samples: int | None = None) -> _core.SpikeSet:
+        """The network's input for ``data``: a spike table (pyarrow, polars; with ``n_samples``)
+        or :class:`SpikeSet` as it is, or features through the model's encoder."""
+        if isinstance(data, _core.SpikeSet):
+            return data
+        if hasattr(data, "__arrow_c_stream__") or hasattr(data, "__arrow_c_array__"):
+            if n_samples is None:
+                raise ShapeError("n_samples is required with a spike table (samples without spikes have no rows)")
+            return _core.SpikeSet(data, int(n_samples))
         if self.encoder is None:
-            raise ValueError(f"this model was trained on spikes ({self.dataset}); it has no encoder for features")
-        x = self._features(features)
+            raise ValueError(
+                f"this model was trained on spikes ({self.dataset}) and has no encoder: "
+                "pass a spike table and n_samples"
+            )
+        x = self._features(data)
         spikes, _ = self.encoder(x)
-        return spikes, len(x)
+        return _core.SpikeSet(spikes, len(x))
 
-    def output_times(self, features: ArrayLike) -> NDArray[np.float64]:
+    def output_times(self, data: Any, n_samples: int | None = None) -> NDArray[np.float64]:
         """First spike time of each output neuron, ``(n, n_classes)``; inf where silent (TTFS)."""
         if self.kind != "ttfs":
             raise ValueError("output_times: a multi-spike model has readout values (readout_values), not spike times")
-        spikes, n = self._encode(features)
-        trace = self.network.forward(spikes, n)
+        trace = self.network.forward(self.spikes(data, n_samples))
         return trace.first_times(trace.n_layers - 1)
 
-    def readout_values(self, features: ArrayLike) -> NDArray[np.float64]:
+    def readout_values(self, data: Any, n_samples: int | None = None) -> NDArray[np.float64]:
         """The readout's value of each class unit, ``(n, n_classes)`` (multi-spike)."""
         if self.kind != "multi":
             raise ValueError("readout_values: a TTFS model has output spike times (output_times)")
-        spikes, n = self._encode(features)
-        return self.network.forward(_core.SpikeSet(spikes, n)).values
+        return self.network.forward(self.spikes(data, n_samples)).values
 
-    def predict(self, features: ArrayLike) -> NDArray[np.int64]:
-        """Class of each row: the output neuron that spikes first (-1 if none spikes), or the
-        readout unit with the largest value."""
+    def predict(self, data: Any, n_samples: int | None = None) -> NDArray[np.int64]:
+        """Class of each sample: the output neuron that spikes first (-1 if none spikes), or the
+        readout unit with the largest value. ``data`` is features (where the model has an
+        encoder) or a spike table with ``n_samples``."""
         if self.kind == "multi":
-            return np.argmax(self.readout_values(features), axis=1).astype(np.int64)
-        return _core.predict(self.output_times(features))
+            return np.argmax(self.readout_values(data, n_samples), axis=1).astype(np.int64)
+        return _core.predict(self.output_times(data, n_samples))
 
     # --- persistence -------------------------------------------------------------------------
 

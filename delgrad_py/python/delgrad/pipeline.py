@@ -150,6 +150,8 @@ def encode(cfg: PipelineConfig, run_dir: Path) -> Path:
         _write_spiking_audio(cfg, partial)
     elif cfg.data.dataset in ("parquet", "tonic"):
         _write_user_spikes(cfg, partial)
+    elif cfg.data.dataset == "arrays":
+        raise ConfigError("data.dataset: 'arrays' are given from Python (delgrad.fit); this run has no data/")
     else:
         write_dataset(partial, _raw_splits(cfg), encoder_of(cfg))
     partial.rename(data_dir)
@@ -296,26 +298,39 @@ def run_config(
     return run_dir
 
 
-def _train_and_evaluate(cfg: PipelineConfig, run_dir: Path, progress: bool, forward: Any, say) -> float:
+def _train_and_evaluate(
+    cfg: PipelineConfig, run_dir: Path, progress: bool, forward: Any, say, net: Network | MultiNetwork | None = None
+) -> float:
     data_dir = encode(cfg, run_dir)
     train, _, n_in = load_split(data_dir, "train")
     val, _, _ = load_split(data_dir, "validation")
     test, _, _ = load_split(data_dir, "test")
     train = augmented(cfg, train, n_in)
-    net = build_network(cfg, n_in, n_classes(cfg, data_dir))
+    if net is None:
+        net = build_network(cfg, n_in, n_classes(cfg, data_dir))
 
     with hardware_loop(cfg, run_dir) as loop:
         trainer = Trainer(net, cfg.train, forward=forward or loop)
         with _progress(progress, cfg.train.epochs, cfg.multi) as (on_epoch, on_batch):
-
-            def epoch_done(row: dict[str, Any]) -> None:
-                _write_metrics(run_dir, trainer.history)
-                on_epoch(row)
-
             if trainer.resume(run_dir):
                 where = f" (batch position {trainer.position} of the epoch)" if trainer.position else ""
                 say(f"{run_dir}: resuming after epoch {trainer.epoch} of {cfg.train.epochs}{where}")
-            history = trainer.fit(train, {"validation": val, "test": test}, run_dir, epoch_done, on_batch)
+            board = _tensorboard(cfg, run_dir, first_step=trainer.epoch + 1)
+
+            def epoch_done(row: dict[str, Any]) -> None:
+                _write_metrics(run_dir, trainer.history)
+                if board is not None:
+                    for key, value in row.items():
+                        if key != "epoch" and isinstance(value, (int, float)):
+                            board.add_scalar(key.replace("_", "/", 1), value, row["epoch"])
+                    board.flush()
+                on_epoch(row)
+
+            try:
+                history = trainer.fit(train, {"validation": val, "test": test}, run_dir, epoch_done, on_batch)
+            finally:
+                if board is not None:
+                    board.close()
         _write_metrics(run_dir, history)
         if loop is not None:
             _write_hardware_record(run_dir, loop, net, {"train": train, "validation": val, "test": test}, cfg)
@@ -325,6 +340,18 @@ def _train_and_evaluate(cfg: PipelineConfig, run_dir: Path, progress: bool, forw
     seconds = float(sum(row["seconds"] for row in history))
     evaluate_run(run_dir, train_seconds=seconds, _owned=True)
     return seconds
+
+
+def _tensorboard(cfg: PipelineConfig, run_dir: Path, first_step: int) -> Any:
+    """A TensorBoard writer (``[log] tensorboard = true``); a resumed run purges the steps it
+    will write again, so the event files hold each epoch once."""
+    if not cfg.log.tensorboard:
+        return None
+    try:
+        from tensorboardX import SummaryWriter
+    except ImportError:
+        raise ConfigError("log.tensorboard: needs the tensorboardX package (pip install 'delgrad[log]')") from None
+    return SummaryWriter(str(run_dir / "tensorboard"), purge_step=first_step)
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
@@ -424,6 +451,7 @@ def evaluate_run(run_dir: str | Path, train_seconds: float | None = None, *, _ow
         results[f"{split}_acc"], results[f"{split}_loss"] = r.accuracy, r.loss
         evaluations[split] = (s, r)
     test_split, test_eval = evaluations["test"]
+    _write_predictions(run_dir, test_split, test_eval, cfg)
     trace = test_eval.trace
     tables = [trace.spikes(index, with_layer=True) for index in range(trace.n_layers)]
     buffer = io.BytesIO()
@@ -439,6 +467,28 @@ def _epoch_line(row: dict[str, Any]) -> str:
         f"val {row.get('validation_acc', float('nan')):.3f}  "
         f"test {row.get('test_acc', float('nan')):.3f}"
     )
+
+
+def _write_predictions(run_dir: Path, split: Split, ev: EvalResult, cfg: PipelineConfig) -> None:
+    """``predictions.parquet``: one row per test sample with its label, the prediction and the
+    network's output (first spike time per output neuron, inf if silent; or readout values)."""
+    if ev.values is not None:
+        output_name, output = "readout_values", ev.values
+    else:
+        output_name, output = "output_times", ev.trace.first_times(ev.trace.n_layers - 1)
+    n, k = output.shape
+    table = pa.table(
+        {
+            "sample": pa.array(np.arange(n, dtype=np.uint32)),
+            "label": pa.array(split.labels),
+            "prediction": pa.array(np.asarray(ev.predictions, dtype=np.int64)),
+            "correct": pa.array(np.asarray(ev.predictions) == split.labels),
+            output_name: pa.FixedSizeListArray.from_arrays(pa.array(output.ravel()), k),
+        }
+    )
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    atomic_write(run_dir / "predictions.parquet", buffer.getvalue())
 
 
 class _progress:
