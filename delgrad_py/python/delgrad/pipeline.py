@@ -311,7 +311,8 @@ def _train_and_evaluate(
 
     with hardware_loop(cfg, run_dir) as loop:
         trainer = Trainer(net, cfg.train, forward=forward or loop)
-        with _progress(progress, cfg.train.epochs, cfg.multi) as (on_epoch, on_batch):
+        spikes_per_sample = train.spikes.n_spikes / max(len(train), 1)
+        with _progress(progress, cfg.train.epochs, cfg.multi, spikes_per_sample) as (on_epoch, on_batch):
             if trainer.resume(run_dir):
                 where = f" (batch position {trainer.position} of the epoch)" if trainer.position else ""
                 say(f"{run_dir}: resuming after epoch {trainer.epoch} of {cfg.train.epochs}{where}")
@@ -496,8 +497,9 @@ class _progress:
     multi-spike runs, whose epochs are long), one line per epoch otherwise (a log file, a
     pipe), nothing when disabled. Yields ``(on_epoch, on_batch)``."""
 
-    def __init__(self, enabled: bool, total: int, batches: bool) -> None:
+    def __init__(self, enabled: bool, total: int, batches: bool, spikes_per_sample: float = 0.0) -> None:
         self.enabled, self.total, self.batches = enabled, total, batches
+        self.spikes_per_sample = spikes_per_sample
         self.bar = None
 
     def __enter__(self):
@@ -531,7 +533,9 @@ class _progress:
                 clock["start"] = time.perf_counter()
             clock["done"] = done
             rate = done / max(time.perf_counter() - clock["start"], 1e-9)
-            self.bar.update(batch_task, completed=done, total=total, info=f"loss {loss:.4f}  {rate:.1f} samples/s")
+            events = rate * self.spikes_per_sample
+            info = f"loss {loss:.4f}  {rate:.1f} samples/s  {events:,.0f} input spikes/s"
+            self.bar.update(batch_task, completed=done, total=total, info=info)
 
         return on_epoch, (on_batch if self.batches else None)
 
