@@ -506,11 +506,27 @@ class _progress:
         if not self.enabled:
             return (lambda row: None), None
         if not sys.stdout.isatty():
+            clock = {"start": time.perf_counter(), "done": 0, "printed": time.perf_counter()}
 
             def print_line(row: dict[str, Any]) -> None:
                 print(f"epoch {row['epoch']}/{self.total}  {_epoch_line(row)}  {row['seconds']:.1f} s", flush=True)
 
-            return print_line, None
+            def print_batches(done: int, total: int, loss: float) -> None:
+                # Long epochs (SHD-sized) get a line every 30 s, so a log shows the run is alive.
+                now = time.perf_counter()
+                if done < clock["done"]:
+                    clock["start"] = now
+                clock["done"] = done
+                if now - clock["printed"] >= 30.0 and done < total:
+                    clock["printed"] = now
+                    rate = done / max(now - clock["start"], 1e-9)
+                    print(
+                        f"  {done}/{total} samples  loss {loss:.4f}  {rate:.1f} samples/s  "
+                        f"{rate * self.spikes_per_sample:,.0f} input spikes/s",
+                        flush=True,
+                    )
+
+            return print_line, (print_batches if self.batches else None)
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
