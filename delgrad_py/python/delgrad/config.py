@@ -374,9 +374,7 @@ def _check_applicability(cfg: PipelineConfig, raw: dict[str, Any]) -> None:
     lo, hi = cfg.network.delay_range
     if lo > hi:
         raise ConfigError(f"network.delay_range: needs [low, high] with low <= high, got {[lo, hi]}")
-    d = cfg.train.delay
-    if d.kind == "sigmoid" and (d.high is None or d.high <= d.low):
-        raise ConfigError(f"train.delay.high: the sigmoid parametrisation needs high > low ({d.low}), got {d.high}")
+    d = cfg.train.delay  # the sigmoid's own range is checked by DelayParam
     if d.high is not None and d.high < d.low:
         raise ConfigError(f"train.delay.high: must be >= train.delay.low ({d.low}), got {d.high}")
 
