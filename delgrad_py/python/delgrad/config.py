@@ -48,6 +48,7 @@ __all__ = [
     "check_key",
     "load_config",
     "parse_config",
+    "toml_value",
 ]
 
 
@@ -511,18 +512,25 @@ def _check_range(value: Any, key: str, meta: typing.Mapping[str, Any]) -> None:
 # --- writing -----------------------------------------------------------------------------------
 
 
-def _toml_value(v: Any) -> str:
+def toml_value(v: Any) -> str:
+    """``v`` as the TOML text ``--set`` parses back to the same value."""
     if isinstance(v, bool):
         return "true" if v else "false"
     if isinstance(v, str):
         return json.dumps(v)  # a JSON string is a valid TOML basic string
     if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+        return "[" + ", ".join(toml_value(x) for x in v) + "]"
     if isinstance(v, float):
+        if math.isnan(v):
+            return "nan"
         if math.isinf(v):
             return "inf" if v > 0 else "-inf"
         return repr(v)
-    return str(v)
+    if isinstance(v, int):
+        return str(v)
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
+    raise ConfigError(f"cannot write {v!r} ({type(v).__name__}) as a pipeline value")
 
 
 def _inapplicable_keys(cfg: PipelineConfig) -> set[str]:
@@ -557,7 +565,7 @@ def _dump_toml(cfg: PipelineConfig) -> str:
                         else f"{f.name} = false"
                     )
             else:
-                scalars.append(f"{f.name} = {_toml_value(v)}")
+                scalars.append(f"{f.name} = {toml_value(v)}")
         if prefix:
             lines.append(f"\n[{prefix}]")
         lines.extend(scalars)

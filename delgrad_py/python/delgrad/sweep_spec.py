@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from delgrad import config as pipeline_config
+from delgrad.config import toml_value
 
 __all__ = ["SweepSpec", "SweepSpecError", "Trial", "load_spec", "toml_value"]
 
@@ -158,27 +159,6 @@ def _lookup(cfg: dict[str, Any], key: str, overrides: dict[str, Any]) -> Any:
             return None
         node = node[part]
     return node
-
-
-def toml_value(v: Any) -> str:
-    """``v`` as the TOML text ``--set`` parses back to the same value."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return json.dumps(v)  # a JSON string is a valid TOML basic string
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, float):
-        if math.isnan(v):
-            return "nan"
-        if math.isinf(v):
-            return "inf" if v > 0 else "-inf"
-        return repr(v)
-    if isinstance(v, int):
-        return str(v)
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
-    raise SweepSpecError(f"cannot write {v!r} ({type(v).__name__}) as a pipeline value")
 
 
 def value_label(v: Any) -> str:
