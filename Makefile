@@ -1,12 +1,12 @@
 # Two commands do everything on a fresh machine:
 #   make run    create .venv, build (release), run the main job (Yin-Yang, 4-30-3, synaptic delays)
-#   make test   build, cargo test, pytest
+#   make test   lint (rustfmt, clippy), build, cargo test, pytest
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIPELINE ?= pipelines/yinyang_synaptic.toml
 
-.PHONY: run test install cargo-test pytest bench clean
+.PHONY: run test lint install cargo-test pytest bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,13 +19,18 @@ install: $(PY)
 run: install
 	$(VENV)/bin/delgrad run $(PIPELINE)
 
+# Rust lint for the whole workspace: formatting (rustfmt.toml) and clippy with warnings as errors.
+lint:
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
+
 cargo-test:
 	cargo test --locked --release -p delgrad-core
 
 pytest: install
 	$(PY) -m pytest
 
-test: install cargo-test
+test: lint install cargo-test
 	$(PY) -m pytest
 
 bench: install
