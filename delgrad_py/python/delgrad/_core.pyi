@@ -153,9 +153,7 @@ def multi_network_backward(
     list[tuple[NDArray[np.float64], NDArray[np.float64]] | None],
     NDArray[np.float64],
 ]: ...
-def network_forward(
-    spikes: SpikeSet, select: _Select | None, layers: list[_LayerArgs], neuron: Neuron
-) -> Trace: ...
+def network_forward(spikes: SpikeSet, select: _Select | None, layers: list[_LayerArgs], neuron: Neuron) -> Trace: ...
 def network_backward(
     spikes: SpikeSet,
     select: _Select | None,
