@@ -1,12 +1,12 @@
 # Two commands do everything on a fresh machine:
 #   make run    create .venv, build (release), run the main job (Yin-Yang, 4-30-3, synaptic delays)
-#   make test   build, cargo test, pytest
+#   make test   lint (rustfmt, clippy), build, cargo test, pytest
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIPELINE ?= pipelines/yinyang_synaptic.toml
 
-.PHONY: run test install lint cargo-test pytest bench clean
+.PHONY: run test lint install cargo-test pytest bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -19,8 +19,11 @@ install: $(PY)
 run: install
 	$(VENV)/bin/delgrad run $(PIPELINE)
 
-# Python lint and format (configured in pyproject.toml).
+# Lint: Rust formatting (rustfmt.toml) and clippy with warnings as errors for the whole
+# workspace; Python lint and formatting (ruff, configured in pyproject.toml).
 lint: install
+	cargo fmt --all --check
+	cargo clippy --locked --workspace --all-targets -- -D warnings
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 

@@ -378,3 +378,68 @@ def test_too_large_id_for_uint32():
     s = pa.array(np.array([0, 0, 1, 1, 2, 2**33], dtype=np.int64))
     with pytest.raises(delgrad.SpikeError, match="sample"):
         forward(with_column(good_batch(), "sample", s))
+
+
+# --- sizes that cannot fit, sample selections out of range ---------------------------------------
+# Sample ids are uint32: a batch has at most 2**32 samples. Larger counts used to abort the
+# interpreter (an allocation of n_samples offsets) or raise PanicException.
+
+HUGE_COUNTS = [10**10, 2**62, 2**32 + 1, 2**64, -1]
+
+
+@pytest.mark.parametrize("n", HUGE_COUNTS)
+def test_n_samples_that_cannot_fit_is_a_shape_error(n):
+    with pytest.raises(delgrad.ShapeError, match=re.escape(f"n_samples = {n}")):
+        forward(good_batch(), n_samples=n)
+
+
+@pytest.mark.parametrize("n", HUGE_COUNTS)
+def test_n_samples_that_cannot_fit_everywhere(n):
+    multi = delgrad.Neuron(1.0, 1.0, 1.0, mode="multi", t_end=10.0)
+    calls = [
+        lambda: delgrad.SpikeSet(good_batch(), n),
+        lambda: delgrad.layer_forward(good_batch(), W, None, multi, n_samples=n),
+        lambda: delgrad._core.readout_forward(good_batch(), W, None, "none", multi, n, "max", 10.0),
+        lambda: delgrad.Trace.from_tables([good_batch()], [3], n),
+    ]
+    for call in calls:
+        with pytest.raises(delgrad.ShapeError, match=re.escape(f"n_samples = {n}")):
+            call()
+
+
+def select_set():
+    return delgrad.SpikeSet(good_batch(), N_SAMPLES)
+
+
+@pytest.mark.parametrize(
+    "select, id_, pos",
+    [([0, 2**32], 2**32, 1), ([1, 2, 2**40], 2**40, 2), ([3], 3, 0), ([0, -1], -1, 1), ([2**63], 2**63, 0)],
+)
+def test_select_out_of_range_names_id_and_position(select, id_, pos):
+    net = delgrad.Network.random([3, 4, 2], N, seed=0)
+    sel = np.array(select, dtype=np.uint64 if id_ >= 2**63 else np.int64)
+    pattern = re.escape(f"sample {id_} at position {pos}")
+    with pytest.raises(delgrad.ShapeError, match=pattern):
+        net.forward(select_set(), select=sel)
+    with pytest.raises(delgrad.ShapeError, match=pattern):
+        select_set().select(sel)
+    trace = net.forward(select_set(), select=np.array([0], np.uint32))
+    with pytest.raises(delgrad.ShapeError, match=pattern):
+        net.backward(select_set(), trace, np.zeros((1, 2)), select=sel)
+
+
+def test_select_out_of_range_in_multi_network():
+    from delgrad.multi import MultiNetwork
+
+    neuron = delgrad.Neuron(1.0, 1.0, 1.0, mode="multi", t_end=10.0)
+    net = MultiNetwork.random([3, 4, 2], neuron, neuron, delay_kind="synaptic", t_end=10.0)
+    with pytest.raises(delgrad.ShapeError, match=re.escape(f"sample {2**32} at position 0")):
+        net.forward(select_set(), select=np.array([2**32, 0]))
+
+
+def test_select_in_range_gives_the_same_result_for_every_integer_type():
+    net = delgrad.Network.random([3, 4, 2], N, seed=0)
+    ref = net.forward(select_set(), select=np.array([2, 0], np.uint32)).first_times(-1)
+    for dtype in (np.int64, np.uint64, np.int32, np.uint16):
+        got = net.forward(select_set(), select=np.array([2, 0], dtype)).first_times(-1)
+        np.testing.assert_array_equal(got, ref)

@@ -51,7 +51,10 @@ def tree(path: Path) -> dict[str, tuple[int, int]]:
         ("train.epochs=three", "--set train.epochs: expected an integer, got 'three'"),
         ("train.epochs=2.5", "--set train.epochs: expected an integer, got 2.5"),
         ("train.batch_size=-5", "--set train.batch_size: must be >= 1, got -5"),
-        ("network.delay_kind=bogus", "--set network.delay_kind: expected one of 'none', 'axonal'"),
+        (
+            "network.delay_kind=bogus",
+            "--set network.delay_kind: expected one of 'none', 'synaptic', 'axonal', 'dendritic', got 'bogus'",
+        ),
         ("network.delay_range=[0.2]", "--set network.delay_range: expected 2 values, got 1"),
         ("train.loss.kind=hinge", "--set train.loss.kind: expected one of 'mse', 'ce', got 'hinge'"),
         ("train.lr.fast=1", "train.lr is a value, not a table"),

@@ -18,6 +18,9 @@ pub enum DelayKind {
 }
 
 impl DelayKind {
+    /// Every kind, in the order their names are listed to users.
+    pub const ALL: [Self; 4] = [Self::None, Self::Synaptic, Self::Axonal, Self::Dendritic];
+
     pub fn parse(s: &str) -> Result<Self> {
         match s {
             "none" => Ok(Self::None),
@@ -37,11 +40,27 @@ impl DelayKind {
     }
     /// Number of delay parameters for a layer of this shape.
     pub fn len(self, n_out: usize, n_in: usize) -> usize {
+        self.shape(n_out, n_in).iter().product()
+    }
+
+    /// The shape of the delay array of a layer with weights `(n_out, n_in)`: synaptic
+    /// `(n_out, n_in)`, axonal `(n_in,)`, dendritic `(n_out,)`, none `(0,)`.
+    pub fn shape(self, n_out: usize, n_in: usize) -> Vec<usize> {
         match self {
-            Self::None => 0,
-            Self::Synaptic => n_out * n_in,
-            Self::Axonal => n_in,
-            Self::Dendritic => n_out,
+            Self::None => vec![0],
+            Self::Synaptic => vec![n_out, n_in],
+            Self::Axonal => vec![n_in],
+            Self::Dendritic => vec![n_out],
+        }
+    }
+
+    /// The shape in words, for messages.
+    fn shape_words(self, n_out: usize, n_in: usize) -> String {
+        match self {
+            Self::None => "no entries".to_string(),
+            Self::Synaptic => format!("shape (n_out, n_in) = ({n_out}, {n_in})"),
+            Self::Axonal => format!("shape (n_in,) = ({n_in},)"),
+            Self::Dendritic => format!("shape (n_out,) = ({n_out},)"),
         }
     }
 }
@@ -74,16 +93,11 @@ impl<'a> LayerRef<'a> {
         }
         let want = kind.len(n_out, n_in);
         if delays.len() != want {
-            let shape = match kind {
-                DelayKind::None => "no entries".to_string(),
-                DelayKind::Synaptic => format!("shape (n_out, n_in) = ({n_out}, {n_in})"),
-                DelayKind::Axonal => format!("shape (n_in,) = ({n_in},)"),
-                DelayKind::Dendritic => format!("shape (n_out,) = ({n_out},)"),
-            };
             return Err(shape_err(format!(
-                "{what}: {} delays have {} entries, expected {shape}",
+                "{what}: {} delays have {} entries, expected {}",
                 kind.name(),
-                delays.len()
+                delays.len(),
+                kind.shape_words(n_out, n_in)
             )));
         }
         if let Some(k) = weights.iter().position(|w| !w.is_finite()) {
@@ -102,6 +116,38 @@ impl<'a> LayerRef<'a> {
             )));
         }
         Ok(Self { n_in, n_out, weights, kind, delays })
+    }
+
+    /// [`LayerRef::new`] from arrays with their shapes (as numpy hands them over): weights
+    /// must be 2-d, and delays (when given and the kind has any) must have the kind's number
+    /// of dimensions, a synaptic array the weights' shape.
+    pub fn from_arrays(
+        weights_shape: &[usize],
+        weights: &'a [f64],
+        kind: DelayKind,
+        delays_shape: Option<&[usize]>,
+        delays: &'a [f64],
+        what: &str,
+    ) -> Result<Self> {
+        let &[n_out, n_in] = weights_shape else {
+            return Err(shape_err(format!("{what}: weights must be 2-dimensional, got shape {weights_shape:?}")));
+        };
+        if let (Some(shape), false) = (delays_shape, kind == DelayKind::None) {
+            let want = kind.shape(n_out, n_in);
+            if shape.len() != want.len() {
+                return Err(shape_err(format!(
+                    "{what}: {} delays must be {}-dimensional, got shape {shape:?}",
+                    kind.name(),
+                    want.len()
+                )));
+            }
+            if kind == DelayKind::Synaptic && shape != want {
+                return Err(shape_err(format!(
+                    "{what}: synaptic delays have shape {shape:?}, weights have {weights_shape:?}"
+                )));
+            }
+        }
+        Self::new(n_out, n_in, weights, kind, delays, what)
     }
 
     #[inline]

@@ -17,6 +17,18 @@ pub enum Loss {
     CrossEntropy { xi: f64, alpha: f64, beta: f64 },
 }
 
+impl Loss {
+    /// The loss named `kind` (`"mse"`, `"ce"` or `"cross_entropy"`) with its parameters (only
+    /// the named loss's own are used).
+    pub fn parse(kind: &str, delta: f64, xi: f64, alpha: f64, beta: f64) -> Result<Self> {
+        match kind {
+            "mse" => Ok(Self::Mse { delta }),
+            "ce" | "cross_entropy" => Ok(Self::CrossEntropy { xi, alpha, beta }),
+            _ => Err(param_err(format!("unknown loss '{kind}' (expected 'mse' or 'ce')"))),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct LossOut {
     /// Mean loss over the batch.

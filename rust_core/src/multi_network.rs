@@ -1,19 +1,15 @@
-//! Multi-spike networks over whole batches (feed-forward and recurrent hidden layers), mirroring
-//! [`crate::network`]: samples are cut into fixed chunks processed in parallel (rayon); gradient
-//! sums are added in chunk order, so results do not depend on the number of threads.
+//! Multi-spike networks over whole batches (feed-forward and recurrent hidden layers): a stack
+//! of [`MultiKernel`]s run by the batch driver ([`crate::driver`]).
 
-use std::ops::Range;
-
-use rayon::prelude::*;
-
+use crate::batch::{Input, SpikeSet};
+use crate::cancel::Cancel;
+use crate::driver::{self, ChunkPolicy, Kernel};
 use crate::error::{shape_err, spikes_err, Error, Result};
 use crate::eventprop;
 use crate::layer::{LayerGrad, LayerRef};
 use crate::multi::{self, MultiNeuron, RecLayer};
-use crate::network::{add, concat_layers, Input};
 use crate::spikes::{SpikeTable, Spikes};
 use crate::ttfs::In;
-use crate::SpikeSet;
 
 /// One multi-spike layer: feed-forward weights/delays and optional recurrent ones
 /// (`rec` is `n_out x n_out`, `rec[j, i]` from neuron `i` to neuron `j` of the same layer).
@@ -37,13 +33,6 @@ pub struct MultiGrad {
     pub rec: Vec<Option<LayerGrad>>,
     /// `dL/dt` of each row of the input table, in the table's row order.
     pub inputs: Vec<f64>,
-}
-
-/// Chunks of samples for rayon. Unlike TTFS samples (microseconds each, see `network.rs`), a
-/// multi-spike sample can take milliseconds, so even small batches are split.
-pub(crate) fn chunks(n: usize) -> Vec<Range<usize>> {
-    let size = n.div_ceil(64).max(4);
-    (0..n).step_by(size).map(|s| s..(s + size).min(n)).collect()
 }
 
 /// A layer's spikes as the multi-spike backward pass needs them: ids in range, finite times,
@@ -78,10 +67,84 @@ pub fn check_multi_spikes(sp: &Spikes, n_samples: usize, n_out: usize, what: &st
     Ok(())
 }
 
-fn sample_spikes(sp: &Spikes, s: usize, out: &mut Vec<In>) {
-    out.clear();
-    let r = sp.range(s);
-    out.extend(sp.neuron[r.clone()].iter().copied().zip(sp.time[r].iter().copied()));
+/// One multi-spike layer (feed-forward, or with recurrent weights) as a per-sample kernel.
+pub struct MultiKernel<'a> {
+    neuron: MultiNeuron,
+    layer: MultiLayer<'a>,
+    /// The feed-forward synapses' factors, once per batch.
+    factors: multi::DelayFactors,
+}
+
+impl<'a> MultiKernel<'a> {
+    pub fn new(neuron: &MultiNeuron, layer: MultiLayer<'a>) -> Self {
+        Self { neuron: *neuron, layer, factors: multi::delay_factors(&neuron.neuron, &layer.ff) }
+    }
+}
+
+/// Scratch of both directions: a chunk runs one of them, and unused buffers stay empty.
+#[derive(Default)]
+pub struct MultiScratch {
+    forward: multi::Scratch,
+    backward: eventprop::Scratch,
+}
+
+impl Kernel for MultiKernel<'_> {
+    type Scratch = MultiScratch;
+    /// Feed-forward and (for a recurrent layer) recurrent gradients.
+    type Grad = (LayerGrad, Option<LayerGrad>);
+
+    fn grad_len(&self) -> usize {
+        let MultiLayer { ff, rec } = self.layer;
+        ff.n_out * ff.n_in + rec.map_or(0, |r| r.n_out * r.n_in)
+    }
+
+    fn forward(&self, inputs: &[In], out: &mut Vec<In>, scratch: &mut MultiScratch) -> bool {
+        let m = &self.neuron;
+        match &self.layer.rec {
+            None => multi::layer_forward(m, &self.layer.ff, inputs, Some(&self.factors), out, &mut scratch.forward),
+            Some(rec) => multi::recurrent_forward(m, &RecLayer { ff: self.layer.ff, rec: *rec }, inputs, out),
+        }
+    }
+
+    fn forward_error(&self, layer: usize, sample: usize) -> Error {
+        Error::Parameter(format!(
+            "multi-spike forward: layer {layer} exceeded max_spikes = {} in sample {sample} \
+             (runaway activity; use a refractory time, t_end, or smaller weights)",
+            self.neuron.max_spikes
+        ))
+    }
+
+    fn backward(
+        &self,
+        inputs: &[In],
+        outputs: &[In],
+        grad_out: &[f64],
+        grads: (&mut [f64], &mut [f64], &mut [f64]),
+        scratch: &mut MultiScratch,
+    ) {
+        let (m, ff) = (&self.neuron, &self.layer.ff);
+        let scratch = &mut scratch.backward;
+        match &self.layer.rec {
+            None => eventprop::layer_backward(m, ff, inputs, outputs, grad_out, Some(&self.factors), grads, scratch),
+            Some(rec) => eventprop::recurrent_backward(
+                m,
+                &RecLayer { ff: *ff, rec: *rec },
+                inputs,
+                outputs,
+                grad_out,
+                grads,
+                scratch,
+            ),
+        }
+    }
+
+    fn finish(&self, w: Vec<f64>, d: Vec<f64>) -> (LayerGrad, Option<LayerGrad>) {
+        let ff = &self.layer.ff;
+        let nf = ff.n_out * ff.n_in;
+        let rec =
+            self.layer.rec.map(|r| LayerGrad { weights: w[nf..].to_vec(), delays: r.reduce_delay_grad(&d[nf..]) });
+        (LayerGrad { weights: w[..nf].to_vec(), delays: ff.reduce_delay_grad(&d[..nf]) }, rec)
+    }
 }
 
 impl<'a> MultiNetwork<'a> {
@@ -130,8 +193,12 @@ impl<'a> MultiNetwork<'a> {
 
     /// Spikes of every layer for every sample of a table.
     pub fn forward_table(&self, table: &SpikeTable, n_samples: usize) -> Result<Vec<Spikes>> {
+        self.forward_table_with(table, n_samples, &Cancel::new())
+    }
+
+    pub fn forward_table_with(&self, table: &SpikeTable, n_samples: usize, cancel: &Cancel) -> Result<Vec<Spikes>> {
         let set = SpikeSet::new(table.clone(), n_samples)?;
-        self.forward(&set.input(None)?)
+        self.forward_with(&set.input(None)?, cancel)
     }
 
     /// Gradients for a table of input spikes; see [`MultiNetwork::backward`].
@@ -142,74 +209,52 @@ impl<'a> MultiNetwork<'a> {
         spikes: &[Spikes],
         grad_out: &[f64],
     ) -> Result<MultiGrad> {
+        self.backward_table_with(table, n_samples, spikes, grad_out, &Cancel::new())
+    }
+
+    pub fn backward_table_with(
+        &self,
+        table: &SpikeTable,
+        n_samples: usize,
+        spikes: &[Spikes],
+        grad_out: &[f64],
+        cancel: &Cancel,
+    ) -> Result<MultiGrad> {
         let set = SpikeSet::new(table.clone(), n_samples)?;
-        self.backward(&set.input(None)?, spikes, grad_out)
+        self.backward_with(&set.input(None)?, spikes, grad_out, cancel)
+    }
+
+    fn kernels(&self) -> Vec<MultiKernel<'a>> {
+        self.layers.iter().map(|l| MultiKernel::new(&self.neuron, *l)).collect()
     }
 
     /// Every spike of every layer for every sample of the batch (sorted by neuron then time).
     pub fn forward(&self, input: &Input) -> Result<Vec<Spikes>> {
+        self.forward_with(input, &Cancel::new())
+    }
+
+    /// [`MultiNetwork::forward`], stopped with `Error::Interrupted` when `cancel` is set.
+    pub fn forward_with(&self, input: &Input, cancel: &Cancel) -> Result<Vec<Spikes>> {
         self.check_input(input)?;
-        let n_samples = input.n_samples();
-        let table = input.table;
-        let factors: Vec<multi::DelayFactors> =
-            self.layers.iter().map(|l| multi::delay_factors(&self.neuron.neuron, &l.ff)).collect();
-        let parts: Vec<Result<Vec<Spikes>>> = chunks(n_samples)
-            .into_par_iter()
-            .map(|range| {
-                let mut scratch = multi::Scratch::default();
-                let mut outs: Vec<Spikes> =
-                    self.layers.iter().map(|_| Spikes { offsets: vec![0], ..Default::default() }).collect();
-                let mut cur: Vec<In> = Vec::new();
-                let mut next: Vec<In> = Vec::new();
-                for s in range {
-                    cur.clear();
-                    cur.extend(input.rows(s).map(|r| (table.neuron()[r], table.time()[r])));
-                    for (l, (layer, out)) in self.layers.iter().zip(outs.iter_mut()).enumerate() {
-                        next.clear();
-                        let ok = match &layer.rec {
-                            None => multi::layer_forward(
-                                &self.neuron,
-                                &layer.ff,
-                                &cur,
-                                Some(&factors[l]),
-                                &mut next,
-                                &mut scratch,
-                            ),
-                            Some(rec) => multi::recurrent_forward(
-                                &self.neuron,
-                                &RecLayer { ff: layer.ff, rec: *rec },
-                                &cur,
-                                &mut next,
-                            ),
-                        };
-                        if !ok {
-                            return Err(Error::Parameter(format!(
-                                "multi-spike forward: layer {l} exceeded max_spikes = {} in sample {s} \
-                                 (runaway activity; use a refractory time, t_end, or smaller weights)",
-                                self.neuron.max_spikes
-                            )));
-                        }
-                        for &(j, t) in &next {
-                            out.neuron.push(j);
-                            out.time.push(t);
-                        }
-                        out.offsets.push(out.neuron.len());
-                        std::mem::swap(&mut cur, &mut next);
-                    }
-                }
-                Ok(outs)
-            })
-            .collect();
-        let parts = parts.into_iter().collect::<Result<Vec<_>>>()?;
-        Ok(concat_layers(self.layers.len(), parts))
+        driver::forward(&self.kernels(), input, ChunkPolicy::SLOW_SAMPLES, cancel)
     }
 
     /// EventProp gradients given every spike of every layer (from `forward`, or recorded) and
     /// `dL/dt` of each spike of the last layer (row order of `spikes.last()`).
     pub fn backward(&self, input: &Input, spikes: &[Spikes], grad_out: &[f64]) -> Result<MultiGrad> {
+        self.backward_with(input, spikes, grad_out, &Cancel::new())
+    }
+
+    /// [`MultiNetwork::backward`], stopped with `Error::Interrupted` when `cancel` is set.
+    pub fn backward_with(
+        &self,
+        input: &Input,
+        spikes: &[Spikes],
+        grad_out: &[f64],
+        cancel: &Cancel,
+    ) -> Result<MultiGrad> {
         self.check_input(input)?;
         let n_samples = input.n_samples();
-        let table = input.table;
         if spikes.len() != self.layers.len() {
             return Err(shape_err(format!(
                 "backward: got spikes of {} layers for a network of {} layers",
@@ -231,97 +276,10 @@ impl<'a> MultiNetwork<'a> {
         if let Some(k) = grad_out.iter().position(|g| !g.is_finite()) {
             return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
         }
-        let sizes: Vec<usize> =
-            self.layers.iter().map(|l| l.ff.n_out * l.ff.n_in + l.rec.map_or(0, |r| r.n_out * r.n_in)).collect();
-        let n_layers = self.layers.len();
-        let factors: Vec<multi::DelayFactors> =
-            self.layers.iter().map(|l| multi::delay_factors(&self.neuron.neuron, &l.ff)).collect();
-        struct Part {
-            gw: Vec<Vec<f64>>,
-            gd: Vec<Vec<f64>>,
-            gin: Vec<(usize, f64)>,
-        }
-        let parts: Vec<Part> = chunks(n_samples)
-            .into_par_iter()
-            .map(|range| {
-                let mut scratch = eventprop::Scratch::default();
-                let mut part = Part {
-                    gw: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-                    gd: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-                    gin: Vec::new(),
-                };
-                let mut rows: Vec<usize> = Vec::new();
-                let mut inputs: Vec<In> = Vec::new();
-                let mut outputs: Vec<In> = Vec::new();
-                let mut g_cur: Vec<f64> = Vec::new();
-                let mut g_in: Vec<f64> = Vec::new();
-                for s in range {
-                    g_cur.clear();
-                    g_cur.extend_from_slice(&grad_out[last.range(s)]);
-                    for l in (0..n_layers).rev() {
-                        if l == 0 {
-                            rows.clear();
-                            rows.extend(input.rows(s));
-                            inputs.clear();
-                            inputs.extend(rows.iter().map(|&r| (table.neuron()[r], table.time()[r])));
-                        } else {
-                            sample_spikes(&spikes[l - 1], s, &mut inputs);
-                        }
-                        sample_spikes(&spikes[l], s, &mut outputs);
-                        g_in.clear();
-                        g_in.resize(inputs.len(), 0.0);
-                        let layer = &self.layers[l];
-                        let grads = (&mut part.gw[l][..], &mut part.gd[l][..], &mut g_in[..]);
-                        match &layer.rec {
-                            None => eventprop::layer_backward(
-                                &self.neuron,
-                                &layer.ff,
-                                &inputs,
-                                &outputs,
-                                &g_cur,
-                                Some(&factors[l]),
-                                grads,
-                                &mut scratch,
-                            ),
-                            Some(rec) => eventprop::recurrent_backward(
-                                &self.neuron,
-                                &RecLayer { ff: layer.ff, rec: *rec },
-                                &inputs,
-                                &outputs,
-                                &g_cur,
-                                grads,
-                                &mut scratch,
-                            ),
-                        }
-                        std::mem::swap(&mut g_cur, &mut g_in);
-                    }
-                    part.gin.extend(rows.iter().copied().zip(g_cur.iter().copied()));
-                }
-                part
-            })
-            .collect();
-        let mut gw: Vec<Vec<f64>> = sizes.iter().map(|&n| vec![0.0; n]).collect();
-        let mut gd = gw.clone();
-        let mut gin = vec![0.0; table.len()];
-        for part in parts {
-            for l in 0..n_layers {
-                add(&mut gw[l], &part.gw[l]);
-                add(&mut gd[l], &part.gd[l]);
-            }
-            for (r, g) in part.gin {
-                gin[r] = g;
-            }
-        }
-        let mut layers = Vec::with_capacity(n_layers);
-        let mut recs = Vec::with_capacity(n_layers);
-        for (layer, (w, d)) in self.layers.iter().zip(gw.into_iter().zip(gd)) {
-            let nf = layer.ff.n_out * layer.ff.n_in;
-            layers.push(LayerGrad { weights: w[..nf].to_vec(), delays: layer.ff.reduce_delay_grad(&d[..nf]) });
-            recs.push(
-                layer.rec.map(|r| LayerGrad { weights: w[nf..].to_vec(), delays: r.reduce_delay_grad(&d[nf..]) }),
-            );
-        }
-        Ok(MultiGrad { layers, rec: recs, inputs: gin })
+        let (grads, inputs) =
+            driver::backward(&self.kernels(), input, spikes, grad_out, ChunkPolicy::SLOW_SAMPLES, cancel)?;
+        let (layers, rec) = grads.into_iter().unzip();
+        Ok(MultiGrad { layers, rec, inputs })
     }
 }
 
@@ -343,19 +301,7 @@ pub fn layer_backward(
     out: &SpikeTable,
     grad: &[f64],
 ) -> Result<(LayerGrad, Option<LayerGrad>, Vec<f64>)> {
-    if grad.len() != out.len() {
-        return Err(shape_err(format!(
-            "layer_backward: grad has {} entries but out has {} rows",
-            grad.len(),
-            out.len()
-        )));
-    }
-    out.validate("out", n_samples, layer.ff.n_out)?;
-    if let Some(k) = grad.iter().position(|g| !g.is_finite()) {
-        return Err(spikes_err(format!("grad: entry {k} (row {k} of out) is {} (must be finite)", grad[k])));
-    }
-    let (spikes, perm) = Spikes::from_table(out, n_samples);
-    let grad_sorted: Vec<f64> = perm.iter().map(|&r| grad[r]).collect();
+    let (spikes, grad_sorted) = crate::model::sorted_output(out, grad, n_samples, layer.ff.n_out)?;
     let net = MultiNetwork::new(*m, vec![layer])?;
     let mut g = net.backward_table(input, n_samples, &[spikes], &grad_sorted)?;
     Ok((g.layers.pop().expect("one layer"), g.rec.pop().expect("one layer"), g.inputs))

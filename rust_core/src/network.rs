@@ -1,15 +1,14 @@
-//! Feed-forward TTFS networks over whole batches: samples are independent, so the batch is cut
-//! into fixed chunks processed in parallel (rayon). Gradients are summed per chunk and the chunk
-//! sums are added in chunk order, so results do not depend on the number of threads.
+//! Feed-forward TTFS networks over whole batches: a stack of [`TtfsKernel`]s run by the batch
+//! driver ([`crate::driver`]).
 
-use std::ops::Range;
-
-use rayon::prelude::*;
-
+use crate::batch::Input;
+pub use crate::batch::SpikeSet;
+use crate::cancel::Cancel;
+use crate::driver::{self, ChunkPolicy, Kernel};
 use crate::error::{param_err, shape_err, spikes_err, Result};
 use crate::layer::{LayerGrad, LayerRef};
 use crate::neuron::Neuron;
-use crate::spikes::{Grouping, RowIter, SpikeTable, Spikes};
+use crate::spikes::{SpikeTable, Spikes};
 use crate::ttfs::{self, In, Scratch};
 
 #[derive(Debug, Clone)]
@@ -30,99 +29,58 @@ pub struct NetGrad {
     pub inputs: Vec<f64>,
 }
 
-/// The input spikes of a batch: a validated table, its rows grouped by sample, and optionally a
-/// selection of samples forming the batch (so a whole data split can stay in one Arrow table and
-/// batches are chosen by index, without copying spikes).
-#[derive(Debug, Clone)]
-pub struct Input<'a> {
-    pub table: &'a SpikeTable,
-    pub grouping: &'a Grouping,
-    pub select: Option<&'a [u32]>,
-    /// One more than the largest neuron id in the table.
-    pub n_channels: usize,
+/// One TTFS layer as a per-sample kernel: the layer, its neuron, and what the scan needs once
+/// per batch.
+pub struct TtfsKernel<'a> {
+    neuron: Neuron,
+    layer: LayerRef<'a>,
+    prepared: ttfs::Prepared,
+    min_slope: f64,
 }
 
-impl Input<'_> {
-    pub fn n_samples(&self) -> usize {
-        self.select.map_or(self.grouping.n_samples(), |s| s.len())
-    }
-    pub(crate) fn rows(&self, s: usize) -> RowIter<'_> {
-        self.grouping.rows(self.select.map_or(s, |sel| sel[s] as usize))
+impl<'a> TtfsKernel<'a> {
+    pub fn new(neuron: &Neuron, layer: LayerRef<'a>, min_slope: f64) -> Self {
+        Self { neuron: *neuron, layer, prepared: ttfs::prepare(neuron, &layer), min_slope }
     }
 }
 
-/// A spike table validated and grouped once, for repeated batched use.
-#[derive(Debug, Clone)]
-pub struct SpikeSet {
-    pub table: SpikeTable,
-    pub grouping: Grouping,
-    /// One more than the largest neuron id (0 for an empty table).
-    pub n_channels: usize,
-}
+impl Kernel for TtfsKernel<'_> {
+    type Scratch = Scratch;
+    type Grad = LayerGrad;
 
-impl SpikeSet {
-    pub fn new(table: SpikeTable, n_samples: usize) -> Result<Self> {
-        table.validate("spikes", n_samples, u32::MAX as usize + 1)?;
-        let grouping = table.group(n_samples);
-        let n_channels = table.neuron().iter().max().map_or(0, |&m| m as usize + 1);
-        Ok(Self { table, grouping, n_channels })
+    fn grad_len(&self) -> usize {
+        self.layer.n_out * self.layer.n_in
     }
 
-    /// The batch made of samples `select` (all samples, in order, for `None`).
-    pub fn input<'a>(&'a self, select: Option<&'a [u32]>) -> Result<Input<'a>> {
-        if let Some(sel) = select {
-            let n = self.grouping.n_samples();
-            if let Some(k) = sel.iter().position(|&s| s as usize >= n) {
-                return Err(shape_err(format!(
-                    "select: sample {} at position {k} is out of range (the set has {n} samples)",
-                    sel[k]
-                )));
-            }
-        }
-        Ok(Input { table: &self.table, grouping: &self.grouping, select, n_channels: self.n_channels })
+    fn forward(&self, inputs: &[In], out: &mut Vec<In>, scratch: &mut Scratch) -> bool {
+        ttfs::layer_forward(&self.neuron, &self.layer, inputs, &self.prepared, out, scratch);
+        true
     }
 
-    /// The spikes of samples `select`, renumbered `0..select.len()` in that order, in the input
-    /// order within each sample (what a hardware run or a log needs as one table).
-    pub fn gather(&self, select: Option<&[u32]>) -> Result<Spikes> {
-        let input = self.input(select)?;
-        let n = input.n_samples();
-        let (neurons, times) = (self.table.neuron(), self.table.time());
-        let mut out = Spikes { offsets: Vec::with_capacity(n + 1), neuron: Vec::new(), time: Vec::new() };
-        out.offsets.push(0);
-        for s in 0..n {
-            for r in input.rows(s) {
-                out.neuron.push(neurons[r]);
-                out.time.push(times[r]);
-            }
-            out.offsets.push(out.neuron.len());
-        }
-        Ok(out)
+    fn backward(
+        &self,
+        inputs: &[In],
+        outputs: &[In],
+        grad_out: &[f64],
+        grads: (&mut [f64], &mut [f64], &mut [f64]),
+        scratch: &mut Scratch,
+    ) {
+        let factors = self.prepared.factors.as_ref();
+        ttfs::layer_backward(
+            &self.neuron,
+            &self.layer,
+            inputs,
+            outputs,
+            grad_out,
+            factors,
+            self.min_slope,
+            grads,
+            scratch,
+        );
     }
-}
 
-/// Batches smaller than this run on the calling thread: waking rayon's workers costs more than
-/// the work, and on a loaded machine it can cost milliseconds of scheduling latency (what a
-/// hardware loop of small batches notices).
-const PARALLEL_MIN_SAMPLES: usize = 64;
-
-/// Deterministic split of `n` samples into chunks: enough for load balancing, few enough that
-/// per-chunk gradient buffers stay small.
-fn chunks(n: usize) -> Vec<Range<usize>> {
-    if n < PARALLEL_MIN_SAMPLES {
-        return std::iter::once(0..n).collect();
-    }
-    let size = n.div_ceil(64).max(16);
-    (0..n).step_by(size).map(|s| s..(s + size).min(n)).collect()
-}
-
-/// `f` over the chunks of `n` samples, in chunk order; in parallel unless there is one chunk.
-fn map_chunks<T: Send>(n: usize, f: impl Fn(Range<usize>) -> T + Sync + Send) -> Vec<T> {
-    let ranges = chunks(n);
-    if ranges.len() == 1 {
-        ranges.into_iter().map(f).collect()
-    } else {
-        ranges.into_par_iter().map(f).collect()
+    fn finish(&self, weights: Vec<f64>, delays: Vec<f64>) -> LayerGrad {
+        LayerGrad { weights, delays: self.layer.reduce_delay_grad(&delays) }
     }
 }
 
@@ -176,8 +134,12 @@ impl<'a> Network<'a> {
 
     /// Spikes of every layer for every sample of a table.
     pub fn forward_table(&self, table: &SpikeTable, n_samples: usize) -> Result<Vec<Spikes>> {
+        self.forward_table_with(table, n_samples, &Cancel::new())
+    }
+
+    pub fn forward_table_with(&self, table: &SpikeTable, n_samples: usize, cancel: &Cancel) -> Result<Vec<Spikes>> {
         let set = SpikeSet::new(table.clone(), n_samples)?;
-        self.forward(&set.input(None)?)
+        self.forward_with(&set.input(None)?, cancel)
     }
 
     /// Gradients for a table of input spikes; see [`Network::backward`].
@@ -188,47 +150,52 @@ impl<'a> Network<'a> {
         spikes: &[Spikes],
         grad_out: &[f64],
     ) -> Result<NetGrad> {
+        self.backward_table_with(table, n_samples, spikes, grad_out, &Cancel::new())
+    }
+
+    pub fn backward_table_with(
+        &self,
+        table: &SpikeTable,
+        n_samples: usize,
+        spikes: &[Spikes],
+        grad_out: &[f64],
+        cancel: &Cancel,
+    ) -> Result<NetGrad> {
         let set = SpikeSet::new(table.clone(), n_samples)?;
-        self.backward(&set.input(None)?, spikes, grad_out)
+        self.backward_with(&set.input(None)?, spikes, grad_out, cancel)
+    }
+
+    fn kernels(&self) -> Vec<TtfsKernel<'a>> {
+        self.layers.iter().map(|l| TtfsKernel::new(&self.neuron, *l, self.min_slope)).collect()
     }
 
     /// Spikes of every layer for every sample of the batch.
     pub fn forward(&self, input: &Input) -> Result<Vec<Spikes>> {
+        self.forward_with(input, &Cancel::new())
+    }
+
+    /// [`Network::forward`], stopped with `Error::Interrupted` when `cancel` is set.
+    pub fn forward_with(&self, input: &Input, cancel: &Cancel) -> Result<Vec<Spikes>> {
         self.check_input(input)?;
-        let n_samples = input.n_samples();
-        let table = input.table;
-        let prepared: Vec<ttfs::Prepared> = self.layers.iter().map(|l| ttfs::prepare(&self.neuron, l)).collect();
-        let parts: Vec<Vec<Spikes>> = map_chunks(n_samples, |range| {
-            let mut scratch = Scratch::default();
-            let mut outs: Vec<Spikes> =
-                self.layers.iter().map(|_| Spikes { offsets: vec![0], ..Default::default() }).collect();
-            let mut cur: Vec<In> = Vec::new();
-            let mut next: Vec<In> = Vec::new();
-            for s in range {
-                cur.clear();
-                cur.extend(input.rows(s).map(|r| (table.neuron()[r], table.time()[r])));
-                for ((layer, out), p) in self.layers.iter().zip(outs.iter_mut()).zip(&prepared) {
-                    next.clear();
-                    ttfs::layer_forward(&self.neuron, layer, &cur, p, &mut next, &mut scratch);
-                    for &(j, t) in &next {
-                        out.neuron.push(j);
-                        out.time.push(t);
-                    }
-                    out.offsets.push(out.neuron.len());
-                    std::mem::swap(&mut cur, &mut next);
-                }
-            }
-            outs
-        });
-        Ok(concat_layers(self.layers.len(), parts))
+        driver::forward(&self.kernels(), input, ChunkPolicy::FAST_SAMPLES, cancel)
     }
 
     /// Gradients given the spikes of every layer (computed by `forward`, or recorded on
     /// hardware) and `dL/dt` of each spike of the last layer.
     pub fn backward(&self, input: &Input, spikes: &[Spikes], grad_out: &[f64]) -> Result<NetGrad> {
+        self.backward_with(input, spikes, grad_out, &Cancel::new())
+    }
+
+    /// [`Network::backward`], stopped with `Error::Interrupted` when `cancel` is set.
+    pub fn backward_with(
+        &self,
+        input: &Input,
+        spikes: &[Spikes],
+        grad_out: &[f64],
+        cancel: &Cancel,
+    ) -> Result<NetGrad> {
         self.check_input(input)?;
         let n_samples = input.n_samples();
-        let table = input.table;
         if spikes.len() != self.layers.len() {
             return Err(shape_err(format!(
                 "backward: got spikes of {} layers for a network of {} layers",
@@ -250,103 +217,40 @@ impl<'a> Network<'a> {
         if let Some(k) = grad_out.iter().position(|g| !g.is_finite()) {
             return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
         }
-        let n_layers = self.layers.len();
-        let factors: Vec<Option<ttfs::DelayFactors>> =
-            self.layers.iter().map(|l| ttfs::delay_factors(&self.neuron, l)).collect();
-
-        struct Part {
-            gw: Vec<Vec<f64>>,
-            gd: Vec<Vec<f64>>,
-            gin: Vec<(usize, f64)>,
-        }
-        let parts: Vec<Part> = map_chunks(n_samples, |range| {
-            let mut scratch = Scratch::default();
-            let mut part = Part {
-                gw: self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect(),
-                gd: self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect(),
-                gin: Vec::new(),
-            };
-            let mut rows: Vec<usize> = Vec::new();
-            let mut inputs: Vec<In> = Vec::new();
-            let mut outputs: Vec<In> = Vec::new();
-            let mut g_cur: Vec<f64> = Vec::new();
-            let mut g_in: Vec<f64> = Vec::new();
-            for s in range {
-                let r = last.range(s);
-                g_cur.clear();
-                g_cur.extend_from_slice(&grad_out[r]);
-                for l in (0..n_layers).rev() {
-                    inputs.clear();
-                    if l == 0 {
-                        rows.clear();
-                        rows.extend(input.rows(s));
-                        inputs.extend(rows.iter().map(|&r| (table.neuron()[r], table.time()[r])));
-                    } else {
-                        let prev = &spikes[l - 1];
-                        let r = prev.range(s);
-                        inputs.extend(prev.neuron[r.clone()].iter().copied().zip(prev.time[r].iter().copied()));
-                    }
-                    let sp = &spikes[l];
-                    let r = sp.range(s);
-                    outputs.clear();
-                    outputs.extend(sp.neuron[r.clone()].iter().copied().zip(sp.time[r].iter().copied()));
-                    g_in.clear();
-                    g_in.resize(inputs.len(), 0.0);
-                    ttfs::layer_backward(
-                        &self.neuron,
-                        &self.layers[l],
-                        &inputs,
-                        &outputs,
-                        &g_cur,
-                        factors[l].as_ref(),
-                        self.min_slope,
-                        (&mut part.gw[l], &mut part.gd[l], &mut g_in),
-                        &mut scratch,
-                    );
-                    std::mem::swap(&mut g_cur, &mut g_in);
-                }
-                part.gin.extend(rows.iter().copied().zip(g_cur.iter().copied()));
-            }
-            part
-        });
-
-        let mut gw: Vec<Vec<f64>> = self.layers.iter().map(|l| vec![0.0; l.n_out * l.n_in]).collect();
-        let mut gd = gw.clone();
-        let mut inputs = vec![0.0; table.len()];
-        for part in parts {
-            for l in 0..n_layers {
-                add(&mut gw[l], &part.gw[l]);
-                add(&mut gd[l], &part.gd[l]);
-            }
-            for (r, g) in part.gin {
-                inputs[r] = g;
-            }
-        }
-        let layers = self
-            .layers
-            .iter()
-            .zip(gw.into_iter().zip(gd))
-            .map(|(layer, (w, d))| LayerGrad { weights: w, delays: layer.reduce_delay_grad(&d) })
-            .collect();
+        let (layers, inputs) =
+            driver::backward(&self.kernels(), input, spikes, grad_out, ChunkPolicy::FAST_SAMPLES, cancel)?;
         Ok(NetGrad { layers, inputs })
     }
-}
 
-pub(crate) fn add(acc: &mut [f64], x: &[f64]) {
-    for (a, b) in acc.iter_mut().zip(x) {
-        *a += b;
-    }
-}
-
-/// Per-chunk spikes of every layer (chunks in sample order) joined into one `Spikes` per layer.
-pub(crate) fn concat_layers(n_layers: usize, parts: impl IntoIterator<Item = Vec<Spikes>>) -> Vec<Spikes> {
-    let mut per_layer: Vec<Vec<Spikes>> = (0..n_layers).map(|_| Vec::new()).collect();
-    for part in parts {
-        for (l, sp) in part.into_iter().enumerate() {
-            per_layer[l].push(sp);
+    /// [`Network::backward_with`] given `dL/dT` on the output layer's first spike times, dense
+    /// `(n_samples, n_out)` row-major (entries of silent neurons are ignored).
+    pub fn backward_first_times(
+        &self,
+        input: &Input,
+        spikes: &[Spikes],
+        grad_times: &[f64],
+        cancel: &Cancel,
+    ) -> Result<NetGrad> {
+        let n_out = self.layers.last().expect("at least one layer").n_out;
+        let n_samples = input.n_samples();
+        if grad_times.len() != n_samples * n_out {
+            return Err(shape_err(format!(
+                "grad_times has {} entries, expected (n_samples, n_out) = ({n_samples}, {n_out})",
+                grad_times.len()
+            )));
         }
+        if spikes.len() != self.layers.len() {
+            return Err(shape_err(format!(
+                "backward: got spikes of {} layers for a network of {} layers",
+                spikes.len(),
+                self.layers.len()
+            )));
+        }
+        let last = spikes.last().expect("at least one layer");
+        check_spikes(last, n_samples, n_out, &format!("layer {} spikes", self.layers.len() - 1))?;
+        let rows = last.gather(grad_times, n_out);
+        self.backward_with(input, spikes, &rows, cancel)
     }
-    per_layer.into_iter().map(Spikes::concat).collect()
 }
 
 /// A layer's spikes as the backward pass needs them: ids in range, finite times, at most one

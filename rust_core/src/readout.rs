@@ -15,11 +15,16 @@
 //!   parameter). Per arrival the integral has a closed form `F(a)`, and
 //!   `dF/da = -F/tau_w - exp(-T/tau_w) K(T - a)/T (+ K(-a)/T for a < 0)`.
 
+use std::ops::Range;
+
+use crate::cancel::Cancel;
+use crate::driver::{self, ChunkPolicy, Kernel};
 use crate::error::{param_err, shape_err, Result};
 use crate::layer::{LayerGrad, LayerRef};
 use crate::multi::sort_by_time;
+use crate::multi_network::check_multi_spikes;
 use crate::neuron::Neuron;
-use crate::spikes::Spikes;
+use crate::spikes::{SpikeTable, Spikes};
 use crate::ttfs::In;
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -134,7 +139,19 @@ pub struct Scratch {
     terms: Vec<(f64, f64)>,
 }
 
-impl Readout<'_> {
+impl ReadoutKind {
+    /// The kind named `kind` (`"max"`, `"exp_mean"`); `tau_w` (for `exp_mean`) defaults to
+    /// the window length `t_end`.
+    pub fn parse(kind: &str, tau_w: Option<f64>, t_end: f64) -> Result<Self> {
+        match kind {
+            "max" => Ok(Self::Max),
+            "exp_mean" => Ok(Self::ExpMean { tau_w: tau_w.unwrap_or(t_end) }),
+            _ => Err(param_err(format!("readout: unknown kind '{kind}' (available: 'max', 'exp_mean')"))),
+        }
+    }
+}
+
+impl<'a> Readout<'a> {
     pub fn validate(&self) -> Result<()> {
         if !(self.t_end.is_finite() && self.t_end > 0.0) {
             return Err(param_err(format!("readout: t_end must be finite and > 0, got {}", self.t_end)));
@@ -274,30 +291,37 @@ impl Readout<'_> {
 
     /// Readout values `(n_samples, n_out)` row-major for a batch of hidden spikes.
     pub fn forward(&self, n: &Neuron, spikes: &Spikes) -> Result<Vec<f64>> {
+        self.forward_with(n, spikes, &Cancel::new())
+    }
+
+    /// [`Readout::forward`], stopped with `Error::Interrupted` when `cancel` is set.
+    pub fn forward_with(&self, n: &Neuron, spikes: &Spikes, cancel: &Cancel) -> Result<Vec<f64>> {
         self.validate()?;
-        crate::multi_network::check_multi_spikes(spikes, spikes.n_samples(), self.layer.n_in, "readout input")?;
-        let n_out = self.layer.n_out;
-        use rayon::prelude::*;
-        let mut out = vec![0.0; spikes.n_samples() * n_out];
-        out.par_chunks_mut(n_out.max(1)).enumerate().for_each_init(
-            || (Scratch::default(), Vec::new()),
-            |(scratch, inputs), (s, y)| {
-                inputs.clear();
-                let r = spikes.range(s);
-                inputs.extend(spikes.neuron[r.clone()].iter().copied().zip(spikes.time[r].iter().copied()));
-                self.forward_sample(n, inputs, y, scratch);
-            },
-        );
-        Ok(out)
+        check_multi_spikes(spikes, spikes.n_samples(), self.layer.n_in, "readout input")?;
+        let kernel = ReadoutKernel { readout: *self, neuron: *n };
+        let mut out = driver::forward(&[kernel], spikes, ChunkPolicy::SLOW_SAMPLES, cancel)?;
+        // One event (class, value) per class and sample, in class order: the values row-major.
+        Ok(out.pop().expect("one layer").time)
     }
 
     /// Gradients for a batch given `dy = dL/dy` `(n_samples, n_out)`: the readout's parameter
     /// gradients and `dL/dt` of each row of `spikes`.
     pub fn backward(&self, n: &Neuron, spikes: &Spikes, dy: &[f64]) -> Result<(LayerGrad, Vec<f64>)> {
+        self.backward_with(n, spikes, dy, &Cancel::new())
+    }
+
+    /// [`Readout::backward`], stopped with `Error::Interrupted` when `cancel` is set.
+    pub fn backward_with(
+        &self,
+        n: &Neuron,
+        spikes: &Spikes,
+        dy: &[f64],
+        cancel: &Cancel,
+    ) -> Result<(LayerGrad, Vec<f64>)> {
         self.validate()?;
         let n_samples = spikes.n_samples();
         let l = &self.layer;
-        crate::multi_network::check_multi_spikes(spikes, n_samples, l.n_in, "readout input")?;
+        check_multi_spikes(spikes, n_samples, l.n_in, "readout input")?;
         if dy.len() != n_samples * l.n_out {
             return Err(shape_err(format!(
                 "readout backward: dy has {} entries, expected n_samples * n_out = {n_samples} * {}",
@@ -305,41 +329,89 @@ impl Readout<'_> {
                 l.n_out
             )));
         }
-        use rayon::prelude::*;
-        let parts: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = crate::multi_network::chunks(n_samples)
-            .into_par_iter()
-            .map(|range| {
-                let mut scratch = Scratch::default();
-                let mut gw = vec![0.0; l.n_out * l.n_in];
-                let mut gd = vec![0.0; l.n_out * l.n_in];
-                let rows = spikes.offsets[range.start]..spikes.offsets[range.end];
-                let mut gin = vec![0.0; rows.len()];
-                let mut inputs = Vec::new();
-                for s in range {
-                    let r = spikes.range(s);
-                    inputs.clear();
-                    inputs.extend(spikes.neuron[r.clone()].iter().copied().zip(spikes.time[r.clone()].iter().copied()));
-                    let g = &mut gin[r.start - rows.start..r.end - rows.start];
-                    self.backward_sample(
-                        n,
-                        &inputs,
-                        &dy[s * l.n_out..(s + 1) * l.n_out],
-                        (&mut gw, &mut gd, g),
-                        &mut scratch,
-                    );
-                }
-                (gw, gd, gin)
-            })
-            .collect();
-        let mut gw = vec![0.0; l.n_out * l.n_in];
-        let mut gd = vec![0.0; l.n_out * l.n_in];
-        let mut gin = Vec::with_capacity(spikes.len());
-        for (w, d, g) in parts {
-            crate::network::add(&mut gw, &w);
-            crate::network::add(&mut gd, &d);
-            gin.extend(g);
+        let kernel = ReadoutKernel { readout: *self, neuron: *n };
+        // The readout's gradient is per class (`grad_rows`); it needs no recorded output.
+        let outputs = [Spikes::empty(n_samples)];
+        let (mut grads, gin) = driver::backward(&[kernel], spikes, &outputs, dy, ChunkPolicy::SLOW_SAMPLES, cancel)?;
+        Ok((grads.pop().expect("one layer"), gin))
+    }
+
+    /// [`Readout::forward_with`] on a table of hidden spikes (any row order).
+    pub fn forward_table(&self, n: &Neuron, table: &SpikeTable, n_samples: usize, cancel: &Cancel) -> Result<Vec<f64>> {
+        table.validate("spikes", n_samples, self.layer.n_in)?;
+        let (spikes, _) = Spikes::from_table(table, n_samples)?;
+        self.forward_with(n, &spikes, cancel)
+    }
+
+    /// [`Readout::backward_with`] on a table of hidden spikes (any row order); `dL/dt` comes
+    /// back in the table's row order.
+    pub fn backward_table(
+        &self,
+        n: &Neuron,
+        table: &SpikeTable,
+        n_samples: usize,
+        dy: &[f64],
+        cancel: &Cancel,
+    ) -> Result<(LayerGrad, Vec<f64>)> {
+        table.validate("spikes", n_samples, self.layer.n_in)?;
+        let (spikes, perm) = Spikes::from_table(table, n_samples)?;
+        let (grad, sorted) = self.backward_with(n, &spikes, dy, cancel)?;
+        let mut gin = vec![0.0; sorted.len()];
+        for (&row, g) in perm.iter().zip(sorted) {
+            gin[row] = g;
         }
-        Ok((LayerGrad { weights: gw, delays: l.reduce_delay_grad(&gd) }, gin))
+        Ok((grad, gin))
+    }
+}
+
+/// A readout as a per-sample kernel of the batch driver: its output events are one
+/// `(class, value)` per class.
+struct ReadoutKernel<'a> {
+    readout: Readout<'a>,
+    neuron: Neuron,
+}
+
+#[derive(Default)]
+struct KernelScratch {
+    scratch: Scratch,
+    values: Vec<f64>,
+}
+
+impl Kernel for ReadoutKernel<'_> {
+    type Scratch = KernelScratch;
+    type Grad = LayerGrad;
+
+    fn grad_len(&self) -> usize {
+        self.readout.layer.n_out * self.readout.layer.n_in
+    }
+
+    fn forward(&self, inputs: &[In], out: &mut Vec<In>, scratch: &mut KernelScratch) -> bool {
+        let KernelScratch { scratch, values } = scratch;
+        values.clear();
+        values.resize(self.readout.layer.n_out, 0.0);
+        self.readout.forward_sample(&self.neuron, inputs, values, scratch);
+        out.extend(values.iter().enumerate().map(|(c, &y)| (c as u32, y)));
+        true
+    }
+
+    fn grad_rows(&self, _outputs: &Spikes, s: usize) -> Range<usize> {
+        let n_out = self.readout.layer.n_out;
+        s * n_out..(s + 1) * n_out
+    }
+
+    fn backward(
+        &self,
+        inputs: &[In],
+        _outputs: &[In],
+        grad_out: &[f64],
+        grads: (&mut [f64], &mut [f64], &mut [f64]),
+        scratch: &mut KernelScratch,
+    ) {
+        self.readout.backward_sample(&self.neuron, inputs, grad_out, grads, &mut scratch.scratch);
+    }
+
+    fn finish(&self, weights: Vec<f64>, delays: Vec<f64>) -> LayerGrad {
+        LayerGrad { weights, delays: self.readout.layer.reduce_delay_grad(&delays) }
     }
 }
 

@@ -8,7 +8,28 @@ use arrow_array::types::{Float64Type, UInt32Type};
 use arrow_array::{ArrayRef, Float64Array, RecordBatch, UInt16Array, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 
-use crate::error::{spikes_err, Result};
+use crate::error::{shape_err, spikes_err, Result};
+
+/// Sample ids are `u32`, so a batch has at most `2^32` samples.
+pub const MAX_SAMPLES: usize = 1 << 32;
+
+/// A zeroed per-sample offset array (`n_samples + 1` entries), or a `Shape` error when
+/// `n_samples` cannot be a batch or the array cannot be allocated: checked before any other
+/// per-sample allocation, so that an absurd count is an error rather than an abort.
+pub fn sample_offsets(n_samples: usize) -> Result<Vec<usize>> {
+    if n_samples > MAX_SAMPLES {
+        return Err(shape_err(format!("n_samples = {n_samples} is more than 2**32 (sample ids are uint32)")));
+    }
+    let mut v: Vec<usize> = Vec::new();
+    v.try_reserve_exact(n_samples + 1).map_err(|_| {
+        shape_err(format!(
+            "n_samples = {n_samples}: the per-sample index ({:.1} GiB) cannot be allocated",
+            (n_samples + 1) as f64 * std::mem::size_of::<usize>() as f64 / (1u64 << 30) as f64
+        ))
+    })?;
+    v.resize(n_samples + 1, 0);
+    Ok(v)
+}
 
 /// Columns of an input spike table, validated, typed, and — for a single record batch of the
 /// schema's own types — borrowed from the caller's Arrow buffers without a copy.
@@ -135,7 +156,7 @@ impl SpikeTable {
     }
 
     /// Row indices grouped by sample (stable: the rows of one sample keep their order).
-    pub fn group(&self, n_samples: usize) -> Grouping {
+    pub fn group(&self, n_samples: usize) -> Result<Grouping> {
         Grouping::new(self.sample(), n_samples)
     }
 }
@@ -166,8 +187,9 @@ pub struct Grouping {
 }
 
 impl Grouping {
-    pub fn new(sample: &[u32], n_samples: usize) -> Self {
-        let mut counts = vec![0usize; n_samples + 1];
+    /// Fails (`Shape`) only when `n_samples` is too large (see [`sample_offsets`]).
+    pub fn new(sample: &[u32], n_samples: usize) -> Result<Self> {
+        let mut counts = sample_offsets(n_samples)?;
         let mut sorted = true;
         let mut prev = 0u32;
         for &s in sample {
@@ -180,7 +202,7 @@ impl Grouping {
         }
         let offsets = counts;
         if sorted {
-            return Self { offsets, order: None };
+            return Ok(Self { offsets, order: None });
         }
         let mut fill = offsets.clone();
         let mut order = vec![0u32; sample.len()];
@@ -188,7 +210,7 @@ impl Grouping {
             order[fill[s as usize]] = r as u32;
             fill[s as usize] += 1;
         }
-        Self { offsets, order: Some(order) }
+        Ok(Self { offsets, order: Some(order) })
     }
 
     pub fn n_samples(&self) -> usize {
@@ -283,8 +305,8 @@ impl Spikes {
 
     /// Reads a table (e.g. spikes recorded on hardware) into grouped, sorted form. Also returns,
     /// for each row of the result, the row of `t` it came from.
-    pub fn from_table(t: &SpikeTable, n_samples: usize) -> (Self, Vec<usize>) {
-        let g = t.group(n_samples);
+    pub fn from_table(t: &SpikeTable, n_samples: usize) -> Result<(Self, Vec<usize>)> {
+        let g = t.group(n_samples)?;
         let mut out = Self { offsets: Vec::with_capacity(n_samples + 1), ..Default::default() };
         out.offsets.push(0);
         let mut perm = Vec::with_capacity(t.len());
@@ -300,7 +322,7 @@ impl Spikes {
             }
             out.offsets.push(out.len());
         }
-        (out, perm)
+        Ok((out, perm))
     }
 
     /// Concatenates per-chunk results (each covering consecutive samples) in order.

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
+from delgrad import _core
 from delgrad._core import ParameterError, ShapeError
 
-DELAY_KINDS = ("none", "synaptic", "axonal", "dendritic")
+DELAY_KINDS: tuple[str, ...] = _core.DELAY_KINDS
 
 
 def as_f64(x: ArrayLike, name: str, ndim: int | None = None) -> NDArray[np.float64]:
@@ -32,18 +33,16 @@ def delay_kind_of(weights: NDArray[np.float64], delays: NDArray[np.float64] | No
     if delays is None:
         return "none"
     n_out, n_in = weights.shape
+    shapes = {k: tuple(_core.delay_shape(k, n_out, n_in)) for k in DELAY_KINDS if k != "none"}
     if delays.ndim == 2:
-        return "synaptic"
-    if delays.ndim == 1 and n_in != n_out:
-        if delays.shape[0] == n_in:
-            return "axonal"
-        if delays.shape[0] == n_out:
-            return "dendritic"
-    if delays.ndim == 1 and n_in == n_out:
+        return "synaptic"  # a wrong 2-d shape is then reported against the weights' shape
+    fits = [k for k, shape in shapes.items() if delays.shape == shape]
+    if len(fits) == 1:
+        return fits[0]
+    if fits:
         raise ShapeError(
-            "delays: a 1-d delay vector is ambiguous for a square layer; pass delay_kind='axonal' or 'dendritic'"
+            f"delays: shape {delays.shape} is ambiguous for weights {weights.shape} "
+            f"(fits {' and '.join(fits)}); pass delay_kind={fits[0]!r} or {fits[1]!r}"
         )
-    raise ShapeError(
-        f"delays: shape {delays.shape} fits no parametrisation of weights {weights.shape} "
-        f"(synaptic ({n_out}, {n_in}), axonal ({n_in},), dendritic ({n_out},))"
-    )
+    listed = ", ".join(f"{k} {shape}" for k, shape in shapes.items())
+    raise ShapeError(f"delays: shape {delays.shape} fits no parametrisation of weights {weights.shape} ({listed})")

@@ -1,4 +1,4 @@
-"""Type stubs of the compiled extension (Rust, PyO3). Keep in step with delgrad_py/src/lib.rs."""
+"""Type stubs of the compiled extension (Rust, PyO3). Keep in step with delgrad_py/src/ (lib.rs registers)."""
 
 from typing import Any, final
 
@@ -7,6 +7,11 @@ import pyarrow as pa
 from numpy.typing import NDArray
 
 __version__: str
+DELAY_KINDS: tuple[str, ...]  # ("none", "synaptic", "axonal", "dendritic"), defined by the core
+MODES: tuple[str, ...]  # neuron modes: ("ttfs", "multi")
+
+# Sample ids choosing a batch: uint32 is used in place; int64/uint64 ids are range-checked first.
+_Select = NDArray[np.uint32] | NDArray[np.int64] | NDArray[np.uint64]
 
 class SpikeError(ValueError): ...
 class ShapeError(ValueError): ...
@@ -51,7 +56,7 @@ class SpikeSet:
     @property
     def n_channels(self) -> int: ...
     def __len__(self) -> int: ...
-    def select(self, select: NDArray[np.uint32] | None = None) -> pa.RecordBatch: ...
+    def select(self, select: _Select | None = None) -> pa.RecordBatch: ...
 
 @final
 class ChipIo:
@@ -130,14 +135,14 @@ def readout_cross_entropy(
 ) -> tuple[float, NDArray[np.float64], NDArray[np.int64]]: ...
 def multi_network_forward(
     spikes: SpikeSet,
-    select: NDArray[np.uint32] | None,
+    select: _Select | None,
     layers: list[_LayerArgs],
     neuron: Neuron,
     recurrent: list[_LayerArgs | None] | None = None,
 ) -> Trace: ...
 def multi_network_backward(
     spikes: SpikeSet,
-    select: NDArray[np.uint32] | None,
+    select: _Select | None,
     layers: list[_LayerArgs],
     neuron: Neuron,
     trace: Trace,
@@ -148,12 +153,10 @@ def multi_network_backward(
     list[tuple[NDArray[np.float64], NDArray[np.float64]] | None],
     NDArray[np.float64],
 ]: ...
-def network_forward(
-    spikes: SpikeSet, select: NDArray[np.uint32] | None, layers: list[_LayerArgs], neuron: Neuron
-) -> Trace: ...
+def network_forward(spikes: SpikeSet, select: _Select | None, layers: list[_LayerArgs], neuron: Neuron) -> Trace: ...
 def network_backward(
     spikes: SpikeSet,
-    select: NDArray[np.uint32] | None,
+    select: _Select | None,
     layers: list[_LayerArgs],
     neuron: Neuron,
     trace: Trace,
@@ -187,3 +190,5 @@ def chip_run_frames(
     frame: Any, n_samples: int, layers: list[_LayerArgs], neuron: Neuron, io: ChipIo, max_events: int
 ) -> tuple[list[bytes], dict[str, Any]]: ...
 def _column_addresses(spikes: Any) -> dict[str, int]: ...
+def delay_shape(kind: str, n_out: int, n_in: int) -> list[int]:
+    """Shape of a layer's delay array: none (0,), synaptic (n_out, n_in), axonal (n_in,), dendritic (n_out,)."""

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from delgrad import _core
 from delgrad.losses import LossConfig
 from delgrad.optim import DelayParam
 
@@ -157,7 +158,7 @@ class NetworkConfig:
 
     mode: Literal["ttfs", "multi"] = _spec("ttfs", doc="time-to-first-spike (DelGrad) or multi-spike (EventProp)")
     hidden: list[int] = _spec(factory=lambda: [30], ge=1, doc="hidden widths; multi-spike networks need one")
-    delay_kind: Literal["none", "axonal", "dendritic", "synaptic"] = "synaptic"
+    delay_kind: Literal[_core.DELAY_KINDS] = _spec("synaptic", doc="the core's delay kinds (_core.DELAY_KINDS)")
     tau_m: float = _spec(2.0, gt=0.0)
     tau_s: float = _spec(1.0, gt=0.0)
     theta: float = _spec(1.0, gt=0.0)

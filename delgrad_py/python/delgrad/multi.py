@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from delgrad import _core
 from delgrad._core import Neuron, ParameterError, ShapeError, SpikeSet, Trace
-from delgrad.network import Layer, _delay_shape, _read_npz, _select, _write_npz, neuron_meta
+from delgrad.network import Layer, _read_npz, _select, _write_npz, neuron_meta
 
 READOUT_KINDS = ("max", "exp_mean")
 
@@ -130,10 +130,10 @@ class MultiNetwork:
         for index in range(n - 1):
             n_in, n_out = sizes[index], sizes[index + 1]
             w = rng.normal(means[index], stds[index], (n_out, n_in))
-            d = rng.uniform(*delay_range, _delay_shape(delay_kind, n_out, n_in))
+            d = rng.uniform(*delay_range, _core.delay_shape(delay_kind, n_out, n_in))
             layers.append(Layer(w, d, delay_kind))
             if recurrent:
-                rd = rng.uniform(*delay_range, _delay_shape(delay_kind, n_out, n_out))
+                rd = rng.uniform(*delay_range, _core.delay_shape(delay_kind, n_out, n_out))
                 rec.append(Layer(rng.normal(0.0, recurrent_std, (n_out, n_out)), rd, delay_kind))
             else:
                 rec.append(None)

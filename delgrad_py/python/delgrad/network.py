@@ -59,13 +59,17 @@ def as_spike_set(spikes: SpikesLike | SpikeSet, n_samples: int | None) -> SpikeS
     return SpikeSet(spikes, int(n_samples))
 
 
-def _select(select: ArrayLike | None) -> NDArray[np.uint32] | None:
+def _select(select: ArrayLike | None) -> NDArray[np.uint32] | NDArray[np.int64] | NDArray[np.uint64] | None:
+    """Sample ids as the core takes them, never narrowed here: the core checks every id against
+    the set (naming the id and its position) before it becomes a ``uint32``."""
     if select is None:
         return None
     a = np.asarray(select)
-    if a.ndim != 1 or (a.size and (a.dtype.kind not in "iu" or a.min() < 0)):
+    if a.ndim != 1 or (a.size and a.dtype.kind not in "iu"):
         raise ShapeError("select must be a 1-d array of non-negative sample indices")
-    return np.ascontiguousarray(a, dtype=np.uint32)
+    if a.dtype == np.uint32:
+        return np.ascontiguousarray(a)
+    return np.ascontiguousarray(a, dtype=np.uint64 if a.dtype.kind == "u" else np.int64)
 
 
 def neuron_meta(n: Neuron) -> dict:
@@ -83,10 +87,6 @@ def _read_npz(path: str | Path) -> tuple[dict, dict[str, np.ndarray]]:
     """The architecture and the arrays of a file written by :func:`_write_npz`."""
     with np.load(path) as z:
         return json.loads(z["meta"].tobytes().decode()), {k: z[k] for k in z.files if k != "meta"}
-
-
-def _delay_shape(kind: str, n_out: int, n_in: int) -> tuple[int, ...]:
-    return {"none": (0,), "synaptic": (n_out, n_in), "axonal": (n_in,), "dendritic": (n_out,)}[kind]
 
 
 class Network:
@@ -149,7 +149,7 @@ class Network:
         for index in range(n_layers):
             n_in, n_out = sizes[index], sizes[index + 1]
             w = rng.normal(means[index], stds[index], size=(n_out, n_in))
-            d = rng.uniform(*delay_range, size=_delay_shape(kinds[index], n_out, n_in))
+            d = rng.uniform(*delay_range, size=_core.delay_shape(kinds[index], n_out, n_in))
             layers.append(Layer(w, d, kinds[index]))
         return cls(layers, neuron)
 

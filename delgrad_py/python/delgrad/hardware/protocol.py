@@ -143,7 +143,7 @@ SPIKE_SCHEMA = _schema(("sample", pa.uint32()), ("neuron", pa.uint32()), ("time"
 WEIGHT_SCHEMA = _schema(("layer", pa.uint16()), ("post", pa.uint32()), ("pre", pa.uint32()), ("weight", pa.float64()))
 DELAY_SCHEMA = _schema(("layer", pa.uint16()), ("index", pa.uint32()), ("delay", pa.float64()))
 
-DELAY_KINDS = ("none", "synaptic", "axonal", "dendritic")
+DELAY_KINDS: tuple[str, ...] = _core.DELAY_KINDS
 
 
 # --- headers ------------------------------------------------------------------------------------
@@ -496,7 +496,7 @@ def replicate_columns(
 
 
 def _delay_count(kind: str, n_out: int, n_in: int) -> int:
-    return {"none": 0, "synaptic": n_out * n_in, "axonal": n_in, "dendritic": n_out}[kind]
+    return math.prod(_core.delay_shape(kind, n_out, n_in))
 
 
 def encode_network(net: Any) -> tuple[dict[str, Any], list[pa.Buffer]]:
@@ -644,8 +644,7 @@ def decode_network(header: Mapping[str, Any], frames: Sequence[Any]) -> Any:
             )
         d = np.empty(nd)
         d[idx] = dv[md]
-        if kind == "synaptic":
-            d = d.reshape(n_out, n_in)
+        d = d.reshape(_core.delay_shape(kind, n_out, n_in))
         try:
             out_layers.append(delgrad.Layer(w, d, kind))
         except (ValueError, TypeError) as e:

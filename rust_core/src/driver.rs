@@ -1,0 +1,313 @@
+//! The one batch driver. Samples are independent, so a batch is cut into fixed chunks of
+//! consecutive samples processed in parallel (rayon); each chunk runs a stack of per-sample
+//! [`Kernel`]s (a TTFS layer, a multi-spike layer, a readout), and the chunks' results are joined
+//! in chunk order: outputs per layer by concatenation, gradients by summing the per-chunk sums
+//! in order. Chunk boundaries depend only on the batch size, so results do not depend on the
+//! number of threads. A new neuron model is a new [`Kernel`]; batching, cancellation, joins and
+//! reductions stay here.
+
+use std::ops::Range;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::{Condvar, Mutex, PoisonError};
+
+use rayon::prelude::*;
+
+use crate::batch::Input;
+use crate::cancel::{Cancel, Checkpoint, POLL_INTERVAL};
+use crate::error::{Error, Result};
+use crate::spikes::Spikes;
+use crate::ttfs::In;
+
+/// How a batch is cut into chunks. The split is part of the numerics (gradient sums are added
+/// per chunk), so each kernel keeps the policy its results were pinned with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkPolicy {
+    /// Batches smaller than this run as one chunk on the calling thread.
+    pub serial_below: usize,
+    /// The smallest chunk (a batch is cut into at most 64 chunks of at least this many samples).
+    pub min_size: usize,
+}
+
+impl ChunkPolicy {
+    /// TTFS samples take microseconds: waking rayon's workers costs more than a small batch, and
+    /// on a loaded machine it can cost milliseconds of scheduling latency (what a hardware loop
+    /// of small batches notices).
+    pub const FAST_SAMPLES: Self = Self { serial_below: 64, min_size: 16 };
+    /// A multi-spike sample can take milliseconds, so even small batches are split.
+    pub const SLOW_SAMPLES: Self = Self { serial_below: 0, min_size: 4 };
+
+    /// The chunks of `n` samples, in order.
+    pub fn chunks(self, n: usize) -> Vec<Range<usize>> {
+        if n < self.serial_below {
+            return std::iter::once(0..n).collect();
+        }
+        let size = n.div_ceil(64).max(self.min_size);
+        (0..n).step_by(size).map(|s| s..(s + size).min(n)).collect()
+    }
+}
+
+/// `f` over the chunks of `n` samples; results in chunk order. One chunk runs on the calling
+/// thread; several run on rayon's pool while the calling thread waits, calling the token's poll
+/// hook (if any) every [`POLL_INTERVAL`]. The first error in chunk order is returned.
+pub fn map_chunks<T: Send>(
+    policy: ChunkPolicy,
+    n: usize,
+    cancel: &Cancel,
+    f: impl Fn(Range<usize>, &mut Checkpoint) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
+    cancel.check()?;
+    let ranges = policy.chunks(n);
+    if ranges.len() <= 1 {
+        let mut checkpoint = Checkpoint::caller(cancel);
+        return ranges.into_iter().map(|r| f(r, &mut checkpoint)).collect();
+    }
+    let run = || -> Vec<Result<T>> { ranges.into_par_iter().map(|r| f(r, &mut Checkpoint::worker(cancel))).collect() };
+    let parts = if cancel.has_poll() { on_pool_polling(cancel, run) } else { run() };
+    parts.into_iter().collect()
+}
+
+/// Runs `job` on rayon's pool and waits for it on the calling thread, polling `cancel` meanwhile.
+fn on_pool_polling<R: Send>(cancel: &Cancel, job: impl FnOnce() -> R + Send) -> R {
+    // On a pool thread, waiting here could starve the job of the thread it was queued on.
+    if rayon::current_thread_index().is_some() {
+        return job();
+    }
+    let slot: Mutex<Option<std::thread::Result<R>>> = Mutex::new(None);
+    let ready = Condvar::new();
+    rayon::in_place_scope(|scope| {
+        scope.spawn(|_| {
+            let result = catch_unwind(AssertUnwindSafe(job));
+            *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(result);
+            ready.notify_one();
+        });
+        let mut guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+        while guard.is_none() {
+            let (g, wait) = ready.wait_timeout(guard, POLL_INTERVAL).unwrap_or_else(PoisonError::into_inner);
+            guard = g;
+            if guard.is_none() && wait.timed_out() {
+                // The hook takes the GIL: do not hold the slot meanwhile.
+                drop(guard);
+                cancel.poll();
+                guard = slot.lock().unwrap_or_else(PoisonError::into_inner);
+            }
+        }
+    });
+    match slot.into_inner().unwrap_or_else(PoisonError::into_inner) {
+        Some(Ok(r)) => r,
+        Some(Err(panic)) => resume_unwind(panic),
+        None => unreachable!("the scope waits for the job"),
+    }
+}
+
+/// Where a stack's per-sample inputs come from: an input batch (rows of a spike table) or the
+/// output of another stack.
+pub trait Source: Sync {
+    fn n_samples(&self) -> usize;
+    /// Rows in all; input gradients are returned per row.
+    fn n_rows(&self) -> usize;
+    /// The events of sample `s` (`out` is cleared first).
+    fn events(&self, s: usize, out: &mut Vec<In>);
+    /// The events of sample `s` and the rows they come from.
+    fn rows_events(&self, s: usize, rows: &mut Vec<usize>, out: &mut Vec<In>);
+}
+
+impl Source for Input<'_> {
+    fn n_samples(&self) -> usize {
+        Input::n_samples(self)
+    }
+    fn n_rows(&self) -> usize {
+        self.table.len()
+    }
+    fn events(&self, s: usize, out: &mut Vec<In>) {
+        let (neuron, time) = (self.table.neuron(), self.table.time());
+        out.clear();
+        out.extend(self.rows(s).map(|r| (neuron[r], time[r])));
+    }
+    fn rows_events(&self, s: usize, rows: &mut Vec<usize>, out: &mut Vec<In>) {
+        let (neuron, time) = (self.table.neuron(), self.table.time());
+        rows.clear();
+        rows.extend(self.rows(s));
+        out.clear();
+        out.extend(rows.iter().map(|&r| (neuron[r], time[r])));
+    }
+}
+
+impl Source for Spikes {
+    fn n_samples(&self) -> usize {
+        Spikes::n_samples(self)
+    }
+    fn n_rows(&self) -> usize {
+        self.len()
+    }
+    fn events(&self, s: usize, out: &mut Vec<In>) {
+        let r = self.range(s);
+        out.clear();
+        out.extend(self.neuron[r.clone()].iter().copied().zip(self.time[r].iter().copied()));
+    }
+    fn rows_events(&self, s: usize, rows: &mut Vec<usize>, out: &mut Vec<In>) {
+        rows.clear();
+        rows.extend(self.range(s));
+        self.events(s, out);
+    }
+}
+
+/// The per-sample computation of one layer. Its output is a list of events `(index, value)`:
+/// spikes `(neuron, time)` for a spiking layer, one `(class, value)` per class for a readout.
+pub trait Kernel: Sync {
+    /// Reusable buffers, one set per chunk, shared by the layers of a stack.
+    type Scratch: Default + Send;
+    /// The layer's gradient as returned to the caller.
+    type Grad;
+
+    /// Entries of each of the two per-chunk gradient buffers (weights, per-synapse delays).
+    fn grad_len(&self) -> usize;
+
+    /// One sample: appends the layer's output events for `inputs` to the empty `out`. Returns
+    /// `false` when the sample cannot be computed (see [`Kernel::forward_error`]).
+    fn forward(&self, inputs: &[In], out: &mut Vec<In>, scratch: &mut Self::Scratch) -> bool;
+
+    /// The error for a sample whose `forward` returned `false`.
+    fn forward_error(&self, layer: usize, sample: usize) -> Error {
+        Error::Parameter(format!("layer {layer} cannot be computed for sample {sample}"))
+    }
+
+    /// The rows of `outputs` (this layer's recorded output) that `dL/d(output)` has for sample
+    /// `s`. A readout overrides it: its gradient has one entry per class.
+    fn grad_rows(&self, outputs: &Spikes, s: usize) -> Range<usize> {
+        outputs.range(s)
+    }
+
+    /// One sample: accumulates `dL/dw` and the per-synapse `dL/dd` into `grads.0`, `grads.1`
+    /// (`grad_len` entries each) and `dL/d(input event)` into `grads.2`, given `outputs` and
+    /// `grad_out = dL/d(output event)`.
+    fn backward(
+        &self,
+        inputs: &[In],
+        outputs: &[In],
+        grad_out: &[f64],
+        grads: (&mut [f64], &mut [f64], &mut [f64]),
+        scratch: &mut Self::Scratch,
+    );
+
+    /// The layer's gradient from the batch sums of the two buffers.
+    fn finish(&self, weights: Vec<f64>, delays: Vec<f64>) -> Self::Grad;
+}
+
+/// The output events of every layer of a stack, for every sample of `source`.
+pub fn forward<K: Kernel>(
+    kernels: &[K],
+    source: &impl Source,
+    policy: ChunkPolicy,
+    cancel: &Cancel,
+) -> Result<Vec<Spikes>> {
+    let parts = map_chunks(policy, source.n_samples(), cancel, |range, checkpoint| {
+        let mut scratch = K::Scratch::default();
+        let mut outs: Vec<Spikes> = kernels.iter().map(|_| Spikes { offsets: vec![0], ..Default::default() }).collect();
+        let mut cur: Vec<In> = Vec::new();
+        let mut next: Vec<In> = Vec::new();
+        for s in range {
+            checkpoint.check()?;
+            source.events(s, &mut cur);
+            for (l, (kernel, out)) in kernels.iter().zip(outs.iter_mut()).enumerate() {
+                next.clear();
+                if !kernel.forward(&cur, &mut next, &mut scratch) {
+                    return Err(kernel.forward_error(l, s));
+                }
+                for &(j, t) in &next {
+                    out.neuron.push(j);
+                    out.time.push(t);
+                }
+                out.offsets.push(out.neuron.len());
+                std::mem::swap(&mut cur, &mut next);
+            }
+        }
+        Ok(outs)
+    })?;
+    Ok(concat_layers(kernels.len(), parts))
+}
+
+/// Gradients of every layer of a stack and `dL/d(event)` of every row of `source` (rows of
+/// unselected samples get 0), given the output events of every layer (`outputs`, from
+/// [`forward`] or recorded) and `grad_out`, `dL/d(output)` of the last layer (rows as
+/// [`Kernel::grad_rows`] says). The caller checks that the shapes fit.
+pub fn backward<K: Kernel>(
+    kernels: &[K],
+    source: &impl Source,
+    outputs: &[Spikes],
+    grad_out: &[f64],
+    policy: ChunkPolicy,
+    cancel: &Cancel,
+) -> Result<(Vec<K::Grad>, Vec<f64>)> {
+    assert_eq!(outputs.len(), kernels.len(), "one output per layer");
+    let n_layers = kernels.len();
+    let (top, last) = (kernels.last().expect("at least one layer"), outputs.last().expect("at least one layer"));
+    struct Part {
+        gw: Vec<Vec<f64>>,
+        gd: Vec<Vec<f64>>,
+        gin: Vec<(usize, f64)>,
+    }
+    let parts = map_chunks(policy, source.n_samples(), cancel, |range, checkpoint| {
+        let mut scratch = K::Scratch::default();
+        let mut part = Part {
+            gw: kernels.iter().map(|k| vec![0.0; k.grad_len()]).collect(),
+            gd: kernels.iter().map(|k| vec![0.0; k.grad_len()]).collect(),
+            gin: Vec::new(),
+        };
+        let mut rows: Vec<usize> = Vec::new();
+        let mut inputs: Vec<In> = Vec::new();
+        let mut outs: Vec<In> = Vec::new();
+        let mut g_cur: Vec<f64> = Vec::new();
+        let mut g_in: Vec<f64> = Vec::new();
+        for s in range {
+            checkpoint.check()?;
+            g_cur.clear();
+            g_cur.extend_from_slice(&grad_out[top.grad_rows(last, s)]);
+            for l in (0..n_layers).rev() {
+                if l == 0 {
+                    source.rows_events(s, &mut rows, &mut inputs);
+                } else {
+                    outputs[l - 1].events(s, &mut inputs);
+                }
+                outputs[l].events(s, &mut outs);
+                g_in.clear();
+                g_in.resize(inputs.len(), 0.0);
+                let grads = (&mut part.gw[l][..], &mut part.gd[l][..], &mut g_in[..]);
+                kernels[l].backward(&inputs, &outs, &g_cur, grads, &mut scratch);
+                std::mem::swap(&mut g_cur, &mut g_in);
+            }
+            part.gin.extend(rows.iter().copied().zip(g_cur.iter().copied()));
+        }
+        Ok(part)
+    })?;
+    let mut gw: Vec<Vec<f64>> = kernels.iter().map(|k| vec![0.0; k.grad_len()]).collect();
+    let mut gd = gw.clone();
+    let mut gin = vec![0.0; source.n_rows()];
+    for part in parts {
+        for l in 0..n_layers {
+            add(&mut gw[l], &part.gw[l]);
+            add(&mut gd[l], &part.gd[l]);
+        }
+        for (r, g) in part.gin {
+            gin[r] = g;
+        }
+    }
+    let grads = kernels.iter().zip(gw.into_iter().zip(gd)).map(|(k, (w, d))| k.finish(w, d)).collect();
+    Ok((grads, gin))
+}
+
+pub(crate) fn add(acc: &mut [f64], x: &[f64]) {
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a += b;
+    }
+}
+
+/// Per-chunk outputs of every layer (chunks in sample order) joined into one `Spikes` per layer.
+pub(crate) fn concat_layers(n_layers: usize, parts: impl IntoIterator<Item = Vec<Spikes>>) -> Vec<Spikes> {
+    let mut per_layer: Vec<Vec<Spikes>> = (0..n_layers).map(|_| Vec::new()).collect();
+    for part in parts {
+        for (l, sp) in part.into_iter().enumerate() {
+            per_layer[l].push(sp);
+        }
+    }
+    per_layer.into_iter().map(Spikes::concat).collect()
+}
