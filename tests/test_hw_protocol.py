@@ -124,8 +124,9 @@ def test_replicate_inputs_layout():
 def test_weights_are_6_bit_and_delays_clipped():
     net = yinyang_net()
     net.layers[0].weights[0, 0] = 100.0  # far beyond 63 / scale
-    net.layers[0].delays[:3] = [-0.5, 5.0, 0.2]
-    emu = EmulatorBackend(chip_seed=1)
+    net.layers[0].delays[:] = 2.5
+    net.layers[0].delays[:3] = [-0.5, 5.0, 2.2]
+    emu = EmulatorBackend(chip_seed=1)  # the default profile, DelGrad's: delays within [2.0, 3.5]
     cfg = emu.configure(net, weight_scale=[10.0, 20.0], input_replication=5)
     for layer, scale in zip(cfg.network.layers, (10.0, 20.0)):
         q = layer.weights * scale
@@ -133,7 +134,7 @@ def test_weights_are_6_bit_and_delays_clipped():
         assert np.abs(np.rint(q)).max() <= 63
     assert cfg.network.layers[0].weights[0, 0] == pytest.approx(6.3)
     d = cfg.network.layers[0].delays
-    assert d[0] == 0.0 and d[1] == emu.params.delay_max and d[2] == 0.2
+    assert d[0] == emu.params.delay_min == 2.0 and d[1] == emu.params.delay_max == 3.5 and d[2] == 2.2
     rep = cfg.report["layers"][0]
     assert rep["weights_clipped"] >= 1 and rep["delays_clipped"] == 2
     assert cfg.report["neurons_used"] == 33 + 2 * (20 + 30)

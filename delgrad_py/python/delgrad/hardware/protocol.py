@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -80,6 +81,8 @@ MAX_ID_CHARS = 128
 MAX_LAYERS = 64
 # Guards allocation from a header's declared sizes before a backend can say "does not fit".
 MAX_SYNAPSES = 1 << 24
+# Bytes of one weights row (u16 layer, u32 post, u32 pre, f64 weight) in an Arrow IPC frame.
+WEIGHT_ROW_BYTES = 18
 
 # --- error codes --------------------------------------------------------------------------------
 
@@ -99,6 +102,7 @@ UNSUPPORTED = "unsupported"
 UNKNOWN_CONFIG = "unknown_config"
 ID_REUSED = "id_reused"
 BACKEND_ERROR = "backend_error"
+SLOW_CLIENT = "slow_client"
 INTERNAL = "internal"
 
 ERROR_CODES: dict[str, str] = {
@@ -118,6 +122,7 @@ ERROR_CODES: dict[str, str] = {
     UNKNOWN_CONFIG: "`config_id` is not (or no longer) configured on the daemon",
     ID_REUSED: "a request id was reused for a different request",
     BACKEND_ERROR: "the backend failed while executing a valid request",
+    SLOW_CLIENT: "replies to this client are piling up unread; the reply was replaced by this error",
     INTERNAL: "an unexpected daemon error (a bug); the daemon keeps serving",
 }
 
@@ -325,6 +330,63 @@ def _aligned(frame: Any) -> pa.Buffer:
     return out
 
 
+def check_plain_stream(frame: Any, what: str, *, max_rows: int | None = None) -> None:
+    """Refuses, before anything is decoded, what would make a small frame allocate a lot:
+    compressed record batches (a 55 KB ZSTD frame can decompress to gigabytes), dictionary
+    batches (no protocol column is dictionary-encoded), and batches declaring more than
+    ``max_rows`` rows. Walks the stream's messages; bodies are skipped, not read."""
+    try:
+        messages = pa.ipc.MessageReader.open_stream(pa.py_buffer(frame))
+        rows = 0
+        for message in messages:
+            if message.type == "dictionary batch":
+                raise ProtocolError(BAD_FRAME, f"{what}: dictionary-encoded Arrow IPC is refused")
+            if message.type != "record batch":
+                continue
+            batch = _flat_field_table(message.metadata, _flat_table(message.metadata, 0), 2)
+            if batch is None:
+                raise ProtocolError(BAD_FRAME, f"{what}: a record batch message without its header")
+            if _flat_field_table(message.metadata, batch, 3) is not None:
+                raise ProtocolError(
+                    BAD_FRAME, f"{what}: compressed Arrow IPC is refused (send uncompressed record batches)"
+                )
+            rows += _flat_int64(message.metadata, batch, 0)
+            if max_rows is not None and rows > max_rows:
+                raise ProtocolError(TOO_LARGE, f"{what}: more than {max_rows} rows")
+    except ProtocolError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, IndexError, struct.error) as e:
+        raise ProtocolError(BAD_FRAME, f"{what}: not an Arrow IPC stream ({e})") from None
+
+
+# A minimal FlatBuffers reader for the two fields of an IPC message that matter before decoding:
+# Message.header (field 2, the RecordBatch table) and RecordBatch.length / .compression (fields
+# 0 and 3). Layout: a table starts with an int32 back-offset to its vtable, which lists uint16
+# offsets of the fields (0: absent); a sub-table field holds a uint32 forward offset.
+def _flat_table(buf: Any, pos: int) -> int:
+    return pos + struct.unpack_from("<I", buf, pos)[0]
+
+
+def _flat_field(buf: Any, table: int, field_index: int) -> int | None:
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vt_size = struct.unpack_from("<H", buf, vtable)[0]
+    slot = 4 + 2 * field_index
+    if slot + 2 > vt_size:
+        return None
+    off = struct.unpack_from("<H", buf, vtable + slot)[0]
+    return table + off if off else None
+
+
+def _flat_field_table(buf: Any, table: int, field_index: int) -> int | None:
+    pos = _flat_field(buf, table, field_index)
+    return None if pos is None else _flat_table(buf, pos)
+
+
+def _flat_int64(buf: Any, table: int, field_index: int) -> int:
+    pos = _flat_field(buf, table, field_index)
+    return 0 if pos is None else struct.unpack_from("<q", buf, pos)[0]
+
+
 def decode_table(frame: Any, schema: pa.Schema, what: str, *, max_rows: int | None = None) -> pa.RecordBatch:
     """Reads one Arrow IPC stream frame into a single RecordBatch with exactly ``schema``.
 
@@ -334,6 +396,7 @@ def decode_table(frame: Any, schema: pa.Schema, what: str, *, max_rows: int | No
     """
     if schema is SPIKE_SCHEMA:
         return decode_spikes(frame, what, max_rows=max_rows)
+    check_plain_stream(frame, what, max_rows=max_rows)
     try:
         reader = pa.ipc.open_stream(_aligned(frame))
         got = reader.schema
