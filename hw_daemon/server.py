@@ -594,9 +594,9 @@ class _Outbox:
             for k, part in enumerate(parts):
                 # Tracked one by one: pyzmq copies small parts (their tracker is done at once),
                 # so the last part's tracker alone would not cover a large one before it.
-                tracker = router.send(
-                    part, zmq.SNDMORE if k + 1 < len(parts) else 0, copy=False, track=True
-                )
+                # Received frames (the identity) cannot be tracked; they are not ours to count.
+                tracked = not isinstance(part, zmq.Frame)
+                tracker = router.send(part, zmq.SNDMORE if k + 1 < len(parts) else 0, copy=False, track=tracked)
                 if tracker is not None and not tracker.done:
                     pending.append((len(_view(part)), tracker))
         except zmq.ZMQError as e:  # the peer is gone: the reply is lost

@@ -8,6 +8,7 @@ Run directory::
     metrics.parquet      one row per epoch
     hardware.json        in-the-loop runs only: backend, realised configuration, counters and
                          the trained model's accuracy measured on the hardware
+    spikes_test_hw.parquet  in-the-loop runs only: the test set's spikes recorded on the hardware
     hw_daemon.log        the log of the daemon the pipeline started (if it started one)
     spikes_test.parquet  test-set spikes of every layer (sample, neuron, time, layer)
     model/               network.npz + model.json (Model.load)
@@ -306,82 +307,27 @@ def run(
 def hardware_loop(cfg: dict[str, Any], run_dir: Path) -> Iterator[Any]:
     """The pipeline's ``[hardware]`` table as a :class:`HardwareLoop` (None without one).
 
-    With no ``endpoint`` the pipeline starts its own emulator daemon on a free loopback port
-    and stops that process, by its pid, when training ends.
+    --- hardware hook: everything is in :mod:`delgrad.hardware.session` (endpoint check, the
+    pipeline's own daemon and its restarts, the keys of ``[hardware]``). ---
     """
     hw = cfg.get("hardware")
     if not hw or not hw.get("enabled", True):
         yield None
         return
-    from delgrad.hardware import HardwareClient, HardwareLoop, start_daemon
+    from delgrad.hardware.session import hardware_session
 
-    unknown = set(hw) - {
-        "enabled",
-        "endpoint",
-        "backend",
-        "chip_seed",
-        "ideal",
-        "weight_scale",
-        "input_replication",
-        "max_batch",
-        "timeout",
-        "retries",
-        "seed",
-        "daemon_cpus",
-        "keep_awake",
-    }
-    if unknown:
-        raise ValueError(f"[hardware]: unknown keys {sorted(unknown)}")
-    daemon = None
-    endpoint = hw.get("endpoint") or ""
-    if not endpoint:
-        daemon = start_daemon(
-            "tcp://127.0.0.1:*",
-            backend=hw.get("backend", "emulator"),
-            chip_seed=int(hw.get("chip_seed", 0)),
-            args=(["--ideal"] if hw.get("ideal", False) else [])
-            + (["--keep-awake"] if hw.get("keep_awake", False) else []),
-            log_path=run_dir / "hw_daemon.log",
-            cpus=hw.get("daemon_cpus"),
-        )
-        endpoint = daemon.endpoint
-    try:
-        with HardwareClient(
-            endpoint, timeout=float(hw.get("timeout", 30.0)), retries=int(hw.get("retries", 5))
-        ) as client:
-            yield HardwareLoop(
-                client,
-                seed=int(hw.get("seed", cfg["train"].get("seed", 0))),
-                weight_scale=hw.get("weight_scale"),
-                input_replication=int(hw.get("input_replication", 1)),
-                max_batch=int(hw.get("max_batch", 1000)),
-            )
-    finally:
-        if daemon is not None:
-            daemon.stop()
+    with hardware_session(hw, run_dir, seed=int(cfg["train"].get("seed", 0))) as loop:
+        yield loop
 
 
 def _write_hardware_record(
     run_dir: Path, loop: Any, net: Network, splits: dict[str, Split], tcfg: TrainConfig, cfg: dict[str, Any]
 ) -> None:
-    """Measures the trained (restored best) parameters on the hardware and writes
-    ``hardware.json``: what the report quotes as the in-the-loop result."""
-    accuracy = {}
-    for name, split in splits.items():
-        r = evaluate(net, split, tcfg.loss, loop)
-        accuracy[name] = {"acc": r.accuracy, "loss": r.loss}
-    configured = loop.configure(net)
-    record = {
-        "endpoint": loop.client.endpoint,
-        "hardware": {k: v for k, v in cfg["hardware"].items()},
-        "backend": loop.client.hello(),
-        "config_id": configured.config_id,
-        "realised": loop.client.config_info(configured.config_id).get("report"),
-        "counters": loop.counters,
-        "client": loop.client.stats,
-        "accuracy": accuracy,
-    }
-    (run_dir / "hardware.json").write_text(json.dumps(record, indent=1, default=float))
+    """--- hardware hook: :func:`delgrad.hardware.session.write_hardware_record` writes
+    ``hardware.json`` and ``spikes_test_hw.parquet``. ---"""
+    from delgrad.hardware.session import write_hardware_record
+
+    write_hardware_record(run_dir, loop, net, splits, tcfg.loss, cfg["hardware"])
 
 
 def _raw_dim(data_dir: Path) -> int:

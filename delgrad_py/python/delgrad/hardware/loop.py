@@ -89,6 +89,8 @@ class HardwareLoop:
             "backend_seconds": 0.0,
         }
         self.project = project
+        # The daemon this loop's session started and restarts (session.OwnDaemon), if any.
+        self.daemon: Any = None
         self._weight_max: list[float] | None = None
         self._last: tuple[bytes, Configured] | None = None
 

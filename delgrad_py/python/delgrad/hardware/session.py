@@ -1,0 +1,207 @@
+"""The hardware loop as a pipeline runs it: one ``[hardware]`` table in, a ready
+:class:`HardwareLoop` out, and the record of what the hardware measured.
+
+:func:`hardware_session` checks the endpoint with a short ``hello`` before any training (a
+dead endpoint is one clear error within seconds, naming it and how to start a daemon). With
+no ``endpoint`` it starts its own emulator daemon on a free loopback port, restarts that
+daemon on the same endpoint when it dies (training goes on bit-identically: runs are seeded
+and the client re-sends its configuration), and stops it by its pid at the end.
+
+:func:`write_hardware_record` measures the trained network on the hardware and writes
+``hardware.json`` and the test set's recorded spikes (``spikes_test_hw.parquet``).
+
+``[hardware]`` keys (types and defaults in :data:`HARDWARE_KEYS`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from delgrad.hardware.client import HELLO_TIMEOUT, HardwareClient, HardwareError, HardwareUnavailable
+from delgrad.hardware.daemon import DaemonProcess, start_daemon
+from delgrad.hardware.loop import HardwareLoop
+
+log = logging.getLogger("delgrad.hardware")
+
+#: ``[hardware]`` keys: (type, default, meaning).
+HARDWARE_KEYS: dict[str, tuple[str, Any, str]] = {
+    "enabled": ("bool", True, "train in the loop at all"),
+    "endpoint": ("str", "", "a running daemon (tcp://host:port, ipc://path); empty: start one"),
+    "backend": ("str", "emulator", "backend of the daemon the pipeline starts"),
+    "chip_profile": ("str", "delgrad", "chip profile of that daemon: a name (delgrad, legacy) or a JSON file"),
+    "chip_seed": ("int", 0, "identity of the emulated chip (its fixed mismatch)"),
+    "ideal": ("bool", False, "no threshold mismatch, noise, jitter, time quantisation, event loss"),
+    "weight_scale": ("float | list[float] | None", None, "hardware units per weight unit (None: the profile's)"),
+    "input_replication": ("int", 1, "channels replicated by the hardware"),
+    "max_batch": ("int", 1000, "samples per run request"),
+    "timeout": ("float", 30.0, "seconds to wait for each reply"),
+    "retries": ("int", 5, "re-sends of a request without reply"),
+    "seed": ("int | None", None, "base of the runs' noise seeds (None: train.seed)"),
+    "daemon_cpus": ("list[int] | None", None, "pin the started daemon to these CPUs"),
+    "keep_awake": ("bool", False, "keep the started daemon's CPUs from halting"),
+    "max_restarts": ("int", 3, "restarts of a started daemon that died, before giving up"),
+    "project_weights": ("bool", True, "clip shadow weights to the realisable range before configuring"),
+}
+
+
+class OwnDaemon:
+    """A daemon the pipeline started: restarted on the same endpoint when it dies.
+
+    :meth:`watch` is the client's ``watch`` callback: it returns True after a restart so that
+    the pending request is re-sent at once, and raises :class:`HardwareError` once the daemon
+    died more than ``max_restarts`` times.
+    """
+
+    def __init__(self, start: Any, max_restarts: int) -> None:
+        self._start = start
+        self.max_restarts = int(max_restarts)
+        self.restarts = 0
+        self.process: DaemonProcess = start("tcp://127.0.0.1:*")
+        self.endpoint = self.process.endpoint
+        self._lock = threading.Lock()
+
+    def watch(self) -> bool:
+        with self._lock:
+            if self.process.alive():
+                return False
+            code = self.process.process.poll()
+            if self.restarts >= self.max_restarts:
+                raise HardwareError(
+                    "daemon_died",
+                    f"the pipeline's hw_daemon at {self.endpoint} died (exit code {code}) after "
+                    f"{self.restarts} restarts; see its log {self.process.log_path}",
+                )
+            self.restarts += 1
+            log.warning(
+                "hw_daemon at %s died (exit code %s); restarting it (%d/%d)",
+                self.endpoint,
+                code,
+                self.restarts,
+                self.max_restarts,
+            )
+            self.process = self._start(self.endpoint)
+            return True
+
+    def stop(self) -> None:
+        self.process.stop()
+
+
+def _check_keys(hw: dict[str, Any]) -> None:
+    unknown = set(hw) - set(HARDWARE_KEYS)
+    if unknown:
+        raise ValueError(f"[hardware]: unknown keys {sorted(unknown)} (known: {', '.join(sorted(HARDWARE_KEYS))})")
+
+
+def _setting(hw: dict[str, Any], key: str) -> Any:
+    value = hw.get(key)
+    return HARDWARE_KEYS[key][1] if value is None else value
+
+
+def daemon_args(hw: dict[str, Any]) -> list[str]:
+    """Command-line flags for a daemon started from a ``[hardware]`` table."""
+    args = ["--chip-profile", str(_setting(hw, "chip_profile"))]
+    if _setting(hw, "ideal"):
+        args.append("--ideal")
+    if _setting(hw, "keep_awake"):
+        args.append("--keep-awake")
+    return args
+
+
+@contextmanager
+def hardware_session(hw: dict[str, Any], run_dir: Path, *, seed: int = 0) -> Iterator[HardwareLoop]:
+    """A :class:`HardwareLoop` for a ``[hardware]`` table (see the module docstring).
+
+    Raises :class:`HardwareUnavailable` (one line: the endpoint and how to start a daemon)
+    within :data:`HELLO_TIMEOUT` seconds when nothing answers at ``endpoint``.
+    """
+    _check_keys(hw)
+    run_dir = Path(run_dir)
+    own: OwnDaemon | None = None
+    endpoint = str(hw.get("endpoint") or "")
+    if not endpoint:
+
+        def start(bind: str) -> DaemonProcess:
+            return start_daemon(
+                bind,
+                backend=str(_setting(hw, "backend")),
+                chip_seed=int(_setting(hw, "chip_seed")),
+                args=daemon_args(hw),
+                log_path=run_dir / "hw_daemon.log",
+                cpus=hw.get("daemon_cpus"),
+            )
+
+        own = OwnDaemon(start, int(_setting(hw, "max_restarts")))
+        endpoint = own.endpoint
+    try:
+        with HardwareClient(
+            endpoint,
+            timeout=float(_setting(hw, "timeout")),
+            retries=int(_setting(hw, "retries")),
+            watch=own.watch if own is not None else None,
+        ) as client:
+            client.hello(timeout=HELLO_TIMEOUT)  # the check: HardwareUnavailable if nobody answers
+            loop = HardwareLoop(
+                client,
+                seed=int(hw["seed"]) if hw.get("seed") is not None else int(seed),
+                weight_scale=hw.get("weight_scale"),
+                input_replication=int(_setting(hw, "input_replication")),
+                max_batch=int(_setting(hw, "max_batch")),
+                project=bool(_setting(hw, "project_weights")),
+            )
+            loop.daemon = own
+            yield loop
+    finally:
+        if own is not None:
+            own.stop()
+
+
+def write_hardware_record(
+    run_dir: Path, loop: HardwareLoop, net: Any, splits: dict[str, Any], loss: Any, hw: dict[str, Any]
+) -> dict[str, Any]:
+    """Measures ``net`` on the hardware on every split and writes ``hardware.json`` (what the
+    report quotes as the in-the-loop result) and ``spikes_test_hw.parquet`` (the test split's
+    recorded spikes of every layer: ``sample``, ``neuron``, ``time``, ``layer``)."""
+    from delgrad.train import evaluate
+
+    run_dir = Path(run_dir)
+    accuracy = {}
+    for name, split in splits.items():
+        r = evaluate(net, split, loss, loop)
+        accuracy[name] = {"acc": r.accuracy, "loss": r.loss}
+        if name == "test":
+            tables = [r.trace.spikes(l, with_layer=True) for l in range(r.trace.n_layers)]
+            pq.write_table(pa.Table.from_batches(tables), run_dir / "spikes_test_hw.parquet", compression="zstd")
+    configured = loop.configure(net)
+    own = loop.daemon
+    record = {
+        "endpoint": loop.client.endpoint,
+        "hardware": dict(hw),
+        "backend": loop.client.hello(),
+        "config_id": configured.config_id,
+        "realised": loop.client.config_info(configured.config_id).get("report"),
+        "counters": loop.counters,
+        "client": loop.client.stats,
+        "daemon_restarts": own.restarts if own is not None else None,
+        "accuracy": accuracy,
+    }
+    (run_dir / "hardware.json").write_text(json.dumps(record, indent=1, default=float))
+    return record
+
+
+__all__ = [
+    "HARDWARE_KEYS",
+    "HardwareUnavailable",
+    "OwnDaemon",
+    "daemon_args",
+    "hardware_session",
+    "write_hardware_record",
+]
