@@ -104,24 +104,6 @@ def plot_delays(network, out: Path) -> str | None:
     return _save(fig, out / "delays.png")
 
 
-def _hardware_lines(hw: dict[str, Any]) -> list[str]:
-    backend = hw.get("backend", {})
-    caps = backend.get("capabilities", {})
-    c = hw.get("counters", {})
-    lines = [
-        f"Trained in the loop on `{backend.get('backend', '?')}` ({caps.get('model', '')}, chip seed "
-        f"{caps.get('chip_seed', '?')}) through `{hw.get('endpoint')}`: {c.get('runs', 0)} runs, "
-        f"{c.get('configures', 0)} configurations, {c.get('dropped_inputs', 0)} dropped inputs, "
-        f"{c.get('lost_events', 0)} lost events. Measured on the hardware:",
-        "",
-        "| split | accuracy | loss |",
-        "|---|---|---|",
-    ]
-    for name, r in hw.get("accuracy", {}).items():
-        lines.append(f"| {name} | {100 * r['acc']:.2f} % | {r['loss']:.5f} |")
-    return lines
-
-
 def _finish_report(
     run_dir: Path, lines: list[str], figs: list[tuple[str, str | None]], layers: str, model: str
 ) -> Path:
@@ -190,18 +172,17 @@ def write_report(
     ]
     hw_path = run_dir / "hardware.json"
     hw = json.loads(hw_path.read_text()) if hw_path.exists() else None
-    if hw is not None:
-        lines[-2:] = _hardware_lines(hw) + [
-            "",
-            "The same parameters in the ideal simulation (no hardware effects):",
-            "",
-            "| split | accuracy | loss |",
-            "|---|---|---|",
-        ]
-    for split_name in ("train", "validation", "test"):
-        lines.append(
-            f"| {split_name} | {100 * results[f'{split_name}_acc']:.2f} % | {results[f'{split_name}_loss']:.5f} |"
-        )
+    if hw is not None:  # --- hardware hook: delgrad.hardware.report labels and plots both sides
+        from delgrad.hardware.report import hardware_section
+
+        hw_lines, hw_figs = hardware_section(run_dir, hw, results, split.labels, plots)
+        lines[-2:] = hw_lines
+        figs[1:1] = hw_figs
+    else:
+        for split_name in ("train", "validation", "test"):
+            lines.append(
+                f"| {split_name} | {100 * results[f'{split_name}_acc']:.2f} % | {results[f'{split_name}_loss']:.5f} |"
+            )
     if metrics is not None and metrics.height:
         best = metrics.sort("validation_acc", descending=True).row(0, named=True)
         lines += [

@@ -69,6 +69,7 @@ def load_profile(spec: str | Path | dict[str, Any], **overrides: Any) -> Any:
             raise ProfileError(f"{where}: not a readable JSON file ({e})") from None
         if not isinstance(data, dict):
             raise ProfileError(f"{where}: must hold a JSON object, got {type(data).__name__}")
+    data.pop("calibration", None)  # what `delgrad calibrate` notes about its fit: informational
     base = data.pop("base", DEFAULT_PROFILE)
     if base not in PROFILES:
         raise ProfileError(f"{where}: base {base!r} is not a profile name (names: {', '.join(profile_names())})")
