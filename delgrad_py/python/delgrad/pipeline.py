@@ -268,6 +268,10 @@ def run(
 ) -> Path:
     """Runs a pipeline; returns the run directory. Resumes an interrupted run in ``out``."""
     cfg = load_config(config_path, overrides)
+    if cfg.get("hardware"):  # --- hardware hook: a given endpoint is checked before any work
+        from delgrad.hardware.session import check_endpoint
+
+        check_endpoint(cfg["hardware"])
     run_dir = Path(out) if out else Path("runs") / f"{cfg['name']}-seed{cfg['train'].get('seed', 0)}"
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(_dump_toml(cfg))

@@ -50,6 +50,7 @@ CACHED_OPS = ("configure", "run")
 # rows (schema, message headers, padding).
 SPIKE_ROW_BYTES = 16
 FRAME_OVERHEAD = 1 << 16
+WEIGHT_FRAME_SYNAPSES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -57,8 +58,9 @@ class Limits:
     """Size limits; requests beyond them are answered ``too_large``.
 
     ``max_frame_bytes`` (None: derived) bounds every body frame; the largest a valid request
-    needs is an input frame of ``max_spikes`` rows, or the weights of ``protocol.MAX_SYNAPSES``
-    synapses. It is also ZeroMQ's ``MAXMSGSIZE``: a larger frame never reaches the daemon.
+    needs is an input frame of ``max_spikes`` rows, or a weights frame (at least
+    :data:`WEIGHT_FRAME_SYNAPSES` synapses, four times a fully connected 512-neuron chip). It is
+    also ZeroMQ's ``MAXMSGSIZE``: a larger frame never reaches the daemon.
     ``max_reply_bytes`` caps the reply bytes queued for one client that does not read them.
     """
 
@@ -71,7 +73,7 @@ class Limits:
     def frame_bytes(self) -> int:
         if self.max_frame_bytes is not None:
             return self.max_frame_bytes
-        weights = P.MAX_SYNAPSES * P.WEIGHT_ROW_BYTES
+        weights = WEIGHT_FRAME_SYNAPSES * P.WEIGHT_ROW_BYTES
         return max(self.max_spikes * SPIKE_ROW_BYTES, weights) + FRAME_OVERHEAD
 
 
@@ -208,7 +210,7 @@ class Daemon:
 
     def _hello(self, header: dict[str, Any], body: list[memoryview]) -> tuple[dict, list]:
         caps = dict(self.backend.capabilities())
-        caps["limits"] = asdict(self.limits)
+        caps["limits"] = {**asdict(self.limits), "max_frame_bytes": self.limits.frame_bytes()}
         return {
             "backend": self.backend.name,
             "capabilities": caps,
@@ -579,7 +581,8 @@ class _Outbox:
         client = identity.bytes
         nbytes = sum(len(_view(f)) for f in reply)
         queued = self.queued(client)
-        if queued + nbytes > self.max_bytes and len(reply) > 1:
+        # One reply larger than the cap still goes to a client that has read everything else.
+        if queued and queued + nbytes > self.max_bytes and len(reply) > 1:
             header = P.decode_header(_view(reply[0]))
             reply = daemon._error(
                 P.SLOW_CLIENT,

@@ -65,7 +65,7 @@ class HardwareUnavailable(HardwareTimeout):
 
 #: Seconds the ``hello`` check waits for a reply (one attempt): a live daemon answers within
 #: about a second even while another client's long run executes (it runs in slices).
-HELLO_TIMEOUT = 3.0
+HELLO_TIMEOUT = 2.0
 
 
 def unavailable_message(endpoint: str, waited: float) -> str:

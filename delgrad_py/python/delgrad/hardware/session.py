@@ -106,6 +106,17 @@ def _setting(hw: dict[str, Any], key: str) -> Any:
     return HARDWARE_KEYS[key][1] if value is None else value
 
 
+def check_endpoint(hw: dict[str, Any] | None) -> None:
+    """The short ``hello`` a pipeline sends before anything else when ``[hardware]`` names an
+    endpoint: raises :class:`HardwareUnavailable` (one line) if nothing answers there."""
+    if not hw or not hw.get("enabled", True):
+        return
+    _check_keys(hw)
+    if hw.get("endpoint"):
+        with HardwareClient(str(hw["endpoint"]), retries=0) as client:
+            client.hello(timeout=HELLO_TIMEOUT)
+
+
 def daemon_args(hw: dict[str, Any]) -> list[str]:
     """Command-line flags for a daemon started from a ``[hardware]`` table."""
     args = ["--chip-profile", str(_setting(hw, "chip_profile"))]
@@ -125,6 +136,7 @@ def hardware_session(hw: dict[str, Any], run_dir: Path, *, seed: int = 0) -> Ite
     """
     _check_keys(hw)
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     own: OwnDaemon | None = None
     endpoint = str(hw.get("endpoint") or "")
     if not endpoint:
@@ -201,6 +213,7 @@ __all__ = [
     "HARDWARE_KEYS",
     "HardwareUnavailable",
     "OwnDaemon",
+    "check_endpoint",
     "daemon_args",
     "hardware_session",
     "write_hardware_record",
