@@ -126,12 +126,19 @@ def test_cli_writes_a_profile_the_emulator_loads(recording, tmp_path, capsys):
     delgrad.Model(net, LatencyEncoder(replicate=5), "yinyang", 4).save(run)
     pq.write_table(pa.table(inputs), tmp_path / "in.parquet")
     pq.write_table(pa.table(recorded), tmp_path / "rec.parquet")
-    argv = ["calibrate", str(run), "--inputs", str(tmp_path / "in.parquet"), "--recorded", str(tmp_path / "rec.parquet")]
+    argv = [
+        "calibrate",
+        str(run),
+        "--inputs",
+        str(tmp_path / "in.parquet"),
+        "--recorded",
+        str(tmp_path / "rec.parquet"),
+    ]
     assert main([*argv, "--out", str(tmp_path / "chip.json"), "--steps", "60"]) == 0
     assert "time offset +0.2" in capsys.readouterr().out
     profile = json.loads((tmp_path / "chip.json").read_text())
     assert set(profile) >= {"layers", "time_offset", "base", "calibration"}
-    assert [len(l["theta_factor"]) for l in profile["layers"]] == [30, 3]
+    assert [len(layer["theta_factor"]) for layer in profile["layers"]] == [30, 3]
     params = load_profile(tmp_path / "chip.json")
     assert params.time_offset == profile["time_offset"] and params.theta_factor is not None
     # An existing file is never overwritten.

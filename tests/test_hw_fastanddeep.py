@@ -53,12 +53,12 @@ def test_hardware_aware_experiment_imports_with_its_mean_threshold(tmp_path, tes
     net = model.network
     assert net.sizes == [20, 30, 3] and model.encoder.replicate == 5
     assert net.neuron.theta == pytest.approx(2.73) and net.neuron.tau_m == net.neuron.tau_s == 1.0
-    assert [l.delay_kind for l in net.layers] == ["axonal", "axonal"]
-    assert all(2.0 <= l.delays.min() and l.delays.max() <= 3.5 for l in net.layers)
-    for l in net.layers:
-        q = l.weights * 30
+    assert [layer.delay_kind for layer in net.layers] == ["axonal", "axonal"]
+    assert all(2.0 <= layer.delays.min() and layer.delays.max() <= 3.5 for layer in net.layers)
+    for layer in net.layers:
+        q = layer.weights * 30
         np.testing.assert_allclose(q, np.rint(q), atol=1e-9)
-        assert np.abs(l.weights).max() <= 2.1 + 1e-12
+        assert np.abs(layer.weights).max() <= 2.1 + 1e-12
     got = model.output_times(x)
     both = np.isfinite(got) & np.isfinite(times)
     assert np.median(np.abs(got[both] - times[both])) < 0.05

@@ -17,8 +17,9 @@ where ``dL/dw'`` is the network's exact weight gradient (``Network.backward``, t
 hidden layers' spike times). The loss is ``sum 0.5 ((T_sim + offset - T_rec) / time_std)^2``
 over (sample, neuron) pairs where both spiked, plus the priors
 ``0.5 ((f - 1) / factor_std)^2`` per neuron and ``0.5 (offset / offset_std)^2``. The offset has a
-closed-form optimum for given factors; the reduced loss is minimised over ``log f`` by Adam. Per step: one forward and one backward pass in the core; the
-host works only on per-neuron arrays.
+closed-form optimum for given factors; the reduced loss is minimised over ``log f`` by Adam.
+Per step: one forward and one backward pass in the core; the host works only on per-neuron
+arrays.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ def scaled(net: Network, factors: list[NDArray[np.float64]]) -> Network:
     """``net`` with thresholds ``theta * factors[l]``, as the weight scaling that is exactly
     equivalent (module docstring)."""
     layers = [
-        Layer(layer.weights / f[:, None], layer.delays.copy(), layer.delay_kind) for layer, f in zip(net.layers, factors)
+        Layer(layer.weights / f[:, None], layer.delays.copy(), layer.delay_kind)
+        for layer, f in zip(net.layers, factors)
     ]
     return Network(layers, net.neuron)
 

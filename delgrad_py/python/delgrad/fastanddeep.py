@@ -228,9 +228,7 @@ def read_experiment(exp_dir: str | Path) -> tuple[Model, dict[str, Any]]:
     record = {
         "source": str(exp_dir.resolve()),
         "dataset": ds_name,
-        "input_rows": [
-            {"feature": r.feature} if r.feature is not None else {"bias_time": r.bias_time} for r in rows
-        ],
+        "input_rows": [{"feature": r.feature} if r.feature is not None else {"bias_time": r.bias_time} for r in rows],
         "neuron": {"tau_m": neuron.tau_m, "tau_s": neuron.tau_s, "theta": neuron.theta},
         "clip_weights_max": clip,
         "rounding_precision": rounding,

@@ -19,7 +19,6 @@ Run directory::
 from __future__ import annotations
 
 import copy
-import json
 import time
 import tomllib
 from collections.abc import Iterator

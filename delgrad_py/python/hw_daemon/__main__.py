@@ -159,8 +159,16 @@ def main(argv: list[str] | None = None) -> int:
             ideal = EmulatorParams.ideal()
             params = replace(
                 params,
-                **{k: getattr(ideal, k) for k in ("threshold_offset_mean", "threshold_offset_std",
-                                                  "threshold_noise_std", "delay_jitter_std", "time_quantum")},
+                **{
+                    k: getattr(ideal, k)
+                    for k in (
+                        "threshold_offset_mean",
+                        "threshold_offset_std",
+                        "threshold_noise_std",
+                        "delay_jitter_std",
+                        "time_quantum",
+                    )
+                },
                 event_loss=0.0 if flags["event_loss"] is None else params.event_loss,
             )
         options = {k: getattr(params, k) for k in EmulatorParams.__dataclass_fields__}

@@ -60,9 +60,7 @@ def load_profile(spec: str | Path | dict[str, Any], **overrides: Any) -> Any:
         path = Path(spec)
         where = f"chip profile {path}"
         if not path.is_file():
-            raise ProfileError(
-                f"{where}: no such file, and not a profile name (names: {', '.join(profile_names())})"
-            )
+            raise ProfileError(f"{where}: no such file, and not a profile name (names: {', '.join(profile_names())})")
         try:
             data = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -122,15 +120,15 @@ def _theta_factors(layers: Any, where: str) -> tuple[tuple[float, ...], ...]:
     if not isinstance(layers, list) or not layers:
         raise ProfileError(f"{where}: 'layers' must be a non-empty list of {{\"theta_factor\": [...]}} objects")
     out = []
-    for l, spec in enumerate(layers):
+    for layer, spec in enumerate(layers):
         if not isinstance(spec, dict) or set(spec) != {"theta_factor"}:
-            raise ProfileError(f"{where}: layers[{l}] must be an object with exactly the key 'theta_factor'")
+            raise ProfileError(f"{where}: layers[{layer}] must be an object with exactly the key 'theta_factor'")
         f = spec["theta_factor"]
         if not isinstance(f, list) or not f or len(f) > 1 << 20:
-            raise ProfileError(f"{where}: layers[{l}].theta_factor must be a non-empty list of numbers")
+            raise ProfileError(f"{where}: layers[{layer}].theta_factor must be a non-empty list of numbers")
         for j, v in enumerate(f):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0.05 <= v <= 20.0):
-                raise ProfileError(f"{where}: layers[{l}].theta_factor[{j}] = {v!r} is not a number in [0.05, 20]")
+                raise ProfileError(f"{where}: layers[{layer}].theta_factor[{j}] = {v!r} is not a number in [0.05, 20]")
         out.append(tuple(float(v) for v in f))
     return tuple(out)
 

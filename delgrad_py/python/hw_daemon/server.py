@@ -165,9 +165,7 @@ class Daemon:
             frame_limit = self.limits.frame_bytes()
             for i, f in enumerate(body):
                 if len(_view(f)) > frame_limit:
-                    raise P.ProtocolError(
-                        P.TOO_LARGE, f"body frame {i} is {len(_view(f))} bytes (limit {frame_limit})"
-                    )
+                    raise P.ProtocolError(P.TOO_LARGE, f"body frame {i} is {len(_view(f))} bytes (limit {frame_limit})")
             handlers = {"hello": self._hello, "configure": self._configure, "run": self._run, "status": self._status}
             handler = handlers.get(op) if isinstance(op, str) else None
             if handler is None:

@@ -32,7 +32,7 @@ def hardware_label(hw: dict[str, Any]) -> str:
     caps = backend.get("capabilities", {})
     profile = caps.get("profile")
     return (
-        f"hardware: `{backend.get('backend', '?')}`"
+        f"`{backend.get('backend', '?')}`"
         + (f", chip profile `{profile}`" if profile else "")
         + f", chip seed {caps.get('chip_seed', '?')}"
     )
@@ -55,8 +55,9 @@ def plot_hw_vs_sim(hw_times: np.ndarray, sim_times: np.ndarray, labels: np.ndarr
     ax = axes[2]
     ax.scatter(sim_times[both], hw_times[both], s=3, alpha=0.4)
     if both.any():
-        lo, hi = float(min(sim_times[both].min(), hw_times[both].min())), float(
-            max(sim_times[both].max(), hw_times[both].max())
+        lo, hi = (
+            float(min(sim_times[both].min(), hw_times[both].min())),
+            float(max(sim_times[both].max(), hw_times[both].max())),
         )
         ax.plot([lo, hi], [lo, hi], "k--", lw=0.8, label="hardware = simulation")
         ax.legend(fontsize=7)
@@ -124,7 +125,11 @@ def hardware_section(
             (
                 "Hardware and simulation, side by side (test set)",
                 plot_hw_vs_sim(
-                    hw_t, sim_t, test_labels, f"{hardware_label(hw)} vs. ideal simulation".replace("`", ""), plots
+                    hw_t,
+                    sim_t,
+                    test_labels,
+                    f"hardware: {hardware_label(hw)} vs. ideal simulation".replace("`", ""),
+                    plots,
                 ),
             )
         )

@@ -190,7 +190,7 @@ def write_hardware_record(
         r = evaluate(net, split, loss, loop)
         accuracy[name] = {"acc": r.accuracy, "loss": r.loss}
         if name == "test":
-            tables = [r.trace.spikes(l, with_layer=True) for l in range(r.trace.n_layers)]
+            tables = [r.trace.spikes(layer, with_layer=True) for layer in range(r.trace.n_layers)]
             pq.write_table(pa.Table.from_batches(tables), run_dir / "spikes_test_hw.parquet", compression="zstd")
     configured = loop.configure(net)
     own = loop.daemon

@@ -367,18 +367,18 @@ class EmulatorBackend(Backend):
                 stop = min(start + step, n_samples)
                 part = grouped.select(np.arange(start, stop, dtype=np.uint32))
                 got, c = _core.chip_run(part, stop - start, layer_args, config.network.neuron, io)
-                for l, rb in enumerate(got):
-                    pieces[l].append(_shift_samples(rb, start))
+                for layer, rb in enumerate(got):
+                    pieces[layer].append(_shift_samples(rb, start))
                 counts = _add_counts(counts, c)
                 yield
             layers = [pa.Table.from_batches(b).combine_chunks().to_batches()[0] for b in pieces]
             counts["recorded_events"] = [rb.num_rows for rb in layers]
         if p.event_loss > 0:
             lost = counts["lost_per_layer"]
-            for l, rb in enumerate(layers):
+            for layer, rb in enumerate(layers):
                 keep = rng.random(rb.num_rows) >= p.event_loss
-                lost[l] += rb.num_rows - int(np.count_nonzero(keep))
-                layers[l] = rb.filter(pa.array(keep))
+                lost[layer] += rb.num_rows - int(np.count_nonzero(keep))
+                layers[layer] = rb.filter(pa.array(keep))
             counts["recorded_events"] = [rb.num_rows for rb in layers]
         if p.time_offset != 0.0:
             layers = [_shift_times(rb, p.time_offset) for rb in layers]
@@ -424,7 +424,11 @@ class EmulatorBackend(Backend):
             rng = np.random.default_rng([seed, self.chip_seed])
             with P.reading_frames():
                 frames, counts = _core.chip_run_frames(
-                    frame, n_samples, self._perturbed(config, rng), config.network.neuron, self._io(config, dur),
+                    frame,
+                    n_samples,
+                    self._perturbed(config, rng),
+                    config.network.neuron,
+                    self._io(config, dur),
                     max_events,
                 )
             return FramedRun(frames, self._health(counts, n_samples, dur, t_start), seed)
