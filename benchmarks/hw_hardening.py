@@ -75,7 +75,7 @@ def bomb(endpoint: str) -> None:
     frame = sink.getvalue()
     header = P.encode_header(
         {"v": 1, "op": "configure", "id": "bomb", "neuron": {"tau_m": 1.0, "tau_s": 1.0, "theta": 2.6},
-         "layers": [{"n_in": 5000, "n_out": 5200, "delay_kind": "none"}]}
+         "layers": [{"n_in": 4000, "n_out": 4000, "delay_kind": "none"}]}
     )  # fmt: skip
     delays = P.encode_table(pa.RecordBatch.from_pylist([], schema=P.DELAY_SCHEMA))
     before = status(endpoint)["memory"]

@@ -111,7 +111,7 @@ def test_decompression_bomb_is_refused_without_allocating(daemon):
     assert len(frame) < 200_000
     delays = P.encode_table(pa.RecordBatch.from_pylist([], schema=P.DELAY_SCHEMA))
     before = memory(daemon.endpoint)["memory"]
-    head = raw(daemon.endpoint, [configure_header(5000, 5200), frame, delays])
+    head = raw(daemon.endpoint, [configure_header(4000, 4000), frame, delays])
     assert head["ok"] is False and head["code"] == P.BAD_FRAME
     assert "compressed Arrow IPC is refused" in head["message"]
     after = memory(daemon.endpoint)["memory"]
@@ -172,7 +172,7 @@ def test_frames_beyond_the_limit_are_dropped_by_the_transport(tmp_path):
         s.close()
         with HardwareClient(d.endpoint, timeout=20, retries=0) as c:
             after = c.status()
-        assert after["counters"]["requests"] == 2  # the two status calls; the big one never arrived
+        assert after["counters"]["requests"] == 3  # hello and two status; the big one never arrived
         assert after["memory"]["peak_rss_bytes"] - before["peak_rss_bytes"] < 30 * MB
     finally:
         assert d.stop() == 0
@@ -279,7 +279,7 @@ def fuzz_daemon():
     return d, cid
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     op=st.sampled_from(["hello", "configure", "run", "status", "nope", ""]),
     fields=st.dictionaries(

@@ -339,7 +339,7 @@ def check_plain_stream(frame: Any, what: str, *, max_rows: int | None = None) ->
         messages = pa.ipc.MessageReader.open_stream(pa.py_buffer(frame))
         rows = 0
         for message in messages:
-            if message.type == "dictionary batch":
+            if message.type.startswith("dictionary"):
                 raise ProtocolError(BAD_FRAME, f"{what}: dictionary-encoded Arrow IPC is refused")
             if message.type != "record batch":
                 continue
