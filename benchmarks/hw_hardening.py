@@ -2,8 +2,9 @@
 
 1. Decompression bomb: a configure request whose weights frame is ZSTD-compressed (26 M rows,
    480 MB of zeros, ~50 KB on the wire): the reply, and the daemon's peak RSS growth.
-2. A client that stops reading: 5 runs of ~10 MB replies, never read; RSS growth and how many
-   replies were answered ``slow_client``.
+2. A client that stops reading: 5 runs of ~26 MB replies, never read, against a cap of 64 MB
+   per client (``--max-reply-bytes``); RSS growth and how many replies were answered
+   ``slow_client``.
 3. Fairness: one client runs 20 M-event batches (1 M samples x 4 channels x 5 replicas) back
    to back while another sends training-sized runs (40 samples) and hellos; latency
    percentiles of the well-behaved client.
@@ -98,9 +99,9 @@ def slow_client(endpoint: str) -> None:
     s.rcvhwm = 1
     s.setsockopt(zmq.RCVBUF, 4096)
     s.connect(endpoint)
-    frame = P.encode_spikes(inputs(20_000))
+    frame = P.encode_spikes(inputs(50_000))
     for k in range(5):
-        hdr = {"v": 1, "op": "run", "id": f"slow-{k}", "config_id": cid, "n_samples": 20_000, "seed": k}
+        hdr = {"v": 1, "op": "run", "id": f"slow-{k}", "config_id": cid, "n_samples": 50_000, "seed": k}
         s.send_multipart([P.encode_header(hdr), frame])
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -110,7 +111,9 @@ def slow_client(endpoint: str) -> None:
         time.sleep(0.2)
     slow = st["errors"].get(P.SLOW_CLIENT, 0) - before["errors"].get(P.SLOW_CLIENT, 0)
     growth = (st["memory"]["rss_bytes"] - before["memory"]["rss_bytes"]) / MB
-    print(f"2. unread replies: 5 runs, {slow} answered slow_client; daemon RSS growth {growth:.1f} MB")
+    print(
+        f"2. unread replies: 5 runs of ~26 MB replies, {slow} answered slow_client; daemon RSS growth {growth:.1f} MB"
+    )
     s.close()
     ctx.term()
 
@@ -193,7 +196,7 @@ def main() -> None:
     ap.add_argument("--fuzz", type=int, default=3000)
     args = ap.parse_args()
     print(f"machine: {platform.platform()}, {os.cpu_count()} cpus, load average {os.getloadavg()}")
-    d = start_daemon(args=["--log-level", "WARNING"])
+    d = start_daemon(args=["--log-level", "WARNING", "--max-reply-bytes", str(64 * MB)])
     try:
         bomb(d.endpoint)
         slow_client(d.endpoint)
