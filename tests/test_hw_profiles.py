@@ -89,3 +89,13 @@ def test_daemon_serves_the_profile_file_it_is_given(tmp_path):
     (tmp_path / "typo.json").write_text(json.dumps({"weight_scal": 3}))
     with pytest.raises(RuntimeError, match="unknown keys \\['weight_scal'\\]"):
         start_daemon(args=["--chip-profile", str(tmp_path / "typo.json")], log_path=tmp_path / "typo.log")
+
+
+def test_pipeline_passes_a_relative_profile_file_to_its_daemon_absolutely(tmp_path, monkeypatch):
+    from delgrad.hardware.session import daemon_args
+
+    (tmp_path / "chip.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    assert daemon_args({"chip_profile": "chip.json"}) == ["--chip-profile", str(tmp_path / "chip.json")]
+    assert daemon_args({"chip_profile": "legacy", "ideal": True}) == ["--chip-profile", "legacy", "--ideal"]
+    assert daemon_args({}) == ["--chip-profile", "delgrad"]

@@ -119,7 +119,10 @@ def check_endpoint(hw: dict[str, Any] | None) -> None:
 
 def daemon_args(hw: dict[str, Any]) -> list[str]:
     """Command-line flags for a daemon started from a ``[hardware]`` table."""
-    args = ["--chip-profile", str(_setting(hw, "chip_profile"))]
+    profile = str(_setting(hw, "chip_profile"))
+    if Path(profile).is_file():  # the daemon runs in another directory: pass the file absolutely
+        profile = str(Path(profile).resolve())
+    args = ["--chip-profile", profile]
     if _setting(hw, "ideal"):
         args.append("--ideal")
     if _setting(hw, "keep_awake"):
