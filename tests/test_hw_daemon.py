@@ -108,7 +108,7 @@ def test_round_trip_equals_in_process_emulator(daemon, transport, tmp_path):
             assert hello["backend"] == "emulator" and P.PROTOCOL_VERSION in hello["versions"]
             assert caps["neurons"] == 512 and caps["weight_bits"] == 6 and caps["weight_max_int"] == 63
             assert caps["time_quantum"] == pytest.approx(8e-9 / 6e-6)
-            assert caps["delay_range"][0] == 0.0 and caps["chip_seed"] == CHIP
+            assert caps["delay_range"] == [2.0, 3.5] and caps["chip_seed"] == CHIP and caps["profile"] == "delgrad"
 
             cid, realised = c.configure(net, input_replication=5)
             assert cid.startswith("cfg-") and c.config_info(cid)["report"]["neurons_used"] == 133
@@ -162,7 +162,7 @@ def test_pub_socket_streams_recorded_spikes(daemon, configured):
         head = json.loads(msg[1])
         assert head["config_id"] == configured[0] and head["n_samples"] == 5
         layers = [P.decode_table(f, P.SPIKE_SCHEMA, "pub") for f in msg[2:]]
-        assert [l.equals(s) for l, s in zip(layers, spikes)] == [True, True]
+        assert [index.equals(s) for index, s in zip(layers, spikes)] == [True, True]
     finally:
         sub.close()
 

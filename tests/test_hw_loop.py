@@ -40,7 +40,7 @@ def hw_net(seed: int = 0) -> delgrad.Network:
         delay_kind="axonal",
         weight_mean=(0.6, 0.6),
         weight_std=(0.4, 0.4),
-        delay_range=(0.0, 0.1),
+        delay_range=(2.5, 3.0),  # within the default profile's [2.0, 3.5]
         seed=seed,
     )
 
@@ -77,12 +77,13 @@ def test_loop_forward_is_the_realised_network_on_an_ideal_chip(ideal_daemon):
         for select in (sel, None):
             got = loop(net, data.spikes, select)
             want = realised.forward(data.spikes, select=select)
-            for l in range(2):
-                assert got.spikes(l).equals(want.spikes(l))
+            for index in range(2):
+                assert got.spikes(index).equals(want.spikes(index))
         assert loop.counters["configures"] == 1  # unchanged parameters are not sent again
         assert loop.counters["runs"] == 3 + 19  # 7 samples in pieces of 3, then 57
         assert not np.array_equal(realised.layers[0].weights, net.layers[0].weights)
-        np.testing.assert_allclose(realised.layers[0].weights, np.rint(net.layers[0].weights * 10) / 10)
+        # The default chip profile, DelGrad's: weight scale 30 (1/30 steps within +-2.1).
+        np.testing.assert_allclose(realised.layers[0].weights, np.rint(net.layers[0].weights * 30) / 30)
 
 
 def test_loop_evaluation_uses_the_hardware(ideal_daemon):
@@ -193,9 +194,21 @@ def test_yinyang_hw_pipeline_trains_through_its_own_daemon(tmp_path):
     best = metrics.sort("validation_acc", descending=True).row(0, named=True)
     assert hw["accuracy"]["validation"]["acc"] == best["validation_acc"] > 0.5
     assert hw["accuracy"]["test"]["acc"] == best["test_acc"]
+    assert hw["backend"]["capabilities"]["profile"] == "delgrad"  # DelGrad's published chip
     report = (run_dir / "report.md").read_text()
-    assert "Trained in the loop on `emulator`" in report
+    assert "Trained in the loop on `emulator`" in report and "chip profile `delgrad`" in report
     assert f"| test | {100 * best['test_acc']:.2f} % |" in report
+    # Hardware and simulation are labelled, the recorded spikes saved, the plot side by side.
+    assert "| split | accuracy (hardware) |" in report and "| split | accuracy (simulation) |" in report
+    assert "![Hardware and simulation, side by side (test set)](plots/hardware_vs_simulation.png)" in report
+    assert (run_dir / "plots" / "hardware_vs_simulation.png").stat().st_size > 10_000
+    recorded = pl.read_parquet(run_dir / "spikes_test_hw.parquet")
+    assert recorded.columns == ["sample", "neuron", "time", "layer"]
+    assert recorded["sample"].max() == 999 and set(recorded["layer"].unique()) == {0, 1}
+    # Every trained delay is realisable (sigmoid parametrisation into [2.0, 3.5]).
+    model = delgrad.Model.load(run_dir)
+    assert all(2.0 <= layer.delays.min() and layer.delays.max() <= 3.5 for layer in model.network.layers)
+    assert hw["realised"]["layers"][0]["delays_clipped"] == 0
     # The daemon the pipeline started is gone (stopped by its pid).
     log = (run_dir / "hw_daemon.log").read_text()
     assert "shutdown" in log.lower() or "stopp" in log.lower()

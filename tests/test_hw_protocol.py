@@ -124,8 +124,9 @@ def test_replicate_inputs_layout():
 def test_weights_are_6_bit_and_delays_clipped():
     net = yinyang_net()
     net.layers[0].weights[0, 0] = 100.0  # far beyond 63 / scale
-    net.layers[0].delays[:3] = [-0.5, 5.0, 0.2]
-    emu = EmulatorBackend(chip_seed=1)
+    net.layers[0].delays[:] = 2.5
+    net.layers[0].delays[:3] = [-0.5, 5.0, 2.2]
+    emu = EmulatorBackend(chip_seed=1)  # the default profile, DelGrad's: delays within [2.0, 3.5]
     cfg = emu.configure(net, weight_scale=[10.0, 20.0], input_replication=5)
     for layer, scale in zip(cfg.network.layers, (10.0, 20.0)):
         q = layer.weights * scale
@@ -133,7 +134,7 @@ def test_weights_are_6_bit_and_delays_clipped():
         assert np.abs(np.rint(q)).max() <= 63
     assert cfg.network.layers[0].weights[0, 0] == pytest.approx(6.3)
     d = cfg.network.layers[0].delays
-    assert d[0] == 0.0 and d[1] == emu.params.delay_max and d[2] == 0.2
+    assert d[0] == emu.params.delay_min == 2.0 and d[1] == emu.params.delay_max == 3.5 and d[2] == 2.2
     rep = cfg.report["layers"][0]
     assert rep["weights_clipped"] >= 1 and rep["delays_clipped"] == 2
     assert cfg.report["neurons_used"] == 33 + 2 * (20 + 30)
@@ -161,8 +162,8 @@ def test_ideal_emulator_is_the_realised_network():
     x = yinyang_inputs(40)
     out = emu.run(cfg, x, 40, seed=0)
     ref = cfg.network.forward(P.replicate_inputs(x, 4, 5), 40)
-    for l in range(2):
-        assert out.layers[l].equals(ref.spikes(l))
+    for index in range(2):
+        assert out.layers[index].equals(ref.spikes(index))
     assert out.health["dropped_inputs"] == 0 and out.health["lost_events"] == 0
 
 
@@ -306,8 +307,8 @@ def _numpy_emulator_run(emu: EmulatorBackend, cfg, x: pa.RecordBatch, n_samples:
         P.spike_batch(s[played], n[played], quant(t[played])), cfg.n_channels, cfg.input_replication
     )
     layers = []
-    for l, layer in enumerate(cfg.network.layers):
-        factor = cfg.state["theta_factor"][l] + rng.normal(0.0, p.threshold_noise_std / p.theta_ref, layer.shape[0])
+    for index, layer in enumerate(cfg.network.layers):
+        factor = cfg.state["theta_factor"][index] + rng.normal(0.0, p.threshold_noise_std / p.theta_ref, layer.shape[0])
         w = layer.weights / np.maximum(factor, 0.05)[:, None]
         d = layer.delays
         if layer.delay_kind == "axonal" and p.delay_jitter_std > 0:
@@ -315,8 +316,8 @@ def _numpy_emulator_run(emu: EmulatorBackend, cfg, x: pa.RecordBatch, n_samples:
         layers.append(delgrad.Layer(w, d, layer.delay_kind))
     trace = delgrad.Network(layers, cfg.network.neuron).forward(inputs, n_samples)
     out, lost = [], []
-    for l in range(len(layers)):
-        ls, ln, lt = (c.to_numpy() for c in trace.spikes(l).columns)
+    for index in range(len(layers)):
+        ls, ln, lt = (c.to_numpy() for c in trace.spikes(index).columns)
         lt = quant(lt)
         keep = lt <= p.duration
         out.append(P.spike_batch(ls[keep], ln[keep], lt[keep]))

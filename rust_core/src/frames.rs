@@ -48,7 +48,56 @@ pub fn read_spike_buffer(buffer: Buffer, what: &str, max_rows: Option<usize>) ->
     SpikeTable::from_batches(&batches, what, false)
 }
 
+/// Walks the messages of an IPC stream without decoding them and refuses, before any buffer is
+/// allocated, what would let a small frame claim a lot of memory: compressed record batches
+/// (a ZSTD body can decompress thousands of times larger), dictionary batches (no protocol
+/// column is dictionary-encoded) and batches declaring more than `max_rows` rows.
+pub fn check_plain_stream(bytes: &[u8], what: &str, max_rows: Option<usize>) -> Result<()> {
+    let bad = |why: String| frame_err(FrameCode::BadFrame, format!("{what}: {why}"));
+    let corrupt = |why: &str| bad(format!("truncated or corrupt Arrow IPC stream ({why})"));
+    let mut pos = 0usize;
+    let mut rows = 0usize;
+    let word = |at: usize| -> Option<u32> { Some(u32::from_le_bytes(bytes.get(at..at + 4)?.try_into().ok()?)) };
+    while pos < bytes.len() {
+        let Some(mut len) = word(pos) else { return Err(corrupt("a message header is cut off")) };
+        pos += 4;
+        if len == u32::MAX {
+            // the continuation marker; the metadata length follows
+            let Some(l) = word(pos) else { return Err(corrupt("a message header is cut off")) };
+            len = l;
+            pos += 4;
+        }
+        if len == 0 {
+            return Ok(()); // end of stream
+        }
+        let end = pos.checked_add(len as usize).filter(|&e| e <= bytes.len());
+        let Some(end) = end else { return Err(corrupt("a message runs past the end of the frame")) };
+        let message = arrow_ipc::root_as_message(&bytes[pos..end])
+            .map_err(|e| bad(format!("not an Arrow IPC stream (message header: {e})")))?;
+        match message.header_type() {
+            arrow_ipc::MessageHeader::DictionaryBatch => {
+                return Err(bad("dictionary-encoded Arrow IPC is refused".into()));
+            }
+            arrow_ipc::MessageHeader::RecordBatch => {
+                let batch = message.header_as_record_batch().ok_or_else(|| corrupt("a record batch without header"))?;
+                if batch.compression().is_some() {
+                    return Err(bad("compressed Arrow IPC is refused (send uncompressed record batches)".into()));
+                }
+                rows = rows.saturating_add(usize::try_from(batch.length()).unwrap_or(usize::MAX));
+                if let Some(limit) = max_rows.filter(|&m| rows > m) {
+                    return Err(frame_err(FrameCode::TooLarge, format!("{what}: more than {limit} rows")));
+                }
+            }
+            _ => {}
+        }
+        let body = usize::try_from(message.bodyLength()).map_err(|_| corrupt("a negative body length"))?;
+        pos = end.checked_add(body).ok_or_else(|| corrupt("a body runs past the end of the frame"))?;
+    }
+    Ok(())
+}
+
 fn decode_batches(mut buffer: Buffer, what: &str, max_rows: Option<usize>) -> Result<Vec<RecordBatch>> {
+    check_plain_stream(buffer.as_slice(), what, max_rows)?;
     let corrupt =
         |e: ArrowError| frame_err(FrameCode::BadFrame, format!("{what}: truncated or corrupt Arrow IPC stream ({e})"));
     // The incremental decoder never allocates more than the frame holds, whatever lengths a

@@ -45,8 +45,27 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--out", help="sweep directory (default: the sweep file's 'out'); re-running resumes")
     s.add_argument("--dry-run", action="store_true", help="list the trials and exit")
     s.add_argument("--quiet", action="store_true", help="no progress output")
+    # --- hardware hook: Fast&Deep import and chip calibration (delgrad.fastanddeep, delgrad.calibrate)
+    f = sub.add_parser(
+        "import-fastanddeep",
+        help="import a Fast&Deep / DelGrad experiment directory (config.yaml + parameters) as a run directory",
+    )
+    f.add_argument("experiment_dir", help="e.g. fastAndDeep/experiment_pretrained/<name>/epoch_300")
+    f.add_argument("out", help="run directory to create (must not exist, or be empty)")
+    c = sub.add_parser(
+        "calibrate", help="fit a chip profile (threshold factors, time offset) to recorded output spikes"
+    )
+    c.add_argument("run_dir", help="run directory holding the model (model/)")
+    c.add_argument("--inputs", required=True, help="Parquet spikes played into the network's inputs")
+    c.add_argument("--recorded", required=True, help="Parquet spikes of the output layer, recorded on the chip")
+    c.add_argument("--out", required=True, help="the calibrated chip profile (JSON) to write")
+    c.add_argument("--base", default="delgrad", help="the chip profile the calibration refines (default delgrad)")
+    c.add_argument("--steps", type=int, default=400, help="optimiser steps")
+    # --- end of hardware hook
     args = p.parse_args(argv)
 
+    if args.cmd in ("import-fastanddeep", "calibrate"):
+        return _hardware_command(args)
     if args.cmd == "sweep":
         return _sweep(args)
     if args.cmd == "export-nir":
@@ -55,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     from delgrad import pipeline
     from delgrad.config import ConfigError
     from delgrad.data.user import DataError
+    from delgrad.hardware.client import HardwareUnavailable
     from delgrad.rundir import RunDirError
 
     try:
@@ -75,6 +95,44 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, RunDirError, DataError, FileNotFoundError) as e:  # the user's input: one line
         print(f"delgrad {args.cmd}: {e}", file=sys.stderr)
         return 2
+    except HardwareUnavailable as e:  # a dead endpoint is one line, not a traceback
+        print(f"delgrad {args.cmd}: {e.message}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _hardware_command(args: argparse.Namespace) -> int:
+    """``import-fastanddeep`` and ``calibrate`` (hardware hook)."""
+    if args.cmd == "import-fastanddeep":
+        from delgrad.fastanddeep import FastAndDeepError, import_experiment
+
+        try:
+            out = import_experiment(args.experiment_dir, args.out)
+        except FastAndDeepError as e:
+            print(f"delgrad import-fastanddeep: {e}", file=sys.stderr)
+            return 2
+        print(f"{args.experiment_dir} -> {out} (delgrad.Model.load({str(out)!r}))")
+        return 0
+    from dataclasses import replace
+
+    from delgrad.calibrate import CalibrationConfig, calibrate_run
+
+    try:
+        res = calibrate_run(
+            args.run_dir,
+            args.inputs,
+            args.recorded,
+            args.out,
+            base=args.base,
+            config=replace(CalibrationConfig(), steps=args.steps),
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as e:
+        print(f"delgrad calibrate: {e}", file=sys.stderr)
+        return 2
+    print(
+        f"{args.out}: time offset {res.time_offset:+.4f}, output spike-time RMSE {res.rmse_before:.4f} -> "
+        f"{res.rmse_after:.4f} over {res.pairs} spikes ({res.spike_mismatch} spike/silence mismatches)"
+    )
     return 0
 
 

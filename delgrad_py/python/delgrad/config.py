@@ -234,9 +234,14 @@ class HardwareConfig:
     enabled: bool = True
     endpoint: str = _spec("", doc="a running daemon; empty: start an emulator daemon for this run")
     backend: str = "emulator"
-    chip_seed: int = 0
+    chip_profile: str = _spec(
+        "delgrad", doc="profile of the daemon the pipeline starts: delgrad, legacy or a JSON file"
+    )
+    chip_seed: int = _spec(0, doc="identity of the emulated chip (its fixed mismatch)")
     ideal: bool = False
-    weight_scale: float | None = _spec(None, gt=0.0)
+    weight_scale: float | list[float] | None = _spec(
+        None, gt=0.0, doc="hardware units per weight unit; none: the profile's"
+    )
     input_replication: int = _spec(1, ge=1)
     max_batch: int = _spec(1000, ge=1)
     timeout: float = _spec(30.0, gt=0.0)
@@ -244,6 +249,8 @@ class HardwareConfig:
     seed: int | None = _spec(None, doc="default: train.seed")
     daemon_cpus: list[int] | None = _spec(None, ge=0)
     keep_awake: bool = False
+    max_restarts: int = _spec(3, ge=0, doc="restarts of the pipeline's own daemon when it dies, before giving up")
+    project_weights: bool = _spec(True, doc="clip shadow weights to the realisable range before configuring")
 
 
 @dataclass(frozen=True)

@@ -14,13 +14,13 @@ Run directory (owned through its manifest, :mod:`delgrad.rundir`)::
     report.md, plots/    the report
     hardware.json        in-the-loop runs only: backend, realised configuration, counters and
                          the trained model's accuracy measured on the hardware
+    spikes_test_hw.parquet  in-the-loop runs only: the test set's spikes recorded on the hardware
     hw_daemon.log        the log of the daemon the pipeline started (if it started one)
 """
 
 from __future__ import annotations
 
 import io
-import json
 import math
 import shutil
 import sys
@@ -44,7 +44,7 @@ from delgrad.model import Model
 from delgrad.multi import MultiNetwork
 from delgrad.network import Network
 from delgrad.rundir import RunDir, RunDirError, atomic_write, read_config
-from delgrad.train import EvalResult, Trainer, evaluate, evaluate_any
+from delgrad.train import EvalResult, Trainer, evaluate_any
 
 __all__ = [
     "ConfigError",
@@ -284,6 +284,10 @@ def run_config(
     """
     say = say or (lambda text: print(text, file=sys.stderr, flush=True))
     run_dir = Path(out) if out else default_run_dir(cfg)
+    if cfg.hardware is not None:  # a given endpoint answers a short hello before any work
+        from delgrad.hardware.session import check_endpoint
+
+        check_endpoint(cfg.hardware)
     with RunDir.open(run_dir, cfg, restart=restart) as owned:
         if owned.status == "finished":
             say(f"{run_dir}: already finished with this configuration; nothing to do (--restart runs it again)")
@@ -365,62 +369,27 @@ def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def hardware_loop(cfg: PipelineConfig, run_dir: Path) -> Iterator[Any]:
     """The pipeline's ``[hardware]`` table as a :class:`HardwareLoop` (None without one).
 
-    With no ``endpoint`` the pipeline starts its own emulator daemon on a free loopback port
-    and stops that process, by its pid, when training ends.
+    :mod:`delgrad.hardware.session` holds the endpoint check and the pipeline's own daemon
+    (started on a free loopback port, restarted when it dies, stopped by its pid).
     """
     hw = cfg.hardware
     if hw is None or not hw.enabled:
         yield None
         return
-    from delgrad.hardware import HardwareClient, HardwareLoop, start_daemon
+    from delgrad.hardware.session import hardware_session
 
-    daemon = None
-    endpoint = hw.endpoint
-    if not endpoint:
-        daemon = start_daemon(
-            "tcp://127.0.0.1:*",
-            backend=hw.backend,
-            chip_seed=hw.chip_seed,
-            args=(["--ideal"] if hw.ideal else []) + (["--keep-awake"] if hw.keep_awake else []),
-            log_path=run_dir / "hw_daemon.log",
-            cpus=hw.daemon_cpus,
-        )
-        endpoint = daemon.endpoint
-    try:
-        with HardwareClient(endpoint, timeout=hw.timeout, retries=hw.retries) as client:
-            yield HardwareLoop(
-                client,
-                seed=hw.seed if hw.seed is not None else cfg.train.seed,
-                weight_scale=hw.weight_scale,
-                input_replication=hw.input_replication,
-                max_batch=hw.max_batch,
-            )
-    finally:
-        if daemon is not None:
-            daemon.stop()
+    with hardware_session(hw, run_dir, seed=cfg.train.seed) as loop:
+        yield loop
 
 
 def _write_hardware_record(
     run_dir: Path, loop: Any, net: Network, splits: dict[str, Split], cfg: PipelineConfig
 ) -> None:
-    """Measures the trained (restored best) parameters on the hardware and writes
-    ``hardware.json``: what the report quotes as the in-the-loop result."""
-    accuracy = {}
-    for name, split in splits.items():
-        r = evaluate(net, split, cfg.train.loss, loop)
-        accuracy[name] = {"acc": r.accuracy, "loss": r.loss}
-    configured = loop.configure(net)
-    record = {
-        "endpoint": loop.client.endpoint,
-        "hardware": cfg.to_dict()["hardware"],
-        "backend": loop.client.hello(),
-        "config_id": configured.config_id,
-        "realised": loop.client.config_info(configured.config_id).get("report"),
-        "counters": loop.counters,
-        "client": loop.client.stats,
-        "accuracy": accuracy,
-    }
-    atomic_write(run_dir / "hardware.json", json.dumps(record, indent=1, default=float))
+    """Measures the trained (restored best) parameters on the hardware: ``hardware.json`` and
+    ``spikes_test_hw.parquet`` (:func:`delgrad.hardware.session.write_hardware_record`)."""
+    from delgrad.hardware.session import write_hardware_record
+
+    write_hardware_record(run_dir, loop, net, splits, cfg.train.loss, cfg.hardware)
 
 
 def _raw_dim(data_dir: Path) -> int:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -106,24 +105,6 @@ def plot_delays(network, out: Path) -> str | None:
     return _save(fig, out / "delays.png")
 
 
-def _hardware_lines(hw: dict[str, Any]) -> list[str]:
-    backend = hw.get("backend", {})
-    caps = backend.get("capabilities", {})
-    c = hw.get("counters", {})
-    lines = [
-        f"Trained in the loop on `{backend.get('backend', '?')}` ({caps.get('model', '')}, chip seed "
-        f"{caps.get('chip_seed', '?')}) through `{hw.get('endpoint')}`: {c.get('runs', 0)} runs, "
-        f"{c.get('configures', 0)} configurations, {c.get('dropped_inputs', 0)} dropped inputs, "
-        f"{c.get('lost_events', 0)} lost events. Measured on the hardware:",
-        "",
-        "| split | accuracy | loss |",
-        "|---|---|---|",
-    ]
-    for name, r in hw.get("accuracy", {}).items():
-        lines.append(f"| {name} | {100 * r['acc']:.2f} % | {r['loss']:.5f} |")
-    return lines
-
-
 def _finish_report(
     run_dir: Path, lines: list[str], figs: list[tuple[str, str | None]], layers: str, model: str
 ) -> Path:
@@ -208,12 +189,16 @@ def write_report(
         )
     lines = [f"# {cfg.name}", "", description, ""]
     hw_path = run_dir / "hardware.json"
-    if hw_path.exists():
-        lines += _hardware_lines(json.loads(hw_path.read_text()))
-        lines += ["", "The same parameters in the ideal simulation (no hardware effects):", ""]
-    lines += ["| split | accuracy | loss |", "|---|---|---|"]
-    for name in ("train", "validation", "test"):
-        lines.append(f"| {name} | {100 * results[f'{name}_acc']:.2f} % | {results[f'{name}_loss']:.5f} |")
+    if hw_path.exists():  # delgrad.hardware.report labels hardware and simulation and plots both
+        from delgrad.hardware.report import hardware_section
+
+        hw_lines, hw_figs = hardware_section(run_dir, json.loads(hw_path.read_text()), results, split.labels, plots)
+        lines += hw_lines
+        figs[1:1] = hw_figs
+    else:
+        lines += ["| split | accuracy | loss |", "|---|---|---|"]
+        for name in ("train", "validation", "test"):
+            lines.append(f"| {name} | {100 * results[f'{name}_acc']:.2f} % | {results[f'{name}_loss']:.5f} |")
     if multi:
         per_layer = [v for k, v in ev.stats.items() if k.startswith("spikes_l")]
         lines += [

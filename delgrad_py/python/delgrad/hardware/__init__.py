@@ -12,6 +12,7 @@ from delgrad.hardware.client import (
     HardwareClient,
     HardwareError,
     HardwareTimeout,
+    HardwareUnavailable,
     RunResult,
 )
 from delgrad.hardware.daemon import DaemonProcess, ipc_endpoint, start_daemon, stop_daemon
@@ -27,6 +28,7 @@ __all__ = [
     "HardwareError",
     "HardwareLoop",
     "HardwareTimeout",
+    "HardwareUnavailable",
     "ProtocolError",
     "RunResult",
     "ipc_endpoint",

@@ -23,6 +23,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -30,6 +31,9 @@ import pyarrow as pa
 import zmq
 
 from delgrad.hardware import protocol as P
+
+#: Seconds between calls of a client's ``watch`` while it waits for a reply.
+WATCH_PERIOD = 0.25
 
 #: Client-side error codes, in addition to the daemon's :data:`protocol.ERROR_CODES`.
 TIMEOUT = "timeout"
@@ -53,6 +57,24 @@ class HardwareTimeout(HardwareError):
 
     def __init__(self, message: str) -> None:
         super().__init__(TIMEOUT, message)
+
+
+class HardwareUnavailable(HardwareTimeout):
+    """Nothing answers at the endpoint (the short ``hello`` check got no reply)."""
+
+
+#: Seconds the ``hello`` check waits for a reply (one attempt): a live daemon answers within
+#: about a second even while another client's long run executes (it runs in slices).
+HELLO_TIMEOUT = 2.0
+
+
+def unavailable_message(endpoint: str, waited: float) -> str:
+    """One line: what did not answer, and how to start a daemon there."""
+    return (
+        f"no hw_daemon answers at {endpoint} (no reply to hello within {waited:g} s); start one with "
+        f"`delgrad-hw-daemon --bind {endpoint}` (or `python -m hw_daemon --bind {endpoint}`), or leave the "
+        "pipeline's [hardware] endpoint empty so that it starts its own"
+    )
 
 
 class Configured(NamedTuple):
@@ -100,6 +122,9 @@ class HardwareClient:
         spin: seconds to busy-wait for each reply before sleeping in ``poll``. Waking a thread
             that sleeps costs hundreds of microseconds on some (virtualised) machines, more than
             a small batch takes; spinning trades one busy core for that latency.
+        watch: called about every 0.25 s while a reply is awaited; returning True means "the
+            daemon was restarted, re-send now" (a pipeline that owns its daemon restarts it when
+            it dies, :mod:`delgrad.hardware.session`). It may raise to give up.
     """
 
     def __init__(
@@ -115,6 +140,7 @@ class HardwareClient:
         context: zmq.Context | None = None,
         remember_configs: int = 32,
         spin: float = 0.0,
+        watch: Callable[[], bool] | None = None,
     ) -> None:
         if timeout <= 0 or retries < 0:
             raise ValueError("timeout must be > 0 and retries >= 0")
@@ -124,6 +150,7 @@ class HardwareClient:
         self.session = session or uuid.uuid4().hex
         self.reconfigure = reconfigure
         self.spin = max(0.0, float(spin))
+        self.watch = watch
         self._ctx = context or zmq.Context.instance()
         self._curve: tuple[bytes, bytes, bytes] | None = None
         if server_key is not None or client_key is not None:
@@ -174,6 +201,7 @@ class HardwareClient:
         *,
         timeout: float | None = None,
         request_id: str | None = None,
+        retries: int | None = None,
     ) -> tuple[dict[str, Any], list[zmq.Frame]]:
         """Sends one request (re-sending it on timeouts) and returns the reply header and body
         frames; raises :class:`HardwareError` on an error reply, :class:`HardwareTimeout` when
@@ -185,16 +213,24 @@ class HardwareClient:
         rid = header["id"]
         wait = self.timeout if timeout is None else float(timeout)
         self.stats["requests"] += 1
-        for attempt in range(self.retries + 1):
+        attempts = (self.retries if retries is None else int(retries)) + 1
+        attempt = 0
+        while attempt < attempts:
             if attempt:
                 self.stats["resends"] += 1
                 self._reconnect()
             self._sock.send_multipart(message, copy=False)
             deadline = time.monotonic() + wait
+            restarted = False
             while True:
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._wait(left):
+                if left <= 0:
                     break
+                if not self._wait(left if self.watch is None else min(left, WATCH_PERIOD)):
+                    if self.watch is not None and self.watch():
+                        restarted = True  # re-send at once, without using up an attempt
+                        break
+                    continue
                 reply = self._sock.recv_multipart(copy=False)
                 try:
                     rh = P.decode_header(reply[0].buffer)
@@ -207,8 +243,12 @@ class HardwareClient:
                 if not rh.get("ok"):
                     raise HardwareError(str(rh.get("code")), str(rh.get("message")), rh)
                 return rh, reply[1:]
+            if restarted:
+                self._reconnect()
+                continue
+            attempt += 1
         raise HardwareTimeout(
-            f"no reply to {op} (id {rid}) from {self.endpoint} after {self.retries + 1} attempts of {wait:g} s"
+            f"no reply to {op} (id {rid}) from {self.endpoint} after {attempts} attempts of {wait:g} s"
         )
 
     def _wait(self, left: float) -> bool:
@@ -225,8 +265,17 @@ class HardwareClient:
     # --- ops --------------------------------------------------------------------------------
 
     def hello(self, *, timeout: float | None = None) -> dict[str, Any]:
-        """Backend name, capabilities (neurons, weight bits, time quantum, delay range, limits)."""
-        h, _ = self.request("hello", timeout=timeout)
+        """Backend name, capabilities (neurons, weight bits, time quantum, delay range, limits).
+
+        Also the check that a daemon is there: one attempt of at most :data:`HELLO_TIMEOUT` s
+        (or ``timeout``), then :class:`HardwareUnavailable` naming the endpoint."""
+        wait = min(self.timeout, HELLO_TIMEOUT) if timeout is None else float(timeout)
+        try:
+            h, _ = self.request("hello", timeout=wait, retries=0)
+        except HardwareUnavailable:
+            raise
+        except HardwareTimeout:
+            raise HardwareUnavailable(unavailable_message(self.endpoint, wait)) from None
         return {k: h[k] for k in ("backend", "capabilities", "versions", "ops") if k in h}
 
     def status(self, *, timeout: float | None = None) -> dict[str, Any]:

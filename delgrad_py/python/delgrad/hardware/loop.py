@@ -55,6 +55,10 @@ class HardwareLoop:
             the default (1) expects data sets encoded with ``replicate`` already.
         max_batch: samples per ``run`` request; longer selections (whole evaluation splits) are
             sent in pieces of this size.
+        project: clip the shadow weights, in place, to the range the hardware realises
+            (``weight_max_int / weight_scale``, from ``hello``) before each configure, as
+            DelGrad clips its weights at 2.1: a shadow weight beyond the range would receive
+            gradients for a value the chip never uses.
     """
 
     def __init__(
@@ -65,6 +69,7 @@ class HardwareLoop:
         weight_scale: float | list[float] | None = None,
         input_replication: int = 1,
         max_batch: int = 1000,
+        project: bool = True,
     ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be >= 1, got {max_batch}")
@@ -83,10 +88,26 @@ class HardwareLoop:
             "recorded_events": 0,
             "backend_seconds": 0.0,
         }
+        self.project = project
+        # The daemon this loop's session started and restarts (session.OwnDaemon), if any.
+        self.daemon: Any = None
+        self._weight_max: list[float] | None = None
         self._last: tuple[bytes, Configured] | None = None
+
+    def weight_max(self, n_layers: int) -> list[float]:
+        """The largest weight magnitude the hardware realises, per layer."""
+        if self._weight_max is None or len(self._weight_max) != n_layers:
+            caps = self.client.hello()["capabilities"]
+            scale = self.weight_scale if self.weight_scale is not None else caps["default_weight_scale"]
+            scales = list(scale) if isinstance(scale, (list, tuple)) else [scale] * n_layers
+            self._weight_max = [caps["weight_max_int"] / float(s) for s in scales]
+        return self._weight_max
 
     def configure(self, net: Any) -> Configured:
         """Configures ``net`` unless its parameters are the ones configured last."""
+        if self.project:
+            for layer, wmax in zip(net.layers, self.weight_max(len(net.layers))):
+                np.clip(layer.weights, -wmax, wmax, out=layer.weights)
         digest = _param_digest(net)
         if self._last is not None and self._last[0] == digest:
             return self._last[1]
@@ -125,13 +146,13 @@ class HardwareLoop:
                 cfg.config_id, spikes.select(part), len(part), seed=self.run_seed(cfg.config_id, part)
             )
             self._count(res.health, len(part))
-            for l, rb in enumerate(res.spikes):
+            for index, rb in enumerate(res.spikes):
                 if start:
                     shifted = pc.add(rb.column("sample"), pa.scalar(start, pa.uint32()))
                     rb = pa.RecordBatch.from_arrays([shifted, *rb.columns[1:]], schema=rb.schema)
-                pieces[l].append(rb)
+                pieces[index].append(rb)
         tables = [pa.Table.from_batches(p) if p else _EMPTY for p in pieces]
-        return Trace.from_tables(tables, [l.shape[0] for l in net.layers], len(sel))
+        return Trace.from_tables(tables, [layer.shape[0] for layer in net.layers], len(sel))
 
     def _count(self, health: dict[str, Any], n_samples: int) -> None:
         c = self.counters

@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -80,6 +81,8 @@ MAX_ID_CHARS = 128
 MAX_LAYERS = 64
 # Guards allocation from a header's declared sizes before a backend can say "does not fit".
 MAX_SYNAPSES = 1 << 24
+# Bytes of one weights row (u16 layer, u32 post, u32 pre, f64 weight) in an Arrow IPC frame.
+WEIGHT_ROW_BYTES = 18
 
 # --- error codes --------------------------------------------------------------------------------
 
@@ -99,6 +102,7 @@ UNSUPPORTED = "unsupported"
 UNKNOWN_CONFIG = "unknown_config"
 ID_REUSED = "id_reused"
 BACKEND_ERROR = "backend_error"
+SLOW_CLIENT = "slow_client"
 INTERNAL = "internal"
 
 ERROR_CODES: dict[str, str] = {
@@ -118,6 +122,7 @@ ERROR_CODES: dict[str, str] = {
     UNKNOWN_CONFIG: "`config_id` is not (or no longer) configured on the daemon",
     ID_REUSED: "a request id was reused for a different request",
     BACKEND_ERROR: "the backend failed while executing a valid request",
+    SLOW_CLIENT: "replies to this client are piling up unread; the reply was replaced by this error",
     INTERNAL: "an unexpected daemon error (a bug); the daemon keeps serving",
 }
 
@@ -325,6 +330,63 @@ def _aligned(frame: Any) -> pa.Buffer:
     return out
 
 
+def check_plain_stream(frame: Any, what: str, *, max_rows: int | None = None) -> None:
+    """Refuses, before anything is decoded, what would make a small frame allocate a lot:
+    compressed record batches (a 55 KB ZSTD frame can decompress to gigabytes), dictionary
+    batches (no protocol column is dictionary-encoded), and batches declaring more than
+    ``max_rows`` rows. Walks the stream's messages; bodies are skipped, not read."""
+    try:
+        messages = pa.ipc.MessageReader.open_stream(pa.py_buffer(frame))
+        rows = 0
+        for message in messages:
+            if message.type.startswith("dictionary"):
+                raise ProtocolError(BAD_FRAME, f"{what}: dictionary-encoded Arrow IPC is refused")
+            if message.type != "record batch":
+                continue
+            batch = _flat_field_table(message.metadata, _flat_table(message.metadata, 0), 2)
+            if batch is None:
+                raise ProtocolError(BAD_FRAME, f"{what}: a record batch message without its header")
+            if _flat_field_table(message.metadata, batch, 3) is not None:
+                raise ProtocolError(
+                    BAD_FRAME, f"{what}: compressed Arrow IPC is refused (send uncompressed record batches)"
+                )
+            rows += _flat_int64(message.metadata, batch, 0)
+            if max_rows is not None and rows > max_rows:
+                raise ProtocolError(TOO_LARGE, f"{what}: more than {max_rows} rows")
+    except ProtocolError:
+        raise
+    except (pa.ArrowException, OSError, ValueError, IndexError, struct.error) as e:
+        raise ProtocolError(BAD_FRAME, f"{what}: not an Arrow IPC stream ({e})") from None
+
+
+# A minimal FlatBuffers reader for the two fields of an IPC message that matter before decoding:
+# Message.header (field 2, the RecordBatch table) and RecordBatch.length / .compression (fields
+# 0 and 3). Layout: a table starts with an int32 back-offset to its vtable, which lists uint16
+# offsets of the fields (0: absent); a sub-table field holds a uint32 forward offset.
+def _flat_table(buf: Any, pos: int) -> int:
+    return pos + struct.unpack_from("<I", buf, pos)[0]
+
+
+def _flat_field(buf: Any, table: int, field_index: int) -> int | None:
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    vt_size = struct.unpack_from("<H", buf, vtable)[0]
+    slot = 4 + 2 * field_index
+    if slot + 2 > vt_size:
+        return None
+    off = struct.unpack_from("<H", buf, vtable + slot)[0]
+    return table + off if off else None
+
+
+def _flat_field_table(buf: Any, table: int, field_index: int) -> int | None:
+    pos = _flat_field(buf, table, field_index)
+    return None if pos is None else _flat_table(buf, pos)
+
+
+def _flat_int64(buf: Any, table: int, field_index: int) -> int:
+    pos = _flat_field(buf, table, field_index)
+    return 0 if pos is None else struct.unpack_from("<q", buf, pos)[0]
+
+
 def decode_table(frame: Any, schema: pa.Schema, what: str, *, max_rows: int | None = None) -> pa.RecordBatch:
     """Reads one Arrow IPC stream frame into a single RecordBatch with exactly ``schema``.
 
@@ -334,6 +396,7 @@ def decode_table(frame: Any, schema: pa.Schema, what: str, *, max_rows: int | No
     """
     if schema is SPIKE_SCHEMA:
         return decode_spikes(frame, what, max_rows=max_rows)
+    check_plain_stream(frame, what, max_rows=max_rows)
     try:
         reader = pa.ipc.open_stream(_aligned(frame))
         got = reader.schema
@@ -505,17 +568,17 @@ def encode_network(net: Any) -> tuple[dict[str, Any], list[pa.Buffer]]:
     layer_ids, posts, pres, ws = [], [], [], []
     d_layer, d_index, d_val = [], [], []
     layers = []
-    for l, layer in enumerate(net.layers):
+    for index, layer in enumerate(net.layers):
         w = np.asarray(layer.weights, np.float64)
         n_out, n_in = w.shape
         layers.append({"n_in": int(n_in), "n_out": int(n_out), "delay_kind": layer.delay_kind})
-        layer_ids.append(np.full(w.size, l, np.uint16))
+        layer_ids.append(np.full(w.size, index, np.uint16))
         posts.append(np.repeat(np.arange(n_out, dtype=np.uint32), n_in))
         pres.append(np.tile(np.arange(n_in, dtype=np.uint32), n_out))
         ws.append(w.ravel())
         if layer.delay_kind != "none":
             d = np.asarray(layer.delays, np.float64).ravel()
-            d_layer.append(np.full(d.size, l, np.uint16))
+            d_layer.append(np.full(d.size, index, np.uint16))
             d_index.append(np.arange(d.size, dtype=np.uint32))
             d_val.append(d)
     cat = lambda xs, dt: np.concatenate(xs).astype(dt, copy=False) if xs else np.zeros(0, dt)  # noqa: E731
@@ -547,17 +610,17 @@ def check_layers(header: Mapping[str, Any]) -> list[dict[str, Any]]:
         raise ProtocolError(BAD_FIELD, f"'layers' must list 1..{MAX_LAYERS} layers, got {len(layers)}")
     out = []
     total = 0
-    for l, spec in enumerate(layers):
+    for index, spec in enumerate(layers):
         if not isinstance(spec, dict):
-            raise ProtocolError(BAD_FIELD, f"layers[{l}] must be an object")
+            raise ProtocolError(BAD_FIELD, f"layers[{index}] must be an object")
         n_in = int_field(spec, "n_in", lo=1, hi=MAX_SYNAPSES)
         n_out = int_field(spec, "n_out", lo=1, hi=MAX_SYNAPSES)
         kind = field(spec, "delay_kind", str, required=False, default="none")
         if kind not in DELAY_KINDS:
-            raise ProtocolError(BAD_FIELD, f"layers[{l}].delay_kind must be one of {DELAY_KINDS}, got {kind!r}")
+            raise ProtocolError(BAD_FIELD, f"layers[{index}].delay_kind must be one of {DELAY_KINDS}, got {kind!r}")
         if out and n_in != out[-1]["n_out"]:
             raise ProtocolError(
-                BAD_PARAMETERS, f"layers[{l}].n_in = {n_in} but layers[{l - 1}].n_out = {out[-1]['n_out']}"
+                BAD_PARAMETERS, f"layers[{index}].n_in = {n_in} but layers[{index - 1}].n_out = {out[-1]['n_out']}"
             )
         total += n_in * n_out
         if total > MAX_SYNAPSES:
@@ -621,26 +684,26 @@ def decode_network(header: Mapping[str, Any], frames: Sequence[Any]) -> Any:
     except (ValueError, TypeError) as e:
         raise ProtocolError(BAD_PARAMETERS, f"neuron: {e}") from None
     out_layers = []
-    for l, spec in enumerate(layers):
+    for index, spec in enumerate(layers):
         n_in, n_out, kind = spec["n_in"], spec["n_out"], spec["delay_kind"]
-        m = wl == l
+        m = wl == index
         p, q = post[m], pre[m]
         if (p.size and int(p.max()) >= n_out) or (q.size and int(q.max()) >= n_in):
-            raise ProtocolError(BAD_PARAMETERS, f"weights: layer {l} has post/pre ids outside ({n_out}, {n_in})")
+            raise ProtocolError(BAD_PARAMETERS, f"weights: layer {index} has post/pre ids outside ({n_out}, {n_in})")
         flat = p.astype(np.int64) * n_in + q
         if p.size != n_out * n_in or np.bincount(flat, minlength=n_out * n_in).max(initial=0) > 1:
             raise ProtocolError(
-                BAD_PARAMETERS, f"weights: layer {l} must list each of its {n_out}x{n_in} synapses exactly once"
+                BAD_PARAMETERS, f"weights: layer {index} must list each of its {n_out}x{n_in} synapses exactly once"
             )
         w = np.empty(n_out * n_in)
         w[flat] = wv[m]
         w = w.reshape(n_out, n_in)
         nd = _delay_count(kind, n_out, n_in)
-        md = dl == l
+        md = dl == index
         idx = di[md]
         if idx.size != nd or (nd and (int(idx.max()) >= nd or np.bincount(idx, minlength=nd).max() > 1)):
             raise ProtocolError(
-                BAD_PARAMETERS, f"delays: layer {l} ({kind}) must list each of its {nd} delays exactly once"
+                BAD_PARAMETERS, f"delays: layer {index} ({kind}) must list each of its {nd} delays exactly once"
             )
         d = np.empty(nd)
         d[idx] = dv[md]
@@ -648,7 +711,7 @@ def decode_network(header: Mapping[str, Any], frames: Sequence[Any]) -> Any:
         try:
             out_layers.append(delgrad.Layer(w, d, kind))
         except (ValueError, TypeError) as e:
-            raise ProtocolError(BAD_PARAMETERS, f"layer {l}: {e}") from None
+            raise ProtocolError(BAD_PARAMETERS, f"layer {index}: {e}") from None
     try:
         return delgrad.Network(out_layers, neuron)
     except (ValueError, TypeError) as e:
@@ -667,6 +730,6 @@ def decode_layers(frames: Sequence[Any], sizes: Sequence[int], n_samples: int) -
     if len(frames) != len(sizes):
         raise ProtocolError(BAD_FRAME, f"run reply: {len(frames)} spike frames for {len(sizes)} layers")
     return [
-        decode_spikes(f, f"layer {l} spikes", n_samples=n_samples, n_neurons=n)
-        for l, (f, n) in enumerate(zip(frames, sizes))
+        decode_spikes(f, f"layer {index} spikes", n_samples=n_samples, n_neurons=n)
+        for index, (f, n) in enumerate(zip(frames, sizes))
     ]

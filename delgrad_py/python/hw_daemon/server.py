@@ -1,8 +1,19 @@
 """The daemon: request handling (transport-free, :class:`Daemon`) and the ZeroMQ loop (:func:`serve`).
 
-One thread serves the ROUTER socket and executes requests one after the other: the hardware is
-a serial resource, and a single thread keeps the config store, reply cache and counters free of
-locks. Every request gets exactly one reply; anything that goes wrong becomes an error reply.
+One thread serves the ROUTER socket and executes requests: the hardware is a serial resource,
+and a single thread keeps the config store, reply cache and counters free of locks. Every
+request gets exactly one reply; anything that goes wrong becomes an error reply.
+
+Requests are jobs (:meth:`Daemon.steps`, a generator). A long run yields between slices of
+samples, and :func:`serve` advances the jobs of different clients in turn, so one client's
+20-million-event run holds another's small request back by about one slice, not by the whole
+run.
+
+Memory is bounded before anything is read: ZeroMQ drops a frame larger than the frame limit
+(``ZMQ_MAXMSGSIZE``, disconnecting that peer) and queues at most a few messages per peer in
+either direction; replies a client does not read are capped in bytes per client (the excess
+is answered ``slow_client``), and compressed or dictionary-encoded Arrow IPC is refused before
+it is decoded (:mod:`delgrad.hardware.protocol`, ``rust_core/src/frames.rs``).
 """
 
 from __future__ import annotations
@@ -14,8 +25,8 @@ import os
 import threading
 import time
 import traceback
-from collections import Counter
-from collections.abc import Callable, Sequence
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -35,14 +46,35 @@ log = logging.getLogger("hw_daemon")
 CACHED_OPS = ("configure", "run")
 
 
+# Bytes of one spike row in an Arrow IPC frame (u32 + u32 + f64), and what a frame adds to its
+# rows (schema, message headers, padding).
+SPIKE_ROW_BYTES = 16
+FRAME_OVERHEAD = 1 << 16
+WEIGHT_FRAME_SYNAPSES = 1 << 20
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Size limits; requests beyond them are answered ``too_large``."""
+    """Size limits; requests beyond them are answered ``too_large``.
+
+    ``max_frame_bytes`` (None: derived) bounds every body frame; the largest a valid request
+    needs is an input frame of ``max_spikes`` rows, or a weights frame (at least
+    :data:`WEIGHT_FRAME_SYNAPSES` synapses, four times a fully connected 512-neuron chip). It is
+    also ZeroMQ's ``MAXMSGSIZE``: a larger frame never reaches the daemon.
+    ``max_reply_bytes`` caps the reply bytes queued for one client that does not read them.
+    """
 
     max_samples: int = 1_000_000
     max_spikes: int = 20_000_000
-    max_frame_bytes: int = 512 << 20
+    max_frame_bytes: int | None = None
     max_frames: int = 8
+    max_reply_bytes: int = 256 << 20
+
+    def frame_bytes(self) -> int:
+        if self.max_frame_bytes is not None:
+            return self.max_frame_bytes
+        weights = WEIGHT_FRAME_SYNAPSES * P.WEIGHT_ROW_BYTES
+        return max(self.max_spikes * SPIKE_ROW_BYTES, weights) + FRAME_OVERHEAD
 
 
 class Daemon:
@@ -74,11 +106,17 @@ class Daemon:
         self.busy_s = 0.0  # time spent handling requests (the rest of the uptime is idle)
         # Runs without a client seed still get a recorded one, so every run is reproducible.
         self._seeds = np.random.default_rng()
+        self._inflight: set[tuple] = set()
 
     # --- entry point ------------------------------------------------------------------------
 
     def handle(self, client: bytes, frames: Sequence[Any]) -> list[Any]:
         """The reply frames for one request; never raises."""
+        return drive(self.steps(client, frames))
+
+    def steps(self, client: bytes, frames: Sequence[Any]) -> Generator[None, None, list[Any]]:
+        """One request as a job: yields between slices of a long run (the caller may serve
+        other jobs meanwhile) and returns the reply frames; never raises."""
         self.counters["requests"] += 1
         header: dict[str, Any] = {}
         try:
@@ -95,10 +133,13 @@ class Daemon:
             return self._internal(e, header)
 
         if header.get("op") not in CACHED_OPS:
-            return self._execute(header, frames[1:])
+            return (yield from self._execute(header, frames[1:]))
         key = ("s", session) if session is not None else ("c", bytes(client))
         key = (*key, rid)
         digest = _digest(frames)
+        # A retry that arrives while the first attempt still runs waits for its reply.
+        while key in self._inflight:
+            yield
         hit = self.cache.get(key)
         if hit is not None:
             if hit.request_digest != digest:
@@ -108,27 +149,34 @@ class Daemon:
             self.counters["cache_hits"] += 1
             return list(hit.frames)
 
-        reply = self._execute(header, frames[1:])
+        self._inflight.add(key)
+        try:
+            reply = yield from self._execute(header, frames[1:])
+        finally:
+            self._inflight.discard(key)
         self.cache.put(key, digest, reply)
         return reply
 
-    def _execute(self, header: dict[str, Any], body: Sequence[Any]) -> list[Any]:
+    def _execute(self, header: dict[str, Any], body: Sequence[Any]) -> Generator[None, None, list[Any]]:
         op = header.get("op")
         try:
             if len(body) + 1 > self.limits.max_frames:
                 raise P.ProtocolError(P.BAD_MESSAGE, f"{len(body) + 1} frames (limit {self.limits.max_frames})")
+            frame_limit = self.limits.frame_bytes()
             for i, f in enumerate(body):
-                if len(_view(f)) > self.limits.max_frame_bytes:
-                    raise P.ProtocolError(
-                        P.TOO_LARGE, f"body frame {i} is {len(_view(f))} bytes (limit {self.limits.max_frame_bytes})"
-                    )
+                if len(_view(f)) > frame_limit:
+                    raise P.ProtocolError(P.TOO_LARGE, f"body frame {i} is {len(_view(f))} bytes (limit {frame_limit})")
             handlers = {"hello": self._hello, "configure": self._configure, "run": self._run, "status": self._status}
             handler = handlers.get(op) if isinstance(op, str) else None
             if handler is None:
                 raise P.ProtocolError(P.UNKNOWN_OP, f"unknown op {op!r} (ops: {', '.join(P.OPS)})")
             if handler in (self._hello, self._status) and body:
                 raise P.ProtocolError(P.BAD_FRAME, f"{op} takes no body frames, got {len(body)}")
-            fields, frames = handler(header, [_view(f) for f in body])
+            result = handler(header, [_view(f) for f in body])
+            if isinstance(result, Generator):
+                fields, frames = yield from result
+            else:
+                fields, frames = result
             self.counters[f"op_{op}"] += 1
             return P.encode_message(P.ok_reply(header["id"], op, **fields), frames)
         except (P.ProtocolError, BackendError) as e:
@@ -139,6 +187,11 @@ class Daemon:
             return self._error(P.BAD_PARAMETERS, str(e), header)
         except MemoryError:
             return self._error(P.TOO_LARGE, "the request does not fit in the daemon's memory", header)
+        except (ValueError, OverflowError) as e:
+            # Values a header can carry that no field check anticipated (e.g. a number so large
+            # that a derived quantity overflows): the client's fault, named as such.
+            log.warning("bad_field from an unanticipated %s on op=%r: %s", type(e).__name__, op, e)
+            return self._error(P.BAD_FIELD, f"{type(e).__name__}: {e}", header)
         except Exception as e:  # noqa: BLE001
             return self._internal(e, header)
 
@@ -155,7 +208,7 @@ class Daemon:
 
     def _hello(self, header: dict[str, Any], body: list[memoryview]) -> tuple[dict, list]:
         caps = dict(self.backend.capabilities())
-        caps["limits"] = asdict(self.limits)
+        caps["limits"] = {**asdict(self.limits), "max_frame_bytes": self.limits.frame_bytes()}
         return {
             "backend": self.backend.name,
             "capabilities": caps,
@@ -181,7 +234,7 @@ class Daemon:
             "report": cfg.report,
         }, frames
 
-    def _run(self, header: dict[str, Any], body: list[memoryview]) -> tuple[dict, list]:
+    def _run(self, header: dict[str, Any], body: list[memoryview]) -> Generator[None, None, tuple[dict, list]]:
         lim = self.limits
         config_id = P.field(header, "config_id", str)
         n_samples = P.int_field(header, "n_samples", lo=1, hi=lim.max_samples, limit=True)
@@ -199,7 +252,13 @@ class Daemon:
             raise P.ProtocolError(P.BAD_FRAME, f"run needs exactly 1 body frame (input spikes), got {len(body)}")
         if seed is None:
             seed = int(self._seeds.integers(0, 2**63 - 1))
-        out = self.backend.run_frames(cfg, body[0], n_samples, seed=seed, duration=duration, max_events=lim.max_spikes)
+        run_steps = getattr(self.backend, "run_steps", None)
+        if run_steps is not None:
+            out = yield from run_steps(cfg, body[0], n_samples, seed=seed, duration=duration, max_events=lim.max_spikes)
+        else:
+            out = self.backend.run_frames(
+                cfg, body[0], n_samples, seed=seed, duration=duration, max_events=lim.max_spikes
+            )
         self.counters["runs"] += 1
         self.counters["input_events"] += out.health.get("input_events", 0)
         self.counters["recorded_events"] += sum(out.health.get("recorded_events", []))
@@ -233,7 +292,31 @@ class Daemon:
             "errors": dict(self.errors),
             "configs": len(self.configs),
             "cache": {"entries": len(self.cache), "bytes": self.cache.nbytes},
+            "memory": _memory(),
         }, []
+
+
+def drive(job: Generator[None, None, Any]) -> Any:
+    """Runs a job (:meth:`Daemon.steps`) to its end and returns what it returns."""
+    try:
+        while True:
+            next(job)
+    except StopIteration as done:
+        return done.value
+
+
+def _memory() -> dict[str, int]:
+    """Resident and peak resident memory of this process, in bytes (Linux; zeros elsewhere)."""
+    out = {"rss_bytes": 0, "peak_rss_bytes": 0}
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                out["rss_bytes"] = int(line.split()[1]) * 1024
+            elif line.startswith("VmHWM:"):
+                out["peak_rss_bytes"] = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return out
 
 
 def _view(frame: Any) -> memoryview:
@@ -346,6 +429,11 @@ def serve(
 
         secure(router)
         router.linger = 500  # let the last replies leave on shutdown, but never hang on it
+        # A frame beyond the limit is dropped by ZeroMQ while it arrives (the peer is
+        # disconnected): it never sits in the daemon's memory. Few messages queue per peer.
+        router.setsockopt(zmq.MAXMSGSIZE, daemon.limits.frame_bytes())
+        router.rcvhwm = QUEUED_MESSAGES
+        router.sndhwm = QUEUED_MESSAGES
         router.bind(bind)
         endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
         ipc_files += _ipc_file(endpoint)
@@ -382,24 +470,36 @@ def serve(
 
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
+        jobs = _FairQueue()
+        outbox = _Outbox(daemon.limits.max_reply_bytes)
         while not stop.is_set():
-            if not poller.poll(100):
+            # With jobs waiting, only look for new requests; otherwise sleep until one comes.
+            if poller.poll(0 if jobs else 100):
+                # Take what is queued (bounded, so that running jobs keep moving).
+                for _ in range(256):
+                    try:
+                        msg = router.recv_multipart(zmq.NOBLOCK, copy=False)
+                    except zmq.Again:
+                        break
+                    identity, rest = msg[0], msg[1:]
+                    # REQ clients put an empty delimiter before the header; keep it for the reply.
+                    envelope: list[Any] = []
+                    if rest and len(rest[0]) == 0 and len(rest) > 1:
+                        envelope, rest = [rest[0]], rest[1:]
+                    jobs.add(identity.bytes, _Job(identity, envelope, daemon.steps(identity.bytes, rest)))
+            if not jobs:
                 continue
-            # Drain what is queued, but return to the stop check regularly.
-            for _ in range(256):
-                try:
-                    msg = router.recv_multipart(zmq.NOBLOCK, copy=False)
-                except zmq.Again:
-                    break
-                identity, rest = msg[0], msg[1:]
-                # REQ clients put an empty delimiter before the header; keep it for the reply.
-                envelope: list[Any] = []
-                if rest and len(rest[0]) == 0 and len(rest) > 1:
-                    envelope, rest = [rest[0]], rest[1:]
-                t0 = time.perf_counter()
-                reply = daemon.handle(identity.bytes, rest)
-                router.send_multipart([identity, *envelope, *reply], copy=False)
-                daemon.busy_s += time.perf_counter() - t0
+            # One step of the next client's oldest job: a whole small request, or one slice of
+            # a long run; clients take turns.
+            client, job = jobs.next()
+            t0 = time.perf_counter()
+            try:
+                next(job.steps)
+                jobs.again(client)
+            except StopIteration as done:
+                jobs.done(client)
+                outbox.send(router, daemon, job.identity, job.envelope, done.value)
+            daemon.busy_s += time.perf_counter() - t0
     finally:
         router.close()
         if publisher is not None:
@@ -412,6 +512,97 @@ def serve(
             f.unlink(missing_ok=True)
         daemon.backend.close()
         log.info("stopped")
+
+
+# Messages ZeroMQ queues per peer and direction (its high-water marks).
+QUEUED_MESSAGES = 16
+
+
+@dataclass
+class _Job:
+    identity: Any
+    envelope: list[Any]
+    steps: Generator[None, None, list[Any]]
+
+
+class _FairQueue:
+    """Jobs per client, first in first out per client; clients take turns."""
+
+    def __init__(self) -> None:
+        self._clients: OrderedDict[bytes, deque[_Job]] = OrderedDict()
+
+    def __bool__(self) -> bool:
+        return bool(self._clients)
+
+    def add(self, client: bytes, job: _Job) -> None:
+        self._clients.setdefault(client, deque()).append(job)
+
+    def next(self) -> tuple[bytes, _Job]:
+        client, queue = next(iter(self._clients.items()))
+        return client, queue[0]
+
+    def again(self, client: bytes) -> None:
+        """The client's job ran a step and goes on: the other clients come first."""
+        self._clients.move_to_end(client)
+
+    def done(self, client: bytes) -> None:
+        queue = self._clients[client]
+        queue.popleft()
+        if queue:
+            self._clients.move_to_end(client)
+        else:
+            del self._clients[client]
+
+
+class _Outbox:
+    """Sends replies and caps, per client, the bytes ZeroMQ still holds for it.
+
+    ZeroMQ's high-water mark counts messages, not bytes; a tracker per large reply tells when
+    ZeroMQ has handed it to the kernel. A reply that would take a client beyond the cap is
+    answered ``slow_client`` instead (the client can retry the same request id once it reads:
+    the reply cache keeps the full reply).
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._pending: dict[bytes, list[tuple[int, zmq.MessageTracker]]] = {}
+
+    def queued(self, client: bytes) -> int:
+        pending = [(n, t) for n, t in self._pending.get(client, []) if not t.done]
+        if pending:
+            self._pending[client] = pending
+        else:
+            self._pending.pop(client, None)
+        return sum(n for n, _ in pending)
+
+    def send(self, router: zmq.Socket, daemon: Daemon, identity: Any, envelope: list[Any], reply: list[Any]) -> None:
+        client = identity.bytes
+        nbytes = sum(len(_view(f)) for f in reply)
+        queued = self.queued(client)
+        # One reply larger than the cap still goes to a client that has read everything else.
+        if queued and queued + nbytes > self.max_bytes and len(reply) > 1:
+            header = P.decode_header(_view(reply[0]))
+            reply = daemon._error(
+                P.SLOW_CLIENT,
+                f"{queued} bytes of replies to this client are still unsent; this {nbytes}-byte reply would "
+                f"exceed the cap of {self.max_bytes} bytes per client (read your replies, then retry the same id)",
+                header,
+            )
+            nbytes = len(reply[0])
+        parts = [identity, *envelope, *reply]
+        pending = self._pending.setdefault(client, [])
+        try:
+            for k, part in enumerate(parts):
+                # Tracked one by one: pyzmq copies small parts (their tracker is done at once),
+                # so the last part's tracker alone would not cover a large one before it.
+                # Received frames (the identity) cannot be tracked; they are not ours to count.
+                tracked = not isinstance(part, zmq.Frame)
+                tracker = router.send(part, zmq.SNDMORE if k + 1 < len(parts) else 0, copy=False, track=tracked)
+                if tracker is not None and not tracker.done:
+                    pending.append((len(_view(part)), tracker))
+        except zmq.ZMQError as e:  # the peer is gone: the reply is lost
+            daemon.counters["replies_dropped"] += 1
+            log.info("reply to a client dropped: %s", e)
 
 
 def _ipc_file(endpoint: str) -> list[Path]:

@@ -31,6 +31,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--pub", default=None, help="also bind a PUB socket streaming recorded spikes")
     g = ap.add_argument_group("emulator")
+    g.add_argument(
+        "--chip-profile",
+        default=None,
+        metavar="NAME|FILE",
+        help="the emulated chip's parameters: a profile name (delgrad = DelGrad's published chip "
+        "configuration, the default; legacy = weight scale 10, delays in [0, 2]) or a JSON file "
+        "(hw_daemon/profiles.py; `delgrad calibrate` writes one)",
+    )
     g.add_argument("--chip-seed", type=int, default=0, help="identity of the emulated chip (fixed mismatch)")
     g.add_argument(
         "--ideal", action="store_true", help="no threshold offsets, noise, jitter, time quantisation or event loss"
@@ -42,7 +50,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     g = ap.add_argument_group("limits and caches")
     g.add_argument("--max-samples", type=int, default=Limits.max_samples)
     g.add_argument("--max-spikes", type=int, default=Limits.max_spikes)
-    g.add_argument("--max-frame-bytes", type=int, default=Limits.max_frame_bytes)
+    g.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=None,
+        help="largest body frame, also ZeroMQ's MAXMSGSIZE (default: derived from --max-spikes)",
+    )
+    g.add_argument(
+        "--max-reply-bytes",
+        type=int,
+        default=Limits.max_reply_bytes,
+        help="reply bytes queued for one client that does not read them; beyond: slow_client",
+    )
     g.add_argument("--max-configs", type=int, default=64)
     g.add_argument("--cache-entries", type=int, default=4096, help="replies kept for idempotent retries")
     g.add_argument("--cache-bytes", type=int, default=256 << 20)
@@ -125,20 +144,51 @@ def main(argv: list[str] | None = None) -> int:
         log.info("pinned to CPUs %s", sorted(args.cpus))
     options: dict = {}
     if args.backend == "emulator":
-        from hw_daemon.backends.emulator import EmulatorParams
+        from dataclasses import replace
 
-        base = EmulatorParams.ideal() if args.ideal else EmulatorParams()
-        options = {k: getattr(base, k) for k in EmulatorParams.__dataclass_fields__}
-        for name in ("weight_scale", "delay_max", "duration", "event_loss"):
-            if getattr(args, name) is not None:
-                options[name] = getattr(args, name)
+        from hw_daemon.backends.emulator import EmulatorParams
+        from hw_daemon.profiles import DEFAULT_PROFILE, ProfileError, load_profile
+
+        flags = {name: getattr(args, name) for name in ("weight_scale", "delay_max", "duration", "event_loss")}
+        try:
+            params = load_profile(args.chip_profile or DEFAULT_PROFILE, **flags)
+        except ProfileError as e:
+            log.error("%s", e)
+            return 2
+        if args.ideal:
+            ideal = EmulatorParams.ideal()
+            params = replace(
+                params,
+                **{
+                    k: getattr(ideal, k)
+                    for k in (
+                        "threshold_offset_mean",
+                        "threshold_offset_std",
+                        "threshold_noise_std",
+                        "delay_jitter_std",
+                        "time_quantum",
+                    )
+                },
+                event_loss=0.0 if flags["event_loss"] is None else params.event_loss,
+            )
+        options = {k: getattr(params, k) for k in EmulatorParams.__dataclass_fields__}
         options["chip_seed"] = args.chip_seed
+        log.info("chip profile %s", params.profile)
     try:
         backend = make_backend(args.backend, **options)
     except BackendUnavailable as e:
         log.error("%s", e)
         return 2
-    limits = Limits(max_samples=args.max_samples, max_spikes=args.max_spikes, max_frame_bytes=args.max_frame_bytes)
+    for name in ("max_samples", "max_spikes", "max_reply_bytes"):
+        if getattr(args, name) < 1:
+            log.error("--%s must be >= 1, got %d", name.replace("_", "-"), getattr(args, name))
+            return 2
+    limits = Limits(
+        max_samples=args.max_samples,
+        max_spikes=args.max_spikes,
+        max_frame_bytes=args.max_frame_bytes,
+        max_reply_bytes=args.max_reply_bytes,
+    )
     daemon = Daemon(
         backend,
         limits=limits,
