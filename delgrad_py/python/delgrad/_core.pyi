@@ -1,5 +1,6 @@
 """Type stubs of the compiled extension (Rust, PyO3). Keep in step with delgrad_py/src/lib.rs."""
 
+from collections.abc import Sequence
 from typing import Any, final
 
 import numpy as np
@@ -187,3 +188,16 @@ def chip_run_frames(
     frame: Any, n_samples: int, layers: list[_LayerArgs], neuron: Neuron, io: ChipIo, max_events: int
 ) -> tuple[list[bytes], dict[str, Any]]: ...
 def _column_addresses(spikes: Any) -> dict[str, int]: ...
+def membrane_potential(
+    neuron: Neuron,
+    target: int,
+    connections: Sequence[
+        tuple[
+            NDArray[np.uint32],
+            NDArray[np.float64],
+            tuple[NDArray[np.float64], str, NDArray[np.float64] | None],
+        ]
+    ],
+    times: NDArray[np.float64],
+    spikes: NDArray[np.float64] | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...
