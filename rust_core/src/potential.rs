@@ -27,7 +27,10 @@ pub fn arrivals_into(
     out: &mut Vec<(f64, f64)>,
 ) -> Result<()> {
     if target >= layer.n_out {
-        return Err(shape_err(format!("{what}: target neuron {target} is out of range (the layer has {})", layer.n_out)));
+        return Err(shape_err(format!(
+            "{what}: target neuron {target} is out of range (the layer has {})",
+            layer.n_out
+        )));
     }
     for (row, &(i, t)) in sources.iter().enumerate() {
         let i = i as usize;

@@ -177,8 +177,8 @@ def _window(network: Network | MultiNetwork, activity: SampleActivity) -> tuple[
     if np.isfinite(t_end):
         return start, float(t_end)
     last = float(all_times.max()) if all_times.size else 0.0
-    # After its last event a neuron relaxes over a few tau_m; show that much of it.
-    return start, last + 3.0 * neuron.tau_m
+    # A TTFS neuron's first spike is all that counts: show a little of what follows the last one.
+    return start, last + neuron.tau_m
 
 
 def _trajectory(
@@ -232,7 +232,7 @@ def plot_sample(
     axes = np.atleast_1d(axes)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, (name, (ids, times)) in zip(axes, rasters):
-        ax.scatter(times, ids, s=4, color="k", label=name)
+        ax.scatter(times, ids, s=4 if len(ids) < 500 else 1, color="k", label=name, linewidths=0)
         ax.set_ylabel(f"{name}\nneuron", fontsize=8)
         integer_ticks(ax, "y")
         for k, (layer, neuron) in enumerate(refs):
@@ -247,29 +247,45 @@ def plot_sample(
         layer, neuron = ref
         t, v, spikes, arrivals = _trajectory(network, activity, ref, window)
         color = colors[k % len(colors)]
-        what = "unit" if layer == "readout" else "neuron"
-        name = f"{_name(network, layer)}, {what} {neuron}"
-        if layer == "readout" and label is not None and neuron == label:
-            name += " (true class)"
-        elif layer != "readout" and not multi and layer == len(network.layers) - 1 and neuron == label:
-            name += " (true class)"
-        ax.plot(t, v, color=color, lw=1.1, label="V")
+        is_output = layer == "readout" or (not multi and layer == len(network.layers) - 1)
+        name = f"{_name(network, layer)}, {'unit' if layer == 'readout' else 'neuron'} {neuron}"
+        if is_output:
+            roles = [
+                role for role, unit in (("true class", label), ("predicted", activity.prediction)) if unit == neuron
+            ]
+            name += f" ({', '.join(roles)})" if roles else ""
+        if not multi and spikes.size:
+            # A TTFS neuron has no reset: V goes on after its first spike, which alone counts.
+            after = t >= spikes[0]
+            ax.plot(t[~after], v[~after], color=color, lw=1.1, label="V")
+            ax.plot(t[after], v[after], color=color, lw=1.1, alpha=0.35, label="V after the first spike")
+        else:
+            ax.plot(t, v, color=color, lw=1.1, label="V")
+        # The y range follows what counts: for TTFS, V up to the first spike (what follows may leave it).
+        counted = v[t <= spikes[0]] if not multi and spikes.size else v
+        high, low = max(float(counted.max(initial=0.0)), 0.0), min(float(counted.min(initial=0.0)), 0.0)
         if layer != "readout":
             theta = network.neuron.theta
+            high = max(high, theta)
             ax.axhline(theta, color="0.3", ls="--", lw=0.8, label=r"threshold $\vartheta$")
             ax.plot(spikes, np.full(spikes.size, theta), "v", color=color, ms=6, label=f"spikes ({spikes.size})")
         elif activity.values is not None:
-            name += f": readout value {activity.values[neuron]:.3g}"
-        # Arrivals as a rug along the bottom: up ticks excitatory, down ticks inhibitory.
-        lo, hi = ax.get_ylim()
+            how = "max of V" if network.readout.kind == "max" else "time-weighted mean of V"
+            name += f": readout value {activity.values[neuron]:.3g} ({how})"
+        # Arrivals as a rug below V: green excitatory, red inhibitory.
+        pad = 0.08 * (high - low or 1.0)
+        rug = low - pad
         shown = arrivals[(arrivals[:, 0] >= window[0]) & (arrivals[:, 0] <= window[1])]
-        for sign, mark, c in ((1, "|", "tab:green"), (-1, "|", "tab:red")):
+        for sign, c, what in ((1, "tab:green", "excitatory"), (-1, "tab:red", "inhibitory")):
             pick = shown[np.sign(shown[:, 1]) == sign]
-            ax.plot(pick[:, 0], np.full(len(pick), lo), mark, color=c, ms=5, alpha=0.5)
-        ax.set_ylim(lo, hi)
+            if len(pick):
+                ax.plot(pick[:, 0], np.full(len(pick), rug), "|", color=c, ms=7, alpha=0.6, label=f"{what} arrivals")
+        ax.set_ylim(rug - pad, high + 3 * pad)  # room above for the panel's name
         ax.set_ylabel("V", fontsize=8)
-        ax.text(0.01, 0.95, name, transform=ax.transAxes, va="top", fontsize=8)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.text(
+            0.01, 0.97, name, transform=ax.transAxes, va="top", fontsize=8, bbox={"fc": "w", "ec": "none", "pad": 1}
+        )
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     axes[-1].set_xlabel(time_label(unit))
     axes[-1].set_xlim(*window)
     path = Path(out)

@@ -38,6 +38,9 @@ def plot_curves(metrics: pl.DataFrame, out: Path) -> str:
     for col in [c for c in metrics.columns if c.endswith("_loss")]:
         a.plot(e, metrics[col].to_numpy(), label=col.removesuffix("_loss"), **style)
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.set_yscale("log"), a.legend()
+    # Plain numbers on the log axis: a narrow range otherwise reads "3.6 x 10^0".
+    plain = matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}")
+    a.yaxis.set_major_formatter(plain), a.yaxis.set_minor_formatter(plain)
     acc_cols = [c for c in metrics.columns if c.endswith("_acc")]
     for col in acc_cols:
         b.plot(e, 100 * metrics[col].to_numpy(), label=col.removesuffix("_acc"), **style)
@@ -77,8 +80,9 @@ def plot_yinyang_map(model, out: Path, features: np.ndarray, labels: np.ndarray,
     return save(fig, out / "classification_map.png")
 
 
-def _class_figure_width(k: int) -> float:
-    return float(np.clip(2.5 + 0.32 * k, 4.6, 14.0))
+def _heat_map_side(k: int) -> float:
+    """Inches for a k-by-k class map: cells large enough to see, the figure not too big."""
+    return float(np.clip(3.2 + 0.17 * k, 4.2, 9.0))
 
 
 def _median_iqr(x: np.ndarray) -> tuple[float, float, float]:
@@ -94,15 +98,17 @@ def plot_output_times(times: np.ndarray, labels: np.ndarray, out: Path, unit: st
     the median first-spike time (a learned network is early on the diagonal), and per class the
     median (with quartiles) of the true class's neuron against the earliest other neuron."""
     k = times.shape[1]
-    width = _class_figure_width(k)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(2 * width, 0.75 * width + 0.8))
+    side = _heat_map_side(k)
+    per_class = float(np.clip(2.0 + 0.28 * k, 4.5, 12.0))
+    fig, (a, b) = plt.subplots(
+        1, 2, figsize=(side + 1.2 + per_class, side), gridspec_kw={"width_ratios": [side + 1.2, per_class]}
+    )
     median = np.full((k, k), np.nan)
     for c in range(k):
         rows = times[labels == c]
         for j in range(k):
             median[c, j] = _median_iqr(rows[:, j])[0]
-    cmap = plt.get_cmap("viridis_r").copy()
-    cmap.set_bad("0.85")
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad="0.85")
     im = a.imshow(np.ma.masked_invalid(median), cmap=cmap, aspect="auto")
     a.set_xlabel("output neuron"), a.set_ylabel("true class")
     a.set_title("median first spike time (grey: always silent)", fontsize=9)
@@ -122,9 +128,10 @@ def plot_output_times(times: np.ndarray, labels: np.ndarray, out: Path, unit: st
         b.errorbar(
             classes + offset, stats[:, 0], yerr=stats[:, 1:].T, fmt="o", ms=4, capsize=2, color=color, label=name
         )
-    silent = np.array([np.mean(~np.isfinite(own[labels == c])) if np.any(labels == c) else 0.0 for c in classes])
-    if silent.any():
-        b.set_title(f"true-class neuron silent in {100 * np.mean(~np.isfinite(own)):.0f} % of samples", fontsize=9)
+    title = "median and quartiles per true class"
+    if not np.all(np.isfinite(own)):
+        title += f"; true-class neuron silent in {100 * np.mean(~np.isfinite(own)):.0f} % of samples"
+    b.set_title(title, fontsize=9)
     b.set_xlabel("true class"), b.set_ylabel(time_label(unit, "first spike time"))
     b.set_xlim(-0.6, k - 0.4)
     integer_ticks(b, "x")
@@ -136,10 +143,13 @@ def plot_readout_values(values: np.ndarray, labels: np.ndarray, out: Path) -> st
     """Mean readout value of every class unit, per true class (a learned readout is diagonal)."""
     k = values.shape[1]
     mean = np.stack([values[labels == c].mean(axis=0) if np.any(labels == c) else np.full(k, np.nan) for c in range(k)])
-    width = _class_figure_width(k)
-    fig, ax = plt.subplots(figsize=(width + 1.0, 0.85 * width))
-    im = ax.imshow(mean, cmap="viridis", aspect="auto")
+    side = _heat_map_side(k)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    im = ax.imshow(np.ma.masked_invalid(mean), cmap=cmap, aspect="auto")
     ax.set_xlabel("readout unit"), ax.set_ylabel("true class")
+    if np.isnan(mean).any():
+        ax.set_title("grey: no test sample of this class", fontsize=9)
     integer_ticks(ax)
     fig.colorbar(im, ax=ax, label="mean readout value")
     return save(fig, out / "readout_values.png")
@@ -154,33 +164,33 @@ def plot_raster(
     unit: str,
     samples: int = 4,
 ) -> str:
-    """Spikes of the first test samples: the input and every layer, stacked in bands named on
-    the y axis (``layers`` holds the ``layer`` column of ``spikes_test.parquet``)."""
-    samples = max(1, min(samples, int(inputs["sample"].max() or 0) + 1 if inputs.height else 1))
+    """Spikes of the first test samples: the input and every layer, each in a band of its own
+    (equal heights, so that 3 input channels stay as visible as 256 hidden neurons; neuron index
+    upwards within a band). ``layers`` holds the ``layer`` column of ``spikes_test.parquet``."""
+    n_test = int(inputs["sample"].max()) + 1 if inputs.height else 1
+    samples = max(1, min(samples, n_test))
     fig, axes = plt.subplots(1, samples, figsize=(3.2 * samples + 0.8, 3.8), sharey=True, squeeze=False)
     axes = axes[0]
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    bands = [inputs.with_columns(pl.lit(-1).alias("layer"))] + [
-        layers.filter(pl.col("layer") == index) for index in range(len(sizes) - 1)
-    ]
-    marker = 8 if offsets[-1] <= 200 else 2
+    bands = [inputs] + [layers.filter(pl.col("layer") == index) for index in range(len(sizes) - 1)]
     for s, ax in enumerate(axes):
-        for band, (frame, name) in enumerate(zip(bands, names)):
+        for band, (frame, name, size) in enumerate(zip(bands, names, sizes)):
             d = frame.filter(pl.col("sample") == s)
             ax.scatter(
                 d["time"].to_numpy(),
-                d["neuron"].to_numpy() + offsets[band],
-                s=marker,
+                band + (d["neuron"].to_numpy() + 0.5) / size,
+                s=8 if size <= 100 else 3,
                 color=colors[band % len(colors)],
                 label=name,
                 linewidths=0,
             )
-        for edge in offsets[1:-1]:
-            ax.axhline(edge - 0.5, color="0.7", lw=0.6)
+        for edge in range(1, len(bands)):
+            ax.axhline(edge, color="0.7", lw=0.6)
         ax.set_title(f"test sample {s}", fontsize=9), ax.set_xlabel(time_label(unit))
-    axes[0].set_yticks((offsets[:-1] + offsets[1:] - 1) / 2, names, fontsize=8)
-    axes[0].set_ylim(-0.5, offsets[-1] - 0.5)
+    counts = [f"{size} {'channels' if band == 0 else 'neurons'}" for band, size in enumerate(sizes)]
+    axes[0].set_yticks(np.arange(len(bands)) + 0.5, [f"{name}\n({count})" for name, count in zip(names, counts)])
+    axes[0].tick_params(axis="y", labelsize=8, length=0)
+    axes[0].set_ylim(0, len(bands))
     return save(fig, out / "raster.png")
 
 
@@ -197,10 +207,12 @@ def plot_delays(network, out: Path, unit: str, multi: bool) -> str | None:
     groups = [(name, layer) for name, layer in groups if layer.delay_kind != "none"]
     if not groups:
         return None
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    fig, ax = plt.subplots(figsize=(5.6, 3.2 + 0.25 * len(groups)))
+    # Densities, not counts: a recurrent matrix or an axonal vector has far fewer entries.
     for name, layer in groups:
-        ax.hist(layer.delays.ravel(), bins=40, alpha=0.6, label=name)
-    ax.set_xlabel(time_label(unit, "delay")), ax.set_ylabel("count"), ax.legend(fontsize=8)
+        ax.hist(layer.delays.ravel(), bins=40, alpha=0.55, density=True, histtype="stepfilled", label=name)
+    ax.set_xlabel(time_label(unit, "delay")), ax.set_ylabel("density")
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.01), frameon=False)
     return save(fig, out / "delays.png")
 
 
