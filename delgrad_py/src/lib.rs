@@ -955,6 +955,7 @@ fn _column_addresses<'py>(py: Python<'py>, spikes: AnyRecordBatch) -> PyResult<B
 /// neuron's arrivals `(time, weight)`, shape (n, 2), sorted by time.
 #[pyfunction]
 #[pyo3(signature = (neuron, target, connections, times, spikes = None))]
+#[allow(clippy::type_complexity)]
 fn membrane_potential<'py>(
     py: Python<'py>,
     neuron: &PyNeuron,
