@@ -256,8 +256,8 @@ def plot_sample(
             name += f" ({', '.join(roles)})" if roles else ""
         if not multi and spikes.size:
             # A TTFS neuron has no reset: V goes on after its first spike, which alone counts.
-            after = t >= spikes[0]
-            ax.plot(t[~after], v[~after], color=color, lw=1.1, label="V")
+            before, after = t <= spikes[0], t >= spikes[0]  # both hold the spike itself
+            ax.plot(t[before], v[before], color=color, lw=1.1, label="V")
             ax.plot(t[after], v[after], color=color, lw=1.1, alpha=0.35, label="V after the first spike")
         else:
             ax.plot(t, v, color=color, lw=1.1, label="V")
