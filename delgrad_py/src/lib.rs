@@ -8,6 +8,7 @@ mod errors;
 mod frames;
 mod networks;
 mod neuron;
+mod potential;
 mod readout;
 mod spikes;
 
@@ -47,6 +48,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(frames::chip_run, m)?)?;
     m.add_function(wrap_pyfunction!(frames::chip_run_frames, m)?)?;
     m.add_function(wrap_pyfunction!(spikes::_column_addresses, m)?)?;
+    m.add_function(wrap_pyfunction!(potential::membrane_potential, m)?)?;
     m.add_function(wrap_pyfunction!(delay_shape, m)?)?;
     let kinds: Vec<&str> = DelayKind::ALL.iter().map(|k| k.name()).collect();
     m.add("DELAY_KINDS", pyo3::types::PyTuple::new(py, kinds)?)?;

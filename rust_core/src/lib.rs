@@ -18,7 +18,8 @@
 //! - [`readout`]: the leaky-integrator readout (max / exponentially weighted mean voltage);
 //! - [`multi_network`]: multi-spike networks over whole batches;
 //! - [`frames`]: spike tables as Arrow IPC streams (the hardware protocol's body frames);
-//! - [`chip`]: a neuromorphic chip's input/output stage (event clock, window, replication).
+//! - [`chip`]: a neuromorphic chip's input/output stage (event clock, window, replication);
+//! - [`potential`]: a neuron's membrane potential at chosen times from its events (for plots).
 
 // `!(x > 0.0)` is meant: it is also true for NaN, which must take the "no spike" path.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
@@ -37,6 +38,7 @@ pub mod multi;
 pub mod multi_network;
 pub mod network;
 pub mod neuron;
+pub mod potential;
 pub mod readout;
 pub mod solver;
 pub mod spikes;

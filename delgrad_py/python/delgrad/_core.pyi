@@ -1,5 +1,6 @@
 """Type stubs of the compiled extension (Rust, PyO3). Keep in step with delgrad_py/src/ (lib.rs registers)."""
 
+from collections.abc import Sequence
 from typing import Any, final
 
 import numpy as np
@@ -192,3 +193,16 @@ def chip_run_frames(
 def _column_addresses(spikes: Any) -> dict[str, int]: ...
 def delay_shape(kind: str, n_out: int, n_in: int) -> list[int]:
     """Shape of a layer's delay array: none (0,), synaptic (n_out, n_in), axonal (n_in,), dendritic (n_out,)."""
+def membrane_potential(
+    neuron: Neuron,
+    target: int,
+    connections: Sequence[
+        tuple[
+            NDArray[np.uint32],
+            NDArray[np.float64],
+            tuple[NDArray[np.float64], str, NDArray[np.float64] | None],
+        ]
+    ],
+    times: NDArray[np.float64],
+    spikes: NDArray[np.float64] | None = None,
+) -> tuple[NDArray[np.float64], NDArray[np.float64]]: ...

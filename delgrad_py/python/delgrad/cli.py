@@ -29,6 +29,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     x.add_argument("run_dir")
     x.add_argument("out", help="NIR file to write (HDF5), e.g. model.nir")
+    i = sub.add_parser(
+        "inspect",
+        help="plot one sample of a finished run: input raster, every layer's spikes, exact membrane potentials",
+    )
+    i.add_argument("run_dir")
+    i.add_argument("--sample", type=int, required=True, metavar="K", help="sample index within the split")
+    i.add_argument(
+        "--neurons",
+        metavar="LAYER:NEURON,...",
+        help="neurons whose membrane potential to draw, e.g. 0:3,1:2 or readout:4 (layer k is fed by "
+        "network.layers[k]; -1 is the last layer); default: the true and predicted output units and the "
+        "first or busiest neuron of each hidden layer",
+    )
+    i.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    i.add_argument("--out", metavar="FILE.png", help="figure to write (default: RUN/plots/inspect-SPLIT-K.png)")
     s = sub.add_parser("sweep", help="run a sweep of pipeline runs on Ray (pip install 'delgrad[sweep]')")
     s.add_argument("spec", help="sweep TOML, e.g. pipelines/sweeps/yinyang_delays.toml")
     s.add_argument(
@@ -70,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         return _sweep(args)
     if args.cmd == "export-nir":
         return _export_nir(args.run_dir, args.out)
+    if args.cmd == "inspect":
+        return _inspect(args)
 
     from delgrad import pipeline
     from delgrad.config import ConfigError
@@ -153,6 +170,20 @@ def _export_nir(run_dir: str, out: str) -> int:
         raise FileNotFoundError(f"no saved network in {d} (expected {' or '.join(NETWORK_FILES.values())})")
     save_nir(net, out)
     print(f"{net!r} -> {out}")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from delgrad.inspection import inspect_run, parse_neurons
+    from delgrad.rundir import RunDirError
+
+    try:
+        neurons = parse_neurons(args.neurons) if args.neurons is not None else None
+        path = inspect_run(args.run_dir, args.sample, neurons, split=args.split, out=args.out)
+    except (ValueError, IndexError, FileNotFoundError, FileExistsError, RunDirError) as e:
+        print(f"delgrad inspect: {e}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 

@@ -1,4 +1,9 @@
-"""The run report: ``report.md`` with PNG plots, written from the run directory's own files."""
+"""The run report: ``report.md`` with PNG plots, written from the run directory's own files.
+
+Every figure follows :mod:`delgrad.figures`: time units of the data set, integer class ticks,
+and one layer numbering (layer ``k`` is fed by ``network.layers[k]``, as in
+``spikes_test.parquet``; ``input`` and ``readout`` are named).
+"""
 
 from __future__ import annotations
 
@@ -13,26 +18,39 @@ import numpy as np  # noqa: E402
 import polars as pl  # noqa: E402
 
 from delgrad.config import PipelineConfig  # noqa: E402
-
-
-def _save(fig, path: Path) -> str:
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+from delgrad.figures import (  # noqa: E402
+    TAU_S,
+    integer_ticks,
+    layer_convention,
+    layer_name,
+    save,
+    time_label,
+    time_unit,
+)
 
 
 def plot_curves(metrics: pl.DataFrame, out: Path) -> str:
+    """Loss and accuracy per epoch; every epoch is a marked point, so a one-epoch run shows one."""
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
     e = metrics["epoch"].to_numpy()
+    style = {"marker": "o", "ms": 4 if len(e) <= 40 else 0}
     for col in [c for c in metrics.columns if c.endswith("_loss")]:
-        a.plot(e, metrics[col].to_numpy(), label=col.removesuffix("_loss"))
+        a.plot(e, metrics[col].to_numpy(), label=col.removesuffix("_loss"), **style)
     a.set_xlabel("epoch"), a.set_ylabel("loss"), a.set_yscale("log"), a.legend()
-    for col in [c for c in metrics.columns if c.endswith("_acc")]:
-        b.plot(e, 100 * metrics[col].to_numpy(), label=col.removesuffix("_acc"))
+    # Plain numbers on the log axis: a narrow range otherwise reads "3.6 x 10^0".
+    plain = matplotlib.ticker.FuncFormatter(lambda y, _: f"{y:g}")
+    a.yaxis.set_major_formatter(plain), a.yaxis.set_minor_formatter(plain)
+    acc_cols = [c for c in metrics.columns if c.endswith("_acc")]
+    for col in acc_cols:
+        b.plot(e, 100 * metrics[col].to_numpy(), label=col.removesuffix("_acc"), **style)
     b.set_xlabel("epoch"), b.set_ylabel("accuracy [%]"), b.legend()
-    b.set_ylim(max(0, 100 * float(metrics["train_acc"].min()) - 5), 100)
-    return _save(fig, out / "curves.png")
+    lowest = min(float(np.nanmin(metrics[c].to_numpy())) for c in acc_cols) if acc_cols else 0.0
+    b.set_ylim(max(0.0, 100 * lowest - 5), 100.5)
+    for ax in (a, b):
+        integer_ticks(ax, "x")
+        if len(e) == 1:  # one point: give it room on both sides
+            ax.set_xlim(e[0] - 1, e[0] + 1)
+    return save(fig, out / "curves.png")
 
 
 def plot_yinyang_map(model, out: Path, features: np.ndarray, labels: np.ndarray, pred: np.ndarray) -> str:
@@ -48,61 +66,153 @@ def plot_yinyang_map(model, out: Path, features: np.ndarray, labels: np.ndarray,
     truth = np.full(len(grid), np.nan)
     truth[mask] = yinyang_class(grid[mask, 0], grid[mask, 1])
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.4))
-    cmap = matplotlib.colors.ListedColormap(["#4c72b0", "#dd8452", "#55a868"])
+    colors = ["#4c72b0", "#dd8452", "#55a868"]
+    cmap = matplotlib.colors.ListedColormap(colors)
     for ax, img, title in [(axes[0], truth, "true classes"), (axes[1], cls, "network")]:
         ax.imshow(img.reshape(n, n), origin="lower", extent=(0, 1, 0, 1), cmap=cmap, vmin=0, vmax=2)
         ax.set_title(title), ax.set_xlabel("x"), ax.set_ylabel("y")
     wrong = pred != labels
     axes[1].scatter(features[wrong, 0], features[wrong, 1], s=12, c="k", marker="x", label="test errors")
+    handles = [matplotlib.patches.Patch(color=c, label=f"class {k}") for k, c in enumerate(colors)]
+    axes[0].legend(handles=handles, loc="upper right", fontsize=8)
     axes[1].legend(loc="upper right", fontsize=8)
-    return _save(fig, out / "classification_map.png")
+    return save(fig, out / "classification_map.png")
 
 
-def plot_output_times(times: np.ndarray, labels: np.ndarray, out: Path) -> str:
-    n_out = times.shape[1]
-    fig, axes = plt.subplots(1, n_out, figsize=(3.2 * n_out if n_out <= 4 else 14, 3), squeeze=False)
-    finite = times[np.isfinite(times)]
-    bins = np.linspace(finite.min(), finite.max(), 40) if finite.size else 10
-    for j, ax in enumerate(axes[0]):
-        for c in range(n_out):
-            t = times[labels == c, j]
-            ax.hist(t[np.isfinite(t)], bins=bins, alpha=0.6, label=f"class {c}")
-        ax.set_title(f"output neuron {j}"), ax.set_xlabel("spike time [tau_s]")
-    if n_out <= 4:
-        axes[0][0].legend(fontsize=8)
-    return _save(fig, out / "output_times.png")
+def _heat_map_side(k: int) -> float:
+    """Inches for a k-by-k class map: cells large enough to see, the figure not too big."""
+    return float(np.clip(3.2 + 0.17 * k, 4.2, 9.0))
 
 
-def plot_raster(spikes: pl.DataFrame, sizes: list[int], out: Path, samples: int = 4) -> str:
-    fig, axes = plt.subplots(1, samples, figsize=(3.2 * samples, 3.6), sharey=True)
-    offsets = np.concatenate([[0], np.cumsum(sizes)])
+def _median_iqr(x: np.ndarray) -> tuple[float, float, float]:
+    x = x[np.isfinite(x)]
+    if not x.size:
+        return np.nan, np.nan, np.nan
+    lo, mid, hi = np.percentile(x, [25, 50, 75])
+    return float(mid), float(mid - lo), float(hi - mid)
+
+
+def plot_output_times(times: np.ndarray, labels: np.ndarray, out: Path, unit: str) -> str:
+    """Output spike times by true class, legible for 3 to 35 classes: a class-by-neuron map of
+    the median first-spike time (a learned network is early on the diagonal), and per class the
+    median (with quartiles) of the true class's neuron against the earliest other neuron."""
+    k = times.shape[1]
+    side = _heat_map_side(k)
+    per_class = float(np.clip(2.0 + 0.28 * k, 4.5, 12.0))
+    fig, (a, b) = plt.subplots(
+        1, 2, figsize=(side + 1.2 + per_class, side), gridspec_kw={"width_ratios": [side + 1.2, per_class]}
+    )
+    median = np.full((k, k), np.nan)
+    for c in range(k):
+        rows = times[labels == c]
+        for j in range(k):
+            median[c, j] = _median_iqr(rows[:, j])[0]
+    cmap = plt.get_cmap("viridis_r").with_extremes(bad="0.85")
+    im = a.imshow(np.ma.masked_invalid(median), cmap=cmap, aspect="auto")
+    a.set_xlabel("output neuron"), a.set_ylabel("true class")
+    a.set_title("median first spike time (grey: always silent)", fontsize=9)
+    integer_ticks(a)
+    fig.colorbar(im, ax=a, label=time_label(unit, "median spike time"))
+
+    others = times.copy()
+    others[np.arange(len(labels)), labels] = np.inf
+    own = times[np.arange(len(labels)), labels]
+    first_other = others.min(axis=1)
+    classes = np.arange(k)
+    for offset, values, name, color in (
+        (-0.15, own, "neuron of the true class", "tab:blue"),
+        (0.15, first_other, "earliest other neuron", "tab:orange"),
+    ):
+        stats = np.array([_median_iqr(values[labels == c]) for c in classes])
+        b.errorbar(
+            classes + offset, stats[:, 0], yerr=stats[:, 1:].T, fmt="o", ms=4, capsize=2, color=color, label=name
+        )
+    title = "median and quartiles per true class"
+    if not np.all(np.isfinite(own)):
+        title += f"; true-class neuron silent in {100 * np.mean(~np.isfinite(own)):.0f} % of samples"
+    b.set_title(title, fontsize=9)
+    b.set_xlabel("true class"), b.set_ylabel(time_label(unit, "first spike time"))
+    b.set_xlim(-0.6, k - 0.4)
+    integer_ticks(b, "x")
+    b.legend(fontsize=8)
+    return save(fig, out / "output_times.png")
+
+
+def plot_readout_values(values: np.ndarray, labels: np.ndarray, out: Path) -> str:
+    """Mean readout value of every class unit, per true class (a learned readout is diagonal)."""
+    k = values.shape[1]
+    mean = np.stack([values[labels == c].mean(axis=0) if np.any(labels == c) else np.full(k, np.nan) for c in range(k)])
+    side = _heat_map_side(k)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    im = ax.imshow(np.ma.masked_invalid(mean), cmap=cmap, aspect="auto")
+    ax.set_xlabel("readout unit"), ax.set_ylabel("true class")
+    if np.isnan(mean).any():
+        ax.set_title("grey: no test sample of this class", fontsize=9)
+    integer_ticks(ax)
+    fig.colorbar(im, ax=ax, label="mean readout value")
+    return save(fig, out / "readout_values.png")
+
+
+def plot_raster(
+    inputs: pl.DataFrame,
+    layers: pl.DataFrame,
+    sizes: list[int],
+    names: list[str],
+    out: Path,
+    unit: str,
+    samples: int = 4,
+) -> str:
+    """Spikes of the first test samples: the input and every layer, each in a band of its own
+    (equal heights, so that 3 input channels stay as visible as 256 hidden neurons; neuron index
+    upwards within a band). ``layers`` holds the ``layer`` column of ``spikes_test.parquet``."""
+    n_test = int(inputs["sample"].max()) + 1 if inputs.height else 1
+    samples = max(1, min(samples, n_test))
+    fig, axes = plt.subplots(1, samples, figsize=(3.2 * samples + 0.8, 3.8), sharey=True, squeeze=False)
+    axes = axes[0]
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    for s, ax in enumerate(np.atleast_1d(axes)):
-        d = spikes.filter(pl.col("sample") == s)
-        for index in range(len(sizes)):
-            dl = d.filter(pl.col("layer") == index)
+    bands = [inputs] + [layers.filter(pl.col("layer") == index) for index in range(len(sizes) - 1)]
+    for s, ax in enumerate(axes):
+        for band, (frame, name, size) in enumerate(zip(bands, names, sizes)):
+            d = frame.filter(pl.col("sample") == s)
             ax.scatter(
-                dl["time"].to_numpy(),
-                dl["neuron"].to_numpy() + offsets[index],
-                s=8,
-                color=colors[index % len(colors)],
-                label=("input" if index == 0 else f"layer {index}"),
+                d["time"].to_numpy(),
+                band + (d["neuron"].to_numpy() + 0.5) / size,
+                s=8 if size <= 100 else 3,
+                color=colors[band % len(colors)],
+                label=name,
+                linewidths=0,
             )
-        ax.set_title(f"test sample {s}"), ax.set_xlabel("time [tau_s]")
-    np.atleast_1d(axes)[0].set_ylabel("neuron (stacked by layer)")
-    np.atleast_1d(axes)[0].legend(fontsize=7)
-    return _save(fig, out / "raster.png")
+        for edge in range(1, len(bands)):
+            ax.axhline(edge, color="0.7", lw=0.6)
+        ax.set_title(f"test sample {s}", fontsize=9), ax.set_xlabel(time_label(unit))
+    counts = [f"{size} {'channels' if band == 0 else 'neurons'}" for band, size in enumerate(sizes)]
+    axes[0].set_yticks(np.arange(len(bands)) + 0.5, [f"{name}\n({count})" for name, count in zip(names, counts)])
+    axes[0].tick_params(axis="y", labelsize=8, length=0)
+    axes[0].set_ylim(0, len(bands))
+    return save(fig, out / "raster.png")
 
 
-def plot_delays(network, out: Path) -> str | None:
-    layers = [(index, layer) for index, layer in enumerate(network.layers) if layer.delay_kind != "none"]
-    if not layers:
+def plot_delays(network, out: Path, unit: str, multi: bool) -> str | None:
+    """Histograms of the learned delays of every layer (and recurrent connection) that has them."""
+    n_layers = len(network.layers)
+    groups = [
+        (f"into {layer_name(index, n_layers, multi)}, {layer.delay_kind}", layer)
+        for index, layer in enumerate(network.layers)
+    ]
+    for index, rec in enumerate(getattr(network, "recurrent", None) or []):
+        if rec is not None:
+            groups.append((f"recurrent in layer {index}, {rec.delay_kind}", rec))
+    groups = [(name, layer) for name, layer in groups if layer.delay_kind != "none"]
+    if not groups:
         return None
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for index, layer in layers:
-        ax.hist(layer.delays.ravel(), bins=40, alpha=0.6, label=f"layer {index} ({layer.delay_kind})")
-    ax.set_xlabel("delay [tau_s]"), ax.set_ylabel("count"), ax.legend(fontsize=8)
-    return _save(fig, out / "delays.png")
+    fig, ax = plt.subplots(figsize=(5.6, 3.2 + 0.25 * len(groups)))
+    # Densities, not counts: a recurrent matrix or an axonal vector has far fewer entries.
+    for name, layer in groups:
+        ax.hist(layer.delays.ravel(), bins=40, alpha=0.55, density=True, histtype="stepfilled", label=name)
+    ax.set_xlabel(time_label(unit, "delay")), ax.set_ylabel("density")
+    ax.legend(fontsize=8, loc="lower left", bbox_to_anchor=(0.0, 1.01), frameon=False)
+    return save(fig, out / "delays.png")
 
 
 def _finish_report(
@@ -114,22 +224,23 @@ def _finish_report(
             lines += ["", f"## {title}", "", f"![{title}](plots/{name})"]
     lines += [
         "",
-        f"Files: `metrics.parquet` (per epoch), `spikes_test.parquet` (test spikes of {layers}), "
-        f"`data/` (encoded data set), {model}, `config.toml`.",
+        f"Files: `metrics.parquet` (per epoch), `spikes_test.parquet` (test spikes of {layers}; its `layer` "
+        f"column numbers layers as above), `data/` (encoded data set), {model}, `config.toml`.",
+        "",
+        f"One sample up close (every layer's spikes, the exact membrane potential of chosen neurons): "
+        f"`delgrad inspect {run_dir} --sample 0`.",
     ]
     path = run_dir / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def _test_spikes(run_dir: Path) -> pl.DataFrame:
-    """The test set's input spikes (layer 0) and every network layer's (layer 1...), one table."""
+def _test_spikes(run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The test set's input spikes and every network layer's (``spikes_test.parquet``)."""
     from delgrad.data.parquet import SpikeDataset
 
-    test_in = SpikeDataset(run_dir / "data", "test").all().spikes
-    layer_spikes = pl.read_parquet(run_dir / "spikes_test.parquet").with_columns(pl.col("layer") + 1)
-    inputs = pl.from_arrow(test_in).with_columns(pl.lit(0, dtype=pl.UInt16).alias("layer"))
-    return pl.concat([inputs, layer_spikes.with_columns(pl.col("layer").cast(pl.UInt16))])
+    inputs = pl.from_arrow(SpikeDataset(run_dir / "data", "test").all().spikes)
+    return inputs, pl.read_parquet(run_dir / "spikes_test.parquet")
 
 
 def write_report(
@@ -151,6 +262,7 @@ def write_report(
     metrics = pl.read_parquet(run_dir / "metrics.parquet") if (run_dir / "metrics.parquet").exists() else None
     net = model.network
     multi = cfg.multi
+    unit = time_unit(cfg.data.dataset, getattr(cfg.data, "time_unit", None))
     figs: list[tuple[str, str | None]] = []
     if metrics is not None and metrics.height:
         figs.append(("Loss and accuracy", plot_curves(metrics, plots)))
@@ -168,11 +280,16 @@ def write_report(
             )
         out_times = ev.trace.first_times(ev.trace.n_layers - 1)
         figs.append(
-            ("Output spike times on the test set, by true class", plot_output_times(out_times, split.labels, plots))
+            (
+                "Output spike times on the test set, by true class",
+                plot_output_times(out_times, split.labels, plots, unit),
+            )
         )
         layer_sizes = net.sizes
-    figs.append(("Spikes of a few test samples", plot_raster(_test_spikes(run_dir), layer_sizes, plots)))
-    figs.append(("Learned delays", plot_delays(net, plots)))
+    names = ["input"] + [layer_name(index, len(net.layers), multi) for index in range(len(layer_sizes) - 1)]
+    inputs, layer_spikes = _test_spikes(run_dir)
+    figs.append(("Spikes of a few test samples", plot_raster(inputs, layer_spikes, layer_sizes, names, plots, unit)))
+    figs.append(("Learned delays", plot_delays(net, plots, unit, multi)))
 
     delays = ", ".join(layer.delay_kind for layer in net.layers)
     if multi:
@@ -187,7 +304,8 @@ def write_report(
             f"Network {'-'.join(map(str, net.sizes))}, delays: {delays}, {net.n_parameters()} parameters, "
             f"{net.neuron!r}."
         )
-    lines = [f"# {cfg.name}", "", description, ""]
+    unit_text = "milliseconds" if unit == "ms" else ("units of tau_s" if unit == TAU_S else unit)
+    lines = [f"# {cfg.name}", "", description, "", f"Times are in {unit_text}. {layer_convention(multi)}", ""]
     hw_path = run_dir / "hardware.json"
     if hw_path.exists():  # delgrad.hardware.report labels hardware and simulation and plots both
         from delgrad.hardware.report import hardware_section
@@ -226,14 +344,3 @@ def write_report(
         lines += ["", "No delays: the baseline that shows what the delays are for."]
     layers = "every hidden layer" if multi else "every layer"
     return _finish_report(run_dir, lines, figs, layers, "`model/` (`delgrad.Model.load`)")
-
-
-def plot_readout_values(values: np.ndarray, labels: np.ndarray, out: Path) -> str:
-    """Mean readout value of every class unit, per true class (a learned readout is diagonal)."""
-    k = values.shape[1]
-    mean = np.stack([values[labels == c].mean(axis=0) if np.any(labels == c) else np.full(k, np.nan) for c in range(k)])
-    fig, ax = plt.subplots(figsize=(4.6, 3.8))
-    im = ax.imshow(mean, cmap="viridis")
-    ax.set_xlabel("readout unit"), ax.set_ylabel("true class")
-    fig.colorbar(im, ax=ax, label="mean readout value")
-    return _save(fig, out / "readout_values.png")
