@@ -69,4 +69,3 @@ pub fn membrane_potential<'py>(
     let flat: Vec<f64> = arrivals.iter().flat_map(|&(a, w)| [a, w]).collect();
     Ok((v.into_pyarray(py), matrix(py, arrivals.len(), 2, flat)))
 }
-

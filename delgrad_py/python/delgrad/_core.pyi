@@ -193,6 +193,7 @@ def chip_run_frames(
 def _column_addresses(spikes: Any) -> dict[str, int]: ...
 def delay_shape(kind: str, n_out: int, n_in: int) -> list[int]:
     """Shape of a layer's delay array: none (0,), synaptic (n_out, n_in), axonal (n_in,), dendritic (n_out,)."""
+
 def membrane_potential(
     neuron: Neuron,
     target: int,

@@ -91,10 +91,10 @@ _DATA_KEYS_FOR: dict[str, tuple[str, ...]] = {
     ),
 }
 _DATA_KEYS_FOR["ssc"] = _DATA_KEYS_FOR["shd"]
-_DATA_KEYS_FOR["parquet"] = ("path", "n_inputs", "validation_fraction", "test_fraction", "chunk_size")
+_DATA_KEYS_FOR["parquet"] = ("path", "n_inputs", "validation_fraction", "test_fraction", "chunk_size", "time_unit")
 _DATA_KEYS_FOR["tonic"] = (*_DATA_KEYS_FOR["parquet"], "sensor_size")
 _DATA_KEYS_FOR["features"] = ("path", "validation_fraction", "test_fraction")
-_DATA_KEYS_FOR["arrays"] = ("fingerprint",)
+_DATA_KEYS_FOR["arrays"] = ("fingerprint", "time_unit")
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,7 @@ class DataConfig:
     test_fraction: float = _spec(0.1, gt=0.0, lt=1.0, doc="without a split column: share of test")
     n_inputs: int | None = _spec(None, ge=1, doc="declared input channels; default: largest neuron id + 1")
     sensor_size: list[int] | None = _spec(None, ge=1, doc="tonic events with y: [width, height(, polarities)]")
+    time_unit: str = _spec("", doc="unit of your spike times, for plot axes (e.g. ms); default: tau_s (tonic: ms)")
     fingerprint: str = _spec("", doc="arrays: hash of the data and initial network given to delgrad.fit")
     chunk_size: int = _spec(512, ge=1)
     n_train: int | None = _spec(None, ge=1)

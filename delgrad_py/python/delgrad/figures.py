@@ -27,7 +27,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 # Data sets whose spike times are milliseconds (delgrad.data.shd); the rest are in tau_s.
-MILLISECOND_DATASETS = ("shd", "ssc")
+MILLISECOND_DATASETS = ("shd", "ssc", "tonic")  # tonic events: µs in the file, ms in delgrad
 TAU_S = r"$\tau_s$"
 SUMMARY_KEY = "delgrad:axes"
 
