@@ -1,7 +1,7 @@
 //! The exact membrane potential of one neuron from one sample's events (`delgrad inspect`).
 
 use delgrad_core::{self as core, LayerRef};
-use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1, PyUntypedArrayMethods};
+use numpy::{IntoPyArray, PyArray1, PyArray2, PyReadonlyArray1};
 use pyo3::prelude::*;
 
 use crate::arrays::{matrix, LayerArgs};
