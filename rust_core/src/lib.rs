@@ -18,6 +18,7 @@
 // `!(x > 0.0)` is meant: it is also true for NaN, which must take the "no spike" path.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod adjoint;
 pub mod chip;
 pub mod error;
 pub mod eventprop;
@@ -29,6 +30,7 @@ pub mod multi_network;
 pub mod network;
 pub mod neuron;
 pub mod readout;
+pub mod recurrent;
 pub mod solver;
 pub mod spikes;
 pub mod ttfs;
