@@ -88,7 +88,9 @@ impl Own {
                 [] => (0.0, 0.0),
                 _ => (ev[0], ev[ev.len() - 1]),
             };
-            let cells = 2 * ev.len();
+            // Eight cells per event: the look-up's correction loops then rarely run (their
+            // branches were most of the look-up's cost at two cells per event).
+            let cells = 8 * ev.len();
             let scale = if hi > lo { cells as f64 / (hi - lo) } else { 0.0 };
             let mut p = 0;
             for c in 0..cells {

@@ -49,9 +49,7 @@
 use crate::adjoint::Own;
 use crate::layer::DelayKind;
 use crate::layer::LayerRef;
-use crate::multi::{
-    bucket_sort, factored_step, spike_factors, DelayFactors, MultiNeuron, RecLayer, SortBuf,
-};
+use crate::multi::{bucket_sort, factored_step, spike_factors, DelayFactors, MultiNeuron, RecLayer, SortBuf};
 use crate::ttfs::{In, SLOPE_FLOOR};
 
 /// One arrival at a neuron in the backward pass: time, weight, index of its synapse in the

@@ -161,8 +161,9 @@ thread_local! {
 /// The window of a time: `origin + b dt <= t < origin + (b + 1) dt`, with the boundaries computed
 /// exactly as the windows' own (so membership is consistent under rounding).
 #[inline]
-fn window_of(t: f64, origin: f64, dt: f64) -> i64 {
-    let mut b = ((t - origin) / dt).floor() as i64;
+fn window_of(t: f64, origin: f64, dt: f64, inv_dt: f64) -> i64 {
+    // `t >= origin`, so the cast truncates towards the floor (and saturates at 0 below).
+    let mut b = ((t - origin) * inv_dt) as i64;
     while b > 0 && origin + b as f64 * dt > t {
         b -= 1;
     }
@@ -298,8 +299,19 @@ pub fn recurrent_forward_with(
     if inputs.is_empty() || n_out == 0 {
         return true;
     }
-    let RecScratch { ring, lists, committed, scan: scanned, touched, touched_list, crossing, candidates, dirty, order, .. } =
-        scratch;
+    let RecScratch {
+        ring,
+        lists,
+        committed,
+        scan: scanned,
+        touched,
+        touched_list,
+        crossing,
+        candidates,
+        dirty,
+        order,
+        ..
+    } = scratch;
     order.clear();
     order.extend_from_slice(inputs);
     order.sort_unstable_by(|a, b| a.1.total_cmp(&b.1));
@@ -310,6 +322,7 @@ pub fn recurrent_forward_with(
     // About eight feed-forward arrivals per target and window; bounded window and bucket counts.
     let mut dt = if span > 0.0 { 8.0 * span / order.len() as f64 } else { tau_min };
     dt = dt.max((span + dmax) / 4e6).max(dmax / 65536.0).min(50.0 * tau_min);
+    let inv_dt = 1.0 / dt;
     let nb = (dmax / dt).ceil() as usize + 3;
     let fact = factors.factored;
     let rebase_after = 200.0 * tau_min;
@@ -323,17 +336,8 @@ pub fn recurrent_forward_with(
     for l in lists.iter_mut() {
         l.clear();
     }
-    let rest = State {
-        v: 0.0,
-        i: 0.0,
-        t: origin,
-        fm: 1.0,
-        fs: 1.0,
-        refr_end: f64::NEG_INFINITY,
-        rfm: 1.0,
-        rfs: 1.0,
-        pos: 0,
-    };
+    let rest =
+        State { v: 0.0, i: 0.0, t: origin, fm: 1.0, fs: 1.0, refr_end: f64::NEG_INFINITY, rfm: 1.0, rfs: 1.0, pos: 0 };
     committed.clear();
     committed.resize(n_out, rest);
     scanned.clear();
@@ -371,7 +375,7 @@ pub fn recurrent_forward_with(
             if t_next == f64::INFINITY || t_next > m.t_end {
                 break;
             }
-            let b = window_of(t_next, origin, dt);
+            let b = window_of(t_next, origin, dt, inv_dt);
             if b > c {
                 c = b;
                 continue;
@@ -398,7 +402,7 @@ pub fn recurrent_forward_with(
         let end_f =
             if fact { (((t_hi - base) * n.inv_tau_m).exp(), ((t_hi - base) * n.inv_tau_s).exp()) } else { (0.0, 0.0) };
         // Input spikes of this window (or earlier) fan out now; their arrivals are not earlier.
-        while next_in < order.len() && window_of(order[next_in].1, origin, dt) <= c {
+        while next_in < order.len() && window_of(order[next_in].1, origin, dt, inv_dt) <= c {
             let (i, t) = order[next_in];
             let (um, us) =
                 if fact { (((t - base) * n.inv_tau_m).exp(), ((t - base) * n.inv_tau_s).exp()) } else { (0.0, 0.0) };
@@ -412,7 +416,7 @@ pub fn recurrent_forward_with(
                 if a > m.t_end {
                     continue;
                 }
-                let b = window_of(a, origin, dt);
+                let b = window_of(a, origin, dt, inv_dt);
                 let arr = FArr { a, w: w[q], fm: um * fm[q], fs: us * fs[q] };
                 ring[b as usize % nb].push(Pending { arr, target: q as u32 });
                 pending += 1;
@@ -497,7 +501,7 @@ pub fn recurrent_forward_with(
                     continue;
                 }
                 let arr = FArr { a, w: w[q], fm: um * fm[q], fs: us * fs[q] };
-                let b = window_of(a, origin, dt);
+                let b = window_of(a, origin, dt, inv_dt);
                 if b > c {
                     ring[b as usize % nb].push(Pending { arr, target: q as u32 });
                     pending += 1;
@@ -587,7 +591,9 @@ pub fn recurrent_backward_with(
     }
     debug_assert_eq!(k, outputs.len(), "outputs sorted by neuron, ids < n_out");
     // Factored decays when every factor stays in range.
-    let fold = |it: &mut dyn Iterator<Item = f64>| it.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| (a.min(t), b.max(t)));
+    let fold = |it: &mut dyn Iterator<Item = f64>| {
+        it.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), t| (a.min(t), b.max(t)))
+    };
     let (ti0, ti1) = fold(&mut inputs.iter().map(|x| x.1));
     let (to0, to1) = fold(&mut outputs.iter().map(|x| x.1));
     let t0 = ti0.min(to0);
@@ -621,7 +627,11 @@ pub fn recurrent_backward_with(
             let a = t + ff.delay(j, i);
             let g = own.interval(j, a);
             if g < end {
-                let es = if fact { us[r] * factors.ff.fs[row + i] * own.inv_fs[g] } else { (-(own.time[g] - a) * n.inv_tau_s).exp() };
+                let es = if fact {
+                    us[r] * factors.ff.fs[row + i] * own.inv_fs[g]
+                } else {
+                    (-(own.time[g] - a) * n.inv_tau_s).exp()
+                };
                 own.cur[g] += ff.weights[row + i] * es;
             }
         }
@@ -675,7 +685,8 @@ pub fn recurrent_backward_with(
                 continue;
             }
             let s = own.time[gp] - a;
-            let (em, es) = if fact { (hm[q] * fm[p] * own.inv_fm[gp], hs[q] * fs[p] * own.inv_fs[gp]) } else { n.decays(s) };
+            let (em, es) =
+                if fact { (hm[q] * fm[p] * own.inv_fm[gp], hs[q] * fs[p] * own.inv_fs[gp]) } else { n.decays(s) };
             let (lv, li) = own.adjoint_at(m, gp, s, em, es);
             let syn = off_rec + p * n_out + i as usize;
             gw[syn] += li;
