@@ -471,6 +471,22 @@ pub fn layer_forward(
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) -> bool {
+    layer_forward_targets(m, layer, inputs, factors, 0..layer.n_out, out, scratch)
+}
+
+/// [`layer_forward`] for the targets in `targets` only. Targets are independent, so disjoint
+/// ranges of one sample can run on different threads (each with its own `out` and scratch;
+/// concatenating the outputs in range order gives [`layer_forward`]'s), for batches with fewer
+/// samples than threads.
+pub fn layer_forward_targets(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    factors: Option<&DelayFactors>,
+    targets: std::ops::Range<usize>,
+    out: &mut Vec<In>,
+    scratch: &mut Scratch,
+) -> bool {
     let Scratch { arrivals, sort, times, um, us } = scratch;
     let mut ok = true;
     if inputs.is_empty() {
@@ -478,7 +494,7 @@ pub fn layer_forward(
     }
     let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
     let (lo, hi) = time_range(inputs, layer);
-    for j in 0..layer.n_out {
+    for j in targets {
         let row = j * layer.n_in;
         let w = &layer.weights[row..row + layer.n_in];
         match (factors, layer.kind) {

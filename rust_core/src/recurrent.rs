@@ -156,6 +156,53 @@ pub struct RecScratch {
 
 thread_local! {
     static SCRATCH: RefCell<RecScratch> = RefCell::new(RecScratch::default());
+    static FACTORS: RefCell<Option<(Snapshot, RecFactors)>> = const { RefCell::new(None) };
+}
+
+/// The parameters [`RecFactors`] were computed from, kept to recognise them bit for bit.
+struct Snapshot {
+    neuron: [u64; 2],
+    shape: [usize; 4],
+    kinds: [crate::layer::DelayKind; 2],
+    values: Vec<u64>,
+}
+
+impl Snapshot {
+    fn parts<'a>(layer: &'a RecLayer) -> [&'a [f64]; 4] {
+        [layer.ff.weights, layer.ff.delays, layer.rec.weights, layer.rec.delays]
+    }
+
+    fn matches(&self, n: &Neuron, layer: &RecLayer) -> bool {
+        let parts = Self::parts(layer);
+        self.neuron == [n.tau_m.to_bits(), n.tau_s.to_bits()]
+            && self.shape == [layer.ff.n_out, layer.ff.n_in, layer.rec.n_out, layer.rec.n_in]
+            && self.kinds == [layer.ff.kind, layer.rec.kind]
+            && self.values.len() == parts.iter().map(|p| p.len()).sum::<usize>()
+            && parts.iter().flat_map(|p| p.iter()).zip(&self.values).all(|(x, &y)| x.to_bits() == y)
+    }
+
+    fn new(n: &Neuron, layer: &RecLayer) -> Self {
+        Self {
+            neuron: [n.tau_m.to_bits(), n.tau_s.to_bits()],
+            shape: [layer.ff.n_out, layer.ff.n_in, layer.rec.n_out, layer.rec.n_in],
+            kinds: [layer.ff.kind, layer.rec.kind],
+            values: Self::parts(layer).iter().flat_map(|p| p.iter().map(|x| x.to_bits())).collect(),
+        }
+    }
+}
+
+/// Runs `f` with the layer's [`RecFactors`], recomputed only when the parameters differ (bit for
+/// bit) from the previous call on this thread. The per-sample entry points get the once-per-batch
+/// cost this way: comparing the parameters is a memory scan, computing the factors two `exp` per
+/// synapse.
+fn with_factors<R>(n: &Neuron, layer: &RecLayer, f: impl FnOnce(&RecFactors) -> R) -> R {
+    FACTORS.with(|cell| {
+        let mut cache = cell.borrow_mut();
+        if !cache.as_ref().is_some_and(|(snap, _)| snap.matches(n, layer)) {
+            *cache = Some((Snapshot::new(n, layer), rec_factors(n, layer)));
+        }
+        f(&cache.as_ref().expect("just filled").1)
+    })
 }
 
 /// The window of a time: `origin + b dt <= t < origin + (b + 1) dt`, with the boundaries computed
@@ -275,14 +322,15 @@ fn insertion_sort(v: &mut [FArr]) {
 /// Forward pass of one recurrent multi-spike layer for one sample. Appends `(neuron, time)` for
 /// every spike, sorted by neuron then time. Returns `false` if the layer hit `max_spikes`.
 ///
-/// Computes the layer's [`RecFactors`] on every call; a batch driver should compute them once
-/// and call [`recurrent_forward_with`].
+/// Keeps the layer's [`RecFactors`] and its buffers per thread (recomputing the factors when the
+/// parameters change); [`recurrent_forward_with`] takes both from the caller.
 pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: &mut Vec<In>) -> bool {
     if inputs.is_empty() {
         return true;
     }
-    let factors = rec_factors(&m.neuron, layer);
-    SCRATCH.with(|s| recurrent_forward_with(m, layer, inputs, &factors, out, &mut s.borrow_mut()))
+    with_factors(&m.neuron, layer, |factors| {
+        SCRATCH.with(|s| recurrent_forward_with(m, layer, inputs, factors, out, &mut s.borrow_mut()))
+    })
 }
 
 /// [`recurrent_forward`] with precomputed factors and the caller's scratch.
@@ -323,7 +371,9 @@ pub fn recurrent_forward_with(
     let mut dt = if span > 0.0 { 8.0 * span / order.len() as f64 } else { tau_min };
     dt = dt.max((span + dmax) / 4e6).max(dmax / 65536.0).min(50.0 * tau_min);
     let inv_dt = 1.0 / dt;
-    let nb = (dmax / dt).ceil() as usize + 3;
+    // A power of two, so that a window's bucket is a mask, not a division, per arrival.
+    let nb = ((dmax / dt).ceil() as usize + 3).next_power_of_two();
+    let mask = nb - 1;
     let fact = factors.factored;
     let rebase_after = 200.0 * tau_min;
     let (ref_fm, ref_fs) = ((m.t_ref * n.inv_tau_m).exp(), (m.t_ref * n.inv_tau_s).exp());
@@ -418,13 +468,13 @@ pub fn recurrent_forward_with(
                 }
                 let b = window_of(a, origin, dt, inv_dt);
                 let arr = FArr { a, w: w[q], fm: um * fm[q], fs: us * fs[q] };
-                ring[b as usize % nb].push(Pending { arr, target: q as u32 });
+                ring[b as usize & mask].push(Pending { arr, target: q as u32 });
                 pending += 1;
             }
             next_in += 1;
         }
         // This window's arrivals, per target, in time order.
-        let bucket = &mut ring[c as usize % nb];
+        let bucket = &mut ring[c as usize & mask];
         pending -= bucket.len();
         for p in bucket.drain(..) {
             let q = p.target as usize;
@@ -503,7 +553,7 @@ pub fn recurrent_forward_with(
                 let arr = FArr { a, w: w[q], fm: um * fm[q], fs: us * fs[q] };
                 let b = window_of(a, origin, dt, inv_dt);
                 if b > c {
-                    ring[b as usize % nb].push(Pending { arr, target: q as u32 });
+                    ring[b as usize & mask].push(Pending { arr, target: q as u32 });
                     pending += 1;
                     continue;
                 }
@@ -731,7 +781,7 @@ pub fn recurrent_backward_with(
     }
 }
 
-/// [`recurrent_backward_with`] computing the factors and using a per-thread scratch.
+/// [`recurrent_backward_with`] with per-thread factors and buffers (see [`recurrent_forward`]).
 #[allow(clippy::too_many_arguments)]
 pub fn recurrent_backward(
     m: &MultiNeuron,
@@ -744,6 +794,7 @@ pub fn recurrent_backward(
     if outputs.is_empty() {
         return;
     }
-    let factors = rec_factors(&m.neuron, layer);
-    SCRATCH.with(|s| recurrent_backward_with(m, layer, inputs, outputs, gout, &factors, grads, &mut s.borrow_mut()))
+    with_factors(&m.neuron, layer, |factors| {
+        SCRATCH.with(|s| recurrent_backward_with(m, layer, inputs, outputs, gout, factors, grads, &mut s.borrow_mut()))
+    })
 }
