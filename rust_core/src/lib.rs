@@ -15,6 +15,8 @@
 //! - [`spikes`]: Arrow spike tables in, grouped spikes out;
 //! - [`multi`]: multi-spike LIF (reset, refractory) forward simulation, feed-forward and recurrent;
 //! - [`eventprop`]: the EventProp adjoint backward pass with delay gradients;
+//! - [`recurrent`]: recurrent multi-spike layers in time windows with per-target pending arrivals;
+//! - [`adjoint`]: the EventProp adjoint as a piecewise closed form over a neuron's own events;
 //! - [`readout`]: the leaky-integrator readout (max / exponentially weighted mean voltage);
 //! - [`multi_network`]: multi-spike networks over whole batches;
 //! - [`frames`]: spike tables as Arrow IPC streams (the hardware protocol's body frames);
@@ -24,6 +26,7 @@
 // `!(x > 0.0)` is meant: it is also true for NaN, which must take the "no spike" path.
 #![allow(clippy::neg_cmp_op_on_partial_ord)]
 
+pub mod adjoint;
 pub mod batch;
 pub mod cancel;
 pub mod chip;
@@ -40,6 +43,7 @@ pub mod network;
 pub mod neuron;
 pub mod potential;
 pub mod readout;
+pub mod recurrent;
 pub mod solver;
 pub mod spikes;
 pub mod ttfs;

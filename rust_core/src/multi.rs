@@ -10,11 +10,8 @@
 //!
 //! Feed-forward layers are simulated target by target: all arrivals to a layer are known from the
 //! previous layer's spikes and the delays, so each target neuron is an independent scan over its
-//! own sorted arrivals. Recurrent layers need a global event queue (a binary heap of arrivals and
-//! predicted spikes, with stale predictions invalidated by a per-neuron version counter).
-
-use std::cmp::Ordering;
-use std::collections::BinaryHeap;
+//! own sorted arrivals. Recurrent layers are simulated in time windows with per-target pending
+//! arrivals ([`crate::recurrent`]).
 
 use crate::error::{param_err, Result};
 use crate::layer::{DelayKind, LayerRef};
@@ -242,7 +239,7 @@ pub fn delay_factors(n: &Neuron, layer: &LayerRef) -> DelayFactors {
 
 /// Spans longer than this many time constants would overflow the factors: such samples take
 /// the exponential path.
-const MAX_FACTOR_SPAN: f64 = 600.0;
+pub(crate) const MAX_FACTOR_SPAN: f64 = 600.0;
 
 /// The per-spike factors of one sample's inputs, or `false` when the span is too long.
 pub fn spike_factors(n: &Neuron, inputs: &[In], max_delay: f64, um: &mut Vec<f64>, us: &mut Vec<f64>) -> bool {
@@ -474,6 +471,22 @@ pub fn layer_forward(
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) -> bool {
+    layer_forward_targets(m, layer, inputs, factors, 0..layer.n_out, out, scratch)
+}
+
+/// [`layer_forward`] for the targets in `targets` only. Targets are independent, so disjoint
+/// ranges of one sample can run on different threads (each with its own `out` and scratch;
+/// concatenating the outputs in range order gives [`layer_forward`]'s), for batches with fewer
+/// samples than threads.
+pub fn layer_forward_targets(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    factors: Option<&DelayFactors>,
+    targets: std::ops::Range<usize>,
+    out: &mut Vec<In>,
+    scratch: &mut Scratch,
+) -> bool {
     let Scratch { arrivals, sort, times, um, us } = scratch;
     let mut ok = true;
     if inputs.is_empty() {
@@ -481,7 +494,7 @@ pub fn layer_forward(
     }
     let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
     let (lo, hi) = time_range(inputs, layer);
-    for j in 0..layer.n_out {
+    for j in targets {
         let row = j * layer.n_in;
         let w = &layer.weights[row..row + layer.n_in];
         match (factors, layer.kind) {
@@ -537,133 +550,11 @@ pub struct RecLayer<'a> {
     pub rec: LayerRef<'a>,
 }
 
-#[derive(Debug, Clone, Copy)]
-struct Event {
-    time: f64,
-    // 0: predicted spike (before arrivals at the same time: V reached theta from the left),
-    // 1: arrival.
-    kind: u8,
-    neuron: u32,
-    // Arrival: weight; prediction: the neuron's version when it was made.
-    w: f64,
-    version: u32,
-}
-
-impl PartialEq for Event {
-    fn eq(&self, other: &Self) -> bool {
-        self.cmp(other) == Ordering::Equal
-    }
-}
-impl Eq for Event {}
-impl PartialOrd for Event {
-    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
-        Some(self.cmp(other))
-    }
-}
-impl Ord for Event {
-    // Reversed: BinaryHeap is a max-heap and we want the earliest event first.
-    fn cmp(&self, other: &Self) -> Ordering {
-        other.time.total_cmp(&self.time).then(other.kind.cmp(&self.kind)).then(other.neuron.cmp(&self.neuron))
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-struct State {
-    v: f64,
-    i: f64,
-    t: f64,
-    refr_end: f64,
-    version: u32,
-}
-
-/// `(V, I)` of a neuron advanced from its state time to `to`, honouring the refractory clamp.
-#[inline]
-fn advance(n: &Neuron, st: &State, to: f64) -> (f64, f64) {
-    if to <= st.t {
-        return (st.v, st.i);
-    }
-    if st.refr_end > st.t {
-        if to <= st.refr_end {
-            return (0.0, st.i * (-(to - st.t) * n.inv_tau_s).exp());
-        }
-        let i_r = st.i * (-(st.refr_end - st.t) * n.inv_tau_s).exp();
-        return n.evolve(0.0, i_r, to - st.refr_end);
-    }
-    n.evolve(st.v, st.i, to - st.t)
-}
-
-/// The next threshold crossing of a neuron without further input, if any.
-fn predict(m: &MultiNeuron, st: &State) -> Option<f64> {
-    let n = &m.neuron;
-    let (start, v, i) = if st.refr_end > st.t {
-        (st.refr_end, 0.0, st.i * (-(st.refr_end - st.t) * n.inv_tau_s).exp())
-    } else {
-        (st.t, st.v, st.i)
-    };
-    if v >= n.theta {
-        return Some(start);
-    }
-    first_crossing(n, v, i, f64::INFINITY).map(|s| start + s)
-}
-
-/// Forward pass of one recurrent multi-spike layer for one sample (global event queue). Appends
-/// `(neuron, time)` for every spike, sorted by neuron then time. Returns `false` if the layer
-/// hit `max_spikes`.
+/// Forward pass of one recurrent multi-spike layer for one sample. Appends `(neuron, time)` for
+/// every spike, sorted by neuron then time. Returns `false` if the layer hit `max_spikes`.
+/// See [`crate::recurrent`] (time windows with per-target pending arrivals); this entry point
+/// computes the layer's factors on every call, [`crate::recurrent::recurrent_forward_with`] takes
+/// them precomputed.
 pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: &mut Vec<In>) -> bool {
-    let n = &m.neuron;
-    let (ff, rec) = (&layer.ff, &layer.rec);
-    let n_out = ff.n_out;
-    let mut heap: BinaryHeap<Event> = BinaryHeap::with_capacity(inputs.len() * n_out);
-    for j in 0..n_out {
-        for &(i, t) in inputs {
-            let w = ff.weight(j, i as usize);
-            if w != 0.0 {
-                let time = t + ff.delay(j, i as usize);
-                heap.push(Event { time, kind: 1, neuron: j as u32, w, version: 0 });
-            }
-        }
-    }
-    let mut st = vec![State { v: 0.0, i: 0.0, t: f64::NEG_INFINITY, refr_end: f64::NEG_INFINITY, version: 0 }; n_out];
-    let start = out.len();
-    while let Some(ev) = heap.pop() {
-        if ev.time > m.t_end {
-            break;
-        }
-        let j = ev.neuron as usize;
-        if ev.kind == 1 {
-            let s = &mut st[j];
-            let (v, i) = if s.t == f64::NEG_INFINITY { (0.0, 0.0) } else { advance(n, s, ev.time) };
-            s.v = v;
-            s.i = i + ev.w;
-            s.t = ev.time;
-        } else {
-            if ev.version != st[j].version {
-                continue;
-            }
-            if out.len() - start >= m.max_spikes {
-                return false;
-            }
-            let s = &mut st[j];
-            let (_, i) = advance(n, s, ev.time);
-            s.v = 0.0;
-            s.i = i;
-            s.t = ev.time;
-            s.refr_end = ev.time + m.t_ref;
-            out.push((j as u32, ev.time));
-            for target in 0..n_out {
-                let w = rec.weight(target, j);
-                if w != 0.0 {
-                    let time = ev.time + rec.delay(target, j);
-                    heap.push(Event { time, kind: 1, neuron: target as u32, w, version: 0 });
-                }
-            }
-        }
-        let s = &mut st[j];
-        s.version = s.version.wrapping_add(1);
-        if let Some(tp) = predict(m, s) {
-            heap.push(Event { time: tp, kind: 0, neuron: j as u32, w: 0.0, version: s.version });
-        }
-    }
-    out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
-    true
+    crate::recurrent::recurrent_forward(m, layer, inputs, out)
 }

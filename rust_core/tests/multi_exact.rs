@@ -831,3 +831,48 @@ fn readout_with_per_source_delays_equals_synaptic_form() {
         assert!((x - y).abs() < 1e-13, "{x} vs {y}");
     }
 }
+
+/// The recurrent forward pass over a long trial (its exp-free factors are re-based every 200
+/// time constants) and with a delay too long for factors (every decay takes `exp`), against the
+/// dense reference.
+#[test]
+fn recurrent_forward_matches_reference_over_long_trials_and_long_delays() {
+    let mut checked = 0;
+    for (seed, span, long_delay) in [(0u64, 900.0, false), (1, 900.0, false), (2, 20.0, true), (3, 20.0, true)] {
+        let mut rng = Rng(700 + seed);
+        let (n_in, n) = (4, 3);
+        let inputs = random_inputs(&mut rng, 1, n_in, 6, span);
+        let w = rng.vec(n * n_in, 0.5, 4.0);
+        let mut d = rng.vec(n * n_in, 0.0, 1.0);
+        if long_delay {
+            d[0] = 400.0;
+        }
+        let rw = rng.vec(n * n, -0.8, 0.6);
+        let rd = rng.vec(n * n, 0.1, 1.0);
+        let m = MultiNeuron::new(Neuron::new(2.0, 1.0, 1.0).unwrap(), 0.2, f64::INFINITY).unwrap();
+        let ff = LayerRef::new(n, n_in, &w, DelayKind::Synaptic, &d, "ff").unwrap();
+        let rec = LayerRef::new(n, n, &rw, DelayKind::Synaptic, &rd, "rec").unwrap();
+        let out = multi_network::layer_forward(&m, MultiLayer { ff, rec: Some(rec) }, &table(&inputs), 1).unwrap();
+        let arr: Vec<Vec<(f64, f64)>> = (0..n)
+            .map(|j| inputs.iter().map(|&(_, i, t)| (t + d[j * n_in + i as usize], w[j * n_in + i as usize])).collect())
+            .collect();
+        let (want, near) = reference_layer(2.0, 1.0, 1.0, 0.2, &arr, Some((&rw[..], &rd[..])));
+        if near < 1e-6 {
+            continue;
+        }
+        for (j, want_j) in want.iter().enumerate() {
+            let got: Vec<f64> = (0..out.len()).filter(|&k| out.neuron[k] == j as u32).map(|k| out.time[k]).collect();
+            assert_eq!(got.len(), want_j.len(), "seed {seed} neuron {j}: {got:?} vs {want_j:?}");
+            for (g, r) in got.iter().zip(want_j) {
+                assert!((g - r).abs() < 1e-9, "seed {seed} neuron {j}: core {g}, reference {r}");
+            }
+        }
+        if long_delay {
+            assert!(out.time.iter().any(|&t| t > 390.0), "seed {seed}: the long delay produced no late spike");
+        } else {
+            assert!(out.time.iter().any(|&t| t > 600.0), "seed {seed}: no spike late in the trial");
+        }
+        checked += 1;
+    }
+    assert!(checked >= 3, "only {checked} well-conditioned cases");
+}
