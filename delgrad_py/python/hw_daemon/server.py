@@ -430,10 +430,10 @@ def serve(
         secure(router)
         router.linger = 500  # let the last replies leave on shutdown, but never hang on it
         # A frame beyond the limit is dropped by ZeroMQ while it arrives (the peer is
-        # disconnected): it never sits in the daemon's memory. Few messages queue per peer.
+        # disconnected): it never sits in the daemon's memory. Few requests queue per peer.
         router.setsockopt(zmq.MAXMSGSIZE, daemon.limits.frame_bytes())
         router.rcvhwm = QUEUED_MESSAGES
-        router.sndhwm = QUEUED_MESSAGES
+        router.sndhwm = QUEUED_REPLIES
         router.bind(bind)
         endpoint = router.getsockopt(zmq.LAST_ENDPOINT).decode()
         ipc_files += _ipc_file(endpoint)
@@ -514,8 +514,11 @@ def serve(
         log.info("stopped")
 
 
-# Messages ZeroMQ queues per peer and direction (its high-water marks).
+# Requests ZeroMQ queues per peer on the way in (beyond that it stops reading: backpressure).
 QUEUED_MESSAGES = 16
+# Replies it queues per peer on the way out. A ROUTER *drops* what goes beyond this, silently,
+# so it must exceed what a client may pipeline; the bytes are capped by _Outbox instead.
+QUEUED_REPLIES = 10_000
 
 
 @dataclass
