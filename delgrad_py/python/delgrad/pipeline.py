@@ -20,7 +20,6 @@ Run directory (owned through its manifest, :mod:`delgrad.rundir`)::
 
 from __future__ import annotations
 
-import io
 import math
 import shutil
 import sys
@@ -33,7 +32,6 @@ from typing import Any
 import numpy as np
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from delgrad._core import Neuron, SpikeSet
 from delgrad.config import FEATURE_DATASETS, SPIKING_AUDIO, ConfigError, PipelineConfig, load_config
@@ -43,7 +41,7 @@ from delgrad.data.split import Split
 from delgrad.model import Model
 from delgrad.multi import MultiNetwork
 from delgrad.network import Network
-from delgrad.rundir import RunDir, RunDirError, atomic_write, read_config
+from delgrad.rundir import RunDir, RunDirError, atomic_write_parquet, read_config
 from delgrad.train import EvalResult, Trainer, evaluate_any
 
 __all__ = [
@@ -360,9 +358,7 @@ def _tensorboard(cfg: PipelineConfig, run_dir: Path, first_step: int) -> Any:
 
 
 def _write_metrics(run_dir: Path, history: list[dict[str, Any]]) -> None:
-    buffer = io.BytesIO()
-    pl.DataFrame(history).write_parquet(buffer)
-    atomic_write(run_dir / "metrics.parquet", buffer.getvalue())
+    atomic_write_parquet(run_dir / "metrics.parquet", pl.DataFrame(history))
 
 
 @contextmanager
@@ -424,9 +420,7 @@ def evaluate_run(run_dir: str | Path, train_seconds: float | None = None, *, _ow
     _write_predictions(run_dir, test_split, test_eval, cfg)
     trace = test_eval.trace
     tables = [trace.spikes(index, with_layer=True) for index in range(trace.n_layers)]
-    buffer = io.BytesIO()
-    pq.write_table(pa.Table.from_batches(tables), buffer, compression="zstd")
-    atomic_write(run_dir / "spikes_test.parquet", buffer.getvalue())
+    atomic_write_parquet(run_dir / "spikes_test.parquet", pa.Table.from_batches(tables))
     write_report(run_dir, cfg, model, results, test_split, test_eval, train_seconds)
     return results
 
@@ -456,9 +450,7 @@ def _write_predictions(run_dir: Path, split: Split, ev: EvalResult, cfg: Pipelin
             output_name: pa.FixedSizeListArray.from_arrays(pa.array(output.ravel()), k),
         }
     )
-    buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
-    atomic_write(run_dir / "predictions.parquet", buffer.getvalue())
+    atomic_write_parquet(run_dir / "predictions.parquet", table)
 
 
 class _progress:

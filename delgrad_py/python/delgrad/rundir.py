@@ -53,6 +53,21 @@ def atomic_write(path: Path, data: bytes | str) -> None:
         os.close(dir_fd)
 
 
+def atomic_write_parquet(path: Path, table: Any) -> None:
+    """A pyarrow table (zstd) or a polars DataFrame as Parquet, written by :func:`atomic_write`,
+    so that a reader during the run sees the old file or the new one, never half of one."""
+    import io
+
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    if hasattr(table, "write_parquet"):  # polars
+        table.write_parquet(buffer)
+    else:
+        pq.write_table(table, buffer, compression="zstd")
+    atomic_write(path, buffer.getvalue())
+
+
 def read_manifest(run_dir: str | Path) -> dict[str, Any] | None:
     path = Path(run_dir) / MANIFEST
     if not path.exists():

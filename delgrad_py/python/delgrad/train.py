@@ -306,15 +306,6 @@ class Trainer:
         self.best: tuple[float, int, list[np.ndarray]] | None = None  # (accuracy, epoch, parameters)
         self.resumed_from: tuple[int, int] | None = None  # (epoch, position) of the loaded checkpoint
 
-    # --- compatibility with the TTFS-only trainer -------------------------------------------
-
-    @property
-    def forward(self) -> Forward | None:
-        return getattr(self.task, "forward", None)
-
-    def backward_network(self) -> Network:
-        return self.task.backward_network()  # type: ignore[attr-defined]
-
     # --- one step ---------------------------------------------------------------------------
 
     def lr_scale(self, epoch: int) -> float:

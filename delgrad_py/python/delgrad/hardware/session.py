@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from delgrad.config import HardwareConfig
 from delgrad.hardware.client import HELLO_TIMEOUT, HardwareClient, HardwareError, HardwareUnavailable
@@ -154,6 +153,7 @@ def write_hardware_record(
     """Measures ``net`` on the hardware on every split and writes ``hardware.json`` (what the
     report quotes as the in-the-loop result) and ``spikes_test_hw.parquet`` (the test split's
     recorded spikes of every layer: ``sample``, ``neuron``, ``time``, ``layer``)."""
+    from delgrad.rundir import atomic_write, atomic_write_parquet
     from delgrad.train import evaluate
 
     run_dir = Path(run_dir)
@@ -163,7 +163,7 @@ def write_hardware_record(
         accuracy[name] = {"acc": r.accuracy, "loss": r.loss}
         if name == "test":
             tables = [r.trace.spikes(layer, with_layer=True) for layer in range(r.trace.n_layers)]
-            pq.write_table(pa.Table.from_batches(tables), run_dir / "spikes_test_hw.parquet", compression="zstd")
+            atomic_write_parquet(run_dir / "spikes_test_hw.parquet", pa.Table.from_batches(tables))
     configured = loop.configure(net)
     own = loop.daemon
     record = {
@@ -177,7 +177,7 @@ def write_hardware_record(
         "daemon_restarts": own.restarts if own is not None else None,
         "accuracy": accuracy,
     }
-    (run_dir / "hardware.json").write_text(json.dumps(record, indent=1, default=float))
+    atomic_write(run_dir / "hardware.json", json.dumps(record, indent=1, default=float))
     return record
 
 
