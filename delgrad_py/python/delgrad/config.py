@@ -440,6 +440,12 @@ def _check_applicability(cfg: PipelineConfig, raw: dict[str, Any]) -> None:
             raise ConfigError(
                 f"distributed.address: expected 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {dist.address!r}"
             )
+    if dist.workers > dist.shards:
+        raise ConfigError(
+            f"distributed.workers: {dist.workers} workers for {dist.shards} shards per batch "
+            "(a worker computes whole shards: raise distributed.shards, which changes the numerics, "
+            "or use fewer workers)"
+        )
     if dist.enabled and cfg.hardware is not None and cfg.hardware.enabled:
         what = f"workers = {dist.workers}" if dist.workers > 1 else f"address = {dist.address!r}"
         raise ConfigError(

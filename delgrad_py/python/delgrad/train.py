@@ -135,9 +135,7 @@ class Task(Protocol):
         these are all of the batch's shards, so a step that will be skipped skips the backward."""
         ...
 
-    def combine(
-        self, passes: list[ShardPass], batch_size: int
-    ) -> tuple[float, int, list[NDArray[np.float64]] | None]:
+    def combine(self, passes: list[ShardPass], batch_size: int) -> tuple[float, int, list[NDArray[np.float64]] | None]:
         """The batch's (mean loss, correct, gradients or None to skip) from its shards' passes,
         in shard order."""
         ...
@@ -192,9 +190,7 @@ class _ShardedTask:
     ) -> ShardPass:
         raise NotImplementedError
 
-    def combine(
-        self, passes: list[ShardPass], batch_size: int
-    ) -> tuple[float, int, list[NDArray[np.float64]] | None]:
+    def combine(self, passes: list[ShardPass], batch_size: int) -> tuple[float, int, list[NDArray[np.float64]] | None]:
         loss = 0.0
         for p in passes:
             for shard_loss in p.losses:
@@ -216,7 +212,12 @@ class _ShardedTask:
         return False
 
     def _losses(
-        self, loss: Callable[..., tuple[float, NDArray[np.float64], NDArray[np.int64]]], output, labels, sizes, batch_size
+        self,
+        loss: Callable[..., tuple[float, NDArray[np.float64], NDArray[np.int64]]],
+        output: NDArray[np.float64],
+        labels: NDArray[np.int64],
+        sizes: list[int],
+        batch_size: int,
     ) -> tuple[list[float], int, NDArray[np.float64]]:
         """Per-shard losses, the number correct and the loss gradient of every row of ``output``
         (scaled by the whole batch, so a row's gradient does not depend on its shard)."""
@@ -449,7 +450,8 @@ class Trainer:
         if executor is not None and forward is not None:
             raise ValueError("Trainer: training in the loop (a forward hook) runs in one process, not on workers")
         self.executor = executor
-        self.last_events = 0  # synaptic events of the last batch's forward pass
+        # The last batch: (samples, synaptic events of its forward pass, seconds of the step).
+        self.last_step: tuple[int, int, float] = (0, 0, 0.0)
         n = self.task.n_layers
         lr = per_layer(config.lr, n, "lr")
         lr_delay = per_layer(config.lr_delay, n, "lr_delay")
@@ -472,18 +474,19 @@ class Trainer:
 
     def step(self, split: Split, select: NDArray[np.uint32], lr_scale: float) -> tuple[float, int]:
         """One batch: forward, loss, backward, update. Returns (loss, number correct)."""
+        t0 = time.perf_counter()
         batch_size = len(select)
         sizes = shard_sizes(batch_size, self.task.shards)
         if self.executor is None:
             passes = [self.task.shard_pass(split, select, sizes, batch_size, local=True)]
         else:
             passes = self.executor.run(select, sizes, batch_size)
-        self.last_events = sum(p.events for p in passes)
         loss, correct, grads = self.task.combine(passes, batch_size)
         if grads is not None:
             clip_norm(grads, self.cfg.max_grad_norm)
             self.adam.step(self.task.params, grads, scale=lr_scale)
             self.task.sync()
+        self.last_step = (batch_size, sum(p.events for p in passes), time.perf_counter() - t0)
         return loss, correct
 
     # --- epochs -----------------------------------------------------------------------------
