@@ -240,7 +240,9 @@ pub fn multi_network_backward<'py>(
     let mut ff_out = Vec::new();
     let mut rec_out = Vec::new();
     let stacked = shards.is_some();
-    for (l, (lg, rg)) in net.layers.iter().zip(per_layer(ff_shards, n_layers).into_iter().zip(per_layer(rec_shards, n_layers))) {
+    for (l, (lg, rg)) in
+        net.layers.iter().zip(per_layer(ff_shards, n_layers).into_iter().zip(per_layer(rec_shards, n_layers)))
+    {
         ff_out.push(shard_grad_arrays(py, &l.ff, lg, stacked));
         let rg: Option<Vec<_>> = rg.into_iter().collect();
         rec_out.push(match (l.rec, rg) {

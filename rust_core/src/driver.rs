@@ -279,6 +279,9 @@ pub fn shard_ranges(shards: &[usize], n: usize) -> Result<Vec<Range<usize>>> {
         .collect())
 }
 
+/// Per shard, the gradient of every layer; and `dL/d(event)` of every row of the batch.
+pub type ShardGrads<G> = (Vec<Vec<G>>, Vec<f64>);
+
 /// [`backward`] of a batch cut into consecutive shards of `shards[k]` samples: one gradient per
 /// shard (each what [`backward`] returns for that shard as a batch of its own: the shard is cut
 /// into chunks by `policy` on its own size, and its chunks' sums are added in chunk order), and
@@ -292,7 +295,7 @@ pub fn backward_shards<K: Kernel>(
     policy: ChunkPolicy,
     shards: &[usize],
     cancel: &Cancel,
-) -> Result<(Vec<Vec<K::Grad>>, Vec<f64>)> {
+) -> Result<ShardGrads<K::Grad>> {
     assert_eq!(outputs.len(), kernels.len(), "one output per layer");
     let n = source.n_samples();
     let n_layers = kernels.len();
@@ -344,21 +347,23 @@ pub fn backward_shards<K: Kernel>(
         }
         Ok(part)
     })?;
+    // Each shard's sums start at 0 and take its chunks' sums in chunk order, as `backward`'s do.
     let zeros = || -> Vec<Vec<f64>> { kernels.iter().map(|k| vec![0.0; k.grad_len()]).collect() };
-    let mut sums: Vec<(Vec<Vec<f64>>, Vec<Vec<f64>>)> = shards.iter().map(|_| (zeros(), zeros())).collect();
+    let mut sums_w: Vec<Vec<Vec<f64>>> = shards.iter().map(|_| zeros()).collect();
+    let mut sums_d: Vec<Vec<Vec<f64>>> = shards.iter().map(|_| zeros()).collect();
     let mut gin = vec![0.0; source.n_rows()];
     for (part, k) in parts.into_iter().zip(owner) {
-        let (gw, gd) = &mut sums[k];
         for l in 0..n_layers {
-            add(&mut gw[l], &part.gw[l]);
-            add(&mut gd[l], &part.gd[l]);
+            add(&mut sums_w[k][l], &part.gw[l]);
+            add(&mut sums_d[k][l], &part.gd[l]);
         }
         for (r, g) in part.gin {
             gin[r] = g;
         }
     }
-    let grads = sums
+    let grads = sums_w
         .into_iter()
+        .zip(sums_d)
         .map(|(gw, gd)| kernels.iter().zip(gw.into_iter().zip(gd)).map(|(k, (w, d))| k.finish(w, d)).collect())
         .collect();
     Ok((grads, gin))

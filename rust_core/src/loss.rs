@@ -73,7 +73,10 @@ pub fn evaluate_part(
     batch_size: usize,
 ) -> Result<LossOut> {
     if batch_size < labels.len() {
-        return Err(shape_err(format!("loss: batch_size {batch_size} is smaller than the {} rows given", labels.len())));
+        return Err(shape_err(format!(
+            "loss: batch_size {batch_size} is smaller than the {} rows given",
+            labels.len()
+        )));
     }
     if n_out == 0 || times.len() != labels.len() * n_out {
         return Err(shape_err(format!(

@@ -294,7 +294,8 @@ impl<'a> MultiNetwork<'a> {
             return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
         }
         let policy = ChunkPolicy::SLOW_SAMPLES;
-        let (grads, inputs) = driver::backward_shards(&self.kernels(), input, spikes, grad_out, policy, shards, cancel)?;
+        let (grads, inputs) =
+            driver::backward_shards(&self.kernels(), input, spikes, grad_out, policy, shards, cancel)?;
         Ok((grads.into_iter().map(|shard| shard.into_iter().unzip()).collect(), inputs))
     }
 }
