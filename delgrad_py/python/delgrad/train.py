@@ -8,6 +8,10 @@ hardware forward hook) and :class:`MultiTask` (EventProp: leaky-integrator reado
 cross-entropy). Everything else is shared: per-layer learning rates, step and cosine schedules,
 gradient clipping, the delay parametrisations, best-validation selection and checkpoints.
 
+A batch is computed as a fixed number of shards whose results are combined in shard order
+(:mod:`delgrad.shards`): here in one core call (:meth:`Task.shard_pass` over all shards), or by
+Ray workers each computing some of them (:mod:`delgrad.distributed`), with the same bits.
+
 A checkpoint (``RUN/checkpoint/state.npz``) is one file written atomically. It holds everything
 the rest of the run depends on (parameters, optimiser moments, the RNG state at the start of the
 current epoch, the position within it and the running sums, bump state, history, best epoch),

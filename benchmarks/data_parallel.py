@@ -1,0 +1,132 @@
+"""Data-parallel training: one process against Ray workers on this machine, same steps.
+
+    python benchmarks/data_parallel.py [--hidden 128] [--batch 32] [--steps 6] [--n-train 256]
+
+The problem is the SHD stand-in of ``pipelines/shd.toml`` (``data.synthetic = true``: 700
+channels, ~2000 spikes per sample over 1 s, recurrent hidden layer with synaptic delays,
+exponentially weighted readout), with ``--hidden`` neurons. Each configuration trains the same
+``--steps`` batches from the same initial network in a fresh process (the core's thread count
+is fixed when its pool starts) and prints, per step, the wall time and, with Ray, the part of
+it that is not the slowest worker's own compute (putting the parameters, scheduling, moving
+shard gradients back: "communication"). The first step of every configuration is left out of
+the means (workers load their data and start their pools). The final parameters of every
+configuration are compared bit for bit with the first's.
+
+Configurations: one process with 1 and with 2 core threads; Ray with 1 worker x 1 thread and
+2 workers x 1 thread (the target: 2 workers >= 1.6x one worker, one thread each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = [("one process", 1, 0), ("one process", 2, 0), ("Ray", 1, 1), ("Ray", 1, 2)]
+
+
+def overrides(args: argparse.Namespace) -> list[str]:
+    return [
+        "data.synthetic=true",
+        f"data.n_train={args.n_train}",
+        "data.n_validation=8",
+        "data.n_test=8",
+        f"network.hidden=[{args.hidden}]",
+        f"train.batch_size={args.batch}",
+    ]
+
+
+def child(args: argparse.Namespace) -> None:
+    """One configuration, in this process; prints one JSON line."""
+    import numpy as np
+    from delgrad import pipeline
+    from delgrad.config import DistributedConfig, load_config
+    from delgrad.train import Trainer
+
+    cfg = load_config(ROOT / "pipelines" / "shd.toml", overrides(args))
+    data_dir = Path(args.data) / "data"
+    train, _, n_in = pipeline.load_split(data_dir, "train")
+    net = pipeline.build_network(cfg, n_in, pipeline.n_classes(cfg))
+    executor = None
+    if args.workers:
+        import ray
+        from delgrad.distributed import RayShards
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
+        executor = RayShards(DistributedConfig(workers=args.workers), net, cfg.train, train, data_dir, cfg)
+    trainer = Trainer(net, cfg.train, shards=cfg.distributed.shards, executor=executor)
+    perm = np.random.default_rng(0).permutation(len(train)).astype(np.uint32)
+    walls, comms = [], []
+    for k in range(args.steps):
+        select = perm[k * args.batch : (k + 1) * args.batch]
+        before = executor.times.wall - executor.times.compute if executor else 0.0
+        t0 = time.perf_counter()
+        trainer.step(train, select, 1.0)
+        walls.append(time.perf_counter() - t0)
+        if executor:
+            comms.append(executor.times.wall - executor.times.compute - before)
+    digest = hashlib.sha256(b"".join(np.ascontiguousarray(p).tobytes() for p in net.params())).hexdigest()[:16]
+    events = trainer.last_step[1]
+    if executor:
+        executor.close()
+    print(json.dumps({"walls": walls, "comms": comms, "digest": digest, "events_last": events}))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--steps", type=int, default=6)
+    p.add_argument("--n-train", type=int, default=256)
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--data", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    from delgrad import pipeline
+    from delgrad.config import load_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = load_config(ROOT / "pipelines" / "shd.toml", overrides(args))
+        pipeline.encode(cfg, Path(tmp))
+        print(
+            f"data_parallel: SHD stand-in, 700-{args.hidden}(recurrent)-20, batch {args.batch}, 8 shards, "
+            f"{args.steps} steps (first left out); {platform.processor() or platform.machine()}, "
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start"
+        )
+        results = []
+        for name, threads, workers in CONFIGS:
+            env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
+            command = [sys.executable, __file__, "--child", "--data", tmp, "--workers", str(workers)]
+            command += ["--hidden", str(args.hidden), "--batch", str(args.batch), "--steps", str(args.steps)]
+            command += ["--n-train", str(args.n_train)]
+            out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            label = f"{name}, {threads} thread(s)" if not workers else f"Ray, {workers} worker(s) x 1 thread"
+            results.append((label, r))
+        base = sum(results[0][1]["walls"][1:]) / (args.steps - 1)
+        ray_one = sum(results[2][1]["walls"][1:]) / (args.steps - 1)
+        for label, r in results:
+            wall = sum(r["walls"][1:]) / (args.steps - 1)
+            comm = f"{1e3 * sum(r['comms'][1:]) / (args.steps - 1):8.1f} ms" if r["comms"] else "       -   "
+            same = "same bits" if r["digest"] == results[0][1]["digest"] else "DIFFERENT BITS"
+            print(
+                f"  {label:34s} {1e3 * wall:8.1f} ms/step  communication {comm}  "
+                f"x{base / wall:4.2f} vs one process 1 thread  x{ray_one / wall:4.2f} vs 1 Ray worker  {same}"
+            )
+        print(f"  synaptic events of the last step: {results[0][1]['events_last']:,}")
+
+
+if __name__ == "__main__":
+    main()
