@@ -13,7 +13,9 @@ the means (workers load their data and start their pools). The final parameters 
 configuration are compared bit for bit with the first's.
 
 Configurations: one process with 1 and with 2 core threads; Ray with 1 worker x 1 thread and
-2 workers x 1 thread (the target: 2 workers >= 1.6x one worker, one thread each).
+2 workers x 1 thread (the target: 2 workers >= 1.6x one worker, one thread each). With
+``--repeat R`` the four run in turn R times (so a change in the machine's load hits all of
+them) and the medians are reported, with the range.
 """
 
 from __future__ import annotations
@@ -86,6 +88,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=6)
     p.add_argument("--n-train", type=int, default=256)
+    p.add_argument("--repeat", type=int, default=1, help="rounds of all configurations (medians reported)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=0, help=argparse.SUPPRESS)
     p.add_argument("--data", help=argparse.SUPPRESS)
@@ -105,27 +108,36 @@ def main() -> None:
             f"{args.steps} steps (first left out); {platform.processor() or platform.machine()}, "
             f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at start"
         )
-        results = []
-        for name, threads, workers in CONFIGS:
-            env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
-            command = [sys.executable, __file__, "--child", "--data", tmp, "--workers", str(workers)]
-            command += ["--hidden", str(args.hidden), "--batch", str(args.batch), "--steps", str(args.steps)]
-            command += ["--n-train", str(args.n_train)]
-            out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
-            r = json.loads(out.stdout.strip().splitlines()[-1])
-            label = f"{name}, {threads} thread(s)" if not workers else f"Ray, {workers} worker(s) x 1 thread"
-            results.append((label, r))
-        base = sum(results[0][1]["walls"][1:]) / (args.steps - 1)
-        ray_one = sum(results[2][1]["walls"][1:]) / (args.steps - 1)
-        for label, r in results:
-            wall = sum(r["walls"][1:]) / (args.steps - 1)
-            comm = f"{1e3 * sum(r['comms'][1:]) / (args.steps - 1):8.1f} ms" if r["comms"] else "       -   "
-            same = "same bits" if r["digest"] == results[0][1]["digest"] else "DIFFERENT BITS"
+        runs: dict[str, list[dict]] = {}
+        for _ in range(args.repeat):
+            for name, threads, workers in CONFIGS:
+                env = {**os.environ, "RAYON_NUM_THREADS": str(threads)}
+                command = [sys.executable, __file__, "--child", "--data", tmp, "--workers", str(workers)]
+                command += ["--hidden", str(args.hidden), "--batch", str(args.batch), "--steps", str(args.steps)]
+                command += ["--n-train", str(args.n_train)]
+                out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+                label = f"{name}, {threads} thread(s)" if not workers else f"Ray, {workers} worker(s) x 1 thread"
+                runs.setdefault(label, []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+
+        def mean(values: list[float]) -> float:
+            return sum(values[1:]) / (len(values) - 1)
+
+        labels = list(runs)
+        walls = {label: sorted(mean(r["walls"]) for r in runs[label]) for label in labels}
+        median = {label: w[len(w) // 2] for label, w in walls.items()}
+        digests = {r["digest"] for rs in runs.values() for r in rs}
+        base, ray_one = median[labels[0]], median[labels[2]]
+        for label in labels:
+            comms = sorted(mean(r["comms"]) for r in runs[label] if r["comms"])
+            comm = f"{1e3 * comms[len(comms) // 2]:6.1f} ms" if comms else "     -   "
+            low, high = walls[label][0], walls[label][-1]
             print(
-                f"  {label:34s} {1e3 * wall:8.1f} ms/step  communication {comm}  "
-                f"x{base / wall:4.2f} vs one process 1 thread  x{ray_one / wall:4.2f} vs 1 Ray worker  {same}"
+                f"  {label:32s} {1e3 * median[label]:7.1f} ms/step (range {1e3 * low:.0f}-{1e3 * high:.0f})  "
+                f"communication {comm}  x{base / median[label]:4.2f} vs one process 1 thread  "
+                f"x{ray_one / median[label]:4.2f} vs 1 Ray worker"
             )
-        print(f"  synaptic events of the last step: {results[0][1]['events_last']:,}")
+        print(f"  final parameters: {'the same bits in every run' if len(digests) == 1 else 'DIFFERENT BITS'}")
+        print(f"  synaptic events of the last step: {runs[labels[0]][0]['events_last']:,}")
 
 
 if __name__ == "__main__":

@@ -277,7 +277,10 @@ class RayShards:
                 f"distributed: {len(pending)} of {len(refs)} workers did not start within {READY_TIMEOUT:.0f} s "
                 f"(each needs {self.cfg.cpus_per_worker} CPU(s); does the Ray cluster have room for them?)"
             )
-        return self.ray.get(refs)
+        try:
+            return self.ray.get(refs)
+        except self.ray.exceptions.RayActorError as e:
+            raise WorkerError(f"distributed: a worker died while starting: {_first_line(e)}") from None
 
     def run(self, select: NDArray[np.uint32], sizes: list[int], batch_size: int) -> list[ShardPass]:
         """The passes of all shards ``sizes`` of the batch ``select``, in shard order."""
@@ -317,9 +320,9 @@ class RayShards:
                     self._start([k])
                     pending[self.workers[k].shard_pass.remote(params, *jobs[k], batch_size)] = k
         finally:
+            # On Ctrl-C or an error the shards still in flight are left to :meth:`close`, which
+            # kills their workers (Ray cannot force-cancel an actor's task).
             self.in_flight = False
-            for ref in pending:  # Ctrl-C or an error: nothing keeps computing for this step
-                ray.cancel(ref, force=True)
         passes = [results[k] for k in sorted(results)]
         wall = time.perf_counter() - t0
         self.times.steps += 1
