@@ -21,6 +21,7 @@ them) and the medians are reported, with the range.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -63,7 +64,8 @@ def child(args: argparse.Namespace) -> None:
         from delgrad.distributed import RayShards
 
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, object_store_memory=200 * 2**20)
-        executor = RayShards(DistributedConfig(workers=args.workers), net, cfg.train, train, data_dir, cfg)
+        read = functools.partial(pipeline.training_split, data_dir, cfg)
+        executor = RayShards(DistributedConfig(workers=args.workers), net, cfg.train, train, read)
     trainer = Trainer(net, cfg.train, shards=cfg.distributed.shards, executor=executor)
     perm = np.random.default_rng(0).permutation(len(train)).astype(np.uint32)
     walls, comms = [], []

@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -226,9 +227,8 @@ def test_a_killed_worker_is_replaced_and_its_shards_recomputed(ray_local, refere
     cfg, split, evals, build = _trainer_and_data(references)
     said: list[str] = []
     net = build()
-    with RayShards(
-        DistributedConfig(workers=2), net, cfg.train, split, references["multi"] / "data", cfg, said.append
-    ) as workers:
+    read = partial(pipeline.training_split, references["multi"] / "data", cfg)
+    with RayShards(DistributedConfig(workers=2), net, cfg.train, split, read, said.append) as workers:
         victim = workers.pids[1]
         killed = threading.Event()
 
@@ -273,7 +273,8 @@ def test_checkpoint_within_an_epoch_on_workers_resumes_on_one(ray_local, referen
     with RunDir.open(out, cfg):
         shutil.copytree(references["multi"] / "data", out / "data")
         net = build()
-        with RayShards(cfg.distributed, net, cfg.train, split, tmp_path / "nowhere", cfg, said.append) as workers:
+        nowhere = partial(pipeline.training_split, tmp_path / "nowhere", cfg)
+        with RayShards(cfg.distributed, net, cfg.train, split, nowhere, said.append) as workers:
             assert workers.source.kind == "object_store"
             trainer = Trainer(net, cfg.train, shards=cfg.distributed.shards, executor=workers)
 

@@ -103,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     from delgrad import pipeline
     from delgrad.config import ConfigError
     from delgrad.data.user import DataError
-    from delgrad.distributed import MissingRayError, WorkerError
+    from delgrad.distributed import WorkerError
     from delgrad.hardware.client import HardwareUnavailable
+    from delgrad.ray_cluster import MissingRayError, RayConnectionError
     from delgrad.rundir import RunDirError
-    from delgrad.sweep import RayConnectionError
 
     try:
         if args.cmd == "run":

@@ -262,9 +262,6 @@ class LogConfig:
     tensorboard: bool = _spec(False, doc="TensorBoard event files in RUN/tensorboard (pip install 'delgrad[log]')")
 
 
-DATA_SOURCES = ("auto", "files", "object_store")
-
-
 @dataclass(frozen=True)
 class DistributedConfig:
     """``[distributed]``: data-parallel training on Ray (:mod:`delgrad.distributed`).

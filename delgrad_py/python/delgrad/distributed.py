@@ -30,21 +30,23 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
-from delgrad.config import DistributedConfig, PipelineConfig, TrainConfig
+from delgrad.config import DistributedConfig, TrainConfig
 from delgrad.data.split import Split
 from delgrad.multi import MultiNetwork
 from delgrad.network import Layer, Network
+from delgrad.ray_cluster import MissingRayError, RayConnectionError, check_reachable
+from delgrad.ray_cluster import import_ray as _import_ray
 from delgrad.shards import assign
 from delgrad.train import MultiTask, ShardPass, TTFSTask
 
 __all__ = [
     "MissingRayError",
+    "RayConnectionError",
     "RayShards",
     "ShardWorker",
     "WorkerError",
@@ -62,21 +64,13 @@ RAY_HINT = (
 READY_TIMEOUT = 300.0
 
 
-class MissingRayError(ImportError):
-    """Ray is not installed; the message says how to get it."""
-
-
 class WorkerError(RuntimeError):
     """Workers could not be started, or kept dying within one step."""
 
 
 def import_ray():
     """The ``ray`` module, or :class:`MissingRayError` naming the extra to install."""
-    try:
-        import ray
-    except ImportError as e:
-        raise MissingRayError(f"{RAY_HINT} ({e})") from None
-    return ray
+    return _import_ray(RAY_HINT)
 
 
 # --- parameters -----------------------------------------------------------------------------
@@ -112,13 +106,13 @@ def fingerprint(split: Split) -> tuple[int, int, str]:
 
 @dataclass(frozen=True)
 class DataSource:
-    """Where a worker gets the training split: ``files`` (``data_dir`` and the pipeline whose
-    ``[augment]`` it applies) or ``object_store`` (``ref`` to ``(spikes, n_samples, labels)``)."""
+    """Where a worker gets the training split: ``files`` (``read``, a picklable function that
+    reads it, e.g. :func:`delgrad.pipeline.training_split` bound to a run's data directory) or
+    ``object_store`` (``ref`` to ``(spikes, n_samples, labels)``)."""
 
     kind: str
     expected: tuple[int, int, str]
-    data_dir: str | None = None
-    pipeline: PipelineConfig | None = None
+    read: Callable[[], Split] | None = None
     # Inside this object (not a task argument of its own), Ray hands the reference over as it
     # is, so a worker started later (a replacement) reads the same stored split.
     ref: Any = None
@@ -132,10 +126,7 @@ def _load(source: DataSource) -> Split:
 
         spikes, n_samples, labels = ray.get(source.ref)
         return Split(SpikeSet(spikes, n_samples), np.asarray(labels, dtype=np.int64))
-    from delgrad import pipeline
-
-    split, _, n_inputs = pipeline.load_split(Path(source.data_dir), "train")
-    return pipeline.augmented(source.pipeline, split, n_inputs)
+    return source.read()
 
 
 class ShardWorker:
@@ -201,8 +192,10 @@ class StepTimes:
 class RayShards:
     """Shards of every batch computed by ``config.workers`` Ray actors; see the module docstring.
 
-    Joins the cluster at ``config.address`` or starts a local Ray (stopped again by
-    :meth:`close`); a Ray that is already running (a test, a notebook) is used as it is."""
+    ``split`` is the trainer's training split; ``read_files`` reads the same split from files
+    (on a worker; see :class:`DataSource`), None to use the object store. Joins the cluster at
+    ``config.address`` or starts a local Ray (stopped again by :meth:`close`); a Ray that is
+    already running (a test, a notebook) is used as it is."""
 
     def __init__(
         self,
@@ -210,8 +203,7 @@ class RayShards:
         net: Network | MultiNetwork,
         train_config: TrainConfig,
         split: Split,
-        data_dir: Path | None = None,
-        pipeline: PipelineConfig | None = None,
+        read_files: Callable[[], Split] | None = None,
         say: Callable[[str], None] | None = None,
     ) -> None:
         self.ray = ray = import_ray()
@@ -227,10 +219,10 @@ class RayShards:
             env = {"env_vars": {"RAYON_NUM_THREADS": str(cpus)}}
             self.actor = ray.remote(num_cpus=cpus, runtime_env=env, max_restarts=0)(ShardWorker)
             self.expected = fingerprint(split)
-            if config.data == "object_store" or data_dir is None:
+            if config.data == "object_store" or read_files is None:
                 self.source = self._object_store()
             else:
-                self.source = DataSource("files", self.expected, str(Path(data_dir).resolve()), pipeline)
+                self.source = DataSource("files", self.expected, read=read_files)
             self.workers: list[Any] = [None] * config.workers
             self.pids: list[int] = [0] * config.workers
             self.hosts: list[str] = [""] * config.workers
@@ -358,12 +350,10 @@ def _first_line(e: BaseException) -> str:
 
 def _init_ray(ray, config: DistributedConfig, split: Split) -> bool:
     """Connects to (or starts) Ray; True if this call started it and so must shut it down."""
-    from delgrad.sweep import RayConnectionError, _check_reachable
-
     if ray.is_initialized():
         return False
     if config.address:
-        _check_reachable(config.address)
+        check_reachable(config.address)
         try:
             ray.init(address=config.address, log_to_driver=False)
         except (ConnectionError, RuntimeError, ValueError) as e:

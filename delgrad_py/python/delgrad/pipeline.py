@@ -20,6 +20,7 @@ Run directory (owned through its manifest, :mod:`delgrad.rundir`)::
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import sys
@@ -162,6 +163,13 @@ def load_split(data_dir: Path, split: str) -> tuple[Split, np.ndarray, int]:
     batch = ds.all()
     spikes = SpikeSet(batch.spikes, len(batch.labels))
     return Split(spikes, np.asarray(batch.labels, dtype=np.int64)), ds.features(), ds.n_inputs
+
+
+def training_split(data_dir: Path, cfg: PipelineConfig) -> Split:
+    """The training split as the trainer sees it: read from ``data_dir``, plus its augmented
+    copy (what a data-parallel worker reads from a shared file system)."""
+    train, _, n_inputs = load_split(data_dir, "train")
+    return augmented(cfg, train, n_inputs)
 
 
 def augmented(cfg: PipelineConfig, split: Split, n_inputs: int) -> Split:
@@ -356,7 +364,8 @@ def shard_workers(
         return
     from delgrad.distributed import RayShards
 
-    with RayShards(dist, net, cfg.train, train, data_dir, cfg, say) as workers:
+    read_files = functools.partial(training_split, Path(data_dir).resolve(), cfg)
+    with RayShards(dist, net, cfg.train, train, read_files, say) as workers:
         where = dist.address or "a local Ray"
         say(
             f"distributed: {dist.workers} worker(s) on {where}, {dist.shards} shards per batch, "
@@ -497,7 +506,7 @@ class _progress:
     def _rates(self, done: int) -> tuple[float, float]:
         """Samples and synaptic events per second of this epoch's steps so far."""
         sums = self.sums
-        if done < sums["done"]:  # a new epoch
+        if done <= sums["done"]:  # a new epoch (positions grow within one)
             sums.update(samples=0, events=0, seconds=0.0)
         size, events, seconds = self.last_step()
         sums["done"] = done
