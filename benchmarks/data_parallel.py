@@ -68,20 +68,24 @@ def child(args: argparse.Namespace) -> None:
         executor = RayShards(DistributedConfig(workers=args.workers), net, cfg.train, train, read)
     trainer = Trainer(net, cfg.train, shards=cfg.distributed.shards, executor=executor)
     perm = np.random.default_rng(0).permutation(len(train)).astype(np.uint32)
-    walls, comms = [], []
+    walls, comms, cpu_max = [], [], []
     for k in range(args.steps):
         select = perm[k * args.batch : (k + 1) * args.batch]
-        before = executor.times.wall - executor.times.compute if executor else 0.0
-        t0 = time.perf_counter()
+        times = executor.times if executor else None
+        before = (times.wall - times.compute, times.cpu_max) if times else (0.0, 0.0)
+        t0, cpu0 = time.perf_counter(), time.process_time()
         trainer.step(train, select, 1.0)
         walls.append(time.perf_counter() - t0)
-        if executor:
-            comms.append(executor.times.wall - executor.times.compute - before)
+        if times:
+            comms.append(times.wall - times.compute - before[0])
+            cpu_max.append(times.cpu_max - before[1])
+        else:
+            cpu_max.append(time.process_time() - cpu0)
     digest = hashlib.sha256(b"".join(np.ascontiguousarray(p).tobytes() for p in net.params())).hexdigest()[:16]
     events = trainer.last_step[1]
     if executor:
         executor.close()
-    print(json.dumps({"walls": walls, "comms": comms, "digest": digest, "events_last": events}))
+    print(json.dumps({"walls": walls, "comms": comms, "cpu_max": cpu_max, "digest": digest, "events_last": events}))
 
 
 def main() -> None:
@@ -138,6 +142,15 @@ def main() -> None:
                 f"communication {comm}  x{base / median[label]:4.2f} vs one process 1 thread  "
                 f"x{ray_one / median[label]:4.2f} vs 1 Ray worker"
             )
+        # Load-independent view: the busiest worker's CPU time plus communication is what a
+        # step would take on cores of its own (an estimate: CPU time still feels shared caches).
+        estimate = {}
+        for label in labels[2:]:
+            cpu = sorted(mean(r["cpu_max"]) + mean(r["comms"]) for r in runs[label])
+            estimate[label] = cpu[len(cpu) // 2]
+            print(f"  {label:32s} busiest worker's CPU time + communication: {1e3 * estimate[label]:7.1f} ms/step")
+        one, two = estimate[labels[2]], estimate[labels[3]]
+        print(f"  estimate for idle cores from those CPU times: 2 workers x{one / two:4.2f} vs 1 worker")
         print(f"  final parameters: {'the same bits in every run' if len(digests) == 1 else 'DIFFERENT BITS'}")
         print(f"  synaptic events of the last step: {runs[labels[0]][0]['events_last']:,}")
 

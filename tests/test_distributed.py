@@ -257,9 +257,9 @@ def test_a_killed_worker_is_replaced_and_its_shards_recomputed(ray_local, refere
 
 
 def test_checkpoint_within_an_epoch_on_workers_resumes_on_one(ray_local, references, tmp_path: Path) -> None:
-    """Stopped mid-epoch while workers trained (their data from the object store, since the
-    files they were pointed at do not exist for them): the run resumes in one process, from
-    the checkpoint within the epoch, and ends with the reference's metrics."""
+    """Stopped mid-epoch while workers trained (their data from the object store: the files
+    they were pointed at hold another data set, which they notice): the run resumes in one
+    process, from the checkpoint within the epoch, and ends with the reference's metrics."""
     from delgrad.distributed import RayShards
 
     cfg = load_config(TEMPORAL, [*ONE_EPOCH, "train.checkpoint_every_batches=5", "distributed.workers=2"])
@@ -273,8 +273,8 @@ def test_checkpoint_within_an_epoch_on_workers_resumes_on_one(ray_local, referen
     with RunDir.open(out, cfg):
         shutil.copytree(references["multi"] / "data", out / "data")
         net = build()
-        nowhere = partial(pipeline.training_split, tmp_path / "nowhere", cfg)
-        with RayShards(cfg.distributed, net, cfg.train, split, nowhere, said.append) as workers:
+        other = partial(pipeline.training_split, references["ttfs"] / "data", cfg)
+        with RayShards(cfg.distributed, net, cfg.train, split, other, said.append) as workers:
             assert workers.source.kind == "object_store"
             trainer = Trainer(net, cfg.train, shards=cfg.distributed.shards, executor=workers)
 
@@ -284,7 +284,7 @@ def test_checkpoint_within_an_epoch_on_workers_resumes_on_one(ray_local, referen
 
             with pytest.raises(Stop):
                 trainer.fit(split, evals, out, on_batch=on_batch)
-    assert any("cannot use the data files" in s for s in said), said
+    assert any("cannot use the data files (the training split read from files has" in s for s in said), said
     resumed = pipeline.run_config(cfg.replace(distributed=DistributedConfig()), out, progress=False, say=said.append)
     assert any("resuming after epoch 0 of 1 (batch position 640 of the epoch)" in s for s in said), said
     assert metrics(resumed).equals(metrics(references["multi"]))
@@ -313,3 +313,12 @@ def test_progress_lines_give_synaptic_events_per_second(references, tmp_path: Pa
     pipeline.run(TEMPORAL, ONE_EPOCH, tmp_path / "run", progress=True)
     lines = [line for line in capsys.readouterr().out.splitlines() if "synaptic events/s" in line]
     assert len(lines) > 10 and all("samples/s" in line for line in lines), lines[:3]
+
+
+def test_workers_told_to_read_files_refuse_another_data_set(ray_local, references) -> None:
+    from delgrad.distributed import RayShards, WorkerError
+
+    cfg, split, _, build = _trainer_and_data(references)
+    other = partial(pipeline.training_split, references["ttfs"] / "data", cfg)
+    with pytest.raises(WorkerError, match=r"worker 0 on .* has no training data: the training split read from files"):
+        RayShards(DistributedConfig(workers=1, data="files"), build(), cfg.train, split, other)

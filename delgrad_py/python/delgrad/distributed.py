@@ -100,8 +100,16 @@ def set_network_arrays(net: Network | MultiNetwork, arrays: list[NDArray[np.floa
 
 
 def fingerprint(split: Split) -> tuple[int, int, str]:
-    """Sample and spike counts and a hash of the labels: what a worker checks it loaded."""
-    return len(split), int(split.spikes.n_spikes), hashlib.sha256(split.labels.tobytes()).hexdigest()[:16]
+    """What a worker checks it loaded: sample and spike counts, and a hash of the labels, the
+    spike counts per sample and the spikes of up to 64 evenly spaced samples (hashing every
+    spike of an SHD-sized split would cost seconds per worker)."""
+    digest = hashlib.sha256(split.labels.tobytes())
+    digest.update(split.counts.tobytes())
+    probe = np.unique(np.linspace(0, max(len(split) - 1, 0), min(64, len(split))).astype(np.uint32))
+    spikes = split.spikes.select(probe)
+    for column in ("sample", "neuron", "time"):
+        digest.update(spikes.column(column).to_numpy().tobytes())
+    return len(split), int(split.spikes.n_spikes), digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -144,7 +152,7 @@ class ShardWorker:
             seen = fingerprint(self.split)
             if seen != source.expected:
                 self.error = (
-                    f"the training split read from {source.kind} has (samples, spikes, labels hash) {seen}, "
+                    f"the training split read from {source.kind} has (samples, spikes, hash) {seen}, "
                     f"the trainer's {source.expected}"
                 )
         except (OSError, KeyError, ValueError) as e:
@@ -176,6 +184,8 @@ class StepTimes:
     compute: float = 0.0
     put: float = 0.0
     restarts: int = 0
+    cpu_max: float = 0.0  # the busiest worker's CPU time
+    cpu_sum: float = 0.0  # all workers' CPU time
 
     def summary(self) -> str:
         if not self.steps:
@@ -321,6 +331,8 @@ class RayShards:
         self.times.wall += wall
         self.times.put += t_put
         self.times.compute += max(p.seconds for p in passes)
+        self.times.cpu_max += max(p.cpu_seconds for p in passes)
+        self.times.cpu_sum += sum(p.cpu_seconds for p in passes)
         return passes
 
     def close(self) -> None:
