@@ -242,8 +242,8 @@ class RayShards:
             raise
 
     def _object_store(self) -> DataSource:
-        """The training split put into the object store, once (workers on the same node map
-        its Arrow buffers without a copy)."""
+        """The training split put into the object store, once; every worker (a replacement
+        too) reads it from there."""
         ref = self.ray.put((self.split.spikes.select(), len(self.split), self.split.labels))
         return DataSource("object_store", self.expected, ref=ref)
 
