@@ -172,6 +172,9 @@ class NetworkConfig:
     t_end: float = _spec(60.0, gt=0.0)
     recurrent: bool = False
     recurrent_std: float = _spec(0.1, ge=0.0)
+    recurrent_delay_range: list[float] | None = _spec(
+        None, length=2, ge=0.0, doc="initial recurrent delays; default: delay_range"
+    )
     readout: Literal["max", "exp_mean"] = "max"
     readout_tau_m: float | None = _spec(None, gt=0.0, doc="default: tau_m")
     readout_tau_s: float | None = _spec(None, gt=0.0, doc="default: tau_s")
@@ -179,7 +182,7 @@ class NetworkConfig:
 
 
 _MULTI_NETWORK_KEYS = ("t_ref", "t_end", "recurrent", "recurrent_std", "readout", "readout_tau_m", "readout_tau_s")
-_MULTI_NETWORK_KEYS += ("tau_w",)
+_MULTI_NETWORK_KEYS += ("tau_w", "recurrent_delay_range")
 
 
 @dataclass(frozen=True)
@@ -204,6 +207,10 @@ class TrainConfig:
     seed: int = 0
     select_on: Literal["validation", "test", "train"] | None = _spec(
         "validation", doc="restore the best epoch on this split's accuracy; '': keep the last epoch"
+    )
+    patience: int = _spec(0, ge=0, doc="stop after this many epochs without a better select_on accuracy (0: off)")
+    warmup_batches: int = _spec(
+        0, ge=0, doc="ease-in: the rates grow exponentially from 1/1000 to 1 over this many updates (0: off)"
     )
     checkpoint_every: int = _spec(1, ge=1, doc="epochs between checkpoints")
     checkpoint_every_batches: int = _spec(0, ge=0, doc="also checkpoint within epochs (0: off)")
@@ -424,9 +431,25 @@ def _check_applicability(cfg: PipelineConfig, raw: dict[str, Any]) -> None:
         for key in _MULTI_NETWORK_KEYS:
             if key in given_net:
                 raise ConfigError(f"network.{key}: applies to multi-spike networks only (network.mode is 'ttfs')")
-    lo, hi = cfg.network.delay_range
-    if lo > hi:
-        raise ConfigError(f"network.delay_range: needs [low, high] with low <= high, got {[lo, hi]}")
+    stages = len(cfg.network.hidden) + 1
+    for key in ("weight_mean", "weight_std"):
+        value = getattr(cfg.network, key)
+        if isinstance(value, list) and len(value) not in (2, stages):
+            raise ConfigError(
+                f"network.{key}: {len(value)} values for {stages} weight layers (hidden {cfg.network.hidden} "
+                f"and the output); give one per layer, 2 (hidden layers, output) or one number"
+            )
+    for key in ("delay_range", "recurrent_delay_range"):
+        bounds = getattr(cfg.network, key)
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise ConfigError(f"network.{key}: needs [low, high] with low <= high, got {list(bounds)}")
+    if cfg.network.recurrent_delay_range is not None and not cfg.network.recurrent and "network" in raw:
+        if "recurrent_delay_range" in raw["network"]:
+            raise ConfigError(
+                "network.recurrent_delay_range: applies to recurrent networks only (network.recurrent is false)"
+            )
+    if cfg.train.patience and not cfg.train.select_on:
+        raise ConfigError("train.patience: early stopping needs train.select_on (the split whose accuracy it watches)")
     d = cfg.train.delay  # the sigmoid's own range is checked by DelayParam
     if d.high is not None and d.high < d.low:
         raise ConfigError(f"train.delay.high: must be >= train.delay.low ({d.low}), got {d.high}")

@@ -109,10 +109,12 @@ class MultiNetwork:
         tau_w: float | None = None,
         recurrent: bool = False,
         recurrent_std: float = 0.1,
+        recurrent_delay_range: tuple[float, float] | None = None,
         seed: int = 0,
     ) -> MultiNetwork:
         """``sizes`` = inputs, hidden widths..., classes. Hidden layers get ``delay_kind`` delays
-        uniform in ``delay_range``; the readout has none. ``weight_mean`` / ``weight_std`` per
+        uniform in ``delay_range`` (recurrent connections: ``recurrent_delay_range``, by default
+        the same); the readout has none. ``weight_mean`` / ``weight_std`` per
         connection stage (hidden layers, then readout)."""
         if len(sizes) < 3:
             raise ShapeError(f"sizes needs inputs, at least one hidden layer and classes, got {sizes}")
@@ -133,7 +135,7 @@ class MultiNetwork:
             d = rng.uniform(*delay_range, _core.delay_shape(delay_kind, n_out, n_in))
             layers.append(Layer(w, d, delay_kind))
             if recurrent:
-                rd = rng.uniform(*delay_range, _core.delay_shape(delay_kind, n_out, n_out))
+                rd = rng.uniform(*(recurrent_delay_range or delay_range), _core.delay_shape(delay_kind, n_out, n_out))
                 rec.append(Layer(rng.normal(0.0, recurrent_std, (n_out, n_out)), rd, delay_kind))
             else:
                 rec.append(None)

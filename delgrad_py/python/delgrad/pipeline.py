@@ -251,6 +251,7 @@ def build_network(cfg: PipelineConfig, n_in: int, n_out: int) -> Network | Multi
         tau_w=n.tau_w,
         recurrent=n.recurrent,
         recurrent_std=n.recurrent_std,
+        recurrent_delay_range=None if n.recurrent_delay_range is None else tuple(n.recurrent_delay_range),
         seed=cfg.train.seed,
     )
 
@@ -342,6 +343,11 @@ def _train_and_evaluate(
                 if board is not None:
                     board.close()
         _write_metrics(run_dir, history)
+        if trainer.patience_exhausted() and trainer.epoch < cfg.train.epochs:
+            say(
+                f"{run_dir}: stopped early after epoch {trainer.epoch}: no better {cfg.train.select_on} accuracy "
+                f"for {cfg.train.patience} epochs (best: epoch {trainer.best_epoch})"
+            )
         if loop is not None:
             _write_hardware_record(run_dir, loop, net, {"train": train, "validation": val, "test": test}, cfg)
 
