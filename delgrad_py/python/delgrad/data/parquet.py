@@ -515,10 +515,26 @@ class SpikeDataset:
         )
 
     def all(self) -> Batch:
-        """The whole split as one batch (sample re-indexed to ``0..n-1``); for small splits."""
-        df = self.scan().with_columns((pl.col("sample") - self.first_sample).cast(pl.UInt32)).collect()
-        batches = df.to_arrow().cast(SPIKE_SCHEMA).combine_chunks().to_batches()
-        spikes = batches[0] if batches else _empty_batch()
+        """The whole split as one batch (sample re-indexed to ``0..n-1``).
+
+        Read row group by row group into arrays allocated once at the split's size, which the
+        batch then wraps without a copy: the peak memory is the split plus one row group (an
+        SHD-sized training split is ~1 GB; a table read whole and then combined would hold it
+        twice)."""
+        total = int(self.offsets[-1])
+        sample = np.repeat(np.arange(len(self), dtype=np.uint32), self.n_spikes)
+        neuron, time = np.empty(total, np.uint32), np.empty(total, np.float64)
+        filled = 0
+        for k in range(self._groups.size):
+            group_neuron, group_time, row0 = self._read_groups(np.array([k]))
+            if row0 != filled or row0 + group_neuron.size > total:
+                raise ValueError(f"{self.paths.spikes}: spike rows disagree with the sample table")
+            neuron[row0 : row0 + group_neuron.size] = group_neuron
+            time[row0 : row0 + group_time.size] = group_time
+            filled += group_neuron.size
+        if filled != total:
+            raise ValueError(f"{self.paths.spikes}: spike rows disagree with the sample table")
+        spikes = pa.record_batch([pa.array(sample), pa.array(neuron), pa.array(time)], schema=SPIKE_SCHEMA)
         return Batch(spikes, self.labels.copy(), self.sample_ids)
 
     # -- reading spike rows ------------------------------------------------------------------
