@@ -63,6 +63,20 @@ pub struct Scratch {
     own: Own,
     /// Per input spike: the index of its arrival's interval at the current target.
     slot: Vec<u32>,
+    /// The factored path's interval look-up grid and per-interval coefficients.
+    grid: Vec<u32>,
+    coef: Vec<Coef>,
+}
+
+/// The adjoint at an arrival of interval `g` as a linear form of the arrival's factors
+/// `x_m = exp((a - t_0)/tau_m)`, `x_s = exp((a - t_0)/tau_s)` (kernels `K = (e_m - e_s)/delta`):
+/// `dL/dw = q x_m + r x_s` and `dL/da = w (u x_m + v x_s)`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Coef {
+    q: f64,
+    r: f64,
+    u: f64,
+    v: f64,
 }
 
 /// Backward pass of one feed-forward multi-spike layer for one sample.
@@ -106,7 +120,7 @@ pub fn layer_backward_targets(
 ) {
     let (gw, gd, gin) = grads;
     let n = &m.neuron;
-    let Scratch { gsrc, um, us, own, slot, .. } = scratch;
+    let Scratch { gsrc, um, us, own, slot, grid, coef } = scratch;
     let n_in_spikes = inputs.len();
     if n_in_spikes == 0 || outputs.is_empty() {
         return;
@@ -139,6 +153,23 @@ pub fn layer_backward_targets(
         own.push_neuron(m, (start..k).map(|q| (outputs[q].1, (n_in_spikes + q) as u32)));
         own.finish(m, factors.map(|_| t0));
         let row = j * layer.n_in;
+        if let Some(f) = factors.filter(|_| n.kernel_is_difference()) {
+            let gj = (&mut gw[row..row + layer.n_in], &mut gd[row..row + layer.n_in]);
+            target_factored(
+                m,
+                inputs,
+                um,
+                us,
+                f,
+                row,
+                &layer.weights[row..row + layer.n_in],
+                own,
+                gsrc,
+                gj,
+                (slot, grid, coef),
+            );
+            continue;
+        }
         let w = &layer.weights[row..row + layer.n_in];
         let n_ev = own.time.len();
         // Pass 1: the currents at the own events (and each arrival's interval, kept for pass 2).
@@ -209,6 +240,99 @@ pub fn layer_backward_targets(
     }
     for (g, x) in gin.iter_mut().zip(&gsrc[..n_in_spikes]) {
         *g += x;
+    }
+}
+
+/// One target of [`layer_backward_targets`] on the factored path with a kernel of the difference
+/// form: the own events' currents from per-interval sums of `w x_s`, the adjoint sweep, then
+/// every arrival's gradient as a linear form of its factors ([`Coef`]): per arrival, a grid
+/// look-up of its interval and a handful of multiply-adds, no `exp`.
+#[allow(clippy::too_many_arguments)]
+fn target_factored(
+    m: &MultiNeuron,
+    inputs: &[In],
+    um: &[f64],
+    us: &[f64],
+    f: &DelayFactors,
+    row: usize,
+    w: &[f64],
+    own: &mut Own,
+    gsrc: &mut [f64],
+    (gw, gd): (&mut [f64], &mut [f64]),
+    (slot, grid, coef): (&mut [u32], &mut Vec<u32>, &mut Vec<Coef>),
+) {
+    let n = &m.neuron;
+    let n_in = w.len();
+    let (d, fm, fs, wfs) =
+        (&f.delay[row..row + n_in], &f.fm[row..row + n_in], &f.fs[row..row + n_in], &f.wfs[row..row + n_in]);
+    let n_ev = own.time.len();
+    // Interval look-up: the number of events at or before each cell's start, 16 cells per event
+    // (only arrivals in `[lo, last)` look it up; a last entry catches a cell index rounded up).
+    let (lo, last) = (own.time[0], own.time[n_ev - 1]);
+    let cells = if last > lo { 16 * n_ev } else { 0 };
+    let scale = if cells > 0 { cells as f64 / (last - lo) } else { 0.0 };
+    grid.clear();
+    let mut p = 0;
+    for c in 0..cells {
+        let tc = lo + c as f64 / scale;
+        while p < n_ev && own.time[p] <= tc {
+            p += 1;
+        }
+        grid.push(p.min(n_ev - 1) as u32);
+    }
+    grid.push(n_ev as u32 - 1);
+    let ev = &own.time[..];
+    // Pass 1: the index of each arrival's interval, and per interval the sum of `w x_s`.
+    let cur = &mut own.cur[..n_ev];
+    for (r, &(i, t)) in inputs.iter().enumerate() {
+        let i = i as usize;
+        let a = t + d[i];
+        let g = if a < lo {
+            0
+        } else if a >= last {
+            n_ev
+        } else {
+            // `a < last`: the first loop stops at the last event at the latest.
+            let mut p = grid[(((a - lo) * scale) as usize).min(cells)] as usize;
+            while ev[p] <= a {
+                p += 1;
+            }
+            while p > 0 && ev[p - 1] > a {
+                p -= 1;
+            }
+            p
+        };
+        slot[r] = g as u32;
+        if g < n_ev {
+            cur[g] += us[r] * wfs[i];
+        }
+    }
+    for (c, x) in cur.iter_mut().zip(&own.inv_fs) {
+        *c *= x;
+    }
+    own.currents(m, 0);
+    own.sweep(m, 0, gsrc);
+    coef.clear();
+    coef.extend((0..n_ev).map(|g| {
+        let (lv, li) = (own.lv[g], own.li[g]);
+        let a = lv * own.inv_fm[g];
+        let q = a * n.inv_delta;
+        let r = (li - lv * n.inv_delta) * own.inv_fs[g];
+        Coef { q, r, u: q * n.inv_tau_s - a, v: r * n.inv_tau_s }
+    }));
+    // Pass 2: every arrival's gradient.
+    for (r, &(i, _)) in inputs.iter().enumerate() {
+        let g = slot[r] as usize;
+        if g >= n_ev {
+            continue;
+        }
+        let i = i as usize;
+        let c = coef[g];
+        let (xm, xs) = (um[r] * fm[i], us[r] * fs[i]);
+        gw[i] += c.q * xm + c.r * xs;
+        let ga = w[i] * (c.u * xm + c.v * xs);
+        gd[i] += ga;
+        gsrc[r] += ga;
     }
 }
 

@@ -221,20 +221,34 @@ pub struct DelayFactors {
     pub fm: Vec<f64>,
     pub fs: Vec<f64>,
     pub max_delay: f64,
+    /// Per synapse (`n_out x n_in`): the effective delay, `w exp(d / tau_m)`, `w exp(d / tau_s)`
+    /// and `max(w, 0)`, for the binned scan ([`crate::binned`]) and the backward pass, which read
+    /// a synapse once per arrival.
+    pub delay: Vec<f64>,
+    pub wfm: Vec<f64>,
+    pub wfs: Vec<f64>,
+    pub wpos: Vec<f64>,
 }
 
 pub fn delay_factors(n: &Neuron, layer: &LayerRef) -> DelayFactors {
-    let mut fm = Vec::with_capacity(layer.n_out * layer.n_in);
-    let mut fs = Vec::with_capacity(layer.n_out * layer.n_in);
+    let len = layer.n_out * layer.n_in;
+    let mut fm = Vec::with_capacity(len);
+    let mut fs = Vec::with_capacity(len);
+    let mut delay = Vec::with_capacity(len);
     for j in 0..layer.n_out {
         for i in 0..layer.n_in {
             let d = layer.delay(j, i);
+            delay.push(d);
             fm.push((d * n.inv_tau_m).exp());
             fs.push((d * n.inv_tau_s).exp());
         }
     }
+    let w = &layer.weights[..len];
+    let wfm = w.iter().zip(&fm).map(|(w, f)| w * f).collect();
+    let wfs = w.iter().zip(&fs).map(|(w, f)| w * f).collect();
+    let wpos = w.iter().map(|w| w.max(0.0)).collect();
     let max_delay = layer.delays.iter().fold(0.0_f64, |m, &d| m.max(d));
-    DelayFactors { fm, fs, max_delay }
+    DelayFactors { fm, fs, max_delay, delay, wfm, wfs, wpos }
 }
 
 /// Spans longer than this many time constants would overflow the factors: such samples take
@@ -457,6 +471,7 @@ pub struct Scratch {
     times: Vec<f64>,
     um: Vec<f64>,
     us: Vec<f64>,
+    bins: crate::binned::BinScratch,
 }
 
 /// Forward pass of one feed-forward multi-spike layer for one sample. Appends `(neuron, time)`
@@ -487,13 +502,32 @@ pub fn layer_forward_targets(
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) -> bool {
-    let Scratch { arrivals, sort, times, um, us } = scratch;
+    let Scratch { arrivals, sort, times, um, us, bins } = scratch;
     let mut ok = true;
     if inputs.is_empty() {
         return true;
     }
     let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
     let (lo, hi) = time_range(inputs, layer);
+    if let Some(f) = factors.filter(|_| crate::binned::prepare(m, inputs, lo, hi, bins)) {
+        for j in targets {
+            let row = j * layer.n_in;
+            times.clear();
+            ok &= crate::binned::simulate_target(
+                m,
+                inputs,
+                um,
+                us,
+                f,
+                row,
+                &layer.weights[row..row + layer.n_in],
+                bins,
+                times,
+            );
+            out.extend(times.iter().map(|&t| (j as u32, t)));
+        }
+        return ok;
+    }
     for j in targets {
         let row = j * layer.n_in;
         let w = &layer.weights[row..row + layer.n_in];
