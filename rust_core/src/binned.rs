@@ -18,6 +18,10 @@
 //! `V(s) <= V e_m(s) + (I + P) K(s)` on the bin (`P` its positive weight sum): the solver's
 //! [`may_cross`] on that free evolution rules a bin out with certainty.
 //!
+//! Arrivals are visited synapse by synapse (a sample's input spikes grouped by channel once, in
+//! [`ByChannel`]): a synapse's delay and weight factors are read once for all its spikes, and
+//! the per-spike data streams in order; only the bins are written at random.
+//!
 //! Bins are grouping only: an arrival's own time decides where it acts in an exact bin, and one
 //! that rounding puts a hair outside its bin's span acts at the bin's start or end (an error of
 //! the order of the rounding of its time).
@@ -31,7 +35,7 @@ const NONE: u32 = u32::MAX;
 
 /// Arrivals per bin the width aims at (more: more arrivals simulated exactly per bin that may
 /// cross; fewer: more bins to scan).
-const ARRIVALS_PER_BIN: f64 = 2.0;
+const ARRIVALS_PER_BIN: f64 = 4.0;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Bin {
@@ -41,13 +45,85 @@ struct Bin {
     head: u32,
 }
 
+/// A sample's input spikes grouped by channel (time order kept within a channel), with their
+/// factors: the layout both feed-forward passes read synapse by synapse.
+#[derive(Debug, Default)]
+pub struct ByChannel {
+    /// Spikes of channel `i` are `start[i]..start[i + 1]`.
+    pub start: Vec<u32>,
+    pub time: Vec<f64>,
+    /// `exp((t - t_0)/tau_m)`, `exp((t - t_0)/tau_s)`.
+    pub um: Vec<f64>,
+    pub us: Vec<f64>,
+    /// The spike's index in the sample's input order.
+    pub row: Vec<u32>,
+    /// The spike's channel.
+    pub chan: Vec<u32>,
+    order: Vec<u32>,
+}
+
+impl ByChannel {
+    /// Groups `inputs` (channels below `n_in`) with their factors `um`, `us`: a stable counting
+    /// sort by channel of the spikes in time order (times then ascend within a channel, which
+    /// both passes use to stop at a channel's first arrival past their end).
+    pub fn build(&mut self, inputs: &[In], um: &[f64], us: &[f64], n_in: usize) {
+        let n = inputs.len();
+        self.order.clear();
+        self.order.extend(0..n as u32);
+        if !inputs.windows(2).all(|p| p[0].1 <= p[1].1) {
+            self.order.sort_by(|&a, &b| inputs[a as usize].1.total_cmp(&inputs[b as usize].1));
+        }
+        self.start.clear();
+        self.start.resize(n_in + 1, 0);
+        for &(i, _) in inputs {
+            self.start[i as usize + 1] += 1;
+        }
+        for i in 0..n_in {
+            self.start[i + 1] += self.start[i];
+        }
+        for v in [&mut self.time, &mut self.um, &mut self.us] {
+            v.clear();
+            v.resize(n, 0.0);
+        }
+        self.row.clear();
+        self.row.resize(n, 0);
+        self.chan.clear();
+        self.chan.resize(n, 0);
+        // `start[i]` runs through channel i's slots and ends at channel i + 1's start.
+        for &r in &self.order {
+            let (i, t) = inputs[r as usize];
+            let k = self.start[i as usize] as usize;
+            self.start[i as usize] += 1;
+            self.time[k] = t;
+            self.um[k] = um[r as usize];
+            self.us[k] = us[r as usize];
+            self.row[k] = r;
+            self.chan[k] = i;
+        }
+        for i in (1..=n_in).rev() {
+            self.start[i] = self.start[i - 1];
+        }
+        self.start[0] = 0;
+    }
+
+    pub fn len(&self) -> usize {
+        self.time.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.time.is_empty()
+    }
+}
+
 /// Reusable buffers of the binned scan (one set per worker thread) and the per-sample tables.
 #[derive(Debug, Default)]
 pub struct BinScratch {
+    pub by_channel: ByChannel,
     bins: Vec<Bin>,
-    /// Per input spike: the next arrival of the same bin (a singly linked list per bin).
+    /// Per input spike (channel order): the next arrival of the same bin (a singly linked list
+    /// per bin).
     next: Vec<u32>,
-    /// Per input spike: `(t - lo) / h`.
+    /// Per input spike (channel order): `(t - lo) / h`.
     tb: Vec<f64>,
     /// Per bin: `E_m`, `E_s` at its end.
     em_end: Vec<f64>,
@@ -70,10 +146,20 @@ struct Geometry {
     k_h: f64,
 }
 
-/// Whether a sample can take the binned scan: factored (the caller's factors exist for it) and a
-/// kernel of the difference form. `t0` is the earliest input spike (the factors' origin), `hi`
-/// the latest possible arrival. Prepares the per-sample tables when it can.
-pub(crate) fn prepare(m: &MultiNeuron, inputs: &[In], t0: f64, hi: f64, bs: &mut BinScratch) -> bool {
+/// Whether a sample can take the binned scan: factored (the caller's factors `um`, `us` exist for
+/// it) and a kernel of the difference form. `t0` is the earliest input spike (the factors'
+/// origin), `hi` the latest possible arrival. Prepares the per-sample tables when it can.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn prepare(
+    m: &MultiNeuron,
+    inputs: &[In],
+    um: &[f64],
+    us: &[f64],
+    n_in: usize,
+    t0: f64,
+    hi: f64,
+    bs: &mut BinScratch,
+) -> bool {
     let n = &m.neuron;
     if !n.kernel_is_difference() || inputs.is_empty() {
         return false;
@@ -101,8 +187,9 @@ pub(crate) fn prepare(m: &MultiNeuron, inputs: &[In], t0: f64, hi: f64, bs: &mut
         bs.em_end.push((-t * n.inv_tau_m).exp());
         bs.es_end.push((-t * n.inv_tau_s).exp());
     }
+    bs.by_channel.build(inputs, um, us, n_in);
     bs.tb.clear();
-    bs.tb.extend(inputs.iter().map(|&(_, t)| (t - lo) * geometry.inv_h));
+    bs.tb.extend(bs.by_channel.time.iter().map(|&t| (t - lo) * geometry.inv_h));
     bs.next.clear();
     bs.next.resize(inputs.len(), NONE);
     bs.geometry = geometry;
@@ -128,14 +215,10 @@ enum Flow {
 }
 
 /// Simulates the target whose synapses are `row..row + w.len()` of the factors (`w` its weights)
-/// on a sample [`prepare`]d in `bs`, with the per-spike factors `um`, `us`; appends its spike
-/// times to `out`. Returns `false` if `max_spikes` was reached.
-#[allow(clippy::too_many_arguments)]
+/// on a sample [`prepare`]d in `bs`; appends its spike times to `out`. Returns `false` if
+/// `max_spikes` was reached.
 pub(crate) fn simulate_target(
     m: &MultiNeuron,
-    inputs: &[In],
-    um: &[f64],
-    us: &[f64],
     f: &DelayFactors,
     row: usize,
     w: &[f64],
@@ -144,25 +227,32 @@ pub(crate) fn simulate_target(
 ) -> bool {
     let n = &m.neuron;
     let g = bs.geometry;
-    let BinScratch { bins, next, tb, em_end, es_end, seg, .. } = bs;
+    let BinScratch { by_channel: bc, bins, next, tb, em_end, es_end, seg, .. } = bs;
     bins.clear();
     bins.resize(g.n, Bin { sm: 0.0, ss: 0.0, pos: 0.0, head: NONE });
     let n_in = w.len();
     let (d, wfm, wfs, wpos) =
         (&f.delay[row..row + n_in], &f.wfm[row..row + n_in], &f.wfs[row..row + n_in], &f.wpos[row..row + n_in]);
-    for (r, &(i, _)) in inputs.iter().enumerate() {
-        let i = i as usize;
-        // (`as` saturates: arrivals before `lo` by rounding land in bin 0.)
-        let b = (tb[r] + d[i] * g.inv_h) as usize;
-        if b >= g.n {
-            continue; // after t_end: cannot matter
+    let n_bins = g.n as f64;
+    for i in 0..n_in {
+        let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
+        if first == end {
+            continue;
         }
-        let bin = &mut bins[b];
-        bin.sm += um[r] * wfm[i];
-        bin.ss += us[r] * wfs[i];
-        bin.pos += wpos[i];
-        next[r] = bin.head;
-        bin.head = r as u32;
+        let (db, xm, xs, p) = (d[i] * g.inv_h, wfm[i], wfs[i], wpos[i]);
+        for r in first..end {
+            let x = tb[r] + db;
+            if !(x < n_bins) {
+                break; // this channel's later spikes arrive after t_end: they cannot matter
+            }
+            // (`as` saturates: an arrival before `lo` by rounding lands in bin 0.)
+            let bin = &mut bins[x as usize];
+            bin.sm += bc.um[r] * xm;
+            bin.ss += bc.us[r] * xs;
+            bin.pos += p;
+            next[r] = bin.head;
+            bin.head = r as u32;
+        }
     }
     let start = out.len();
     let mut st = State { t: g.lo, v: 0.0, i: 0.0, refr_end: f64::NEG_INFINITY };
@@ -193,12 +283,10 @@ pub(crate) fn simulate_target(
         seg.clear();
         let mut r = bin.head;
         while r != NONE {
-            let (i, t) = inputs[r as usize];
-            seg.push((t + d[i as usize], w[i as usize]));
+            let i = bc.chan[r as usize] as usize;
+            seg.push((bc.time[r as usize] + d[i], w[i]));
             r = next[r as usize];
         }
-        // Lists are built in reverse input order; inputs are mostly in time order.
-        seg.reverse();
         insertion_sort(seg);
         match advance(m, &mut st, seg, t1, out, start) {
             Flow::Go => {}

@@ -49,6 +49,7 @@
 //! event ([`crate::adjoint`]): no sorted arrivals, memory proportional to the number of spikes.
 
 use crate::adjoint::Own;
+use crate::binned::ByChannel;
 use crate::layer::DelayKind;
 use crate::layer::LayerRef;
 use crate::multi::{spike_factors, DelayFactors, MultiNeuron, RecLayer};
@@ -66,6 +67,7 @@ pub struct Scratch {
     /// The factored path's interval look-up grid and per-interval coefficients.
     grid: Vec<u32>,
     coef: Vec<Coef>,
+    by_channel: ByChannel,
 }
 
 /// The adjoint at an arrival of interval `g` as a linear form of the arrival's factors
@@ -120,7 +122,7 @@ pub fn layer_backward_targets(
 ) {
     let (gw, gd, gin) = grads;
     let n = &m.neuron;
-    let Scratch { gsrc, um, us, own, slot, grid, coef } = scratch;
+    let Scratch { gsrc, um, us, own, slot, grid, coef, by_channel } = scratch;
     let n_in_spikes = inputs.len();
     if n_in_spikes == 0 || outputs.is_empty() {
         return;
@@ -133,6 +135,12 @@ pub fn layer_backward_targets(
         }
     });
     let t0 = inputs.iter().fold(f64::INFINITY, |x, i| x.min(i.1));
+    // The factored path with a kernel of the difference form reads the inputs by channel, and
+    // its `gsrc` entries are in that order.
+    let by_chan = factors.filter(|_| n.kernel_is_difference());
+    if by_chan.is_some() {
+        by_channel.build(inputs, um, us, layer.n_in);
+    }
     gsrc.clear();
     gsrc.resize(n_in_spikes, 0.0);
     gsrc.extend_from_slice(gout);
@@ -153,21 +161,10 @@ pub fn layer_backward_targets(
         own.push_neuron(m, (start..k).map(|q| (outputs[q].1, (n_in_spikes + q) as u32)));
         own.finish(m, factors.map(|_| t0));
         let row = j * layer.n_in;
-        if let Some(f) = factors.filter(|_| n.kernel_is_difference()) {
+        if let Some(f) = by_chan {
             let gj = (&mut gw[row..row + layer.n_in], &mut gd[row..row + layer.n_in]);
-            target_factored(
-                m,
-                inputs,
-                um,
-                us,
-                f,
-                row,
-                &layer.weights[row..row + layer.n_in],
-                own,
-                gsrc,
-                gj,
-                (slot, grid, coef),
-            );
+            let w = &layer.weights[row..row + layer.n_in];
+            target_factored(m, by_channel, f, row, w, own, gsrc, gj, (slot, grid, coef));
             continue;
         }
         let w = &layer.weights[row..row + layer.n_in];
@@ -238,21 +235,27 @@ pub fn layer_backward_targets(
             }
         }
     }
-    for (g, x) in gin.iter_mut().zip(&gsrc[..n_in_spikes]) {
-        *g += x;
+    if by_chan.is_some() {
+        for (&r, x) in by_channel.row.iter().zip(&gsrc[..n_in_spikes]) {
+            gin[r as usize] += x;
+        }
+    } else {
+        for (g, x) in gin.iter_mut().zip(&gsrc[..n_in_spikes]) {
+            *g += x;
+        }
     }
 }
 
 /// One target of [`layer_backward_targets`] on the factored path with a kernel of the difference
-/// form: the own events' currents from per-interval sums of `w x_s`, the adjoint sweep, then
-/// every arrival's gradient as a linear form of its factors ([`Coef`]): per arrival, a grid
-/// look-up of its interval and a handful of multiply-adds, no `exp`.
+/// form, synapse by synapse over the inputs grouped by channel (`bc`; `gsrc` in that order): the
+/// own events' currents from per-interval sums of `w x_s`, the adjoint sweep, then every
+/// arrival's gradient as a linear form of its factors ([`Coef`]): per arrival a grid look-up of
+/// its interval and a handful of multiply-adds, no `exp`; a synapse's gradients are summed in
+/// registers.
 #[allow(clippy::too_many_arguments)]
 fn target_factored(
     m: &MultiNeuron,
-    inputs: &[In],
-    um: &[f64],
-    us: &[f64],
+    bc: &ByChannel,
     f: &DelayFactors,
     row: usize,
     w: &[f64],
@@ -284,27 +287,30 @@ fn target_factored(
     let ev = &own.time[..];
     // Pass 1: the index of each arrival's interval, and per interval the sum of `w x_s`.
     let cur = &mut own.cur[..n_ev];
-    for (r, &(i, t)) in inputs.iter().enumerate() {
-        let i = i as usize;
-        let a = t + d[i];
-        let g = if a < lo {
-            0
-        } else if a >= last {
-            n_ev
-        } else {
-            // `a < last`: the first loop stops at the last event at the latest.
-            let mut p = grid[(((a - lo) * scale) as usize).min(cells)] as usize;
-            while ev[p] <= a {
-                p += 1;
-            }
-            while p > 0 && ev[p - 1] > a {
-                p -= 1;
-            }
-            p
-        };
-        slot[r] = g as u32;
-        if g < n_ev {
-            cur[g] += us[r] * wfs[i];
+    for i in 0..n_in {
+        let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
+        let (di, wfs_i) = (d[i], wfs[i]);
+        for r in first..end {
+            let a = bc.time[r] + di;
+            let g = if a < lo {
+                0
+            } else if a >= last {
+                // So do this channel's later arrivals (times ascend within a channel).
+                slot[r] = n_ev as u32;
+                break;
+            } else {
+                // `a < last`: the first loop stops at the last event at the latest.
+                let mut p = grid[(((a - lo) * scale) as usize).min(cells)] as usize;
+                while ev[p] <= a {
+                    p += 1;
+                }
+                while p > 0 && ev[p - 1] > a {
+                    p -= 1;
+                }
+                p
+            };
+            slot[r] = g as u32;
+            cur[g] += bc.us[r] * wfs_i;
         }
     }
     for (c, x) in cur.iter_mut().zip(&own.inv_fs) {
@@ -321,18 +327,24 @@ fn target_factored(
         Coef { q, r, u: q * n.inv_tau_s - a, v: r * n.inv_tau_s }
     }));
     // Pass 2: every arrival's gradient.
-    for (r, &(i, _)) in inputs.iter().enumerate() {
-        let g = slot[r] as usize;
-        if g >= n_ev {
-            continue;
+    for i in 0..n_in {
+        let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
+        let (fm_i, fs_i, w_i) = (fm[i], fs[i], w[i]);
+        let (mut acc_w, mut acc_d) = (0.0, 0.0);
+        for r in first..end {
+            let g = slot[r] as usize;
+            if g >= n_ev {
+                break;
+            }
+            let c = coef[g];
+            let (xm, xs) = (bc.um[r] * fm_i, bc.us[r] * fs_i);
+            acc_w += c.q * xm + c.r * xs;
+            let ga = w_i * (c.u * xm + c.v * xs);
+            acc_d += ga;
+            gsrc[r] += ga;
         }
-        let i = i as usize;
-        let c = coef[g];
-        let (xm, xs) = (um[r] * fm[i], us[r] * fs[i]);
-        gw[i] += c.q * xm + c.r * xs;
-        let ga = w[i] * (c.u * xm + c.v * xs);
-        gd[i] += ga;
-        gsrc[r] += ga;
+        gw[i] += acc_w;
+        gd[i] += acc_d;
     }
 }
 

@@ -509,21 +509,11 @@ pub fn layer_forward_targets(
     }
     let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
     let (lo, hi) = time_range(inputs, layer);
-    if let Some(f) = factors.filter(|_| crate::binned::prepare(m, inputs, lo, hi, bins)) {
+    if let Some(f) = factors.filter(|_| crate::binned::prepare(m, inputs, um, us, layer.n_in, lo, hi, bins)) {
         for j in targets {
             let row = j * layer.n_in;
             times.clear();
-            ok &= crate::binned::simulate_target(
-                m,
-                inputs,
-                um,
-                us,
-                f,
-                row,
-                &layer.weights[row..row + layer.n_in],
-                bins,
-                times,
-            );
+            ok &= crate::binned::simulate_target(m, f, row, &layer.weights[row..row + layer.n_in], bins, times);
             out.extend(times.iter().map(|&t| (j as u32, t)));
         }
         return ok;
