@@ -125,9 +125,9 @@ pub struct BinScratch {
     next: Vec<u32>,
     /// Per input spike (channel order): `(t - lo) / h`.
     tb: Vec<f64>,
-    /// Per bin: `E_m`, `E_s` at its end.
-    em_end: Vec<f64>,
-    es_end: Vec<f64>,
+    /// `E_m`, `E_s` at every bin boundary (`n + 1` of them).
+    em_at: Vec<f64>,
+    es_at: Vec<f64>,
     /// One exact bin's arrivals `(time, weight)`.
     seg: Vec<(f64, f64)>,
     geometry: Geometry,
@@ -180,12 +180,12 @@ pub(crate) fn prepare(
     let (em_h, es_h) = n.decays(h);
     let geometry =
         Geometry { lo, h, inv_h: 1.0 / h, n: bins as usize, em_h, es_h, k_h: n.kernel_from_fast(h, em_h, es_h) };
-    bs.em_end.clear();
-    bs.es_end.clear();
-    for b in 0..geometry.n {
-        let t = (b + 1) as f64 * h;
-        bs.em_end.push((-t * n.inv_tau_m).exp());
-        bs.es_end.push((-t * n.inv_tau_s).exp());
+    bs.em_at.clear();
+    bs.es_at.clear();
+    for b in 0..=geometry.n {
+        let t = b as f64 * h;
+        bs.em_at.push((-t * n.inv_tau_m).exp());
+        bs.es_at.push((-t * n.inv_tau_s).exp());
     }
     bs.by_channel.build(inputs, um, us, n_in);
     bs.tb.clear();
@@ -227,7 +227,7 @@ pub(crate) fn simulate_target(
 ) -> bool {
     let n = &m.neuron;
     let g = bs.geometry;
-    let BinScratch { by_channel: bc, bins, next, tb, em_end, es_end, seg, .. } = bs;
+    let BinScratch { by_channel: bc, bins, next, tb, em_at, es_at, seg, .. } = bs;
     bins.clear();
     bins.resize(g.n, Bin { sm: 0.0, ss: 0.0, pos: 0.0, head: NONE });
     let n_in = w.len();
@@ -240,44 +240,56 @@ pub(crate) fn simulate_target(
             continue;
         }
         let (db, xm, xs, p) = (d[i] * g.inv_h, wfm[i], wfs[i], wpos[i]);
-        for r in first..end {
-            let x = tb[r] + db;
+        let spikes = tb[first..end].iter().zip(bc.um[first..end].iter().zip(&bc.us[first..end]));
+        for (r, ((&t, (&um, &us)), nx)) in (first as u32..).zip(spikes.zip(&mut next[first..end])) {
+            let x = t + db;
             if !(x < n_bins) {
                 break; // this channel's later spikes arrive after t_end: they cannot matter
             }
-            // (`as` saturates: an arrival before `lo` by rounding lands in bin 0.)
-            let bin = &mut bins[x as usize];
-            bin.sm += bc.um[r] * xm;
-            bin.ss += bc.us[r] * xs;
+            // `x >= 0` (`t >= lo`, delays `>= 0`), so the bin index is exact.
+            let bin = &mut bins[x as u32 as usize];
+            bin.sm += um * xm;
+            bin.ss += us * xs;
             bin.pos += p;
-            next[r] = bin.head;
-            bin.head = r as u32;
+            *nx = bin.head;
+            bin.head = r;
         }
     }
+    // The scan. Between resets the state is a closed form of the factored sums since the last
+    // one, `V(T) = (E_m(T) sum_m - E_s(T) sum_s) / delta`, `I(T) = E_s(T) sum_s` (a reset
+    // re-bases both sums on the state it leaves), so a bin that cannot cross only adds its sums.
+    let delta = n.inv_tau_s - n.inv_tau_m;
     let start = out.len();
-    let mut st = State { t: g.lo, v: 0.0, i: 0.0, refr_end: f64::NEG_INFINITY };
+    let (mut sum_m, mut sum_s) = (0.0, 0.0);
+    let mut refr_end = f64::NEG_INFINITY;
     for (b, bin) in bins.iter().enumerate() {
-        let t1 = g.lo + (b + 1) as f64 * g.h;
-        if st.t > m.t_end {
+        let t_b = g.lo + b as f64 * g.h;
+        if t_b > m.t_end {
             return true;
         }
-        let add_i = bin.ss * es_end[b];
-        if st.refr_end >= t1 {
-            // Clamped throughout: V stays 0, I takes the bin's arrivals.
-            st.i = st.i * g.es_h + add_i;
-            st.t = t1;
+        let t1 = g.lo + (b + 1) as f64 * g.h;
+        if refr_end >= t1 {
+            // Clamped throughout: V stays 0 (re-based where the clamp ends), I takes the arrivals.
+            sum_s += bin.ss;
             continue;
         }
-        let exact = st.refr_end > st.t || st.v >= n.theta || {
-            let ib = st.i + bin.pos;
-            ib > 0.0
-                && st.v.max(0.0) + ib * g.k_h >= n.theta
-                && may_cross(n, st.v, ib, g.h, st.v * g.em_h + ib * g.k_h, ib * g.es_h)
+        let (em, es) = (em_at[b], es_at[b]);
+        let i = es * sum_s;
+        let (v, exact) = if refr_end >= t_b {
+            // The clamp ends in this bin (or at its start).
+            (0.0, true)
+        } else {
+            let v = (em * sum_m - es * sum_s) * n.inv_delta;
+            let ib = i + bin.pos;
+            let exact = v >= n.theta
+                || (ib > 0.0
+                    && v.max(0.0) + ib * g.k_h >= n.theta
+                    && may_cross(n, v, ib, g.h, v * g.em_h + ib * g.k_h, ib * g.es_h));
+            (v, exact)
         };
         if !exact {
-            st.v = st.v * g.em_h + st.i * g.k_h + (bin.sm * em_end[b] - bin.ss * es_end[b]) * n.inv_delta;
-            st.i = st.i * g.es_h + add_i;
-            st.t = t1;
+            sum_m += bin.sm;
+            sum_s += bin.ss;
             continue;
         }
         seg.clear();
@@ -288,12 +300,20 @@ pub(crate) fn simulate_target(
             r = next[r as usize];
         }
         insertion_sort(seg);
+        let mut st = State { t: t_b, v, i, refr_end };
         match advance(m, &mut st, seg, t1, out, start) {
             Flow::Go => {}
             Flow::Done => return true,
             Flow::Full => return false,
         }
+        refr_end = st.refr_end;
+        sum_s = st.i / es_at[b + 1];
+        sum_m = (st.v * delta + st.i) / em_at[b + 1];
     }
+    let t_n = g.lo + g.n as f64 * g.h;
+    let (em, es) = (em_at[g.n], es_at[g.n]);
+    let v = if refr_end >= t_n { 0.0 } else { (em * sum_m - es * sum_s) * n.inv_delta };
+    let mut st = State { t: t_n, v, i: es * sum_s, refr_end };
     // Past the last bin (only when t_end lies beyond the last arrival): free evolution.
     !matches!(advance(m, &mut st, &[], f64::INFINITY, out, start), Flow::Full)
 }

@@ -269,21 +269,22 @@ fn target_factored(
     let (d, fm, fs, wfs) =
         (&f.delay[row..row + n_in], &f.fm[row..row + n_in], &f.fs[row..row + n_in], &f.wfs[row..row + n_in]);
     let n_ev = own.time.len();
-    // Interval look-up: the number of events at or before each cell's start, 16 cells per event
-    // (only arrivals in `[lo, last)` look it up; a last entry catches a cell index rounded up).
+    // Interval look-up over 16 cells per event: `grid[c]` is the number of events in cells before
+    // `c`, with an event's cell computed exactly as an arrival's (the map is monotone, so an event
+    // in an earlier cell is before the arrival, one in a later cell after it, and only the
+    // events sharing the arrival's cell, usually none, are compared).
     let (lo, last) = (own.time[0], own.time[n_ev - 1]);
-    let cells = if last > lo { 16 * n_ev } else { 0 };
-    let scale = if cells > 0 { cells as f64 / (last - lo) } else { 0.0 };
+    let cells = 16 * n_ev;
+    let scale = if last > lo { cells as f64 / (last - lo) } else { 0.0 };
+    let cell = |a: f64| (((a - lo) * scale) as u32 as usize).min(cells);
     grid.clear();
-    let mut p = 0;
-    for c in 0..cells {
-        let tc = lo + c as f64 / scale;
-        while p < n_ev && own.time[p] <= tc {
-            p += 1;
-        }
-        grid.push(p.min(n_ev - 1) as u32);
+    grid.resize(cells + 2, 0);
+    for &e in &own.time {
+        grid[cell(e) + 1] += 1;
     }
-    grid.push(n_ev as u32 - 1);
+    for c in 0..=cells {
+        grid[c + 1] += grid[c];
+    }
     let ev = &own.time[..];
     // Pass 1: the index of each arrival's interval, and per interval the sum of `w x_s`.
     let cur = &mut own.cur[..n_ev];
@@ -292,23 +293,16 @@ fn target_factored(
         let (di, wfs_i) = (d[i], wfs[i]);
         for r in first..end {
             let a = bc.time[r] + di;
-            let g = if a < lo {
-                0
-            } else if a >= last {
+            if a >= last {
                 // So do this channel's later arrivals (times ascend within a channel).
                 slot[r] = n_ev as u32;
                 break;
-            } else {
-                // `a < last`: the first loop stops at the last event at the latest.
-                let mut p = grid[(((a - lo) * scale) as usize).min(cells)] as usize;
-                while ev[p] <= a {
-                    p += 1;
-                }
-                while p > 0 && ev[p - 1] > a {
-                    p -= 1;
-                }
-                p
-            };
+            }
+            let c = cell(a);
+            let (mut g, g_end) = (grid[c] as usize, grid[c + 1] as usize);
+            while g < g_end && ev[g] <= a {
+                g += 1;
+            }
             slot[r] = g as u32;
             cur[g] += bc.us[r] * wfs_i;
         }
