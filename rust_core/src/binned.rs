@@ -115,22 +115,27 @@ impl ByChannel {
     }
 }
 
-/// Reusable buffers of the binned scan (one set per worker thread) and the per-sample tables.
+/// The per-sample tables of the binned scan, shared by all targets (and threads) of a sample.
 #[derive(Debug, Default)]
-pub struct BinScratch {
-    pub by_channel: ByChannel,
-    bins: Vec<Bin>,
-    /// Per input spike (channel order): the next arrival of the same bin (a singly linked list
-    /// per bin).
-    next: Vec<u32>,
+pub struct BinSample {
+    by_channel: ByChannel,
     /// Per input spike (channel order): `(t - lo) / h`.
     tb: Vec<f64>,
     /// `E_m`, `E_s` at every bin boundary (`n + 1` of them).
     em_at: Vec<f64>,
     es_at: Vec<f64>,
+    geometry: Geometry,
+}
+
+/// The per-target buffers of the binned scan (one set per thread).
+#[derive(Debug, Default)]
+pub struct BinWork {
+    bins: Vec<Bin>,
+    /// Per input spike (channel order): the next arrival of the same bin (a singly linked list
+    /// per bin).
+    next: Vec<u32>,
     /// One exact bin's arrivals `(time, weight)`.
     seg: Vec<(f64, f64)>,
-    geometry: Geometry,
 }
 
 /// The bins of one sample: `n` bins of width `h` from `lo`.
@@ -158,7 +163,7 @@ pub(crate) fn prepare(
     n_in: usize,
     t0: f64,
     hi: f64,
-    bs: &mut BinScratch,
+    bs: &mut BinSample,
 ) -> bool {
     let n = &m.neuron;
     if !n.kernel_is_difference() || inputs.is_empty() {
@@ -190,8 +195,6 @@ pub(crate) fn prepare(
     bs.by_channel.build(inputs, um, us, n_in);
     bs.tb.clear();
     bs.tb.extend(bs.by_channel.time.iter().map(|&t| (t - lo) * geometry.inv_h));
-    bs.next.clear();
-    bs.next.resize(inputs.len(), NONE);
     bs.geometry = geometry;
     true
 }
@@ -222,12 +225,18 @@ pub(crate) fn simulate_target(
     f: &DelayFactors,
     row: usize,
     w: &[f64],
-    bs: &mut BinScratch,
+    bs: &BinSample,
+    work: &mut BinWork,
     out: &mut Vec<f64>,
 ) -> bool {
     let n = &m.neuron;
     let g = bs.geometry;
-    let BinScratch { by_channel: bc, bins, next, tb, em_at, es_at, seg, .. } = bs;
+    let BinSample { by_channel: bc, tb, em_at, es_at, .. } = bs;
+    let BinWork { bins, next, seg } = work;
+    // (Entries are written before the lists reach them: no reset between targets.)
+    if next.len() < tb.len() {
+        next.resize(tb.len(), NONE);
+    }
     bins.clear();
     bins.resize(g.n, Bin { sm: 0.0, ss: 0.0, pos: 0.0, head: NONE });
     let n_in = w.len();

@@ -55,20 +55,42 @@ use crate::layer::LayerRef;
 use crate::multi::{spike_factors, DelayFactors, MultiNeuron, RecLayer};
 use crate::ttfs::In;
 
-/// Reusable buffers of the backward pass, one set per worker thread.
+/// The per-sample part of the backward pass, shared by all targets (and threads) of a sample.
 #[derive(Default)]
-pub struct Scratch {
-    gsrc: Vec<f64>,
+pub struct SampleTables {
     um: Vec<f64>,
     us: Vec<f64>,
+    by_channel: ByChannel,
+    t0: f64,
+    /// Whether the sample takes the factored path, and whether (with a kernel of the difference
+    /// form) it reads the inputs by channel; then the per-input `dL/dt` are in channel order.
+    factored: bool,
+    by_channel_order: bool,
+}
+
+/// The per-target buffers of the backward pass (one set per thread).
+#[derive(Default)]
+pub struct Work {
+    gsrc: Vec<f64>,
     own: Own,
     /// Per input spike: the index of its arrival's interval at the current target.
     slot: Vec<u32>,
     /// The factored path's interval look-up grid and per-interval coefficients.
     grid: Vec<u32>,
     coef: Vec<Coef>,
-    by_channel: ByChannel,
 }
+
+/// Reusable buffers of the backward pass, one set per worker thread.
+#[derive(Default)]
+pub struct Scratch {
+    tables: SampleTables,
+    work: Work,
+}
+
+/// Targets per block of the backward pass: `dL/dt` of the inputs is summed over a block's targets
+/// and then over the blocks in order, serially or in parallel alike (so the result does not depend
+/// on how a batch is spread over threads).
+pub const TARGET_BLOCK: usize = 32;
 
 /// The adjoint at an arrival of interval `g` as a linear form of the arrival's factors
 /// `x_m = exp((a - t_0)/tau_m)`, `x_s = exp((a - t_0)/tau_s)` (kernels `K = (e_m - e_s)/delta`):
@@ -89,7 +111,8 @@ struct Coef {
 ///
 /// Each target is independent and needs no sorted arrivals (see [`crate::adjoint`]): one pass over
 /// its arrivals sums the currents at its own events, a sweep over those events gives the adjoint's
-/// jumps, and a second pass evaluates every arrival's gradient in closed form.
+/// jumps, and a second pass evaluates every arrival's gradient in closed form. Targets are taken
+/// in blocks of [`TARGET_BLOCK`] (see there).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_backward(
     m: &MultiNeuron,
@@ -101,13 +124,67 @@ pub fn layer_backward(
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut Scratch,
 ) {
-    layer_backward_targets(m, layer, inputs, outputs, gout, factors, 0..layer.n_out, grads, scratch)
+    let (gw, gd, gin) = grads;
+    if inputs.is_empty() || outputs.is_empty() {
+        return;
+    }
+    let Scratch { tables, work } = scratch;
+    let factors = prepare_sample(m, layer, inputs, outputs, factors, tables);
+    for b in (0..layer.n_out).step_by(TARGET_BLOCK) {
+        let targets = b..(b + TARGET_BLOCK).min(layer.n_out);
+        let rows = targets.start * layer.n_in..targets.end * layer.n_in;
+        let grads = (&mut gw[rows.clone()], &mut gd[rows]);
+        backward_block(m, layer, inputs, outputs, gout, factors, tables, targets, grads, work);
+        add_gin(tables, &work.gsrc[..inputs.len()], gin);
+    }
+}
+
+/// [`layer_backward`] with its blocks of targets run on rayon's pool, for batches with fewer
+/// samples than threads: the sample's tables are built once and shared, each block has its own
+/// buffers, gradient rows are disjoint, and `dL/dt` of the inputs is summed over the blocks in
+/// order (bit for bit [`layer_backward`]'s result).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_backward_parallel(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    factors: Option<&DelayFactors>,
+    grads: (&mut [f64], &mut [f64], &mut [f64]),
+    scratch: &mut Scratch,
+) {
+    use rayon::prelude::*;
+    let (gw, gd, gin) = grads;
+    if inputs.is_empty() || outputs.is_empty() {
+        return;
+    }
+    let tables = &mut scratch.tables;
+    let factors = prepare_sample(m, layer, inputs, outputs, factors, tables);
+    let tables = &*tables;
+    let rows = TARGET_BLOCK * layer.n_in;
+    let n_grad = layer.n_out * layer.n_in;
+    let parts: Vec<Vec<f64>> = gw[..n_grad]
+        .par_chunks_mut(rows)
+        .zip(gd[..n_grad].par_chunks_mut(rows))
+        .enumerate()
+        .map(|(k, (gw, gd))| {
+            let targets = k * TARGET_BLOCK..((k + 1) * TARGET_BLOCK).min(layer.n_out);
+            let mut work = Work::default();
+            backward_block(m, layer, inputs, outputs, gout, factors, tables, targets, (gw, gd), &mut work);
+            work.gsrc.truncate(inputs.len());
+            work.gsrc
+        })
+        .collect();
+    for part in parts {
+        add_gin(tables, &part, gin);
+    }
 }
 
 /// [`layer_backward`] restricted to the targets in `targets`: the gradient rows of other targets
 /// are left alone, and `gin` receives only these targets' share of `dL/dt` of the inputs. Disjoint
 /// ranges of one sample can run on different threads (each with its own `gin`, summed afterwards
-/// in a fixed order), for batches with fewer samples than threads.
+/// in a fixed order).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_backward_targets(
     m: &MultiNeuron,
@@ -121,26 +198,75 @@ pub fn layer_backward_targets(
     scratch: &mut Scratch,
 ) {
     let (gw, gd, gin) = grads;
-    let n = &m.neuron;
-    let Scratch { gsrc, um, us, own, slot, grid, coef, by_channel } = scratch;
-    let n_in_spikes = inputs.len();
-    if n_in_spikes == 0 || outputs.is_empty() {
+    if inputs.is_empty() || outputs.is_empty() {
         return;
     }
+    let Scratch { tables, work } = scratch;
+    let factors = prepare_sample(m, layer, inputs, outputs, factors, tables);
+    let rows = targets.start * layer.n_in..targets.end * layer.n_in;
+    let grads = (&mut gw[rows.clone()], &mut gd[rows]);
+    backward_block(m, layer, inputs, outputs, gout, factors, tables, targets, grads, work);
+    add_gin(tables, &work.gsrc[..inputs.len()], gin);
+}
+
+/// The per-sample tables; returns the factors when the sample takes the factored path.
+fn prepare_sample<'f>(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    outputs: &[In],
+    factors: Option<&'f DelayFactors>,
+    tables: &mut SampleTables,
+) -> Option<&'f DelayFactors> {
+    let n = &m.neuron;
+    let SampleTables { um, us, by_channel, t0, factored, by_channel_order } = tables;
     let t_last = outputs.iter().fold(f64::NEG_INFINITY, |x, o| x.max(o.1)) + m.t_ref;
+    *t0 = inputs.iter().fold(f64::INFINITY, |x, i| x.min(i.1));
     let factors = factors.filter(|f| {
-        spike_factors(n, inputs, f.max_delay, um, us) && {
-            let t0 = inputs.iter().fold(f64::INFINITY, |x, i| x.min(i.1));
-            (t_last - t0) * n.inv_tau_m.max(n.inv_tau_s) < crate::multi::MAX_FACTOR_SPAN
-        }
+        spike_factors(n, inputs, f.max_delay, um, us)
+            && (t_last - *t0) * n.inv_tau_m.max(n.inv_tau_s) < crate::multi::MAX_FACTOR_SPAN
     });
-    let t0 = inputs.iter().fold(f64::INFINITY, |x, i| x.min(i.1));
-    // The factored path with a kernel of the difference form reads the inputs by channel, and
-    // its `gsrc` entries are in that order.
-    let by_chan = factors.filter(|_| n.kernel_is_difference());
-    if by_chan.is_some() {
+    *factored = factors.is_some();
+    *by_channel_order = *factored && n.kernel_is_difference();
+    if *by_channel_order {
         by_channel.build(inputs, um, us, layer.n_in);
     }
+    factors
+}
+
+/// Adds a block's `dL/dt` of the inputs (`gsrc`, in the tables' order) to `gin` (input order).
+fn add_gin(tables: &SampleTables, gsrc: &[f64], gin: &mut [f64]) {
+    if tables.by_channel_order {
+        for (&r, x) in tables.by_channel.row.iter().zip(gsrc) {
+            gin[r as usize] += x;
+        }
+    } else {
+        for (g, x) in gin.iter_mut().zip(gsrc) {
+            *g += x;
+        }
+    }
+}
+
+/// The targets in `targets` (gradient rows `gw`, `gd` of these targets only) on a prepared
+/// sample; leaves their share of `dL/dt` of the inputs in `work.gsrc[..inputs.len()]`.
+#[allow(clippy::too_many_arguments)]
+fn backward_block(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    factors: Option<&DelayFactors>,
+    tables: &SampleTables,
+    targets: std::ops::Range<usize>,
+    (gw, gd): (&mut [f64], &mut [f64]),
+    work: &mut Work,
+) {
+    let n = &m.neuron;
+    let Work { gsrc, own, slot, grid, coef } = work;
+    let SampleTables { um, us, t0, by_channel_order: by_channel, .. } = tables;
+    let (t0, by_channel) = (*t0, *by_channel);
+    let n_in_spikes = inputs.len();
     gsrc.clear();
     gsrc.resize(n_in_spikes, 0.0);
     gsrc.extend_from_slice(gout);
@@ -161,10 +287,12 @@ pub fn layer_backward_targets(
         own.push_neuron(m, (start..k).map(|q| (outputs[q].1, (n_in_spikes + q) as u32)));
         own.finish(m, factors.map(|_| t0));
         let row = j * layer.n_in;
-        if let Some(f) = by_chan {
-            let gj = (&mut gw[row..row + layer.n_in], &mut gd[row..row + layer.n_in]);
+        // This target's gradient rows in the block's buffers.
+        let rel = (j - targets.start) * layer.n_in;
+        let (gw, gd) = (&mut gw[rel..rel + layer.n_in], &mut gd[rel..rel + layer.n_in]);
+        if let (Some(f), true) = (factors, by_channel) {
             let w = &layer.weights[row..row + layer.n_in];
-            target_factored(m, by_channel, f, row, w, own, gsrc, gj, (slot, grid, coef));
+            target_factored(m, &tables.by_channel, f, row, w, own, gsrc, (gw, gd), (slot, grid, coef));
             continue;
         }
         let w = &layer.weights[row..row + layer.n_in];
@@ -197,7 +325,6 @@ pub fn layer_backward_targets(
         own.currents(m, 0);
         own.sweep(m, 0, gsrc);
         // Pass 2: every arrival's gradient from the adjoint of its interval.
-        let (gw, gd) = (&mut gw[row..row + layer.n_in], &mut gd[row..row + layer.n_in]);
         match (factors, layer.kind) {
             (Some(f), DelayKind::Synaptic) => {
                 let (fm, fs, d) =
@@ -233,15 +360,6 @@ pub fn layer_backward_targets(
                     gsrc[r] += ga;
                 }
             }
-        }
-    }
-    if by_chan.is_some() {
-        for (&r, x) in by_channel.row.iter().zip(&gsrc[..n_in_spikes]) {
-            gin[r as usize] += x;
-        }
-    } else {
-        for (g, x) in gin.iter_mut().zip(&gsrc[..n_in_spikes]) {
-            *g += x;
         }
     }
 }

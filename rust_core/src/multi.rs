@@ -17,6 +17,7 @@ use crate::error::{param_err, Result};
 use crate::layer::{DelayKind, LayerRef};
 use crate::neuron::Neuron;
 use crate::solver::{crossing_in_interval, first_crossing, may_cross};
+use crate::binned::{BinSample, BinWork};
 use crate::ttfs::In;
 
 /// A multi-spike neuron: the LIF model plus what only the multi-spike mode has.
@@ -471,7 +472,8 @@ pub struct Scratch {
     times: Vec<f64>,
     um: Vec<f64>,
     us: Vec<f64>,
-    bins: crate::binned::BinScratch,
+    sample: BinSample,
+    work: BinWork,
 }
 
 /// Forward pass of one feed-forward multi-spike layer for one sample. Appends `(neuron, time)`
@@ -502,21 +504,15 @@ pub fn layer_forward_targets(
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) -> bool {
-    let Scratch { arrivals, sort, times, um, us, bins } = scratch;
+    let Scratch { arrivals, sort, times, um, us, sample, work } = scratch;
     let mut ok = true;
     if inputs.is_empty() {
         return true;
     }
     let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
     let (lo, hi) = time_range(inputs, layer);
-    if let Some(f) = factors.filter(|_| crate::binned::prepare(m, inputs, um, us, layer.n_in, lo, hi, bins)) {
-        for j in targets {
-            let row = j * layer.n_in;
-            times.clear();
-            ok &= crate::binned::simulate_target(m, f, row, &layer.weights[row..row + layer.n_in], bins, times);
-            out.extend(times.iter().map(|&t| (j as u32, t)));
-        }
-        return ok;
+    if let Some(f) = factors.filter(|_| crate::binned::prepare(m, inputs, um, us, layer.n_in, lo, hi, sample)) {
+        return binned_targets(m, layer, f, targets, sample, work, times, out);
     }
     for j in targets {
         let row = j * layer.n_in;
@@ -550,6 +546,85 @@ pub fn layer_forward_targets(
         times.clear();
         ok &= simulate_arr(m, arrivals, factors.is_some(), times);
         out.extend(times.iter().map(|&t| (j as u32, t)));
+    }
+    ok
+}
+
+/// The binned scan ([`crate::binned`]) of the targets in `targets` on a prepared sample.
+#[allow(clippy::too_many_arguments)]
+fn binned_targets(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    f: &DelayFactors,
+    targets: std::ops::Range<usize>,
+    sample: &BinSample,
+    work: &mut BinWork,
+    times: &mut Vec<f64>,
+    out: &mut Vec<In>,
+) -> bool {
+    let mut ok = true;
+    for j in targets {
+        let row = j * layer.n_in;
+        times.clear();
+        ok &= crate::binned::simulate_target(m, f, row, &layer.weights[row..row + layer.n_in], sample, work, times);
+        out.extend(times.iter().map(|&t| (j as u32, t)));
+    }
+    ok
+}
+
+/// `n` targets in `parts` consecutive ranges (the last ones one shorter).
+pub(crate) fn target_ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts).map(|p| p * n / parts..(p + 1) * n / parts).collect()
+}
+
+/// [`layer_forward`] with the targets cut into `parts` ranges run on rayon's pool, for batches
+/// with fewer samples than threads: the sample's tables are built once and shared, each range
+/// has its own buffers, and the outputs are concatenated in range order (the same output as
+/// [`layer_forward`]).
+pub fn layer_forward_parallel(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    factors: Option<&DelayFactors>,
+    parts: usize,
+    out: &mut Vec<In>,
+    scratch: &mut Scratch,
+) -> bool {
+    use rayon::prelude::*;
+    if inputs.is_empty() {
+        return true;
+    }
+    let ranges = target_ranges(layer.n_out, parts);
+    let Scratch { um, us, sample, .. } = scratch;
+    let factored = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
+    let (lo, hi) = time_range(inputs, layer);
+    let parts: Vec<(bool, Vec<In>)> =
+        match factored.filter(|_| crate::binned::prepare(m, inputs, um, us, layer.n_in, lo, hi, sample)) {
+            Some(f) => {
+                let sample = &*sample;
+                ranges
+                    .into_par_iter()
+                    .map(|r| {
+                        let (mut work, mut times, mut part) = (BinWork::default(), Vec::new(), Vec::new());
+                        let ok = binned_targets(m, layer, f, r, sample, &mut work, &mut times, &mut part);
+                        (ok, part)
+                    })
+                    .collect()
+            }
+            None => ranges
+                .into_par_iter()
+                .map(|r| {
+                    let mut part = Vec::new();
+                    let ok = layer_forward_targets(m, layer, inputs, factors, r, &mut part, &mut Scratch::default());
+                    (ok, part)
+                })
+                .collect(),
+        };
+    let mut ok = true;
+    for (part_ok, part) in parts {
+        ok &= part_ok;
+        out.extend_from_slice(&part);
     }
     ok
 }

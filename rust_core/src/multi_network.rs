@@ -73,11 +73,20 @@ pub struct MultiKernel<'a> {
     layer: MultiLayer<'a>,
     /// The feed-forward synapses' factors, once per batch.
     factors: multi::DelayFactors,
+    /// Threads to spread a feed-forward layer's targets over within a sample (1: none).
+    target_parts: usize,
 }
 
 impl<'a> MultiKernel<'a> {
     pub fn new(neuron: &MultiNeuron, layer: MultiLayer<'a>) -> Self {
-        Self { neuron: *neuron, layer, factors: multi::delay_factors(&neuron.neuron, &layer.ff) }
+        Self { neuron: *neuron, layer, factors: multi::delay_factors(&neuron.neuron, &layer.ff), target_parts: 1 }
+    }
+
+    /// Spreads a feed-forward layer's targets over `parts` threads within each sample (for batches
+    /// that run as one chunk). The results are bit for bit those of one thread.
+    pub fn with_target_parts(mut self, parts: usize) -> Self {
+        self.target_parts = parts.max(1);
+        self
     }
 }
 
@@ -101,6 +110,15 @@ impl Kernel for MultiKernel<'_> {
     fn forward(&self, inputs: &[In], out: &mut Vec<In>, scratch: &mut MultiScratch) -> bool {
         let m = &self.neuron;
         match &self.layer.rec {
+            None if self.target_parts > 1 => multi::layer_forward_parallel(
+                m,
+                &self.layer.ff,
+                inputs,
+                Some(&self.factors),
+                self.target_parts,
+                out,
+                &mut scratch.forward,
+            ),
             None => multi::layer_forward(m, &self.layer.ff, inputs, Some(&self.factors), out, &mut scratch.forward),
             Some(rec) => multi::recurrent_forward(m, &RecLayer { ff: self.layer.ff, rec: *rec }, inputs, out),
         }
@@ -125,6 +143,9 @@ impl Kernel for MultiKernel<'_> {
         let (m, ff) = (&self.neuron, &self.layer.ff);
         let scratch = &mut scratch.backward;
         match &self.layer.rec {
+            None if self.target_parts > 1 => {
+                eventprop::layer_backward_parallel(m, ff, inputs, outputs, grad_out, Some(&self.factors), grads, scratch)
+            }
             None => eventprop::layer_backward(m, ff, inputs, outputs, grad_out, Some(&self.factors), grads, scratch),
             Some(rec) => eventprop::recurrent_backward(
                 m,
@@ -224,8 +245,12 @@ impl<'a> MultiNetwork<'a> {
         self.backward_with(&set.input(None)?, spikes, grad_out, cancel)
     }
 
-    fn kernels(&self) -> Vec<MultiKernel<'a>> {
-        self.layers.iter().map(|l| MultiKernel::new(&self.neuron, *l)).collect()
+    /// The layers' kernels for a batch of `n_samples`: a batch that runs as one chunk (on one
+    /// thread) spreads each feed-forward layer's targets over the pool's threads instead.
+    fn kernels(&self, n_samples: usize) -> Vec<MultiKernel<'a>> {
+        let threads = rayon::current_num_threads();
+        let parts = if ChunkPolicy::SLOW_SAMPLES.chunks(n_samples).len() == 1 { threads } else { 1 };
+        self.layers.iter().map(|l| MultiKernel::new(&self.neuron, *l).with_target_parts(parts)).collect()
     }
 
     /// Every spike of every layer for every sample of the batch (sorted by neuron then time).
@@ -236,7 +261,7 @@ impl<'a> MultiNetwork<'a> {
     /// [`MultiNetwork::forward`], stopped with `Error::Interrupted` when `cancel` is set.
     pub fn forward_with(&self, input: &Input, cancel: &Cancel) -> Result<Vec<Spikes>> {
         self.check_input(input)?;
-        driver::forward(&self.kernels(), input, ChunkPolicy::SLOW_SAMPLES, cancel)
+        driver::forward(&self.kernels(input.n_samples()), input, ChunkPolicy::SLOW_SAMPLES, cancel)
     }
 
     /// EventProp gradients given every spike of every layer (from `forward`, or recorded) and
@@ -277,7 +302,7 @@ impl<'a> MultiNetwork<'a> {
             return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
         }
         let (grads, inputs) =
-            driver::backward(&self.kernels(), input, spikes, grad_out, ChunkPolicy::SLOW_SAMPLES, cancel)?;
+            driver::backward(&self.kernels(n_samples), input, spikes, grad_out, ChunkPolicy::SLOW_SAMPLES, cancel)?;
         let (layers, rec) = grads.into_iter().unzip();
         Ok(MultiGrad { layers, rec, inputs })
     }
