@@ -13,11 +13,11 @@
 //! own sorted arrivals. Recurrent layers are simulated in time windows with per-target pending
 //! arrivals ([`crate::recurrent`]).
 
+use crate::binned::{BinSample, BinWork};
 use crate::error::{param_err, Result};
 use crate::layer::{DelayKind, LayerRef};
 use crate::neuron::Neuron;
 use crate::solver::{crossing_in_interval, first_crossing, may_cross};
-use crate::binned::{BinSample, BinWork};
 use crate::ttfs::In;
 
 /// A multi-spike neuron: the LIF model plus what only the multi-spike mode has.

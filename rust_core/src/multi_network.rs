@@ -143,9 +143,16 @@ impl Kernel for MultiKernel<'_> {
         let (m, ff) = (&self.neuron, &self.layer.ff);
         let scratch = &mut scratch.backward;
         match &self.layer.rec {
-            None if self.target_parts > 1 => {
-                eventprop::layer_backward_parallel(m, ff, inputs, outputs, grad_out, Some(&self.factors), grads, scratch)
-            }
+            None if self.target_parts > 1 => eventprop::layer_backward_parallel(
+                m,
+                ff,
+                inputs,
+                outputs,
+                grad_out,
+                Some(&self.factors),
+                grads,
+                scratch,
+            ),
             None => eventprop::layer_backward(m, ff, inputs, outputs, grad_out, Some(&self.factors), grads, scratch),
             Some(rec) => eventprop::recurrent_backward(
                 m,
