@@ -409,11 +409,12 @@ fn target_factored(
     for i in 0..n_in {
         let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
         let (di, wfs_i) = (d[i], wfs[i]);
-        for r in first..end {
-            let a = bc.time[r] + di;
+        let spikes = bc.time[first..end].iter().zip(&bc.us[first..end]);
+        for ((&t, &us), slot) in spikes.zip(&mut slot[first..end]) {
+            let a = t + di;
             if a >= last {
                 // So do this channel's later arrivals (times ascend within a channel).
-                slot[r] = n_ev as u32;
+                *slot = n_ev as u32;
                 break;
             }
             let c = cell(a);
@@ -421,8 +422,8 @@ fn target_factored(
             while g < g_end && ev[g] <= a {
                 g += 1;
             }
-            slot[r] = g as u32;
-            cur[g] += bc.us[r] * wfs_i;
+            *slot = g as u32;
+            cur[g] += us * wfs_i;
         }
     }
     for (c, x) in cur.iter_mut().zip(&own.inv_fs) {
@@ -443,17 +444,18 @@ fn target_factored(
         let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
         let (fm_i, fs_i, w_i) = (fm[i], fs[i], w[i]);
         let (mut acc_w, mut acc_d) = (0.0, 0.0);
-        for r in first..end {
-            let g = slot[r] as usize;
+        let spikes = slot[first..end].iter().zip(bc.um[first..end].iter().zip(&bc.us[first..end]));
+        for ((&g, (&um, &us)), gsrc) in spikes.zip(&mut gsrc[first..end]) {
+            let g = g as usize;
             if g >= n_ev {
                 break;
             }
             let c = coef[g];
-            let (xm, xs) = (bc.um[r] * fm_i, bc.us[r] * fs_i);
+            let (xm, xs) = (um * fm_i, us * fs_i);
             acc_w += c.q * xm + c.r * xs;
             let ga = w_i * (c.u * xm + c.v * xs);
             acc_d += ga;
-            gsrc[r] += ga;
+            *gsrc += ga;
         }
         gw[i] += acc_w;
         gd[i] += acc_d;
