@@ -78,6 +78,7 @@ pub struct Work {
     /// The factored path's interval look-up grid and per-interval coefficients.
     grid: Vec<u32>,
     coef: Vec<Coef>,
+    lanes: Vec<[f64; 4]>,
 }
 
 /// Reusable buffers of the backward pass, one set per worker thread.
@@ -263,7 +264,7 @@ fn backward_block(
     work: &mut Work,
 ) {
     let n = &m.neuron;
-    let Work { gsrc, own, slot, grid, coef } = work;
+    let Work { gsrc, own, slot, grid, coef, lanes } = work;
     let SampleTables { um, us, t0, by_channel_order: by_channel, .. } = tables;
     let (t0, by_channel) = (*t0, *by_channel);
     let n_in_spikes = inputs.len();
@@ -292,7 +293,7 @@ fn backward_block(
         let (gw, gd) = (&mut gw[rel..rel + layer.n_in], &mut gd[rel..rel + layer.n_in]);
         if let (Some(f), true) = (factors, by_channel) {
             let w = &layer.weights[row..row + layer.n_in];
-            target_factored(m, &tables.by_channel, f, row, w, own, gsrc, (gw, gd), (slot, grid, coef));
+            target_factored(m, &tables.by_channel, f, row, w, own, gsrc, (gw, gd), (slot, grid, coef, lanes));
             continue;
         }
         let w = &layer.weights[row..row + layer.n_in];
@@ -380,7 +381,7 @@ fn target_factored(
     own: &mut Own,
     gsrc: &mut [f64],
     (gw, gd): (&mut [f64], &mut [f64]),
-    (slot, grid, coef): (&mut [u32], &mut Vec<u32>, &mut Vec<Coef>),
+    (slot, grid, coef, lanes): (&mut [u32], &mut Vec<u32>, &mut Vec<Coef>, &mut Vec<[f64; 4]>),
 ) {
     let n = &m.neuron;
     let n_in = w.len();
@@ -404,8 +405,12 @@ fn target_factored(
         grid[c + 1] += grid[c];
     }
     let ev = &own.time[..];
-    // Pass 1: the index of each arrival's interval, and per interval the sum of `w x_s`.
-    let cur = &mut own.cur[..n_ev];
+    // Pass 1: the index of each arrival's interval, and per interval the sum of `w x_s`, in four
+    // lanes taken in turn (a neuron with few events puts most arrivals in one interval, and a
+    // single sum would chain every arrival's addition to the previous one's).
+    lanes.clear();
+    lanes.resize(n_ev, [0.0; 4]);
+    let mut lane = 0;
     for i in 0..n_in {
         let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
         let (di, wfs_i) = (d[i], wfs[i]);
@@ -423,11 +428,12 @@ fn target_factored(
                 g += 1;
             }
             *slot = g as u32;
-            cur[g] += us * wfs_i;
+            lanes[g][lane & 3] += us * wfs_i;
+            lane += 1;
         }
     }
-    for (c, x) in cur.iter_mut().zip(&own.inv_fs) {
-        *c *= x;
+    for ((c, l), x) in own.cur[..n_ev].iter_mut().zip(lanes.iter()).zip(&own.inv_fs) {
+        *c = ((l[0] + l[1]) + (l[2] + l[3])) * x;
     }
     own.currents(m, 0);
     own.sweep(m, 0, gsrc);
