@@ -73,12 +73,18 @@ pub struct SampleTables {
 pub struct Work {
     gsrc: Vec<f64>,
     own: Own,
+    arrivals: ArrivalBufs,
+}
+
+/// Per-target buffers of the passes over the arrivals.
+#[derive(Default)]
+struct ArrivalBufs {
     /// Per input spike: the index of its arrival's interval at the current target.
     slot: Vec<u32>,
-    /// The factored path's interval look-up grid and per-interval coefficients.
+    /// The factored path's interval look-up grid, per-interval sums in lanes and coefficients.
     grid: Vec<u32>,
-    coef: Vec<Coef>,
     lanes: Vec<[f64; 4]>,
+    coef: Vec<Coef>,
 }
 
 /// Reusable buffers of the backward pass, one set per worker thread.
@@ -264,15 +270,15 @@ fn backward_block(
     work: &mut Work,
 ) {
     let n = &m.neuron;
-    let Work { gsrc, own, slot, grid, coef, lanes } = work;
+    let Work { gsrc, own, arrivals } = work;
     let SampleTables { um, us, t0, by_channel_order: by_channel, .. } = tables;
     let (t0, by_channel) = (*t0, *by_channel);
     let n_in_spikes = inputs.len();
     gsrc.clear();
     gsrc.resize(n_in_spikes, 0.0);
     gsrc.extend_from_slice(gout);
-    slot.clear();
-    slot.resize(n_in_spikes, u32::MAX);
+    arrivals.slot.clear();
+    arrivals.slot.resize(n_in_spikes, u32::MAX);
     let mut k = 0;
     while k < outputs.len() {
         let j = outputs[k].0 as usize;
@@ -293,7 +299,7 @@ fn backward_block(
         let (gw, gd) = (&mut gw[rel..rel + layer.n_in], &mut gd[rel..rel + layer.n_in]);
         if let (Some(f), true) = (factors, by_channel) {
             let w = &layer.weights[row..row + layer.n_in];
-            target_factored(m, &tables.by_channel, f, row, w, own, gsrc, (gw, gd), (slot, grid, coef, lanes));
+            target_factored(m, &tables.by_channel, f, row, w, own, gsrc, (gw, gd), arrivals);
             continue;
         }
         let w = &layer.weights[row..row + layer.n_in];
@@ -305,7 +311,7 @@ fn backward_block(
                 for (r, &(i, t)) in inputs.iter().enumerate() {
                     let i = i as usize;
                     let g = own.interval(0, t + d[i]);
-                    slot[r] = g as u32;
+                    arrivals.slot[r] = g as u32;
                     if g < n_ev {
                         own.cur[g] += w[i] * (us[r] * fs[i]) * own.inv_fs[g];
                     }
@@ -316,7 +322,7 @@ fn backward_block(
                     let i = i as usize;
                     let a = t + layer.delay(j, i);
                     let g = own.interval(0, a);
-                    slot[r] = g as u32;
+                    arrivals.slot[r] = g as u32;
                     if g < n_ev {
                         own.cur[g] += w[i] * (-(own.time[g] - a) * n.inv_tau_s).exp();
                     }
@@ -331,7 +337,7 @@ fn backward_block(
                 let (fm, fs, d) =
                     (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in], &layer.delays[row..row + layer.n_in]);
                 for (r, &(i, t)) in inputs.iter().enumerate() {
-                    let g = slot[r] as usize;
+                    let g = arrivals.slot[r] as usize;
                     if g >= n_ev {
                         continue;
                     }
@@ -347,7 +353,7 @@ fn backward_block(
             }
             _ => {
                 for (r, &(i, t)) in inputs.iter().enumerate() {
-                    let g = slot[r] as usize;
+                    let g = arrivals.slot[r] as usize;
                     if g >= n_ev {
                         continue;
                     }
@@ -381,8 +387,9 @@ fn target_factored(
     own: &mut Own,
     gsrc: &mut [f64],
     (gw, gd): (&mut [f64], &mut [f64]),
-    (slot, grid, coef, lanes): (&mut [u32], &mut Vec<u32>, &mut Vec<Coef>, &mut Vec<[f64; 4]>),
+    bufs: &mut ArrivalBufs,
 ) {
+    let ArrivalBufs { slot, grid, lanes, coef } = bufs;
     let n = &m.neuron;
     let n_in = w.len();
     let (d, fm, fs, wfs) =
