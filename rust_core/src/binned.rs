@@ -1,16 +1,17 @@
 //! The feed-forward multi-spike scan over time bins: no sorted arrivals (issue 14).
 //!
-//! A target's arrivals are scattered into bins of a fixed width `h` (in input order, one pass),
-//! each bin keeping the factored sums `S_m = sum w exp((a - t_0)/tau_m)`,
-//! `S_s = sum w exp((a - t_0)/tau_s)`, the sum of its positive weights and a list of its arrivals.
-//! The state is superposition, so at a bin's end `T` it is a closed form of the state at the bin's
-//! start and the two sums (for kernels `K = (e_m - e_s) / delta`):
+//! A target's arrivals are scattered into bins of a fixed width `h` (one pass), each bin keeping
+//! the factored sums `S_m = sum w exp((a - t_0)/tau_m)`, `S_s = sum w exp((a - t_0)/tau_s)`, the
+//! sum of its positive weights and a list of its arrivals. The state is superposition, so between
+//! two resets it is a closed form of the running sums of the bins since the last reset (for
+//! kernels `K = (e_m - e_s) / delta`):
 //!
 //! ```text
-//! V(T) = V e_m(h) + I K(h) + (S_m E_m(T) - S_s E_s(T)) / delta,   I(T) = I e_s(h) + S_s E_s(T)
+//! V(T) = (E_m(T) sum_m - E_s(T) sum_s) / delta,   I(T) = E_s(T) sum_s
 //! ```
 //!
-//! with `E(T) = exp(-(T - t_0)/tau)`, one table per sample. Only a bin where a crossing is
+//! with `E(T) = exp(-(T - t_0)/tau)` at the bin boundaries, one table per sample (a reset
+//! re-bases both sums on the state it leaves). Only a bin where a crossing is
 //! possible is simulated arrival by arrival, exactly and in time order (its few arrivals sorted
 //! in place), and so is any bin that holds the end of a refractory clamp. The test is a bound:
 //! for `h` no longer than the kernel's peak time, `K` rises on `[0, h]`, so an arrival at
@@ -104,14 +105,6 @@ impl ByChannel {
             self.start[i] = self.start[i - 1];
         }
         self.start[0] = 0;
-    }
-
-    pub fn len(&self) -> usize {
-        self.time.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.time.is_empty()
     }
 }
 

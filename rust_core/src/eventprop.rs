@@ -83,6 +83,7 @@ struct ArrivalBufs {
     slot: Vec<u32>,
     /// The factored path's interval look-up grid, per-interval sums in lanes and coefficients.
     grid: Vec<u32>,
+    ev_pad: Vec<f64>,
     lanes: Vec<[f64; 4]>,
     coef: Vec<Coef>,
 }
@@ -389,7 +390,7 @@ fn target_factored(
     (gw, gd): (&mut [f64], &mut [f64]),
     bufs: &mut ArrivalBufs,
 ) {
-    let ArrivalBufs { slot, grid, lanes, coef } = bufs;
+    let ArrivalBufs { slot, grid, ev_pad, lanes, coef } = bufs;
     let n = &m.neuron;
     let n_in = w.len();
     let (d, fm, fs, wfs) =
@@ -412,6 +413,9 @@ fn target_factored(
         grid[c + 1] += grid[c];
     }
     let ev = &own.time[..];
+    ev_pad.clear();
+    ev_pad.extend_from_slice(ev);
+    ev_pad.push(f64::INFINITY);
     // Pass 1: the index of each arrival's interval, and per interval the sum of `w x_s`, in four
     // lanes taken in turn (a neuron with few events puts most arrivals in one interval, and a
     // single sum would chain every arrival's addition to the previous one's).
@@ -430,9 +434,15 @@ fn target_factored(
                 break;
             }
             let c = cell(a);
-            let (mut g, g_end) = (grid[c] as usize, grid[c + 1] as usize);
-            while g < g_end && ev[g] <= a {
-                g += 1;
+            let (g0, g_end) = (grid[c] as usize, grid[c + 1] as usize);
+            // Most cells hold no event and a few one: a comparison without a branch (`ev_pad`
+            // ends in +inf, and the event after a cell lies after the arrival); the rare cell
+            // with several events takes the loop.
+            let mut g = g0 + (ev_pad[g0] <= a) as usize;
+            if g_end > g0 + 1 {
+                while g < g_end && ev[g] <= a {
+                    g += 1;
+                }
             }
             *slot = g as u32;
             lanes[g][lane & 3] += us * wfs_i;

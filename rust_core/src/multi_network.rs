@@ -1,6 +1,9 @@
 //! Multi-spike networks over whole batches (feed-forward and recurrent hidden layers): a stack
 //! of [`MultiKernel`]s run by the batch driver ([`crate::driver`]).
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use crate::batch::{Input, SpikeSet};
 use crate::cancel::Cancel;
 use crate::driver::{self, ChunkPolicy, Kernel};
@@ -67,19 +70,57 @@ pub fn check_multi_spikes(sp: &Spikes, n_samples: usize, n_out: usize, what: &st
     Ok(())
 }
 
+thread_local! {
+    /// The feed-forward factors of the last layers seen on this thread (a training step's forward
+    /// and backward calls share them), with the parameters they were computed from.
+    static FACTORS: RefCell<Vec<(Vec<u64>, Arc<multi::DelayFactors>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Layers whose factors a thread keeps.
+const CACHED_LAYERS: usize = 2;
+
+/// The parameters the factors depend on, bit for bit.
+fn factor_key(n: &crate::neuron::Neuron, layer: &LayerRef) -> Vec<u64> {
+    let head = [n.tau_m, n.tau_s].map(f64::to_bits).into_iter();
+    let shape = [layer.n_out as u64, layer.n_in as u64, layer.kind as u64].into_iter();
+    head.chain(shape).chain(layer.weights.iter().chain(layer.delays).map(|x| x.to_bits())).collect()
+}
+
+/// [`multi::delay_factors`] computed once for a layer's parameters and then shared: comparing the
+/// parameters is a memory scan, computing the factors two `exp` per synapse (per call, that was a
+/// tenth of a small batch's time).
+fn cached_factors(n: &crate::neuron::Neuron, layer: &LayerRef) -> Arc<multi::DelayFactors> {
+    let key = factor_key(n, layer);
+    FACTORS.with(|cell| {
+        let mut cache = cell.borrow_mut();
+        if let Some(k) = cache.iter().position(|(x, _)| *x == key) {
+            let hit = cache.remove(k);
+            let factors = hit.1.clone();
+            cache.push(hit);
+            return factors;
+        }
+        let factors = Arc::new(multi::delay_factors(n, layer));
+        if cache.len() >= CACHED_LAYERS {
+            cache.remove(0);
+        }
+        cache.push((key, factors.clone()));
+        factors
+    })
+}
+
 /// One multi-spike layer (feed-forward, or with recurrent weights) as a per-sample kernel.
 pub struct MultiKernel<'a> {
     neuron: MultiNeuron,
     layer: MultiLayer<'a>,
     /// The feed-forward synapses' factors, once per batch.
-    factors: multi::DelayFactors,
+    factors: Arc<multi::DelayFactors>,
     /// Threads to spread a feed-forward layer's targets over within a sample (1: none).
     target_parts: usize,
 }
 
 impl<'a> MultiKernel<'a> {
     pub fn new(neuron: &MultiNeuron, layer: MultiLayer<'a>) -> Self {
-        Self { neuron: *neuron, layer, factors: multi::delay_factors(&neuron.neuron, &layer.ff), target_parts: 1 }
+        Self { neuron: *neuron, layer, factors: cached_factors(&neuron.neuron, &layer.ff), target_parts: 1 }
     }
 
     /// Spreads a feed-forward layer's targets over `parts` threads within each sample (for batches
@@ -114,12 +155,14 @@ impl Kernel for MultiKernel<'_> {
                 m,
                 &self.layer.ff,
                 inputs,
-                Some(&self.factors),
+                Some(self.factors.as_ref()),
                 self.target_parts,
                 out,
                 &mut scratch.forward,
             ),
-            None => multi::layer_forward(m, &self.layer.ff, inputs, Some(&self.factors), out, &mut scratch.forward),
+            None => {
+                multi::layer_forward(m, &self.layer.ff, inputs, Some(self.factors.as_ref()), out, &mut scratch.forward)
+            }
             Some(rec) => multi::recurrent_forward(m, &RecLayer { ff: self.layer.ff, rec: *rec }, inputs, out),
         }
     }
@@ -149,11 +192,13 @@ impl Kernel for MultiKernel<'_> {
                 inputs,
                 outputs,
                 grad_out,
-                Some(&self.factors),
+                Some(self.factors.as_ref()),
                 grads,
                 scratch,
             ),
-            None => eventprop::layer_backward(m, ff, inputs, outputs, grad_out, Some(&self.factors), grads, scratch),
+            None => {
+                eventprop::layer_backward(m, ff, inputs, outputs, grad_out, Some(self.factors.as_ref()), grads, scratch)
+            }
             Some(rec) => eventprop::recurrent_backward(
                 m,
                 &RecLayer { ff: *ff, rec: *rec },
