@@ -366,7 +366,7 @@ fn advance(m: &MultiNeuron, st: &mut State, arr: &[(f64, f64)], t_stop: f64, out
             first_crossing(n, st.v, st.i, f64::INFINITY)
         } else {
             let len = na - st.t;
-            let (em, es) = n.decays(len);
+            let (em, es) = m.decays(len);
             let (ve, ie) = (st.v * em + st.i * n.kernel_from_fast(len, em, es), st.i * es);
             match if st.i > 0.0 { crossing_in_interval(n, st.v, st.i, len, ve, ie) } else { None } {
                 Some(s) => Some(s),

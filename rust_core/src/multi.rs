@@ -53,6 +53,24 @@ impl MultiNeuron {
         }
     }
 
+    /// `(exp(-s/tau_m), exp(-s/tau_s))` with one `exp` when `tau_m = k tau_s` for a small integer
+    /// `k` (`exp(-s/tau_s)` is then the `k`-th power of `exp(-s/tau_m)`, a few ulps from the
+    /// direct value), else [`Neuron::decays`].
+    #[inline]
+    pub(crate) fn decays(&self, s: f64) -> (f64, f64) {
+        if self.pow_k < 3 {
+            return self.neuron.decays(s);
+        }
+        let em = (-s * self.neuron.inv_tau_m).exp();
+        let es = if self.pow_k == 4 {
+            let e2 = em * em;
+            e2 * e2
+        } else {
+            em.powi(self.pow_k)
+        };
+        (em, es)
+    }
+
     pub fn new(neuron: Neuron, t_ref: f64, t_end: f64) -> Result<Self> {
         if !(t_ref.is_finite() && t_ref >= 0.0) {
             return Err(param_err(format!("neuron: t_ref must be finite and >= 0, got {t_ref}")));
