@@ -1017,3 +1017,28 @@ fn target_parallel_passes_equal_serial_ones() {
         assert_eq!(a, b, "tm {tm}: backward");
     }
 }
+
+/// Degenerate spans on the binned scan: all arrivals at one time (no span at all), and a trial
+/// that ends before the first arrival; against `multi::simulate`.
+#[test]
+fn binned_scan_with_simultaneous_arrivals_and_early_trial_end() {
+    let (n_in, n) = (10, 2);
+    let w = vec![0.45; n * n_in];
+    let d = vec![0.0; n * n_in];
+    let ff = LayerRef::new(n, n_in, &w, DelayKind::Synaptic, &d, "ff").unwrap();
+    let inputs: Vec<(u32, u32, f64)> = (0..n_in as u32).map(|i| (0, i, 1.0)).collect();
+    for (t_end, t_ref) in [(f64::INFINITY, 0.1), (f64::INFINITY, 0.0), (0.5, 0.1), (1.0, 0.0)] {
+        let m = MultiNeuron::new(Neuron::new(2.0, 1.0, 1.0).unwrap(), t_ref, t_end).unwrap();
+        let out = multi_network::layer_forward(&m, MultiLayer { ff, rec: None }, &table(&inputs), 1).unwrap();
+        for j in 0..n {
+            let mut want = Vec::new();
+            assert!(delgrad_core::multi::simulate(&m, &sorted_arrivals(&inputs, &w, &d, n_in, j), &mut want));
+            let got: Vec<f64> = (0..out.len()).filter(|&k| out.neuron[k] == j as u32).map(|k| out.time[k]).collect();
+            assert_eq!(got.len(), want.len(), "t_end {t_end} t_ref {t_ref} neuron {j}: {got:?} vs {want:?}");
+            assert!(got.iter().zip(&want).all(|(g, r)| (g - r).abs() < 1e-9), "t_end {t_end} neuron {j}");
+            if t_end > 1.0 {
+                assert!(want.len() >= 2, "t_end {t_end} t_ref {t_ref}: expected repeat spikes, got {want:?}");
+            }
+        }
+    }
+}
