@@ -36,6 +36,9 @@ pub struct Neuron {
     // rules most intervals out without locating their peak (a log and two exps).
     pub(crate) k_max: f64,
     solver: Solver,
+    /// `k` when `tau_m = k tau_s` exactly for an integer `3 <= k <= 8` (the bracketed solver then
+    /// works on a polynomial), else 0.
+    pub(crate) power: i32,
 }
 
 impl Neuron {
@@ -67,6 +70,7 @@ impl Neuron {
             inv_delta,
             k_max: f64::INFINITY,
             solver,
+            power: (3..=8).find(|&k| tau_m == k as f64 * tau_s).unwrap_or(0),
         };
         // K peaks where K' = e_s - K/tau_m = 0: at tau for equal taus, else at ln(tau_m/tau_s)/delta.
         n.k_max = n.kernel(n.kernel_peak()) * (1.0 + 1e-12);
