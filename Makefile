@@ -14,7 +14,7 @@ $(PY):
 
 # `pip install -e` builds the Rust extension in release mode (maturin, Cargo.lock respected).
 install: $(PY)
-	$(PY) -m pip install -e ".[test,digits,sweep,shd,nir,log]"
+	$(PY) -m pip install -e ".[test,digits,sweep,distributed,shd,nir,log]"
 
 run: install
 	$(VENV)/bin/delgrad run $(PIPELINE)

@@ -146,7 +146,7 @@ def test_every_shipped_pipeline_parses_and_runs_one_epoch(tmp_path: Path) -> Non
                 "data.n_validation=10",
                 "data.n_test=10",
                 "data.spikes_per_sample=300",
-                "network.hidden=[8]",
+                f"network.hidden={[8] * len(cfg.network.hidden)}",
             ]
         d = pipeline.run(toml, ["train.epochs=1", *extra], tmp_path / toml.stem, progress=False)
         assert (d / "report.md").exists(), toml.name

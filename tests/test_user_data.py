@@ -18,7 +18,7 @@ from delgrad.data.user import DataError
 
 ROOT = Path(__file__).resolve().parent.parent
 SYN = ROOT / "pipelines" / "yinyang_synaptic.toml"
-SHD = ROOT / "pipelines" / "shd.toml"
+SHD = ROOT / "pipelines" / "events.toml"
 
 
 def write_parquet_set(directory: Path, n: int = 90, n_inputs: int = 6, split: bool = False, seed: int = 0) -> Path:

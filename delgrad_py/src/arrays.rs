@@ -134,6 +134,8 @@ pub fn layer_refs<'a>(args: &'a [LayerArgs]) -> PyResult<Vec<LayerRef<'a>>> {
 
 /// `(dL/dW, dL/dD)` of one layer.
 pub type GradPair<'py> = (Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>);
+/// `dL/dW` and `dL/dD` of one layer, one array each or stacked over shards ([`shard_grad_arrays`]).
+pub type AnyPair<'py> = (Bound<'py, PyAny>, Bound<'py, PyAny>);
 /// `(dL/dW, dL/dD, dL/dt per input row)` of one layer.
 pub type LayerGrads<'py> = (Bound<'py, PyArray2<f64>>, Bound<'py, PyArrayDyn<f64>>, Bound<'py, PyArray1<f64>>);
 
@@ -147,4 +149,30 @@ pub fn grad_arrays<'py>(py: Python<'py>, layer: &LayerRef, g: LayerGrad) -> Grad
     let shape = layer.kind.shape(layer.n_out, layer.n_in);
     let delays = ArrayD::from_shape_vec(IxDyn(&shape), g.delays).expect("gradient has the parameter's shape");
     (matrix(py, layer.n_out, layer.n_in, g.weights), delays.into_pyarray(py))
+}
+
+/// `dW` and `dD` of a layer as Python objects: [`grad_arrays`] of the one gradient when
+/// `stacked` is false, else one array each with a leading axis over the shards' gradients.
+pub fn shard_grad_arrays<'py>(
+    py: Python<'py>,
+    layer: &LayerRef,
+    mut grads: Vec<LayerGrad>,
+    stacked: bool,
+) -> (Bound<'py, PyAny>, Bound<'py, PyAny>) {
+    if !stacked {
+        let (w, d) = grad_arrays(py, layer, grads.pop().expect("one shard"));
+        return (w.into_any(), d.into_any());
+    }
+    let n = grads.len();
+    let w_shape = [n, layer.n_out, layer.n_in];
+    let mut d_shape = vec![n];
+    d_shape.extend(layer.kind.shape(layer.n_out, layer.n_in));
+    let (mut w, mut d) = (Vec::new(), Vec::new());
+    for g in grads {
+        w.extend(g.weights);
+        d.extend(g.delays);
+    }
+    let weights = ArrayD::from_shape_vec(IxDyn(&w_shape), w).expect("gradients have the parameter's shape");
+    let delays = ArrayD::from_shape_vec(IxDyn(&d_shape), d).expect("gradients have the parameter's shape");
+    (weights.into_pyarray(py).into_any(), delays.into_pyarray(py).into_any())
 }

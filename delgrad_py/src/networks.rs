@@ -8,8 +8,8 @@ use pyo3_arrow::input::AnyRecordBatch;
 use pyo3_arrow::PyRecordBatch;
 
 use crate::arrays::{
-    extract_layers, grad_arrays, layer_refs, read_table, select_ids, GradPair, LayerArgs, LayerGrads, SampleCount,
-    Select,
+    extract_layers, grad_arrays, layer_refs, read_table, select_ids, shard_grad_arrays, AnyPair, LayerArgs, LayerGrads,
+    SampleCount, Select,
 };
 use crate::errors::{check, run, ShapeError};
 use crate::neuron::PyNeuron;
@@ -93,9 +93,11 @@ pub fn network_forward(
 }
 
 /// Gradients for a network given `grad_times`, `dL/dT` on the output layer's first spike times,
-/// shape (n_samples, n_out) (entries of silent neurons are ignored).
+/// shape (n_samples, n_out) (entries of silent neurons are ignored). With `shards` (sizes of
+/// consecutive shards of the batch) each gradient array gets a leading axis over the shards,
+/// each shard's as the batch made of it alone gives it.
 #[pyfunction]
-#[pyo3(signature = (spikes, select, layers, neuron, trace, grad_times, min_slope=None))]
+#[pyo3(signature = (spikes, select, layers, neuron, trace, grad_times, min_slope=None, shards=None))]
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn network_backward<'py>(
     py: Python<'py>,
@@ -106,7 +108,8 @@ pub fn network_backward<'py>(
     trace: &Trace,
     grad_times: PyReadonlyArray2<'py, f64>,
     min_slope: Option<f64>,
-) -> PyResult<(Vec<GradPair<'py>>, Bound<'py, PyArray1<f64>>)> {
+    shards: Option<Vec<usize>>,
+) -> PyResult<(Vec<AnyPair<'py>>, Bound<'py, PyArray1<f64>>)> {
     let args = extract_layers(layers)?;
     let mut net = check(Network::new(check(neuron.model.ttfs("network"))?, layer_refs(&args)?))?;
     if let Some(m) = min_slope {
@@ -123,9 +126,25 @@ pub fn network_backward<'py>(
         )));
     }
     let dense = grad_times.as_slice().map_err(|_| ShapeError::new_err("grad_times must be C-contiguous"))?;
-    let g = run(py, |cancel| net.backward_first_times(&input, &trace.layers, dense, cancel))?;
-    let grads = net.layers.iter().zip(g.layers).map(|(l, lg)| grad_arrays(py, l, lg)).collect();
-    Ok((grads, g.inputs.into_pyarray(py)))
+    let sizes = shards.clone().unwrap_or_else(|| vec![trace.n_samples]);
+    let (per_shard, inputs) = run(py, |cancel| net.backward_first_times(&input, &trace.layers, dense, &sizes, cancel))?;
+    let grads = per_layer(per_shard, net.layers.len())
+        .into_iter()
+        .zip(&net.layers)
+        .map(|(lg, l)| shard_grad_arrays(py, l, lg, shards.is_some()))
+        .collect();
+    Ok((grads, inputs.into_pyarray(py)))
+}
+
+/// Per-shard lists of per-layer gradients, regrouped per layer (shards in order).
+fn per_layer<T>(per_shard: Vec<Vec<T>>, n_layers: usize) -> Vec<Vec<T>> {
+    let mut out: Vec<Vec<T>> = (0..n_layers).map(|_| Vec::with_capacity(per_shard.len())).collect();
+    for shard in per_shard {
+        for (layer, g) in out.iter_mut().zip(shard) {
+            layer.push(g);
+        }
+    }
+    out
 }
 
 /// The optional recurrent parameters of each layer, borrowed like [`LayerArgs`].
@@ -192,9 +211,10 @@ pub fn multi_network_forward(
 /// EventProp gradients of a multi-spike network given `grad_spikes`, `dL/dt` of every spike of
 /// the last layer in the row order of `trace.spikes(-1)`. Returns the feed-forward
 /// `(dW, dD)` per layer, the recurrent `(dW, dD)` per layer (None for feed-forward layers) and
-/// `dL/dt` of each input spike row.
+/// `dL/dt` of each input spike row. With `shards`, each gradient array has a leading axis over
+/// the shards (as `network_backward`).
 #[pyfunction]
-#[pyo3(signature = (spikes, select, layers, neuron, trace, grad_spikes, recurrent = None))]
+#[pyo3(signature = (spikes, select, layers, neuron, trace, grad_spikes, recurrent = None, shards = None))]
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn multi_network_backward<'py>(
     py: Python<'py>,
@@ -205,22 +225,30 @@ pub fn multi_network_backward<'py>(
     trace: &Trace,
     grad_spikes: PyReadonlyArray1<'py, f64>,
     recurrent: Option<Bound<'py, PyAny>>,
-) -> PyResult<(Vec<GradPair<'py>>, Vec<Option<GradPair<'py>>>, Bound<'py, PyArray1<f64>>)> {
+    shards: Option<Vec<usize>>,
+) -> PyResult<(Vec<AnyPair<'py>>, Vec<Option<AnyPair<'py>>>, Bound<'py, PyArray1<f64>>)> {
     let ff = extract_layers(layers)?;
     let rec = extract_recurrent(&recurrent, ff.len())?;
     let net = multi_net(neuron, &ff, &rec)?;
     let ids = select_ids(&select, &spikes.inner)?;
     let input = trace_batch(spikes, ids.as_deref(), trace)?;
     let g = grad_spikes.as_slice().map_err(|_| ShapeError::new_err("grad_spikes must be contiguous"))?;
-    let grads = run(py, |cancel| net.backward_with(&input, &trace.layers, g, cancel))?;
+    let sizes = shards.clone().unwrap_or_else(|| vec![trace.n_samples]);
+    let (per_shard, inputs) = run(py, |cancel| net.backward_shards(&input, &trace.layers, g, &sizes, cancel))?;
+    let (ff_shards, rec_shards): (Vec<_>, Vec<_>) = per_shard.into_iter().unzip();
+    let n_layers = net.layers.len();
     let mut ff_out = Vec::new();
     let mut rec_out = Vec::new();
-    for (l, (lg, rg)) in net.layers.iter().zip(grads.layers.into_iter().zip(grads.rec)) {
-        ff_out.push(grad_arrays(py, &l.ff, lg));
+    let stacked = shards.is_some();
+    for (l, (lg, rg)) in
+        net.layers.iter().zip(per_layer(ff_shards, n_layers).into_iter().zip(per_layer(rec_shards, n_layers)))
+    {
+        ff_out.push(shard_grad_arrays(py, &l.ff, lg, stacked));
+        let rg: Option<Vec<_>> = rg.into_iter().collect();
         rec_out.push(match (l.rec, rg) {
-            (Some(r), Some(rg)) => Some(grad_arrays(py, &r, rg)),
+            (Some(r), Some(rg)) => Some(shard_grad_arrays(py, &r, rg, stacked)),
             _ => None,
         });
     }
-    Ok((ff_out, rec_out, grads.inputs.into_pyarray(py)))
+    Ok((ff_out, rec_out, inputs.into_pyarray(py)))
 }

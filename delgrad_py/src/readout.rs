@@ -9,7 +9,7 @@ use numpy::{
 use pyo3::prelude::*;
 use pyo3_arrow::input::AnyRecordBatch;
 
-use crate::arrays::{grad_arrays, matrix, read_table, LayerArgs, LayerGrads, SampleCount};
+use crate::arrays::{matrix, read_table, shard_grad_arrays, LayerArgs, SampleCount};
 use crate::errors::{check, run, ShapeError};
 use crate::neuron::PyNeuron;
 
@@ -41,9 +41,10 @@ pub fn readout_forward<'py>(
 }
 
 /// Gradients of a readout given `dy = dL/dy` (n_samples, n_out): `(dL/dW, dL/dD, dL/dt per row
-/// of spikes)`.
+/// of spikes)`. With `shards` (sizes of consecutive shards of the batch), `dL/dW` and `dL/dD`
+/// have a leading axis over the shards, each shard's as the batch made of it alone gives it.
 #[pyfunction]
-#[pyo3(signature = (spikes, weights, delays, delay_kind, neuron, n_samples, kind, t_end, dy, tau_w = None))]
+#[pyo3(signature = (spikes, weights, delays, delay_kind, neuron, n_samples, kind, t_end, dy, tau_w = None, shards = None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn readout_backward<'py>(
     py: Python<'py>,
@@ -57,37 +58,44 @@ pub fn readout_backward<'py>(
     t_end: f64,
     dy: PyReadonlyArray2<'py, f64>,
     tau_w: Option<f64>,
-) -> PyResult<LayerGrads<'py>> {
+    shards: Option<Vec<usize>>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>, Bound<'py, PyArray1<f64>>)> {
     let table = read_table(spikes, "spikes", false)?;
     let args = LayerArgs::new(weights, delay_kind, delays)?;
     let layer = args.as_ref("readout")?;
     let readout = core::Readout { layer, kind: check(ReadoutKind::parse(kind, tau_w, t_end))?, t_end };
     let dy = dy.as_slice().map_err(|_| ShapeError::new_err("dy must be C-contiguous"))?;
     let n = *neuron.model.neuron();
-    let (lg, gin) = run(py, |cancel| readout.backward_table(&n, &table, n_samples.0, dy, cancel))?;
-    let (gw, gd) = grad_arrays(py, &layer, lg);
+    let sizes = shards.clone().unwrap_or_else(|| vec![n_samples.0]);
+    let (lg, gin) = run(py, |cancel| readout.backward_table(&n, &table, n_samples.0, dy, &sizes, cancel))?;
+    let (gw, gd) = shard_grad_arrays(py, &layer, lg, shards.is_some());
     Ok((gw, gd, gin.into_pyarray(py)))
 }
 
 /// Softmax cross-entropy on readout values (n_samples, n_out): `(mean loss, dL/dy, predictions)`.
+/// `batch_size`: the rows are a shard of a batch of that many samples; loss and gradient are
+/// divided by it (default: the number of rows).
 #[pyfunction]
+#[pyo3(signature = (values, labels, batch_size = None))]
 #[allow(clippy::type_complexity)]
 pub fn readout_cross_entropy<'py>(
     py: Python<'py>,
     values: PyReadonlyArray2<'py, f64>,
     labels: PyReadonlyArray1<'py, i64>,
+    batch_size: Option<usize>,
 ) -> PyResult<(f64, Bound<'py, PyArray2<f64>>, Bound<'py, PyArray1<i64>>)> {
     let shape = values.shape().to_vec();
     let v = values.as_slice().map_err(|_| ShapeError::new_err("values must be C-contiguous"))?;
     let l = labels.as_slice().map_err(|_| ShapeError::new_err("labels must be contiguous"))?;
-    let (loss, grad, pred) = check(core::readout::cross_entropy(v, shape[1], l))?;
+    let n = batch_size.unwrap_or(l.len());
+    let (loss, grad, pred) = check(core::readout::cross_entropy_part(v, shape[1], l, n))?;
     Ok((loss, matrix(py, shape[0], shape[1], grad), pred.into_pyarray(py)))
 }
 
 /// Loss on first spike times `(n_samples, n_out)` (inf = silent): returns the mean loss,
 /// `dL/dt` of the same shape, and the predicted classes (-1 when every output is silent).
 #[pyfunction]
-#[pyo3(signature = (times, labels, kind, tau_s, t_silent, delta = 0.3, xi = 0.2, alpha = 0.005, beta = 2.7))]
+#[pyo3(signature = (times, labels, kind, tau_s, t_silent, delta = 0.3, xi = 0.2, alpha = 0.005, beta = 2.7, batch_size = None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub fn loss<'py>(
     py: Python<'py>,
@@ -100,6 +108,7 @@ pub fn loss<'py>(
     xi: f64,
     alpha: f64,
     beta: f64,
+    batch_size: Option<usize>,
 ) -> PyResult<(f64, Bound<'py, PyArray2<f64>>, Bound<'py, PyArray1<i64>>)> {
     let loss = check(Loss::parse(kind, delta, xi, alpha, beta))?;
     let shape = times.shape().to_vec();
@@ -108,7 +117,8 @@ pub fn loss<'py>(
     if shape[0] != l.len() {
         return Err(ShapeError::new_err(format!("times have {} rows but there are {} labels", shape[0], l.len())));
     }
-    let out = check(core::loss::evaluate(t, shape[1], l, loss, tau_s, t_silent))?;
+    let n = batch_size.unwrap_or(l.len());
+    let out = check(core::loss::evaluate_part(t, shape[1], l, loss, tau_s, t_silent, n))?;
     Ok((out.loss, matrix(py, shape[0], shape[1], out.grad), out.predictions.into_pyarray(py)))
 }
 

@@ -151,6 +151,11 @@ impl PySpikeSet {
     fn __len__(&self) -> usize {
         self.n_samples()
     }
+    /// The number of spikes of every sample.
+    fn spike_counts<'py>(&self, py: Python<'py>) -> Bound<'py, PyArray1<u64>> {
+        let g = &self.inner.grouping;
+        (0..self.n_samples()).map(|s| g.sample_len(s) as u64).collect::<Vec<_>>().into_pyarray(py)
+    }
     /// The spikes of samples `select` (all when None) as one RecordBatch, samples renumbered
     /// `0..len(select)` in the order given.
     #[pyo3(signature = (select=None))]

@@ -5,6 +5,13 @@
 //! in order. Chunk boundaries depend only on the batch size, so results do not depend on the
 //! number of threads. A new neuron model is a new [`Kernel`]; batching, cancellation, joins and
 //! reductions stay here.
+//!
+//! Data-parallel training adds one level above chunks: a batch cut into *shards* (consecutive
+//! samples) whose gradients are summed by the caller in shard order. [`backward_shards`] returns
+//! one finished gradient per shard, each bit for bit what [`backward`] gives for the batch made
+//! of that shard alone (the shard is cut into chunks by its own size), while all shards' chunks
+//! run in one parallel call. So a process computing every shard and several processes each
+//! computing some of them add the same numbers in the same order.
 
 use std::ops::Range;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
@@ -14,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::batch::Input;
 use crate::cancel::{Cancel, Checkpoint, POLL_INTERVAL};
-use crate::error::{Error, Result};
+use crate::error::{shape_err, Error, Result};
 use crate::spikes::Spikes;
 use crate::ttfs::In;
 
@@ -55,9 +62,19 @@ pub fn map_chunks<T: Send>(
     cancel: &Cancel,
     f: impl Fn(Range<usize>, &mut Checkpoint) -> Result<T> + Sync,
 ) -> Result<Vec<T>> {
+    map_ranges(policy.chunks(n), false, cancel, f)
+}
+
+/// `f` over `ranges` (chunks), in parallel unless there is one range or `serial`; results in
+/// the order of `ranges`. See [`map_chunks`].
+fn map_ranges<T: Send>(
+    ranges: Vec<Range<usize>>,
+    serial: bool,
+    cancel: &Cancel,
+    f: impl Fn(Range<usize>, &mut Checkpoint) -> Result<T> + Sync,
+) -> Result<Vec<T>> {
     cancel.check()?;
-    let ranges = policy.chunks(n);
-    if ranges.len() <= 1 {
+    if ranges.len() <= 1 || serial {
         let mut checkpoint = Checkpoint::caller(cancel);
         return ranges.into_iter().map(|r| f(r, &mut checkpoint)).collect();
     }
@@ -238,15 +255,66 @@ pub fn backward<K: Kernel>(
     policy: ChunkPolicy,
     cancel: &Cancel,
 ) -> Result<(Vec<K::Grad>, Vec<f64>)> {
+    let n = source.n_samples();
+    let (mut grads, gin) = backward_shards(kernels, source, outputs, grad_out, policy, &[n], cancel)?;
+    Ok((grads.pop().expect("one shard"), gin))
+}
+
+/// The batch's consecutive shards of `shards[k]` samples as ranges; an error unless they cover
+/// the `n` samples exactly.
+pub fn shard_ranges(shards: &[usize], n: usize) -> Result<Vec<Range<usize>>> {
+    let total: usize = shards.iter().sum();
+    if total != n || (n > 0 && shards.contains(&0)) {
+        return Err(shape_err(format!(
+            "shards: sizes {shards:?} must be positive and add up to the batch's {n} samples (they add up to {total})"
+        )));
+    }
+    let mut start = 0;
+    Ok(shards
+        .iter()
+        .map(|&size| {
+            start += size;
+            start - size..start
+        })
+        .collect())
+}
+
+/// Per shard, the gradient of every layer; and `dL/d(event)` of every row of the batch.
+pub type ShardGrads<G> = (Vec<Vec<G>>, Vec<f64>);
+
+/// [`backward`] of a batch cut into consecutive shards of `shards[k]` samples: one gradient per
+/// shard (each what [`backward`] returns for that shard as a batch of its own: the shard is cut
+/// into chunks by `policy` on its own size, and its chunks' sums are added in chunk order), and
+/// `dL/d(event)` of every row. Every shard's chunks run in one parallel map; a batch below
+/// `policy.serial_below` runs on the calling thread, as [`map_chunks`] would run it.
+pub fn backward_shards<K: Kernel>(
+    kernels: &[K],
+    source: &impl Source,
+    outputs: &[Spikes],
+    grad_out: &[f64],
+    policy: ChunkPolicy,
+    shards: &[usize],
+    cancel: &Cancel,
+) -> Result<ShardGrads<K::Grad>> {
     assert_eq!(outputs.len(), kernels.len(), "one output per layer");
+    let n = source.n_samples();
     let n_layers = kernels.len();
     let (top, last) = (kernels.last().expect("at least one layer"), outputs.last().expect("at least one layer"));
+    // Every chunk of every shard, in order, and the shard each belongs to.
+    let mut ranges = Vec::new();
+    let mut owner = Vec::new();
+    for (k, shard) in shard_ranges(shards, n)?.into_iter().enumerate() {
+        for chunk in policy.chunks(shard.len()) {
+            ranges.push(shard.start + chunk.start..shard.start + chunk.end);
+            owner.push(k);
+        }
+    }
     struct Part {
         gw: Vec<Vec<f64>>,
         gd: Vec<Vec<f64>>,
         gin: Vec<(usize, f64)>,
     }
-    let parts = map_chunks(policy, source.n_samples(), cancel, |range, checkpoint| {
+    let parts = map_ranges(ranges, n < policy.serial_below, cancel, |range, checkpoint| {
         let mut scratch = K::Scratch::default();
         let mut part = Part {
             gw: kernels.iter().map(|k| vec![0.0; k.grad_len()]).collect(),
@@ -279,19 +347,25 @@ pub fn backward<K: Kernel>(
         }
         Ok(part)
     })?;
-    let mut gw: Vec<Vec<f64>> = kernels.iter().map(|k| vec![0.0; k.grad_len()]).collect();
-    let mut gd = gw.clone();
+    // Each shard's sums start at 0 and take its chunks' sums in chunk order, as `backward`'s do.
+    let zeros = || -> Vec<Vec<f64>> { kernels.iter().map(|k| vec![0.0; k.grad_len()]).collect() };
+    let mut sums_w: Vec<Vec<Vec<f64>>> = shards.iter().map(|_| zeros()).collect();
+    let mut sums_d: Vec<Vec<Vec<f64>>> = shards.iter().map(|_| zeros()).collect();
     let mut gin = vec![0.0; source.n_rows()];
-    for part in parts {
+    for (part, k) in parts.into_iter().zip(owner) {
         for l in 0..n_layers {
-            add(&mut gw[l], &part.gw[l]);
-            add(&mut gd[l], &part.gd[l]);
+            add(&mut sums_w[k][l], &part.gw[l]);
+            add(&mut sums_d[k][l], &part.gd[l]);
         }
         for (r, g) in part.gin {
             gin[r] = g;
         }
     }
-    let grads = kernels.iter().zip(gw.into_iter().zip(gd)).map(|(k, (w, d))| k.finish(w, d)).collect();
+    let grads = sums_w
+        .into_iter()
+        .zip(sums_d)
+        .map(|(gw, gd)| kernels.iter().zip(gw.into_iter().zip(gd)).map(|(k, (w, d))| k.finish(w, d)).collect())
+        .collect();
     Ok((grads, gin))
 }
 

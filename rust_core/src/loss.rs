@@ -57,6 +57,27 @@ pub fn predict(times: &[f64], n_out: usize) -> Vec<i64> {
 }
 
 pub fn evaluate(times: &[f64], n_out: usize, labels: &[i64], loss: Loss, tau_s: f64, t_silent: f64) -> Result<LossOut> {
+    evaluate_part(times, n_out, labels, loss, tau_s, t_silent, labels.len())
+}
+
+/// [`evaluate`] for rows that are part of a batch of `batch_size` samples (a shard of it): the
+/// loss is this part's sum divided by `batch_size`, and each row's gradient is the one the
+/// whole batch gives it, whichever part the row is computed in.
+pub fn evaluate_part(
+    times: &[f64],
+    n_out: usize,
+    labels: &[i64],
+    loss: Loss,
+    tau_s: f64,
+    t_silent: f64,
+    batch_size: usize,
+) -> Result<LossOut> {
+    if batch_size < labels.len() {
+        return Err(shape_err(format!(
+            "loss: batch_size {batch_size} is smaller than the {} rows given",
+            labels.len()
+        )));
+    }
     if n_out == 0 || times.len() != labels.len() * n_out {
         return Err(shape_err(format!(
             "loss: times have {} entries, expected n_samples * n_out = {} * {n_out}",
@@ -77,8 +98,7 @@ pub fn evaluate(times: &[f64], n_out: usize, labels: &[i64], loss: Loss, tau_s: 
         }
         _ => {}
     }
-    let n = labels.len();
-    let inv_n = 1.0 / n.max(1) as f64;
+    let inv_n = 1.0 / batch_size.max(1) as f64;
     let mut grad = vec![0.0; times.len()];
     let mut total = 0.0;
     let mut t = vec![0.0; n_out];
@@ -147,6 +167,21 @@ mod tests {
     fn gradients_match_finite_differences() {
         fd_check(Loss::Mse { delta: 0.3 });
         fd_check(Loss::CrossEntropy { xi: 0.2, alpha: 0.005, beta: 2.7 });
+    }
+
+    #[test]
+    fn a_part_of_a_batch_gives_each_row_the_whole_batch_gradient() {
+        let times = [1.2, 0.9, 1.7, 2.0, 1.1, 1.3, 0.4, f64::INFINITY, 0.8];
+        let labels = [1, 2, 0];
+        for loss in [Loss::Mse { delta: 0.3 }, Loss::CrossEntropy { xi: 0.2, alpha: 0.005, beta: 2.7 }] {
+            let whole = evaluate(&times, 3, &labels, loss, 1.0, 10.0).unwrap();
+            let head = evaluate_part(&times[..3], 3, &labels[..1], loss, 1.0, 10.0, 3).unwrap();
+            let tail = evaluate_part(&times[3..], 3, &labels[1..], loss, 1.0, 10.0, 3).unwrap();
+            let parts: Vec<u64> = head.grad.iter().chain(&tail.grad).map(|g| g.to_bits()).collect();
+            assert_eq!(parts, whole.grad.iter().map(|g| g.to_bits()).collect::<Vec<_>>(), "{loss:?}");
+            assert!((head.loss + tail.loss - whole.loss).abs() < 1e-12);
+        }
+        assert!(evaluate_part(&times, 3, &labels, Loss::Mse { delta: 0.3 }, 1.0, 10.0, 2).is_err());
     }
 
     #[test]

@@ -330,6 +330,23 @@ impl<'a> MultiNetwork<'a> {
         grad_out: &[f64],
         cancel: &Cancel,
     ) -> Result<MultiGrad> {
+        let (mut shards, inputs) = self.backward_shards(input, spikes, grad_out, &[input.n_samples()], cancel)?;
+        let (layers, rec) = shards.pop().expect("one shard");
+        Ok(MultiGrad { layers, rec, inputs })
+    }
+
+    /// [`MultiNetwork::backward_with`] for a batch cut into consecutive shards of `shards[k]`
+    /// samples: the feed-forward and recurrent gradients of each shard as a batch of its own
+    /// ([`driver::backward_shards`]), and `dL/dt` of each input row.
+    #[allow(clippy::type_complexity)]
+    pub fn backward_shards(
+        &self,
+        input: &Input,
+        spikes: &[Spikes],
+        grad_out: &[f64],
+        shards: &[usize],
+        cancel: &Cancel,
+    ) -> Result<(Vec<(Vec<LayerGrad>, Vec<Option<LayerGrad>>)>, Vec<f64>)> {
         self.check_input(input)?;
         let n_samples = input.n_samples();
         if spikes.len() != self.layers.len() {
@@ -353,10 +370,10 @@ impl<'a> MultiNetwork<'a> {
         if let Some(k) = grad_out.iter().position(|g| !g.is_finite()) {
             return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
         }
+        let policy = ChunkPolicy::SLOW_SAMPLES;
         let (grads, inputs) =
-            driver::backward(&self.kernels(n_samples), input, spikes, grad_out, ChunkPolicy::SLOW_SAMPLES, cancel)?;
-        let (layers, rec) = grads.into_iter().unzip();
-        Ok(MultiGrad { layers, rec, inputs })
+            driver::backward_shards(&self.kernels(n_samples), input, spikes, grad_out, policy, shards, cancel)?;
+        Ok((grads.into_iter().map(|shard| shard.into_iter().unzip()).collect(), inputs))
     }
 }
 

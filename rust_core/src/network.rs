@@ -194,6 +194,21 @@ impl<'a> Network<'a> {
         grad_out: &[f64],
         cancel: &Cancel,
     ) -> Result<NetGrad> {
+        let (mut layers, inputs) = self.backward_shards(input, spikes, grad_out, &[input.n_samples()], cancel)?;
+        Ok(NetGrad { layers: layers.pop().expect("one shard"), inputs })
+    }
+
+    /// [`Network::backward_with`] for a batch cut into consecutive shards of `shards[k]`
+    /// samples: the layers' gradients of each shard as a batch of its own
+    /// ([`driver::backward_shards`]), and `dL/dt` of each input row.
+    pub fn backward_shards(
+        &self,
+        input: &Input,
+        spikes: &[Spikes],
+        grad_out: &[f64],
+        shards: &[usize],
+        cancel: &Cancel,
+    ) -> Result<(Vec<Vec<LayerGrad>>, Vec<f64>)> {
         self.check_input(input)?;
         let n_samples = input.n_samples();
         if spikes.len() != self.layers.len() {
@@ -217,20 +232,19 @@ impl<'a> Network<'a> {
         if let Some(k) = grad_out.iter().position(|g| !g.is_finite()) {
             return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
         }
-        let (layers, inputs) =
-            driver::backward(&self.kernels(), input, spikes, grad_out, ChunkPolicy::FAST_SAMPLES, cancel)?;
-        Ok(NetGrad { layers, inputs })
+        driver::backward_shards(&self.kernels(), input, spikes, grad_out, ChunkPolicy::FAST_SAMPLES, shards, cancel)
     }
 
-    /// [`Network::backward_with`] given `dL/dT` on the output layer's first spike times, dense
+    /// [`Network::backward_shards`] given `dL/dT` on the output layer's first spike times, dense
     /// `(n_samples, n_out)` row-major (entries of silent neurons are ignored).
     pub fn backward_first_times(
         &self,
         input: &Input,
         spikes: &[Spikes],
         grad_times: &[f64],
+        shards: &[usize],
         cancel: &Cancel,
-    ) -> Result<NetGrad> {
+    ) -> Result<(Vec<Vec<LayerGrad>>, Vec<f64>)> {
         let n_out = self.layers.last().expect("at least one layer").n_out;
         let n_samples = input.n_samples();
         if grad_times.len() != n_samples * n_out {
@@ -249,7 +263,7 @@ impl<'a> Network<'a> {
         let last = spikes.last().expect("at least one layer");
         check_spikes(last, n_samples, n_out, &format!("layer {} spikes", self.layers.len() - 1))?;
         let rows = last.gather(grad_times, n_out);
-        self.backward_with(input, spikes, &rows, cancel)
+        self.backward_shards(input, spikes, &rows, shards, cancel)
     }
 }
 

@@ -318,6 +318,21 @@ impl<'a> Readout<'a> {
         dy: &[f64],
         cancel: &Cancel,
     ) -> Result<(LayerGrad, Vec<f64>)> {
+        let (mut grads, gin) = self.backward_shards(n, spikes, dy, &[spikes.n_samples()], cancel)?;
+        Ok((grads.pop().expect("one shard"), gin))
+    }
+
+    /// [`Readout::backward_with`] for a batch cut into consecutive shards of `shards[k]`
+    /// samples: the readout's gradient of each shard as a batch of its own
+    /// ([`driver::backward_shards`]), and `dL/dt` of each row of `spikes`.
+    pub fn backward_shards(
+        &self,
+        n: &Neuron,
+        spikes: &Spikes,
+        dy: &[f64],
+        shards: &[usize],
+        cancel: &Cancel,
+    ) -> Result<(Vec<LayerGrad>, Vec<f64>)> {
         self.validate()?;
         let n_samples = spikes.n_samples();
         let l = &self.layer;
@@ -332,8 +347,9 @@ impl<'a> Readout<'a> {
         let kernel = ReadoutKernel { readout: *self, neuron: *n };
         // The readout's gradient is per class (`grad_rows`); it needs no recorded output.
         let outputs = [Spikes::empty(n_samples)];
-        let (mut grads, gin) = driver::backward(&[kernel], spikes, &outputs, dy, ChunkPolicy::SLOW_SAMPLES, cancel)?;
-        Ok((grads.pop().expect("one layer"), gin))
+        let policy = ChunkPolicy::SLOW_SAMPLES;
+        let (grads, gin) = driver::backward_shards(&[kernel], spikes, &outputs, dy, policy, shards, cancel)?;
+        Ok((grads.into_iter().map(|mut layers| layers.pop().expect("one layer")).collect(), gin))
     }
 
     /// [`Readout::forward_with`] on a table of hidden spikes (any row order).
@@ -343,7 +359,7 @@ impl<'a> Readout<'a> {
         self.forward_with(n, &spikes, cancel)
     }
 
-    /// [`Readout::backward_with`] on a table of hidden spikes (any row order); `dL/dt` comes
+    /// [`Readout::backward_shards`] on a table of hidden spikes (any row order); `dL/dt` comes
     /// back in the table's row order.
     pub fn backward_table(
         &self,
@@ -351,11 +367,12 @@ impl<'a> Readout<'a> {
         table: &SpikeTable,
         n_samples: usize,
         dy: &[f64],
+        shards: &[usize],
         cancel: &Cancel,
-    ) -> Result<(LayerGrad, Vec<f64>)> {
+    ) -> Result<(Vec<LayerGrad>, Vec<f64>)> {
         table.validate("spikes", n_samples, self.layer.n_in)?;
         let (spikes, perm) = Spikes::from_table(table, n_samples)?;
-        let (grad, sorted) = self.backward_with(n, &spikes, dy, cancel)?;
+        let (grad, sorted) = self.backward_shards(n, &spikes, dy, shards, cancel)?;
         let mut gin = vec![0.0; sorted.len()];
         for (&row, g) in perm.iter().zip(sorted) {
             gin[row] = g;
@@ -418,6 +435,24 @@ impl Kernel for ReadoutKernel<'_> {
 /// Softmax cross-entropy on readout values `(n_samples, n_out)`: mean loss over the batch,
 /// `dL/dy`, and the predicted class (largest value, ties: lowest index).
 pub fn cross_entropy(values: &[f64], n_out: usize, labels: &[i64]) -> Result<(f64, Vec<f64>, Vec<i64>)> {
+    cross_entropy_part(values, n_out, labels, labels.len())
+}
+
+/// [`cross_entropy`] for rows that are part of a batch of `batch_size` samples (a shard of it):
+/// the loss is this part's sum divided by `batch_size`, and each row's gradient is the one the
+/// whole batch gives it.
+pub fn cross_entropy_part(
+    values: &[f64],
+    n_out: usize,
+    labels: &[i64],
+    batch_size: usize,
+) -> Result<(f64, Vec<f64>, Vec<i64>)> {
+    if batch_size < labels.len() {
+        return Err(shape_err(format!(
+            "cross_entropy: batch_size {batch_size} is smaller than the {} rows given",
+            labels.len()
+        )));
+    }
     if n_out == 0 || values.len() != labels.len() * n_out {
         return Err(shape_err(format!(
             "cross_entropy: values have {} entries, expected n_samples * n_out = {} * {n_out}",
@@ -431,7 +466,7 @@ pub fn cross_entropy(values: &[f64], n_out: usize, labels: &[i64]) -> Result<(f6
             labels[k]
         )));
     }
-    let ns = labels.len().max(1) as f64;
+    let ns = batch_size.max(1) as f64;
     let mut loss = 0.0;
     let mut grad = vec![0.0; values.len()];
     let mut pred = Vec::with_capacity(labels.len());

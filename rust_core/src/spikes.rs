@@ -218,6 +218,11 @@ impl Grouping {
     }
 
     /// Row indices of sample `s`.
+    /// The number of rows of sample `s`.
+    pub fn sample_len(&self, s: usize) -> usize {
+        self.offsets[s + 1] - self.offsets[s]
+    }
+
     pub fn rows(&self, s: usize) -> RowIter<'_> {
         let range = self.offsets[s]..self.offsets[s + 1];
         match &self.order {

@@ -149,3 +149,36 @@ fn the_poll_hook_stops_a_long_call_on_both_paths() {
         assert!(took < Duration::from_millis(1000), "took {took:?}");
     }
 }
+
+/// `backward_shards` computes every shard in one call, and each shard's gradient is bit for bit
+/// what `backward` gives for the batch made of that shard alone (chunked by its own size), for
+/// shards that span several chunks and for values whose sums depend on the order of addition.
+#[test]
+fn each_shard_gets_the_gradient_of_its_own_batch() {
+    let n = 300;
+    let set = set(n);
+    let input = set.input(None).unwrap();
+    let stack = [DelayLine { delay: 0.5, sleep: Duration::ZERO }, DelayLine { delay: 2.0, sleep: Duration::ZERO }];
+    let cancel = Cancel::new();
+    for policy in [ChunkPolicy::FAST_SAMPLES, ChunkPolicy::SLOW_SAMPLES] {
+        let out = driver::forward(&stack, &input, policy, &cancel).unwrap();
+        let grad: Vec<f64> = (0..out[1].len()).map(|r| if r % 7 == 0 { 1e16 } else { 0.1 * r as f64 }).collect();
+        let shards = [100, 90, 70, 40];
+        let (per_shard, gin) = driver::backward_shards(&stack, &input, &out, &grad, policy, &shards, &cancel).unwrap();
+        let (_, whole_gin) = driver::backward(&stack, &input, &out, &grad, policy, &cancel).unwrap();
+        assert_eq!(gin, whole_gin);
+        let mut start = 0;
+        for (k, &size) in shards.iter().enumerate() {
+            let ids: Vec<u32> = (start as u32..(start + size) as u32).collect();
+            let alone = set.input(Some(&ids)).unwrap();
+            let alone_out = driver::forward(&stack, &alone, policy, &cancel).unwrap();
+            let rows = out[1].offsets[start]..out[1].offsets[start + size];
+            let (g, _) = driver::backward(&stack, &alone, &alone_out, &grad[rows], policy, &cancel).unwrap();
+            let bits = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&per_shard[k]), bits(&g), "shard {k}");
+            start += size;
+        }
+        let err = driver::backward_shards(&stack, &input, &out, &grad, policy, &[100, 100], &cancel).unwrap_err();
+        assert!(err.to_string().contains("add up to the batch's 300 samples"), "{err}");
+    }
+}

@@ -57,6 +57,7 @@ class SpikeSet:
     @property
     def n_channels(self) -> int: ...
     def __len__(self) -> int: ...
+    def spike_counts(self) -> NDArray[np.uint64]: ...
     def select(self, select: _Select | None = None) -> pa.RecordBatch: ...
 
 @final
@@ -130,9 +131,10 @@ def readout_backward(
     t_end: float,
     dy: NDArray[np.float64],
     tau_w: float | None = None,
+    shards: list[int] | None = None,
 ) -> tuple[NDArray[np.float64], NDArray[np.float64], NDArray[np.float64]]: ...
 def readout_cross_entropy(
-    values: NDArray[np.float64], labels: NDArray[np.int64]
+    values: NDArray[np.float64], labels: NDArray[np.int64], batch_size: int | None = None
 ) -> tuple[float, NDArray[np.float64], NDArray[np.int64]]: ...
 def multi_network_forward(
     spikes: SpikeSet,
@@ -149,6 +151,7 @@ def multi_network_backward(
     trace: Trace,
     grad_spikes: NDArray[np.float64],
     recurrent: list[_LayerArgs | None] | None = None,
+    shards: list[int] | None = None,
 ) -> tuple[
     list[tuple[NDArray[np.float64], NDArray[np.float64]]],
     list[tuple[NDArray[np.float64], NDArray[np.float64]] | None],
@@ -163,6 +166,7 @@ def network_backward(
     trace: Trace,
     grad_times: NDArray[np.float64],
     min_slope: float | None = None,
+    shards: list[int] | None = None,
 ) -> tuple[list[tuple[NDArray[np.float64], NDArray[np.float64]]], NDArray[np.float64]]: ...
 def loss(
     times: NDArray[np.float64],
@@ -174,6 +178,7 @@ def loss(
     xi: float = 0.2,
     alpha: float = 0.005,
     beta: float = 2.7,
+    batch_size: int | None = None,
 ) -> tuple[float, NDArray[np.float64], NDArray[np.int64]]: ...
 def predict(times: NDArray[np.float64]) -> NDArray[np.int64]: ...
 def read_spike_frame(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
@@ -22,6 +23,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--out", help="run directory (default runs/<name>-seed<seed>); an interrupted run there resumes")
     r.add_argument("--restart", action="store_true", help="discard the run in --out (if any) and start again")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="data-parallel training on N Ray workers (= --set distributed.workers=N); the same results as 1",
+    )
+    r.add_argument(
+        "--address",
+        help="Ray cluster for the workers ('auto', 'ray://HOST:PORT' or 'HOST:PORT'; = --set distributed.address=...); "
+        "default: a local Ray",
+    )
     e = sub.add_parser("evaluate", help="re-evaluate a finished run directory and rewrite its report")
     e.add_argument("run_dir")
     x = sub.add_parser(
@@ -91,14 +103,21 @@ def main(argv: list[str] | None = None) -> int:
     from delgrad import pipeline
     from delgrad.config import ConfigError
     from delgrad.data.user import DataError
+    from delgrad.distributed import WorkerError
     from delgrad.hardware.client import HardwareUnavailable
+    from delgrad.ray_cluster import MissingRayError, RayConnectionError
     from delgrad.rundir import RunDirError
 
     try:
         if args.cmd == "run":
+            overrides = list(args.overrides)
+            if args.workers is not None:
+                overrides.append(f"distributed.workers={args.workers}")
+            if args.address is not None:
+                overrides.append(f"distributed.address={json.dumps(args.address)}")
             run_dir = pipeline.run(
                 args.pipeline,
-                args.overrides,
+                overrides,
                 args.out,
                 progress=not args.quiet,
                 restart=args.restart,
@@ -114,6 +133,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except HardwareUnavailable as e:  # a dead endpoint is one line, not a traceback
         print(f"delgrad {args.cmd}: {e.message}", file=sys.stderr)
+        return 2
+    except (MissingRayError, RayConnectionError, WorkerError) as e:  # no Ray, no cluster, no workers
+        print(f"delgrad {args.cmd}: {e}", file=sys.stderr)
         return 2
     return 0
 

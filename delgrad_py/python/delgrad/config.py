@@ -39,6 +39,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "DelayParam",
+    "DistributedConfig",
     "EncodingConfig",
     "HardwareConfig",
     "LogConfig",
@@ -171,6 +172,9 @@ class NetworkConfig:
     t_end: float = _spec(60.0, gt=0.0)
     recurrent: bool = False
     recurrent_std: float = _spec(0.1, ge=0.0)
+    recurrent_delay_range: list[float] | None = _spec(
+        None, length=2, ge=0.0, doc="initial recurrent delays; default: delay_range"
+    )
     readout: Literal["max", "exp_mean"] = "max"
     readout_tau_m: float | None = _spec(None, gt=0.0, doc="default: tau_m")
     readout_tau_s: float | None = _spec(None, gt=0.0, doc="default: tau_s")
@@ -178,7 +182,7 @@ class NetworkConfig:
 
 
 _MULTI_NETWORK_KEYS = ("t_ref", "t_end", "recurrent", "recurrent_std", "readout", "readout_tau_m", "readout_tau_s")
-_MULTI_NETWORK_KEYS += ("tau_w",)
+_MULTI_NETWORK_KEYS += ("tau_w", "recurrent_delay_range")
 
 
 @dataclass(frozen=True)
@@ -203,6 +207,10 @@ class TrainConfig:
     seed: int = 0
     select_on: Literal["validation", "test", "train"] | None = _spec(
         "validation", doc="restore the best epoch on this split's accuracy; '': keep the last epoch"
+    )
+    patience: int = _spec(0, ge=0, doc="stop after this many epochs without a better select_on accuracy (0: off)")
+    warmup_batches: int = _spec(
+        0, ge=0, doc="ease-in: the rates grow exponentially from 1/1000 to 1 over this many updates (0: off)"
     )
     checkpoint_every: int = _spec(1, ge=1, doc="epochs between checkpoints")
     checkpoint_every_batches: int = _spec(0, ge=0, doc="also checkpoint within epochs (0: off)")
@@ -262,6 +270,42 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
+class DistributedConfig:
+    """``[distributed]``: data-parallel training on Ray (:mod:`delgrad.distributed`).
+
+    Every batch is cut into ``shards`` contiguous shards whatever the worker count; each
+    shard's gradient is the core's for that shard as a batch of its own, and the trainer adds
+    them in shard order. So ``shards`` is part of the numerics (it is in the run's hash), while
+    the worker count, the address and where workers read their data only decide who computes
+    which shard: a run gives the same bits with any of them, and a run directory resumes under
+    other values of them.
+    """
+
+    workers: int = _spec(1, ge=1, doc="Ray workers (actors) sharing each batch; 1: no Ray, this process")
+    address: str = _spec(
+        "", doc="Ray cluster to join: 'auto', 'ray://HOST:PORT' or 'HOST:PORT'; empty: a local Ray when workers > 1"
+    )
+    shards: int = _spec(8, ge=1, doc="shards per batch (clipped to the batch size); at most this many workers help")
+    data: Literal["auto", "files", "object_store"] = _spec(
+        "auto",
+        doc="where workers get the training split: the run directory's Parquet files (a shared file system), "
+        "Ray's object store (put once), or auto: files where a worker sees them, else the object store",
+    )
+    cpus_per_worker: int = _spec(1, ge=1, doc="CPUs Ray reserves per worker, and the core's threads in it")
+    max_restarts: int = _spec(3, ge=0, doc="workers replaced within one step before the run gives up")
+
+    @property
+    def enabled(self) -> bool:
+        """Whether training goes through Ray (more than one worker, or a cluster address)."""
+        return self.workers > 1 or bool(self.address)
+
+
+# Keys of [distributed] that decide where shards are computed, never what they are: left out of
+# the run's hash, so that a run started on one worker resumes on four (and the other way round).
+_EXECUTION_KEYS = ("workers", "address", "data", "cpus_per_worker", "max_restarts")
+
+
+@dataclass(frozen=True)
 class PipelineConfig:
     """A whole pipeline file. ``augment`` and ``hardware`` are None when their table is absent."""
 
@@ -273,6 +317,7 @@ class PipelineConfig:
     augment: AugmentConfig | None = None
     hardware: HardwareConfig | None = None
     log: LogConfig = field(default_factory=LogConfig)
+    distributed: DistributedConfig = field(default_factory=DistributedConfig)
 
     @property
     def multi(self) -> bool:
@@ -287,8 +332,13 @@ class PipelineConfig:
         return _dump_toml(self)
 
     def digest(self) -> str:
-        """A hash of the resolved configuration: equal exactly when the configurations are."""
-        text = json.dumps(self.to_dict(), sort_keys=True, allow_nan=True)
+        """A hash of the resolved configuration: equal exactly when the results are. The keys
+        of ``[distributed]`` that only say where shards are computed (workers, address, ...)
+        are left out: results do not depend on them (:class:`DistributedConfig`)."""
+        resolved = self.to_dict()
+        for key in _EXECUTION_KEYS:
+            del resolved["distributed"][key]
+        text = json.dumps(resolved, sort_keys=True, allow_nan=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def replace(self, **changes: Any) -> PipelineConfig:
@@ -381,12 +431,47 @@ def _check_applicability(cfg: PipelineConfig, raw: dict[str, Any]) -> None:
         for key in _MULTI_NETWORK_KEYS:
             if key in given_net:
                 raise ConfigError(f"network.{key}: applies to multi-spike networks only (network.mode is 'ttfs')")
-    lo, hi = cfg.network.delay_range
-    if lo > hi:
-        raise ConfigError(f"network.delay_range: needs [low, high] with low <= high, got {[lo, hi]}")
+    stages = len(cfg.network.hidden) + 1
+    for key in ("weight_mean", "weight_std"):
+        value = getattr(cfg.network, key)
+        if isinstance(value, list) and len(value) not in (2, stages):
+            raise ConfigError(
+                f"network.{key}: {len(value)} values for {stages} weight layers (hidden {cfg.network.hidden} "
+                f"and the output); give one per layer, 2 (hidden layers, output) or one number"
+            )
+    for key in ("delay_range", "recurrent_delay_range"):
+        bounds = getattr(cfg.network, key)
+        if bounds is not None and bounds[0] > bounds[1]:
+            raise ConfigError(f"network.{key}: needs [low, high] with low <= high, got {list(bounds)}")
+    if cfg.network.recurrent_delay_range is not None and not cfg.network.recurrent and "network" in raw:
+        if "recurrent_delay_range" in raw["network"]:
+            raise ConfigError(
+                "network.recurrent_delay_range: applies to recurrent networks only (network.recurrent is false)"
+            )
+    if cfg.train.patience and not cfg.train.select_on:
+        raise ConfigError("train.patience: early stopping needs train.select_on (the split whose accuracy it watches)")
     d = cfg.train.delay  # the sigmoid's own range is checked by DelayParam
     if d.high is not None and d.high < d.low:
         raise ConfigError(f"train.delay.high: must be >= train.delay.low ({d.low}), got {d.high}")
+    dist = cfg.distributed
+    if dist.address and dist.address != "auto" and not dist.address.startswith("ray://"):
+        host, _, port = dist.address.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(
+                f"distributed.address: expected 'auto', 'ray://HOST:PORT' or 'HOST:PORT', got {dist.address!r}"
+            )
+    if dist.workers > dist.shards:
+        raise ConfigError(
+            f"distributed.workers: {dist.workers} workers for {dist.shards} shards per batch "
+            "(a worker computes whole shards: raise distributed.shards, which changes the numerics, "
+            "or use fewer workers)"
+        )
+    if dist.enabled and cfg.hardware is not None and cfg.hardware.enabled:
+        what = f"workers = {dist.workers}" if dist.workers > 1 else f"address = {dist.address!r}"
+        raise ConfigError(
+            f"distributed.{what.split(' ')[0]}: training in the loop ([hardware]) runs in one process; "
+            f"{what} does not apply (use workers = 1)"
+        )
 
 
 def _parse_table(raw: Any, cls: type, prefix: str) -> Any:

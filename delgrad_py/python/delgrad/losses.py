@@ -37,9 +37,13 @@ class LossResult:
     predictions: NDArray[np.int64]
 
 
-def spike_time_loss(times: ArrayLike, labels: ArrayLike, config: LossConfig, tau_s: float = 1.0) -> LossResult:
+def spike_time_loss(
+    times: ArrayLike, labels: ArrayLike, config: LossConfig, tau_s: float = 1.0, *, batch_size: int | None = None
+) -> LossResult:
     """Mean loss over the batch, ``dL/dt`` shaped like ``times``, and predictions (earliest
-    output spike; -1 when all outputs are silent)."""
+    output spike; -1 when all outputs are silent). ``batch_size``: the rows are part of a
+    batch of that many samples (a shard): loss and gradient are divided by it instead of the
+    number of rows, so each row's gradient is the one the whole batch would give it."""
     t = as_f64(times, "times", ndim=2)
     lab = np.ascontiguousarray(labels, dtype=np.int64)
     loss, grad, pred = _core.loss(
@@ -52,5 +56,6 @@ def spike_time_loss(times: ArrayLike, labels: ArrayLike, config: LossConfig, tau
         xi=config.xi,
         alpha=config.alpha,
         beta=config.beta,
+        batch_size=batch_size,
     )
     return LossResult(loss=loss, grad=grad, predictions=pred)

@@ -18,7 +18,7 @@ from numpy.typing import NDArray
 
 from delgrad import _core
 from delgrad._core import Neuron, ParameterError, ShapeError, SpikeSet, Trace
-from delgrad.network import Layer, _read_npz, _select, _write_npz, neuron_meta
+from delgrad.network import Layer, _read_npz, _select, _shards, _write_npz, neuron_meta
 
 READOUT_KINDS = ("max", "exp_mean")
 
@@ -109,10 +109,12 @@ class MultiNetwork:
         tau_w: float | None = None,
         recurrent: bool = False,
         recurrent_std: float = 0.1,
+        recurrent_delay_range: tuple[float, float] | None = None,
         seed: int = 0,
     ) -> MultiNetwork:
         """``sizes`` = inputs, hidden widths..., classes. Hidden layers get ``delay_kind`` delays
-        uniform in ``delay_range``; the readout has none. ``weight_mean`` / ``weight_std`` per
+        uniform in ``delay_range`` (recurrent connections: ``recurrent_delay_range``, by default
+        the same); the readout has none. ``weight_mean`` / ``weight_std`` per
         connection stage (hidden layers, then readout)."""
         if len(sizes) < 3:
             raise ShapeError(f"sizes needs inputs, at least one hidden layer and classes, got {sizes}")
@@ -133,7 +135,7 @@ class MultiNetwork:
             d = rng.uniform(*delay_range, _core.delay_shape(delay_kind, n_out, n_in))
             layers.append(Layer(w, d, delay_kind))
             if recurrent:
-                rd = rng.uniform(*delay_range, _core.delay_shape(delay_kind, n_out, n_out))
+                rd = rng.uniform(*(recurrent_delay_range or delay_range), _core.delay_shape(delay_kind, n_out, n_out))
                 rec.append(Layer(rng.normal(0.0, recurrent_std, (n_out, n_out)), rd, delay_kind))
             else:
                 rec.append(None)
@@ -159,16 +161,27 @@ class MultiNetwork:
         )
         return MultiOutput(trace, values)
 
-    def backward(self, spikes: SpikeSet, out: MultiOutput, dy: NDArray[np.float64], *, select: Any = None) -> MultiGrad:
-        """Exact gradients (EventProp) of a loss with ``dy = dL/dvalues``."""
+    def backward(
+        self,
+        spikes: SpikeSet,
+        out: MultiOutput,
+        dy: NDArray[np.float64],
+        *,
+        select: Any = None,
+        shards: Sequence[int] | None = None,
+    ) -> MultiGrad:
+        """Exact gradients (EventProp) of a loss with ``dy = dL/dvalues``. ``shards``: sizes of
+        consecutive shards of the batch; then each gradient array has a leading axis with one
+        entry per shard (as :meth:`delgrad.Network.backward`)."""
         r = self.readout
         w, d, kind, ro_neuron = r._call()
         last = out.trace.spikes(out.trace.n_layers - 1)
+        sizes = _shards(shards)
         gw, gd, g_spikes = _core.readout_backward(
-            last, w, d, kind, ro_neuron, out.trace.n_samples, r.kind, r.t_end, np.ascontiguousarray(dy), r.tau_w
+            last, w, d, kind, ro_neuron, out.trace.n_samples, r.kind, r.t_end, np.ascontiguousarray(dy), r.tau_w, sizes
         )
         layers, rec, _ = _core.multi_network_backward(
-            spikes, _select(select), self._ff(), self.neuron, out.trace, g_spikes, self._rec()
+            spikes, _select(select), self._ff(), self.neuron, out.trace, g_spikes, self._rec(), sizes
         )
         return MultiGrad(layers, rec, (gw, gd))
 

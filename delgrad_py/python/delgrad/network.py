@@ -72,6 +72,16 @@ def _select(select: ArrayLike | None) -> NDArray[np.uint32] | NDArray[np.int64] 
     return np.ascontiguousarray(a, dtype=np.uint64 if a.dtype.kind == "u" else np.int64)
 
 
+def _shards(shards: Sequence[int] | None) -> list[int] | None:
+    """Shard sizes as the core takes them (it checks that they cover the batch)."""
+    if shards is None:
+        return None
+    sizes = [int(s) for s in shards]
+    if not sizes or min(sizes) < 1:
+        raise ShapeError(f"shards must be a non-empty list of positive sizes, got {list(shards)}")
+    return sizes
+
+
 def neuron_meta(n: Neuron) -> dict:
     """A neuron's parameters as saved with a network (``Neuron(**meta)`` rebuilds it)."""
     return {"tau_m": n.tau_m, "tau_s": n.tau_s, "theta": n.theta, "mode": n.mode, "t_ref": n.t_ref, "t_end": n.t_end}
@@ -184,6 +194,7 @@ class Network:
         *,
         select: ArrayLike | None = None,
         min_slope: float | None = None,
+        shards: Sequence[int] | None = None,
     ) -> NetworkGrad:
         """Gradients given ``grad_times = dL/dT``, shape ``(n_samples, n_out)``, on the output
         layer's first spike times (entries of silent neurons are ignored).
@@ -196,10 +207,17 @@ class Network:
         ever reached at a tangency). Recorded spikes can sit where the host's model of the neuron
         is flat or falling (threshold mismatch on a chip); a floor of a few percent of
         ``theta / tau_m`` keeps their contributions bounded.
+
+        ``shards``: sizes of consecutive shards of the batch (summing to its size). Then every
+        gradient array gets a leading axis with one entry per shard, each exactly what the
+        batch made of that shard alone gives (all shards in one parallel core call;
+        :mod:`delgrad.shards`).
         """
         spikes = as_spike_set(spikes, trace.n_samples if select is None else None)
         g = as_f64(grad_times, "grad_times", ndim=2)
-        layers, gin = _core.network_backward(spikes, _select(select), self._args(), self.neuron, trace, g, min_slope)
+        layers, gin = _core.network_backward(
+            spikes, _select(select), self._args(), self.neuron, trace, g, min_slope, _shards(shards)
+        )
         return NetworkGrad(layers=layers, inputs=gin)
 
     def n_parameters(self) -> int:

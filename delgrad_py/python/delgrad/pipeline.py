@@ -20,6 +20,7 @@ Run directory (owned through its manifest, :mod:`delgrad.rundir`)::
 
 from __future__ import annotations
 
+import functools
 import math
 import shutil
 import sys
@@ -164,6 +165,13 @@ def load_split(data_dir: Path, split: str) -> tuple[Split, np.ndarray, int]:
     return Split(spikes, np.asarray(batch.labels, dtype=np.int64)), ds.features(), ds.n_inputs
 
 
+def training_split(data_dir: Path, cfg: PipelineConfig) -> Split:
+    """The training split as the trainer sees it: read from ``data_dir``, plus its augmented
+    copy (what a data-parallel worker reads from a shared file system)."""
+    train, _, n_inputs = load_split(data_dir, "train")
+    return augmented(cfg, train, n_inputs)
+
+
 def augmented(cfg: PipelineConfig, split: Split, n_inputs: int) -> Split:
     """The training split with one augmented copy appended (``[augment]``, once per run):
     ``channel_shift = k`` shifts every copy's channels by up to ±k, ``blend = true`` mixes
@@ -243,6 +251,7 @@ def build_network(cfg: PipelineConfig, n_in: int, n_out: int) -> Network | Multi
         tau_w=n.tau_w,
         recurrent=n.recurrent,
         recurrent_std=n.recurrent_std,
+        recurrent_delay_range=None if n.recurrent_delay_range is None else tuple(n.recurrent_delay_range),
         seed=cfg.train.seed,
     )
 
@@ -311,10 +320,9 @@ def _train_and_evaluate(
     if net is None:
         net = build_network(cfg, n_in, n_classes(cfg, data_dir))
 
-    with hardware_loop(cfg, run_dir) as loop:
-        trainer = Trainer(net, cfg.train, forward=forward or loop)
-        spikes_per_sample = train.spikes.n_spikes / max(len(train), 1)
-        with _progress(progress, cfg.train.epochs, cfg.multi, spikes_per_sample) as (on_epoch, on_batch):
+    with hardware_loop(cfg, run_dir) as loop, shard_workers(cfg, net, train, data_dir, say) as executor:
+        trainer = Trainer(net, cfg.train, forward=forward or loop, shards=cfg.distributed.shards, executor=executor)
+        with _progress(progress, cfg.train.epochs, lambda: trainer.last_step) as (on_epoch, on_batch):
             if trainer.resume(run_dir):
                 where = f" (batch position {trainer.position} of the epoch)" if trainer.position else ""
                 say(f"{run_dir}: resuming after epoch {trainer.epoch} of {cfg.train.epochs}{where}")
@@ -335,6 +343,11 @@ def _train_and_evaluate(
                 if board is not None:
                     board.close()
         _write_metrics(run_dir, history)
+        if trainer.patience_exhausted() and trainer.epoch < cfg.train.epochs:
+            say(
+                f"{run_dir}: stopped early after epoch {trainer.epoch}: no better {cfg.train.select_on} accuracy "
+                f"for {cfg.train.patience} epochs (best: epoch {trainer.best_epoch})"
+            )
         if loop is not None:
             _write_hardware_record(run_dir, loop, net, {"train": train, "validation": val, "test": test}, cfg)
 
@@ -343,6 +356,31 @@ def _train_and_evaluate(
     seconds = float(sum(row["seconds"] for row in history))
     evaluate_run(run_dir, train_seconds=seconds, _owned=True)
     return seconds
+
+
+@contextmanager
+def shard_workers(
+    cfg: PipelineConfig, net: Network | MultiNetwork, train: Split, data_dir: Path, say: Callable[[str], None]
+) -> Iterator[Any]:
+    """The Ray workers of ``[distributed]`` (:class:`delgrad.distributed.RayShards`; None for
+    one process), stopped on the way out. Says at the end what a step cost in communication."""
+    dist = cfg.distributed
+    if not dist.enabled:
+        yield None
+        return
+    from delgrad.distributed import RayShards
+
+    read_files = functools.partial(training_split, Path(data_dir).resolve(), cfg)
+    with RayShards(dist, net, cfg.train, train, read_files, say) as workers:
+        where = dist.address or "a local Ray"
+        say(
+            f"distributed: {dist.workers} worker(s) on {where}, {dist.shards} shards per batch, "
+            f"data from {workers.source.kind}"
+        )
+        try:
+            yield workers
+        finally:
+            say(f"distributed: {workers.times.summary()}")
 
 
 def _tensorboard(cfg: PipelineConfig, run_dir: Path, first_step: int) -> Any:
@@ -454,40 +492,57 @@ def _write_predictions(run_dir: Path, split: Split, ev: EvalResult, cfg: Pipelin
 
 
 class _progress:
-    """Progress as the output allows: a rich bar on a terminal (epochs; batches too for
-    multi-spike runs, whose epochs are long), one line per epoch otherwise (a log file, a
-    pipe), nothing when disabled. Yields ``(on_epoch, on_batch)``."""
+    """Progress as the output allows: a rich bar on a terminal (epochs, and batches with the
+    rate), lines otherwise (a log file, a pipe): one per epoch, and within long epochs one every
+    :attr:`EVERY` seconds at most, so a piped log shows a long run is alive without filling up.
+    Nothing when disabled. Yields ``(on_epoch, on_batch)``.
 
-    def __init__(self, enabled: bool, total: int, batches: bool, spikes_per_sample: float = 0.0) -> None:
-        self.enabled, self.total, self.batches = enabled, total, batches
-        self.spikes_per_sample = spikes_per_sample
+    Rates are over the training steps of the current epoch (evaluations and checkpoints left
+    out): samples per second, and synaptic events per second, every spike of the forward pass
+    (input and hidden) times its fan-out. ``last_step()`` gives the last batch's ``(size,
+    events, seconds)`` (:attr:`delgrad.train.Trainer.last_step`)."""
+
+    EVERY = 10.0
+
+    def __init__(self, enabled: bool, total: int, last_step: Callable[[], tuple[int, int, float]]) -> None:
+        self.enabled, self.total, self.last_step = enabled, total, last_step
         self.bar = None
+        self.sums = {"done": 0, "samples": 0, "events": 0, "seconds": 0.0}
+
+    def _rates(self, done: int) -> tuple[float, float]:
+        """Samples and synaptic events per second of this epoch's steps so far."""
+        sums = self.sums
+        if done <= sums["done"]:  # a new epoch (positions grow within one)
+            sums.update(samples=0, events=0, seconds=0.0)
+        size, events, seconds = self.last_step()
+        sums["done"] = done
+        sums["samples"] += size
+        sums["events"] += events
+        sums["seconds"] += seconds
+        elapsed = max(sums["seconds"], 1e-9)
+        return sums["samples"] / elapsed, sums["events"] / elapsed
 
     def __enter__(self):
         if not self.enabled:
             return (lambda row: None), None
         if not sys.stdout.isatty():
-            clock = {"start": time.perf_counter(), "done": 0, "printed": time.perf_counter()}
+            printed = {"at": time.perf_counter()}
 
             def print_line(row: dict[str, Any]) -> None:
                 print(f"epoch {row['epoch']}/{self.total}  {_epoch_line(row)}  {row['seconds']:.1f} s", flush=True)
 
             def print_batches(done: int, total: int, loss: float) -> None:
-                # Long epochs (SHD-sized) get a line every 30 s, so a log shows the run is alive.
+                samples, events = self._rates(done)
                 now = time.perf_counter()
-                if done < clock["done"]:
-                    clock["start"] = now
-                clock["done"] = done
-                if now - clock["printed"] >= 30.0 and done < total:
-                    clock["printed"] = now
-                    rate = done / max(now - clock["start"], 1e-9)
+                if now - printed["at"] >= self.EVERY and done < total:
+                    printed["at"] = now
                     print(
-                        f"  {done}/{total} samples  loss {loss:.4f}  {rate:.1f} samples/s  "
-                        f"{rate * self.spikes_per_sample:,.0f} input spikes/s",
+                        f"  {done}/{total} samples  loss {loss:.4f}  {samples:.1f} samples/s  "
+                        f"{events:,.0f} synaptic events/s",
                         flush=True,
                     )
 
-            return print_line, (print_batches if self.batches else None)
+            return print_line, print_batches
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.bar = Progress(
@@ -499,22 +554,17 @@ class _progress:
         )
         self.bar.__enter__()
         self.task = self.bar.add_task("epoch", total=self.total, info="")
-        batch_task = self.bar.add_task("batch", total=None, info="") if self.batches else None
-        clock = {"start": time.perf_counter(), "done": 0}
+        batch_task = self.bar.add_task("batch", total=None, info="")
 
         def on_epoch(row: dict[str, Any]) -> None:
             self.bar.update(self.task, completed=row["epoch"], info=_epoch_line(row))
 
         def on_batch(done: int, total: int, loss: float) -> None:
-            if done < clock["done"]:  # a new epoch
-                clock["start"] = time.perf_counter()
-            clock["done"] = done
-            rate = done / max(time.perf_counter() - clock["start"], 1e-9)
-            events = rate * self.spikes_per_sample
-            info = f"loss {loss:.4f}  {rate:.1f} samples/s  {events:,.0f} input spikes/s"
+            samples, events = self._rates(done)
+            info = f"loss {loss:.4f}  {samples:.1f} samples/s  {events:,.0f} synaptic events/s"
             self.bar.update(batch_task, completed=done, total=total, info=info)
 
-        return on_epoch, (on_batch if self.batches else None)
+        return on_epoch, on_batch
 
     def __exit__(self, *exc) -> None:
         if self.bar is not None:

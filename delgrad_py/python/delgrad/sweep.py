@@ -33,6 +33,8 @@ from typing import Any
 
 import polars as pl
 
+from delgrad.ray_cluster import MissingRayError, RayConnectionError, check_reachable
+from delgrad.ray_cluster import import_ray as _import_ray
 from delgrad.sweep_spec import SweepSpec, SweepSpecError, Trial, load_spec, toml_value
 
 __all__ = [
@@ -54,21 +56,9 @@ RAY_HINT = (
 _LOCAL_OBJECT_STORE_BYTES = 128 * 2**20
 
 
-class MissingRayError(ImportError):
-    """Ray is not installed; the message says how to get it."""
-
-
-class RayConnectionError(RuntimeError):
-    """``--address`` names no reachable Ray cluster."""
-
-
 def import_ray():
     """The ``ray`` module, or :class:`MissingRayError` with install instructions."""
-    try:
-        import ray
-    except ImportError as e:
-        raise MissingRayError(f"{RAY_HINT} ({e})") from None
-    return ray
+    return _import_ray(RAY_HINT)
 
 
 # --- one trial (runs inside a Ray worker) ---------------------------------------------------
@@ -240,20 +230,6 @@ def _init_ray(ray, address: str | None) -> bool:
     return True
 
 
-def _check_reachable(address: str) -> None:
-    """Fails fast when a ``host:port`` address has nothing listening: Ray itself keeps retrying
-    such an address for minutes. ``auto`` and ``ray://`` addresses are left to Ray."""
-    if address == "auto" or "://" in address:
-        return
-    host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        raise RayConnectionError(f"--address {address!r}: expected 'auto', 'ray://HOST:PORT' or 'HOST:PORT'")
-    try:
-        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()
-    except OSError as e:
-        raise RayConnectionError(f"cannot join the Ray cluster at {address!r}: nothing answers there ({e})") from None
-
-
 def run_sweep(
     spec_path: str | Path,
     *,
@@ -272,7 +248,7 @@ def run_sweep(
     ray = import_ray()
     spec = load_spec(spec_path)
     if address:
-        _check_reachable(address)
+        check_reachable(address)
     if max_parallel is not None and max_parallel < 1:
         raise SweepSpecError(f"max_parallel must be >= 1, got {max_parallel}")
     cpus = float(cpus_per_trial or spec.cpus_per_trial)

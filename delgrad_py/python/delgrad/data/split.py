@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
@@ -16,6 +16,14 @@ class Split:
 
     spikes: SpikeSet
     labels: NDArray[np.int64]
+    _counts: NDArray[np.int64] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    @property
+    def counts(self) -> NDArray[np.int64]:
+        """Input spikes per sample (from the core's grouping, read once)."""
+        if self._counts is None:
+            self._counts = self.spikes.spike_counts().astype(np.int64)
+        return self._counts
