@@ -49,20 +49,66 @@
 //! event ([`crate::adjoint`]): no sorted arrivals, memory proportional to the number of spikes.
 
 use crate::adjoint::Own;
+use crate::binned::ByChannel;
 use crate::layer::DelayKind;
 use crate::layer::LayerRef;
 use crate::multi::{spike_factors, DelayFactors, MultiNeuron, RecLayer};
 use crate::ttfs::In;
 
+/// The per-sample part of the backward pass, shared by all targets (and threads) of a sample.
+#[derive(Default)]
+pub struct SampleTables {
+    um: Vec<f64>,
+    us: Vec<f64>,
+    by_channel: ByChannel,
+    t0: f64,
+    /// Whether the sample takes the factored path, and whether (with a kernel of the difference
+    /// form) it reads the inputs by channel; then the per-input `dL/dt` are in channel order.
+    factored: bool,
+    by_channel_order: bool,
+}
+
+/// The per-target buffers of the backward pass (one set per thread).
+#[derive(Default)]
+pub struct Work {
+    gsrc: Vec<f64>,
+    own: Own,
+    arrivals: ArrivalBufs,
+}
+
+/// Per-target buffers of the passes over the arrivals.
+#[derive(Default)]
+struct ArrivalBufs {
+    /// Per input spike: the index of its arrival's interval at the current target.
+    slot: Vec<u32>,
+    /// The factored path's interval look-up grid, per-interval sums in lanes and coefficients.
+    grid: Vec<u32>,
+    ev_pad: Vec<f64>,
+    lanes: Vec<[f64; 4]>,
+    coef: Vec<Coef>,
+}
+
 /// Reusable buffers of the backward pass, one set per worker thread.
 #[derive(Default)]
 pub struct Scratch {
-    gsrc: Vec<f64>,
-    um: Vec<f64>,
-    us: Vec<f64>,
-    own: Own,
-    /// Per input spike: the index of its arrival's interval at the current target.
-    slot: Vec<u32>,
+    tables: SampleTables,
+    work: Work,
+}
+
+/// Targets per block of the backward pass: `dL/dt` of the inputs is summed over a block's targets
+/// and then over the blocks in order, serially or in parallel alike (so the result does not depend
+/// on how a batch is spread over threads).
+pub const TARGET_BLOCK: usize = 32;
+
+/// The adjoint at an arrival of interval `g` as a linear form of the arrival's factors
+/// `x_m = exp((a - t_0)/tau_m)`, `x_s = exp((a - t_0)/tau_s)` (kernels `K = (e_m - e_s)/delta`):
+/// `dL/dw = q x_m + r x_s` and `dL/da = w (u x_m + v x_s)`.
+#[derive(Debug, Clone, Copy, Default)]
+struct Coef {
+    q: f64,
+    r: f64,
+    u: f64,
+    v: f64,
 }
 
 /// Backward pass of one feed-forward multi-spike layer for one sample.
@@ -73,7 +119,8 @@ pub struct Scratch {
 ///
 /// Each target is independent and needs no sorted arrivals (see [`crate::adjoint`]): one pass over
 /// its arrivals sums the currents at its own events, a sweep over those events gives the adjoint's
-/// jumps, and a second pass evaluates every arrival's gradient in closed form.
+/// jumps, and a second pass evaluates every arrival's gradient in closed form. Targets are taken
+/// in blocks of [`TARGET_BLOCK`] (see there).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_backward(
     m: &MultiNeuron,
@@ -85,13 +132,67 @@ pub fn layer_backward(
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut Scratch,
 ) {
-    layer_backward_targets(m, layer, inputs, outputs, gout, factors, 0..layer.n_out, grads, scratch)
+    let (gw, gd, gin) = grads;
+    if inputs.is_empty() || outputs.is_empty() {
+        return;
+    }
+    let Scratch { tables, work } = scratch;
+    let factors = prepare_sample(m, layer, inputs, outputs, factors, tables);
+    for b in (0..layer.n_out).step_by(TARGET_BLOCK) {
+        let targets = b..(b + TARGET_BLOCK).min(layer.n_out);
+        let rows = targets.start * layer.n_in..targets.end * layer.n_in;
+        let grads = (&mut gw[rows.clone()], &mut gd[rows]);
+        backward_block(m, layer, inputs, outputs, gout, factors, tables, targets, grads, work);
+        add_gin(tables, &work.gsrc[..inputs.len()], gin);
+    }
+}
+
+/// [`layer_backward`] with its blocks of targets run on rayon's pool, for batches with fewer
+/// samples than threads: the sample's tables are built once and shared, each block has its own
+/// buffers, gradient rows are disjoint, and `dL/dt` of the inputs is summed over the blocks in
+/// order (bit for bit [`layer_backward`]'s result).
+#[allow(clippy::too_many_arguments)]
+pub fn layer_backward_parallel(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    factors: Option<&DelayFactors>,
+    grads: (&mut [f64], &mut [f64], &mut [f64]),
+    scratch: &mut Scratch,
+) {
+    use rayon::prelude::*;
+    let (gw, gd, gin) = grads;
+    if inputs.is_empty() || outputs.is_empty() {
+        return;
+    }
+    let tables = &mut scratch.tables;
+    let factors = prepare_sample(m, layer, inputs, outputs, factors, tables);
+    let tables = &*tables;
+    let rows = TARGET_BLOCK * layer.n_in;
+    let n_grad = layer.n_out * layer.n_in;
+    let parts: Vec<Vec<f64>> = gw[..n_grad]
+        .par_chunks_mut(rows)
+        .zip(gd[..n_grad].par_chunks_mut(rows))
+        .enumerate()
+        .map(|(k, (gw, gd))| {
+            let targets = k * TARGET_BLOCK..((k + 1) * TARGET_BLOCK).min(layer.n_out);
+            let mut work = Work::default();
+            backward_block(m, layer, inputs, outputs, gout, factors, tables, targets, (gw, gd), &mut work);
+            work.gsrc.truncate(inputs.len());
+            work.gsrc
+        })
+        .collect();
+    for part in parts {
+        add_gin(tables, &part, gin);
+    }
 }
 
 /// [`layer_backward`] restricted to the targets in `targets`: the gradient rows of other targets
 /// are left alone, and `gin` receives only these targets' share of `dL/dt` of the inputs. Disjoint
 /// ranges of one sample can run on different threads (each with its own `gin`, summed afterwards
-/// in a fixed order), for batches with fewer samples than threads.
+/// in a fixed order).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_backward_targets(
     m: &MultiNeuron,
@@ -105,25 +206,80 @@ pub fn layer_backward_targets(
     scratch: &mut Scratch,
 ) {
     let (gw, gd, gin) = grads;
-    let n = &m.neuron;
-    let Scratch { gsrc, um, us, own, slot, .. } = scratch;
-    let n_in_spikes = inputs.len();
-    if n_in_spikes == 0 || outputs.is_empty() {
+    if inputs.is_empty() || outputs.is_empty() {
         return;
     }
+    let Scratch { tables, work } = scratch;
+    let factors = prepare_sample(m, layer, inputs, outputs, factors, tables);
+    let rows = targets.start * layer.n_in..targets.end * layer.n_in;
+    let grads = (&mut gw[rows.clone()], &mut gd[rows]);
+    backward_block(m, layer, inputs, outputs, gout, factors, tables, targets, grads, work);
+    add_gin(tables, &work.gsrc[..inputs.len()], gin);
+}
+
+/// The per-sample tables; returns the factors when the sample takes the factored path.
+fn prepare_sample<'f>(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    outputs: &[In],
+    factors: Option<&'f DelayFactors>,
+    tables: &mut SampleTables,
+) -> Option<&'f DelayFactors> {
+    let n = &m.neuron;
+    let SampleTables { um, us, by_channel, t0, factored, by_channel_order } = tables;
     let t_last = outputs.iter().fold(f64::NEG_INFINITY, |x, o| x.max(o.1)) + m.t_ref;
+    *t0 = inputs.iter().fold(f64::INFINITY, |x, i| x.min(i.1));
     let factors = factors.filter(|f| {
-        spike_factors(n, inputs, f.max_delay, um, us) && {
-            let t0 = inputs.iter().fold(f64::INFINITY, |x, i| x.min(i.1));
-            (t_last - t0) * n.inv_tau_m.max(n.inv_tau_s) < crate::multi::MAX_FACTOR_SPAN
-        }
+        spike_factors(n, inputs, f.max_delay, um, us)
+            && (t_last - *t0) * n.inv_tau_m.max(n.inv_tau_s) < crate::multi::MAX_FACTOR_SPAN
     });
-    let t0 = inputs.iter().fold(f64::INFINITY, |x, i| x.min(i.1));
+    *factored = factors.is_some();
+    *by_channel_order = *factored && n.kernel_is_difference();
+    if *by_channel_order {
+        by_channel.build(inputs, um, us, layer.n_in);
+    }
+    factors
+}
+
+/// Adds a block's `dL/dt` of the inputs (`gsrc`, in the tables' order) to `gin` (input order).
+fn add_gin(tables: &SampleTables, gsrc: &[f64], gin: &mut [f64]) {
+    if tables.by_channel_order {
+        for (&r, x) in tables.by_channel.row.iter().zip(gsrc) {
+            gin[r as usize] += x;
+        }
+    } else {
+        for (g, x) in gin.iter_mut().zip(gsrc) {
+            *g += x;
+        }
+    }
+}
+
+/// The targets in `targets` (gradient rows `gw`, `gd` of these targets only) on a prepared
+/// sample; leaves their share of `dL/dt` of the inputs in `work.gsrc[..inputs.len()]`.
+#[allow(clippy::too_many_arguments)]
+fn backward_block(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    factors: Option<&DelayFactors>,
+    tables: &SampleTables,
+    targets: std::ops::Range<usize>,
+    (gw, gd): (&mut [f64], &mut [f64]),
+    work: &mut Work,
+) {
+    let n = &m.neuron;
+    let Work { gsrc, own, arrivals } = work;
+    let SampleTables { um, us, t0, by_channel_order: by_channel, .. } = tables;
+    let (t0, by_channel) = (*t0, *by_channel);
+    let n_in_spikes = inputs.len();
     gsrc.clear();
     gsrc.resize(n_in_spikes, 0.0);
     gsrc.extend_from_slice(gout);
-    slot.clear();
-    slot.resize(n_in_spikes, u32::MAX);
+    arrivals.slot.clear();
+    arrivals.slot.resize(n_in_spikes, u32::MAX);
     let mut k = 0;
     while k < outputs.len() {
         let j = outputs[k].0 as usize;
@@ -139,6 +295,14 @@ pub fn layer_backward_targets(
         own.push_neuron(m, (start..k).map(|q| (outputs[q].1, (n_in_spikes + q) as u32)));
         own.finish(m, factors.map(|_| t0));
         let row = j * layer.n_in;
+        // This target's gradient rows in the block's buffers.
+        let rel = (j - targets.start) * layer.n_in;
+        let (gw, gd) = (&mut gw[rel..rel + layer.n_in], &mut gd[rel..rel + layer.n_in]);
+        if let (Some(f), true) = (factors, by_channel) {
+            let w = &layer.weights[row..row + layer.n_in];
+            target_factored(m, &tables.by_channel, f, row, w, own, gsrc, (gw, gd), arrivals);
+            continue;
+        }
         let w = &layer.weights[row..row + layer.n_in];
         let n_ev = own.time.len();
         // Pass 1: the currents at the own events (and each arrival's interval, kept for pass 2).
@@ -148,7 +312,7 @@ pub fn layer_backward_targets(
                 for (r, &(i, t)) in inputs.iter().enumerate() {
                     let i = i as usize;
                     let g = own.interval(0, t + d[i]);
-                    slot[r] = g as u32;
+                    arrivals.slot[r] = g as u32;
                     if g < n_ev {
                         own.cur[g] += w[i] * (us[r] * fs[i]) * own.inv_fs[g];
                     }
@@ -159,7 +323,7 @@ pub fn layer_backward_targets(
                     let i = i as usize;
                     let a = t + layer.delay(j, i);
                     let g = own.interval(0, a);
-                    slot[r] = g as u32;
+                    arrivals.slot[r] = g as u32;
                     if g < n_ev {
                         own.cur[g] += w[i] * (-(own.time[g] - a) * n.inv_tau_s).exp();
                     }
@@ -169,13 +333,12 @@ pub fn layer_backward_targets(
         own.currents(m, 0);
         own.sweep(m, 0, gsrc);
         // Pass 2: every arrival's gradient from the adjoint of its interval.
-        let (gw, gd) = (&mut gw[row..row + layer.n_in], &mut gd[row..row + layer.n_in]);
         match (factors, layer.kind) {
             (Some(f), DelayKind::Synaptic) => {
                 let (fm, fs, d) =
                     (&f.fm[row..row + layer.n_in], &f.fs[row..row + layer.n_in], &layer.delays[row..row + layer.n_in]);
                 for (r, &(i, t)) in inputs.iter().enumerate() {
-                    let g = slot[r] as usize;
+                    let g = arrivals.slot[r] as usize;
                     if g >= n_ev {
                         continue;
                     }
@@ -191,7 +354,7 @@ pub fn layer_backward_targets(
             }
             _ => {
                 for (r, &(i, t)) in inputs.iter().enumerate() {
-                    let g = slot[r] as usize;
+                    let g = arrivals.slot[r] as usize;
                     if g >= n_ev {
                         continue;
                     }
@@ -207,8 +370,118 @@ pub fn layer_backward_targets(
             }
         }
     }
-    for (g, x) in gin.iter_mut().zip(&gsrc[..n_in_spikes]) {
-        *g += x;
+}
+
+/// One target of [`layer_backward_targets`] on the factored path with a kernel of the difference
+/// form, synapse by synapse over the inputs grouped by channel (`bc`; `gsrc` in that order): the
+/// own events' currents from per-interval sums of `w x_s`, the adjoint sweep, then every
+/// arrival's gradient as a linear form of its factors ([`Coef`]): per arrival a grid look-up of
+/// its interval and a handful of multiply-adds, no `exp`; a synapse's gradients are summed in
+/// registers.
+#[allow(clippy::too_many_arguments)]
+fn target_factored(
+    m: &MultiNeuron,
+    bc: &ByChannel,
+    f: &DelayFactors,
+    row: usize,
+    w: &[f64],
+    own: &mut Own,
+    gsrc: &mut [f64],
+    (gw, gd): (&mut [f64], &mut [f64]),
+    bufs: &mut ArrivalBufs,
+) {
+    let ArrivalBufs { slot, grid, ev_pad, lanes, coef } = bufs;
+    let n = &m.neuron;
+    let n_in = w.len();
+    let (d, fm, fs, wfs) =
+        (&f.delay[row..row + n_in], &f.fm[row..row + n_in], &f.fs[row..row + n_in], &f.wfs[row..row + n_in]);
+    let n_ev = own.time.len();
+    // Interval look-up over 16 cells per event: `grid[c]` is the number of events in cells before
+    // `c`, with an event's cell computed exactly as an arrival's (the map is monotone, so an event
+    // in an earlier cell is before the arrival, one in a later cell after it, and only the
+    // events sharing the arrival's cell, usually none, are compared).
+    let (lo, last) = (own.time[0], own.time[n_ev - 1]);
+    let cells = 16 * n_ev;
+    let scale = if last > lo { cells as f64 / (last - lo) } else { 0.0 };
+    let cell = |a: f64| (((a - lo) * scale) as u32 as usize).min(cells);
+    grid.clear();
+    grid.resize(cells + 2, 0);
+    for &e in &own.time {
+        grid[cell(e) + 1] += 1;
+    }
+    for c in 0..=cells {
+        grid[c + 1] += grid[c];
+    }
+    let ev = &own.time[..];
+    ev_pad.clear();
+    ev_pad.extend_from_slice(ev);
+    ev_pad.push(f64::INFINITY);
+    // Pass 1: the index of each arrival's interval, and per interval the sum of `w x_s`, in four
+    // lanes taken in turn (a neuron with few events puts most arrivals in one interval, and a
+    // single sum would chain every arrival's addition to the previous one's).
+    lanes.clear();
+    lanes.resize(n_ev, [0.0; 4]);
+    let mut lane = 0;
+    for i in 0..n_in {
+        let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
+        let (di, wfs_i) = (d[i], wfs[i]);
+        let spikes = bc.time[first..end].iter().zip(&bc.us[first..end]);
+        for ((&t, &us), slot) in spikes.zip(&mut slot[first..end]) {
+            let a = t + di;
+            if a >= last {
+                // So do this channel's later arrivals (times ascend within a channel).
+                *slot = n_ev as u32;
+                break;
+            }
+            let c = cell(a);
+            let (g0, g_end) = (grid[c] as usize, grid[c + 1] as usize);
+            // Most cells hold no event and a few one: a comparison without a branch (`ev_pad`
+            // ends in +inf, and the event after a cell lies after the arrival); the rare cell
+            // with several events takes the loop.
+            let mut g = g0 + (ev_pad[g0] <= a) as usize;
+            if g_end > g0 + 1 {
+                while g < g_end && ev[g] <= a {
+                    g += 1;
+                }
+            }
+            *slot = g as u32;
+            lanes[g][lane & 3] += us * wfs_i;
+            lane += 1;
+        }
+    }
+    for ((c, l), x) in own.cur[..n_ev].iter_mut().zip(lanes.iter()).zip(&own.inv_fs) {
+        *c = ((l[0] + l[1]) + (l[2] + l[3])) * x;
+    }
+    own.currents(m, 0);
+    own.sweep(m, 0, gsrc);
+    coef.clear();
+    coef.extend((0..n_ev).map(|g| {
+        let (lv, li) = (own.lv[g], own.li[g]);
+        let a = lv * own.inv_fm[g];
+        let q = a * n.inv_delta;
+        let r = (li - lv * n.inv_delta) * own.inv_fs[g];
+        Coef { q, r, u: q * n.inv_tau_s - a, v: r * n.inv_tau_s }
+    }));
+    // Pass 2: every arrival's gradient.
+    for i in 0..n_in {
+        let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
+        let (fm_i, fs_i, w_i) = (fm[i], fs[i], w[i]);
+        let (mut acc_w, mut acc_d) = (0.0, 0.0);
+        let spikes = slot[first..end].iter().zip(bc.um[first..end].iter().zip(&bc.us[first..end]));
+        for ((&g, (&um, &us)), gsrc) in spikes.zip(&mut gsrc[first..end]) {
+            let g = g as usize;
+            if g >= n_ev {
+                break;
+            }
+            let c = coef[g];
+            let (xm, xs) = (um * fm_i, us * fs_i);
+            acc_w += c.q * xm + c.r * xs;
+            let ga = w_i * (c.u * xm + c.v * xs);
+            acc_d += ga;
+            *gsrc += ga;
+        }
+        gw[i] += acc_w;
+        gd[i] += acc_d;
     }
 }
 

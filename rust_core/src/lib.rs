@@ -14,6 +14,7 @@
 //! - [`model`]: the neuron model by mode (`ttfs`, `multi`) and the calls that dispatch on it;
 //! - [`spikes`]: Arrow spike tables in, grouped spikes out;
 //! - [`multi`]: multi-spike LIF (reset, refractory) forward simulation, feed-forward and recurrent;
+//! - [`binned`]: the feed-forward multi-spike scan over time bins (no sorted arrivals);
 //! - [`eventprop`]: the EventProp adjoint backward pass with delay gradients;
 //! - [`recurrent`]: recurrent multi-spike layers in time windows with per-target pending arrivals;
 //! - [`adjoint`]: the EventProp adjoint as a piecewise closed form over a neuron's own events;
@@ -28,6 +29,7 @@
 
 pub mod adjoint;
 pub mod batch;
+pub mod binned;
 pub mod cancel;
 pub mod chip;
 pub mod driver;

@@ -13,6 +13,7 @@
 //! own sorted arrivals. Recurrent layers are simulated in time windows with per-target pending
 //! arrivals ([`crate::recurrent`]).
 
+use crate::binned::{BinSample, BinWork};
 use crate::error::{param_err, Result};
 use crate::layer::{DelayKind, LayerRef};
 use crate::neuron::Neuron;
@@ -50,6 +51,24 @@ impl MultiNeuron {
                 (em, em.powi(k))
             }
         }
+    }
+
+    /// `(exp(-s/tau_m), exp(-s/tau_s))` with one `exp` when `tau_m = k tau_s` for a small integer
+    /// `k` (`exp(-s/tau_s)` is then the `k`-th power of `exp(-s/tau_m)`, a few ulps from the
+    /// direct value), else [`Neuron::decays`].
+    #[inline]
+    pub(crate) fn decays(&self, s: f64) -> (f64, f64) {
+        if self.pow_k < 3 {
+            return self.neuron.decays(s);
+        }
+        let em = (-s * self.neuron.inv_tau_m).exp();
+        let es = if self.pow_k == 4 {
+            let e2 = em * em;
+            e2 * e2
+        } else {
+            em.powi(self.pow_k)
+        };
+        (em, es)
     }
 
     pub fn new(neuron: Neuron, t_ref: f64, t_end: f64) -> Result<Self> {
@@ -221,20 +240,34 @@ pub struct DelayFactors {
     pub fm: Vec<f64>,
     pub fs: Vec<f64>,
     pub max_delay: f64,
+    /// Per synapse (`n_out x n_in`): the effective delay, `w exp(d / tau_m)`, `w exp(d / tau_s)`
+    /// and `max(w, 0)`, for the binned scan ([`crate::binned`]) and the backward pass, which read
+    /// a synapse once per arrival.
+    pub delay: Vec<f64>,
+    pub wfm: Vec<f64>,
+    pub wfs: Vec<f64>,
+    pub wpos: Vec<f64>,
 }
 
 pub fn delay_factors(n: &Neuron, layer: &LayerRef) -> DelayFactors {
-    let mut fm = Vec::with_capacity(layer.n_out * layer.n_in);
-    let mut fs = Vec::with_capacity(layer.n_out * layer.n_in);
+    let len = layer.n_out * layer.n_in;
+    let mut fm = Vec::with_capacity(len);
+    let mut fs = Vec::with_capacity(len);
+    let mut delay = Vec::with_capacity(len);
     for j in 0..layer.n_out {
         for i in 0..layer.n_in {
             let d = layer.delay(j, i);
+            delay.push(d);
             fm.push((d * n.inv_tau_m).exp());
             fs.push((d * n.inv_tau_s).exp());
         }
     }
+    let w = &layer.weights[..len];
+    let wfm = w.iter().zip(&fm).map(|(w, f)| w * f).collect();
+    let wfs = w.iter().zip(&fs).map(|(w, f)| w * f).collect();
+    let wpos = w.iter().map(|w| w.max(0.0)).collect();
     let max_delay = layer.delays.iter().fold(0.0_f64, |m, &d| m.max(d));
-    DelayFactors { fm, fs, max_delay }
+    DelayFactors { fm, fs, max_delay, delay, wfm, wfs, wpos }
 }
 
 /// Spans longer than this many time constants would overflow the factors: such samples take
@@ -457,6 +490,8 @@ pub struct Scratch {
     times: Vec<f64>,
     um: Vec<f64>,
     us: Vec<f64>,
+    sample: BinSample,
+    work: BinWork,
 }
 
 /// Forward pass of one feed-forward multi-spike layer for one sample. Appends `(neuron, time)`
@@ -487,13 +522,16 @@ pub fn layer_forward_targets(
     out: &mut Vec<In>,
     scratch: &mut Scratch,
 ) -> bool {
-    let Scratch { arrivals, sort, times, um, us } = scratch;
+    let Scratch { arrivals, sort, times, um, us, sample, work } = scratch;
     let mut ok = true;
     if inputs.is_empty() {
         return true;
     }
     let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
     let (lo, hi) = time_range(inputs, layer);
+    if let Some(f) = factors.filter(|_| crate::binned::prepare(m, inputs, um, us, layer.n_in, lo, hi, sample)) {
+        return binned_targets(m, layer, f, targets, sample, work, times, out);
+    }
     for j in targets {
         let row = j * layer.n_in;
         let w = &layer.weights[row..row + layer.n_in];
@@ -526,6 +564,85 @@ pub fn layer_forward_targets(
         times.clear();
         ok &= simulate_arr(m, arrivals, factors.is_some(), times);
         out.extend(times.iter().map(|&t| (j as u32, t)));
+    }
+    ok
+}
+
+/// The binned scan ([`crate::binned`]) of the targets in `targets` on a prepared sample.
+#[allow(clippy::too_many_arguments)]
+fn binned_targets(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    f: &DelayFactors,
+    targets: std::ops::Range<usize>,
+    sample: &BinSample,
+    work: &mut BinWork,
+    times: &mut Vec<f64>,
+    out: &mut Vec<In>,
+) -> bool {
+    let mut ok = true;
+    for j in targets {
+        let row = j * layer.n_in;
+        times.clear();
+        ok &= crate::binned::simulate_target(m, f, row, &layer.weights[row..row + layer.n_in], sample, work, times);
+        out.extend(times.iter().map(|&t| (j as u32, t)));
+    }
+    ok
+}
+
+/// `n` targets in `parts` consecutive ranges (the last ones one shorter).
+pub(crate) fn target_ranges(n: usize, parts: usize) -> Vec<std::ops::Range<usize>> {
+    let parts = parts.clamp(1, n.max(1));
+    (0..parts).map(|p| p * n / parts..(p + 1) * n / parts).collect()
+}
+
+/// [`layer_forward`] with the targets cut into `parts` ranges run on rayon's pool, for batches
+/// with fewer samples than threads: the sample's tables are built once and shared, each range
+/// has its own buffers, and the outputs are concatenated in range order (the same output as
+/// [`layer_forward`]).
+pub fn layer_forward_parallel(
+    m: &MultiNeuron,
+    layer: &LayerRef,
+    inputs: &[In],
+    factors: Option<&DelayFactors>,
+    parts: usize,
+    out: &mut Vec<In>,
+    scratch: &mut Scratch,
+) -> bool {
+    use rayon::prelude::*;
+    if inputs.is_empty() {
+        return true;
+    }
+    let ranges = target_ranges(layer.n_out, parts);
+    let Scratch { um, us, sample, .. } = scratch;
+    let factored = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
+    let (lo, hi) = time_range(inputs, layer);
+    let parts: Vec<(bool, Vec<In>)> =
+        match factored.filter(|_| crate::binned::prepare(m, inputs, um, us, layer.n_in, lo, hi, sample)) {
+            Some(f) => {
+                let sample = &*sample;
+                ranges
+                    .into_par_iter()
+                    .map(|r| {
+                        let (mut work, mut times, mut part) = (BinWork::default(), Vec::new(), Vec::new());
+                        let ok = binned_targets(m, layer, f, r, sample, &mut work, &mut times, &mut part);
+                        (ok, part)
+                    })
+                    .collect()
+            }
+            None => ranges
+                .into_par_iter()
+                .map(|r| {
+                    let mut part = Vec::new();
+                    let ok = layer_forward_targets(m, layer, inputs, factors, r, &mut part, &mut Scratch::default());
+                    (ok, part)
+                })
+                .collect(),
+        };
+    let mut ok = true;
+    for (part_ok, part) in parts {
+        ok &= part_ok;
+        out.extend_from_slice(&part);
     }
     ok
 }

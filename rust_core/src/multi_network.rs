@@ -1,6 +1,9 @@
 //! Multi-spike networks over whole batches (feed-forward and recurrent hidden layers): a stack
 //! of [`MultiKernel`]s run by the batch driver ([`crate::driver`]).
 
+use std::cell::RefCell;
+use std::sync::Arc;
+
 use crate::batch::{Input, SpikeSet};
 use crate::cancel::Cancel;
 use crate::driver::{self, ChunkPolicy, Kernel};
@@ -67,17 +70,64 @@ pub fn check_multi_spikes(sp: &Spikes, n_samples: usize, n_out: usize, what: &st
     Ok(())
 }
 
+thread_local! {
+    /// The feed-forward factors of the last layers seen on this thread (a training step's forward
+    /// and backward calls share them), with the parameters they were computed from.
+    static FACTORS: RefCell<Vec<(Vec<u64>, Arc<multi::DelayFactors>)>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Layers whose factors a thread keeps.
+const CACHED_LAYERS: usize = 2;
+
+/// The parameters the factors depend on, bit for bit.
+fn factor_key(n: &crate::neuron::Neuron, layer: &LayerRef) -> Vec<u64> {
+    let head = [n.tau_m, n.tau_s].map(f64::to_bits).into_iter();
+    let shape = [layer.n_out as u64, layer.n_in as u64, layer.kind as u64].into_iter();
+    head.chain(shape).chain(layer.weights.iter().chain(layer.delays).map(|x| x.to_bits())).collect()
+}
+
+/// [`multi::delay_factors`] computed once for a layer's parameters and then shared: comparing the
+/// parameters is a memory scan, computing the factors two `exp` per synapse (per call, that was a
+/// tenth of a small batch's time).
+fn cached_factors(n: &crate::neuron::Neuron, layer: &LayerRef) -> Arc<multi::DelayFactors> {
+    let key = factor_key(n, layer);
+    FACTORS.with(|cell| {
+        let mut cache = cell.borrow_mut();
+        if let Some(k) = cache.iter().position(|(x, _)| *x == key) {
+            let hit = cache.remove(k);
+            let factors = hit.1.clone();
+            cache.push(hit);
+            return factors;
+        }
+        let factors = Arc::new(multi::delay_factors(n, layer));
+        if cache.len() >= CACHED_LAYERS {
+            cache.remove(0);
+        }
+        cache.push((key, factors.clone()));
+        factors
+    })
+}
+
 /// One multi-spike layer (feed-forward, or with recurrent weights) as a per-sample kernel.
 pub struct MultiKernel<'a> {
     neuron: MultiNeuron,
     layer: MultiLayer<'a>,
     /// The feed-forward synapses' factors, once per batch.
-    factors: multi::DelayFactors,
+    factors: Arc<multi::DelayFactors>,
+    /// Threads to spread a feed-forward layer's targets over within a sample (1: none).
+    target_parts: usize,
 }
 
 impl<'a> MultiKernel<'a> {
     pub fn new(neuron: &MultiNeuron, layer: MultiLayer<'a>) -> Self {
-        Self { neuron: *neuron, layer, factors: multi::delay_factors(&neuron.neuron, &layer.ff) }
+        Self { neuron: *neuron, layer, factors: cached_factors(&neuron.neuron, &layer.ff), target_parts: 1 }
+    }
+
+    /// Spreads a feed-forward layer's targets over `parts` threads within each sample (for batches
+    /// that run as one chunk). The results are bit for bit those of one thread.
+    pub fn with_target_parts(mut self, parts: usize) -> Self {
+        self.target_parts = parts.max(1);
+        self
     }
 }
 
@@ -101,7 +151,18 @@ impl Kernel for MultiKernel<'_> {
     fn forward(&self, inputs: &[In], out: &mut Vec<In>, scratch: &mut MultiScratch) -> bool {
         let m = &self.neuron;
         match &self.layer.rec {
-            None => multi::layer_forward(m, &self.layer.ff, inputs, Some(&self.factors), out, &mut scratch.forward),
+            None if self.target_parts > 1 => multi::layer_forward_parallel(
+                m,
+                &self.layer.ff,
+                inputs,
+                Some(self.factors.as_ref()),
+                self.target_parts,
+                out,
+                &mut scratch.forward,
+            ),
+            None => {
+                multi::layer_forward(m, &self.layer.ff, inputs, Some(self.factors.as_ref()), out, &mut scratch.forward)
+            }
             Some(rec) => multi::recurrent_forward(m, &RecLayer { ff: self.layer.ff, rec: *rec }, inputs, out),
         }
     }
@@ -125,7 +186,19 @@ impl Kernel for MultiKernel<'_> {
         let (m, ff) = (&self.neuron, &self.layer.ff);
         let scratch = &mut scratch.backward;
         match &self.layer.rec {
-            None => eventprop::layer_backward(m, ff, inputs, outputs, grad_out, Some(&self.factors), grads, scratch),
+            None if self.target_parts > 1 => eventprop::layer_backward_parallel(
+                m,
+                ff,
+                inputs,
+                outputs,
+                grad_out,
+                Some(self.factors.as_ref()),
+                grads,
+                scratch,
+            ),
+            None => {
+                eventprop::layer_backward(m, ff, inputs, outputs, grad_out, Some(self.factors.as_ref()), grads, scratch)
+            }
             Some(rec) => eventprop::recurrent_backward(
                 m,
                 &RecLayer { ff: *ff, rec: *rec },
@@ -224,8 +297,12 @@ impl<'a> MultiNetwork<'a> {
         self.backward_with(&set.input(None)?, spikes, grad_out, cancel)
     }
 
-    fn kernels(&self) -> Vec<MultiKernel<'a>> {
-        self.layers.iter().map(|l| MultiKernel::new(&self.neuron, *l)).collect()
+    /// The layers' kernels for a batch of `n_samples`: a batch that runs as one chunk (on one
+    /// thread) spreads each feed-forward layer's targets over the pool's threads instead.
+    fn kernels(&self, n_samples: usize) -> Vec<MultiKernel<'a>> {
+        let threads = rayon::current_num_threads();
+        let parts = if ChunkPolicy::SLOW_SAMPLES.chunks(n_samples).len() == 1 { threads } else { 1 };
+        self.layers.iter().map(|l| MultiKernel::new(&self.neuron, *l).with_target_parts(parts)).collect()
     }
 
     /// Every spike of every layer for every sample of the batch (sorted by neuron then time).
@@ -236,7 +313,7 @@ impl<'a> MultiNetwork<'a> {
     /// [`MultiNetwork::forward`], stopped with `Error::Interrupted` when `cancel` is set.
     pub fn forward_with(&self, input: &Input, cancel: &Cancel) -> Result<Vec<Spikes>> {
         self.check_input(input)?;
-        driver::forward(&self.kernels(), input, ChunkPolicy::SLOW_SAMPLES, cancel)
+        driver::forward(&self.kernels(input.n_samples()), input, ChunkPolicy::SLOW_SAMPLES, cancel)
     }
 
     /// EventProp gradients given every spike of every layer (from `forward`, or recorded) and
@@ -295,7 +372,7 @@ impl<'a> MultiNetwork<'a> {
         }
         let policy = ChunkPolicy::SLOW_SAMPLES;
         let (grads, inputs) =
-            driver::backward_shards(&self.kernels(), input, spikes, grad_out, policy, shards, cancel)?;
+            driver::backward_shards(&self.kernels(n_samples), input, spikes, grad_out, policy, shards, cancel)?;
         Ok((grads.into_iter().map(|shard| shard.into_iter().unzip()).collect(), inputs))
     }
 }

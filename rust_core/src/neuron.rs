@@ -36,6 +36,9 @@ pub struct Neuron {
     // rules most intervals out without locating their peak (a log and two exps).
     pub(crate) k_max: f64,
     solver: Solver,
+    /// `k` when `tau_m = k tau_s` exactly for an integer `3 <= k <= 8` (the bracketed solver then
+    /// works on a polynomial), else 0.
+    pub(crate) power: i32,
 }
 
 impl Neuron {
@@ -67,10 +70,10 @@ impl Neuron {
             inv_delta,
             k_max: f64::INFINITY,
             solver,
+            power: (3..=8).find(|&k| tau_m == k as f64 * tau_s).unwrap_or(0),
         };
         // K peaks where K' = e_s - K/tau_m = 0: at tau for equal taus, else at ln(tau_m/tau_s)/delta.
-        let s_peak = if delta == 0.0 { tau_m } else { (tau_m / tau_s).ln() / delta };
-        n.k_max = n.kernel(s_peak) * (1.0 + 1e-12);
+        n.k_max = n.kernel(n.kernel_peak()) * (1.0 + 1e-12);
         Ok(n)
     }
 
@@ -134,6 +137,26 @@ impl Neuron {
                     (em - es) * self.inv_delta
                 }
             }
+        }
+    }
+
+    /// Whether [`Neuron::kernel_from_fast`] is `(e_m - e_s) / delta`: then a sum of kernels over
+    /// many arrivals factors into two sums of per-arrival factors (the binned scan's premise).
+    pub(crate) fn kernel_is_difference(&self) -> bool {
+        match self.solver {
+            Solver::LambertW => false,
+            Solver::Quadratic => true,
+            Solver::Bracketed => (self.delta * self.tau_s).abs() >= 0.1,
+        }
+    }
+
+    /// Where `K` peaks (it rises before, falls after): `tau` for equal taus, else
+    /// `ln(tau_m / tau_s) / delta`.
+    pub(crate) fn kernel_peak(&self) -> f64 {
+        if self.delta == 0.0 {
+            self.tau_m
+        } else {
+            (self.tau_m / self.tau_s).ln() / self.delta
         }
     }
 

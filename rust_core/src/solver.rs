@@ -69,6 +69,7 @@ fn root_on_rise(n: &Neuron, v: f64, i: f64, end: f64) -> f64 {
     let s = match n.solver() {
         Solver::LambertW => lambert_root(n, v, i).map(|s| (s, false)),
         Solver::Quadratic => quadratic_root(n, v, i),
+        Solver::Bracketed if n.power > 0 => power_root(n, v, i, end).map(|s| (s, false)),
         Solver::Bracketed => None,
     };
     match s {
@@ -113,6 +114,37 @@ fn quadratic_root(n: &Neuron, v: f64, i: f64) -> Option<(f64, bool)> {
     }
     let x = ((a + disc.sqrt()) / (2.0 * b)).min(1.0);
     Some((-n.tau_m * x.ln(), disc >= 1e-6 * a * a))
+}
+
+/// `tau_m = k tau_s` for an integer `k >= 3`: with `x = e^{-s/tau_m}`, `e_s = x^k` and
+/// `V = (v + c) x - c x^k` (`c = i / delta`), a polynomial. On the rising stretch `[0, end]`, `x`
+/// runs over `[e^{-end/tau_m}, 1]` where `f = V - theta` is concave and decreasing, with
+/// `f(1) = v - theta < 0`: Newton from `x = 1` stays right of the root (the tangent lies above
+/// `f`) and decreases monotonically to it. No `exp` per iteration (the bracketed solver's two or
+/// three); the caller polishes the result in `s`. `None` when it does not settle (near a
+/// tangency, where convergence slows down), for the bracketed solver.
+fn power_root(n: &Neuron, v: f64, i: f64, end: f64) -> Option<f64> {
+    let k = n.power;
+    let c = i * n.inv_delta;
+    let a = v + c;
+    let x_end = (-end * n.inv_tau_m).exp();
+    let mut x = 1.0_f64;
+    for _ in 0..60 {
+        let xk1 = x.powi(k - 1);
+        let (fx, dx) = (a * x - c * xk1 * x - n.theta, a - k as f64 * c * xk1);
+        if !(dx < 0.0) {
+            return None;
+        }
+        let next = x - fx / dx;
+        // The iterates decrease; a step that does not is rounding: converged.
+        if !(next < x) || x - next <= 4.0 * f64::EPSILON * x || fx == 0.0 {
+            let x = next.min(x);
+            // Rounding may leave the root a hair outside the stretch: the caller's range check.
+            return (x >= x_end * (1.0 - 1e-12) && x > 0.0).then(|| -n.tau_m * x.ln());
+        }
+        x = next;
+    }
+    None
 }
 
 /// Safeguarded Newton on the increasing stretch `[0, end]` where `V(0) < theta <= V(end)`.
@@ -168,5 +200,50 @@ fn polish(n: &Neuron, v: f64, i: f64, s: f64, end: f64) -> f64 {
         t
     } else {
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The polynomial root for `tau_m = k tau_s` (k = 3, 4, 5) against the bracketed solver on the
+    /// same rising stretches, including near-tangent ones.
+    #[test]
+    fn power_root_matches_the_bracketed_solver() {
+        let mut seed = 7u64;
+        let mut next = || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 11) as f64 / (1u64 << 53) as f64
+        };
+        let (mut checked, mut direct_hits) = (0, 0);
+        for k in [3.0, 4.0, 5.0] {
+            let n = Neuron::new(k * 2.0, 2.0, 1.0).unwrap();
+            assert!(n.power == k as i32);
+            for _ in 0..2000 {
+                let (v, i) = (next() * 1.6 - 0.6, next() * 3.0);
+                if !(v < n.theta && i > 0.0) {
+                    continue;
+                }
+                let Some(peak) = n.stationary_point(v, i) else { continue };
+                if n.voltage(v, i, peak) < n.theta {
+                    continue;
+                }
+                let end = peak * (0.5 + 0.5 * next());
+                let end = if n.voltage(v, i, end) >= n.theta { end } else { peak };
+                let got = root_on_rise(&n, v, i, end);
+                let want = bracketed_root(&n, v, i, end);
+                if let Some(direct) = power_root(&n, v, i, end) {
+                    // Before the polish in `s`.
+                    assert!((direct - want).abs() <= 1e-9 * (1.0 + want), "k {k}: unpolished {direct} vs {want}");
+                    direct_hits += 1;
+                }
+                assert!((got - want).abs() <= 1e-11 * (1.0 + want), "k {k} v {v} i {i} end {end}: {got} vs {want}");
+                assert!((n.voltage(v, i, got) - n.theta).abs() < 1e-12, "k {k}: residual at {got}");
+                checked += 1;
+            }
+        }
+        assert!(checked > 1000, "only {checked} cases");
+        assert!(direct_hits * 10 > checked * 9, "the polynomial root settled in {direct_hits} of {checked}");
     }
 }

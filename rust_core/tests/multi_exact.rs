@@ -876,3 +876,169 @@ fn recurrent_forward_matches_reference_over_long_trials_and_long_delays() {
     }
     assert!(checked >= 3, "only {checked} well-conditioned cases");
 }
+
+// ---------------------------------------------------------------- binned scan (issue 14)
+
+/// One target's arrivals `(time, weight)` sorted by time (the sorted scan's input).
+fn sorted_arrivals(inputs: &[(u32, u32, f64)], w: &[f64], d: &[f64], n_in: usize, j: usize) -> Vec<(f64, f64)> {
+    let mut arr: Vec<(f64, f64)> =
+        inputs.iter().map(|&(_, i, t)| (t + d[j * n_in + i as usize], w[j * n_in + i as usize])).collect();
+    arr.sort_by(|a, b| a.0.total_cmp(&b.0));
+    arr
+}
+
+/// The binned feed-forward scan (every bin that may cross simulated exactly, crossings, resets and
+/// refractory ends inside bins, the clamp spanning many bins, t_end inside a bin, negative
+/// weights, arrivals at equal times) against the sorted exact scan (`multi::simulate`) on many
+/// arrivals, and against the dense reference where that is well conditioned.
+#[test]
+fn binned_scan_matches_sorted_scan_and_reference() {
+    let (n_in, n) = (40, 3);
+    let (mut spikes, mut multi, mut vs_reference) = (0, 0, 0);
+    for seed in 0..3u64 {
+        for tm in [2.0, 4.0, 1.5, 0.7] {
+            for t_ref in [0.0, 0.25, 2.0] {
+                for t_end in [f64::INFINITY, 17.3] {
+                    let mut rng = Rng(900 + seed);
+                    let mut inputs = random_inputs(&mut rng, 1, n_in, 15, 30.0);
+                    let w = rng.vec(n * n_in, -0.3, 0.6);
+                    let mut d = rng.vec(n * n_in, 0.0, 3.0);
+                    // Equal arrival times: channel 1 repeats some of channel 0's spikes through
+                    // the same delays.
+                    let copies: Vec<(u32, u32, f64)> =
+                        inputs.iter().filter(|x| x.1 == 0).take(6).map(|&(s, _, t)| (s, 1, t)).collect();
+                    inputs.extend(copies);
+                    for j in 0..n {
+                        d[j * n_in + 1] = d[j * n_in];
+                    }
+                    let neuron = Neuron::new(tm, 1.0, 1.0).unwrap();
+                    let m = MultiNeuron::new(neuron, t_ref, t_end).unwrap();
+                    let ff = LayerRef::new(n, n_in, &w, DelayKind::Synaptic, &d, "ff").unwrap();
+                    let out =
+                        multi_network::layer_forward(&m, MultiLayer { ff, rec: None }, &table(&inputs), 1).unwrap();
+                    let arr: Vec<Vec<(f64, f64)>> = (0..n).map(|j| sorted_arrivals(&inputs, &w, &d, n_in, j)).collect();
+                    let label = format!("seed {seed} tm {tm} t_ref {t_ref} t_end {t_end}");
+                    let got: Vec<Vec<f64>> = (0..n)
+                        .map(|j| (0..out.len()).filter(|&k| out.neuron[k] == j as u32).map(|k| out.time[k]).collect())
+                        .collect();
+                    for j in 0..n {
+                        let mut want = Vec::new();
+                        assert!(delgrad_core::multi::simulate(&m, &arr[j], &mut want));
+                        assert_eq!(got[j].len(), want.len(), "{label} neuron {j}: {:?} vs {want:?}", got[j]);
+                        for (g, r) in got[j].iter().zip(&want) {
+                            assert!((g - r).abs() < 1e-9, "{label} neuron {j}: binned {g}, sorted {r}");
+                        }
+                        spikes += want.len();
+                        multi += (want.len() > 1) as usize;
+                    }
+                    if t_end == f64::INFINITY && seed == 0 {
+                        let (want, near) = reference_layer(tm, 1.0, 1.0, t_ref, &arr, None);
+                        if near < 1e-6 {
+                            continue;
+                        }
+                        for j in 0..n {
+                            assert_eq!(got[j].len(), want[j].len(), "{label} neuron {j} vs reference");
+                            for (g, r) in got[j].iter().zip(&want[j]) {
+                                assert!((g - r).abs() < 1e-9, "{label} neuron {j}: binned {g}, reference {r}");
+                            }
+                        }
+                        vs_reference += 1;
+                    }
+                }
+            }
+        }
+    }
+    assert!(spikes > 1000 && multi > 100, "too little activity: {spikes} spikes, {multi} repeat spikers");
+    assert!(vs_reference >= 8, "only {vs_reference} cases against the reference");
+}
+
+/// Inputs too sparse for the bins (more bins than the cap) and spans too long for the factors take
+/// the sorted scan; both against `multi::simulate`.
+#[test]
+fn sparse_and_long_samples_take_the_sorted_scan() {
+    let (n_in, n) = (3, 2);
+    let mut rng = Rng(77);
+    let w = rng.vec(n * n_in, 2.5, 4.0);
+    let d = rng.vec(n * n_in, 0.0, 1.0);
+    let m = MultiNeuron::new(Neuron::new(2.0, 1.0, 1.0).unwrap(), 0.1, f64::INFINITY).unwrap();
+    let ff = LayerRef::new(n, n_in, &w, DelayKind::Synaptic, &d, "ff").unwrap();
+    // Sample 0: a burst, then one spike 500 time constants later (bins would exceed the cap);
+    // sample 1: spread over 800 time constants (no factors).
+    let mut inputs = vec![(0, 0, 0.0), (0, 1, 0.1), (0, 2, 0.2), (0, 0, 500.0), (0, 1, 500.1)];
+    inputs.extend((0..40).map(|k| (1, (k % 3) as u32, 20.0 * k as f64 + rng.uniform(0.0, 0.3))));
+    let out = multi_network::layer_forward(&m, MultiLayer { ff, rec: None }, &table(&inputs), 2).unwrap();
+    let mut total = 0;
+    for s in 0..2u32 {
+        let sample: Vec<(u32, u32, f64)> = inputs.iter().filter(|x| x.0 == s).copied().collect();
+        for j in 0..n {
+            let arr = sorted_arrivals(&sample, &w, &d, n_in, j);
+            let mut want = Vec::new();
+            assert!(delgrad_core::multi::simulate(&m, &arr, &mut want));
+            let r = out.range(s as usize);
+            let got: Vec<f64> = r.filter(|&k| out.neuron[k] == j as u32).map(|k| out.time[k]).collect();
+            assert_eq!(got.len(), want.len(), "sample {s} neuron {j}: {got:?} vs {want:?}");
+            assert!(got.iter().zip(&want).all(|(g, r)| (g - r).abs() < 1e-9), "sample {s} neuron {j}");
+            total += want.len();
+        }
+    }
+    assert!(total > 20, "too few spikes ({total})");
+}
+
+/// Targets spread over threads within a sample give bit for bit the serial results, forward
+/// and backward (three blocks of targets, the last one short), on the binned/by-channel path
+/// and on the sorted one (equal time constants).
+#[test]
+fn target_parallel_passes_equal_serial_ones() {
+    use delgrad_core::{eventprop, multi};
+    let (n_in, n) = (50, 70);
+    for tm in [2.0, 1.0] {
+        let mut rng = Rng(5);
+        let inputs: Vec<(u32, f64)> =
+            (0..400).map(|_| ((rng.next() * n_in as f64) as u32, rng.uniform(0.0, 40.0))).collect();
+        let w = rng.vec(n * n_in, -0.1, 0.25);
+        let d = rng.vec(n * n_in, 0.0, 5.0);
+        let m = MultiNeuron::new(Neuron::new(tm, 1.0, 1.0).unwrap(), 0.2, 45.0).unwrap();
+        let ff = LayerRef::new(n, n_in, &w, DelayKind::Synaptic, &d, "ff").unwrap();
+        let f = multi::delay_factors(&m.neuron, &ff);
+        let (mut serial, mut parallel) = (Vec::new(), Vec::new());
+        assert!(multi::layer_forward(&m, &ff, &inputs, Some(&f), &mut serial, &mut multi::Scratch::default()));
+        assert!(multi::layer_forward_parallel(&m, &ff, &inputs, Some(&f), 3, &mut parallel, &mut Default::default()));
+        assert!(serial.len() > 100, "tm {tm}: too few spikes ({})", serial.len());
+        assert_eq!(serial, parallel, "tm {tm}: forward");
+        let gout = rng.vec(serial.len(), -1.0, 1.0);
+        let grads = || (vec![0.0; n * n_in], vec![0.0; n * n_in], vec![0.0; inputs.len()]);
+        let (mut a, mut b) = (grads(), grads());
+        let mut sa = eventprop::Scratch::default();
+        eventprop::layer_backward(&m, &ff, &inputs, &serial, &gout, Some(&f), (&mut a.0, &mut a.1, &mut a.2), &mut sa);
+        let mut sb = eventprop::Scratch::default();
+        let gb = (&mut b.0[..], &mut b.1[..], &mut b.2[..]);
+        eventprop::layer_backward_parallel(&m, &ff, &inputs, &serial, &gout, Some(&f), gb, &mut sb);
+        assert!(a.0.iter().any(|&x| x != 0.0) && a.2.iter().any(|&x| x != 0.0), "tm {tm}: no gradient");
+        assert_eq!(a, b, "tm {tm}: backward");
+    }
+}
+
+/// Degenerate spans on the binned scan: all arrivals at one time (no span at all), and a trial
+/// that ends before the first arrival; against `multi::simulate`.
+#[test]
+fn binned_scan_with_simultaneous_arrivals_and_early_trial_end() {
+    let (n_in, n) = (10, 2);
+    let w = vec![0.45; n * n_in];
+    let d = vec![0.0; n * n_in];
+    let ff = LayerRef::new(n, n_in, &w, DelayKind::Synaptic, &d, "ff").unwrap();
+    let inputs: Vec<(u32, u32, f64)> = (0..n_in as u32).map(|i| (0, i, 1.0)).collect();
+    for (t_end, t_ref) in [(f64::INFINITY, 0.1), (f64::INFINITY, 0.0), (0.5, 0.1), (1.0, 0.0)] {
+        let m = MultiNeuron::new(Neuron::new(2.0, 1.0, 1.0).unwrap(), t_ref, t_end).unwrap();
+        let out = multi_network::layer_forward(&m, MultiLayer { ff, rec: None }, &table(&inputs), 1).unwrap();
+        for j in 0..n {
+            let mut want = Vec::new();
+            assert!(delgrad_core::multi::simulate(&m, &sorted_arrivals(&inputs, &w, &d, n_in, j), &mut want));
+            let got: Vec<f64> = (0..out.len()).filter(|&k| out.neuron[k] == j as u32).map(|k| out.time[k]).collect();
+            assert_eq!(got.len(), want.len(), "t_end {t_end} t_ref {t_ref} neuron {j}: {got:?} vs {want:?}");
+            assert!(got.iter().zip(&want).all(|(g, r)| (g - r).abs() < 1e-9), "t_end {t_end} neuron {j}");
+            if t_end > 1.0 {
+                assert!(want.len() >= 2, "t_end {t_end} t_ref {t_ref}: expected repeat spikes, got {want:?}");
+            }
+        }
+    }
+}
