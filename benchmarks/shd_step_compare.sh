@@ -31,7 +31,7 @@ done
 for mean in 0.0 0.003; do
     run "feed-forward batch 32, 8000 input spikes, weight mean $mean" 32 8000 3 0 "$mean"
 done
-# Recurrent (recurrent std 0.01, as pipelines/shd.toml), batch 2.
+# Recurrent (recurrent std 0.01, as pipelines/events.toml), batch 2.
 for spikes in 1000 4000 8000; do
     run "recurrent batch 2, $spikes input spikes" 2 "$spikes" 1 0.01
 done
