@@ -198,12 +198,15 @@ def main() -> None:
                 print(f"  final parameters: {'the same bits' if same else 'DIFFERENT BITS'} for every worker count")
             several = [w for w in results if w > 1]
             if several:
-                r1 = results[min(results)]
                 rw = results[several[0]]
-                speedup = (sum(r1["walls"]) / len(r1["walls"])) / (sum(rw["walls"]) / len(rw["walls"]))
-                print(f"  {several[0]} workers against 1 process: x{speedup:.2f} per step")
-                # Estimate for a cluster of W one-thread workers from the measured figures.
+                per_step = {w: sum(r["walls"]) / len(r["walls"]) for w, r in results.items()}
+                if 1 in results:
+                    speedup = per_step[1] / per_step[several[0]]
+                    print(f"  {several[0]} workers against 1 process: x{speedup:.2f} per step")
+                # The step's CPU time in all: one process's, or the workers' summed.
+                r1 = results.get(1, rw)
                 cpu_step = sum(r1["cpus"]) / len(r1["cpus"])
+                # Estimate for a cluster of W one-thread workers from the measured figures.
                 comm_per_shard = (sum(rw["comms"]) / len(rw["comms"])) / rw["shards"]
                 net_per_shard = rw["grad_bytes"] * 8 / (args.bandwidth * 1e9)
                 for cores in (16, 64):
