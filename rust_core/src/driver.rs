@@ -21,7 +21,7 @@ use rayon::prelude::*;
 
 use crate::batch::Input;
 use crate::cancel::{Cancel, Checkpoint, POLL_INTERVAL};
-use crate::error::{shape_err, Error, Result};
+use crate::error::{shape_err, spikes_err, Error, Result};
 use crate::spikes::Spikes;
 use crate::ttfs::In;
 
@@ -367,6 +367,32 @@ pub fn backward_shards<K: Kernel>(
         .map(|(gw, gd)| kernels.iter().zip(gw.into_iter().zip(gd)).map(|(k, (w, d))| k.finish(w, d)).collect())
         .collect();
     Ok((grads, gin))
+}
+
+/// A backward's recorded spikes: one table per layer of the network.
+pub(crate) fn check_layer_count(n_layers: usize, spikes: &[Spikes]) -> Result<()> {
+    if spikes.len() != n_layers {
+        return Err(shape_err(format!(
+            "backward: got spikes of {} layers for a network of {n_layers} layers",
+            spikes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// A backward's `grad_out`: one finite `dL/dt` per spike of the last layer (`last`).
+pub(crate) fn check_grad_out(last: &Spikes, grad_out: &[f64]) -> Result<()> {
+    if grad_out.len() != last.len() {
+        return Err(shape_err(format!(
+            "backward: grad has {} entries but the output layer has {} spikes",
+            grad_out.len(),
+            last.len()
+        )));
+    }
+    if let Some(k) = grad_out.iter().position(|g| !g.is_finite()) {
+        return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
+    }
+    Ok(())
 }
 
 pub(crate) fn add(acc: &mut [f64], x: &[f64]) {

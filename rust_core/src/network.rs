@@ -211,27 +211,11 @@ impl<'a> Network<'a> {
     ) -> Result<(Vec<Vec<LayerGrad>>, Vec<f64>)> {
         self.check_input(input)?;
         let n_samples = input.n_samples();
-        if spikes.len() != self.layers.len() {
-            return Err(shape_err(format!(
-                "backward: got spikes of {} layers for a network of {} layers",
-                spikes.len(),
-                self.layers.len()
-            )));
-        }
+        driver::check_layer_count(self.layers.len(), spikes)?;
         for (l, (sp, layer)) in spikes.iter().zip(&self.layers).enumerate() {
             check_spikes(sp, n_samples, layer.n_out, &format!("layer {l} spikes"))?;
         }
-        let last = spikes.last().expect("at least one layer");
-        if grad_out.len() != last.len() {
-            return Err(shape_err(format!(
-                "backward: grad has {} entries but the output layer has {} spikes",
-                grad_out.len(),
-                last.len()
-            )));
-        }
-        if let Some(k) = grad_out.iter().position(|g| !g.is_finite()) {
-            return Err(spikes_err(format!("grad: entry {k} is {} (must be finite)", grad_out[k])));
-        }
+        driver::check_grad_out(spikes.last().expect("at least one layer"), grad_out)?;
         driver::backward_shards(&self.kernels(), input, spikes, grad_out, ChunkPolicy::FAST_SAMPLES, shards, cancel)
     }
 
@@ -253,13 +237,7 @@ impl<'a> Network<'a> {
                 grad_times.len()
             )));
         }
-        if spikes.len() != self.layers.len() {
-            return Err(shape_err(format!(
-                "backward: got spikes of {} layers for a network of {} layers",
-                spikes.len(),
-                self.layers.len()
-            )));
-        }
+        driver::check_layer_count(self.layers.len(), spikes)?;
         let last = spikes.last().expect("at least one layer");
         check_spikes(last, n_samples, n_out, &format!("layer {} spikes", self.layers.len() - 1))?;
         let rows = last.gather(grad_times, n_out);
