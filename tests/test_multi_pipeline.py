@@ -156,3 +156,62 @@ def test_spike_time_loss_on_a_multi_spike_output_layer_matches_finite_difference
     assert checked >= 40
     with pytest.raises(delgrad.ShapeError, match="grad_times has shape"):
         tr.first_time_grad(1, np.zeros((6, 2)))
+
+
+@pytest.mark.parametrize("recurrent", [False, True])
+def test_evaluation_in_chunks_without_spikes_gives_the_same_bits(recurrent):
+    """The trainer's epoch evaluation goes through the core a chunk of samples at a time and
+    keeps no spikes; its figures must be those of the whole split in one call."""
+    from delgrad.data.split import Split
+    from delgrad.train import evaluate_multi
+
+    net = small_net("axonal", recurrent=recurrent)
+    s, y = data(11)
+    split = Split(s, y)
+    whole = evaluate_multi(net, split)
+    assert whole.trace is not None and whole.trace.n_spikes(0) > 11
+    for chunk in (1, 4, 11, 50):
+        part = evaluate_multi(net, split, keep_trace=False, chunk=chunk)
+        assert part.trace is None
+        assert part.values.tobytes() == whole.values.tobytes()
+        assert (part.loss, part.accuracy, part.stats) == (whole.loss, whole.accuracy, whole.stats)
+        assert np.array_equal(part.predictions, whole.predictions)
+    with pytest.raises(ValueError, match="chunk must be >= 1, got 0"):
+        evaluate_multi(net, split, keep_trace=False, chunk=0)
+
+
+def test_layer_spikes_file_holds_every_layer_and_is_replaced_whole(tmp_path):
+    """``spikes_test.parquet`` is written a layer at a time; the file is every layer's spikes,
+    in layer order, and a failed write leaves the old file and no temporary behind."""
+    from delgrad.pipeline import _write_layer_spikes
+
+    net = MultiNetwork.random(
+        [3, 6, 5, 4],
+        delgrad.Neuron(tau_m=1.5, tau_s=1.0, theta=1.0, mode="multi", t_ref=0.2, t_end=40.0),
+        delgrad.Neuron(tau_m=2.0, tau_s=1.0, theta=1.0, mode="multi", t_end=40.0),
+        weight_mean=(2.2, 2.2, 0.5),
+        weight_std=(0.6, 0.6, 0.5),
+        delay_range=(0.0, 3.0),
+        seed=3,
+    )
+    s, _ = data(7)
+    trace = net.forward(s).trace
+    path = tmp_path / "spikes_test.parquet"
+    _write_layer_spikes(path, trace)
+    got = pl.read_parquet(path)
+    want = pl.concat([pl.from_arrow(trace.spikes(k, with_layer=True)) for k in range(trace.n_layers)])
+    assert got.equals(want) and got["layer"].unique().sort().to_list() == [0, 1]
+    before = path.read_bytes()
+
+    class Broken:
+        n_layers = 2
+
+        def spikes(self, index, with_layer=False):
+            if index == 1:
+                raise RuntimeError("lost")
+            return trace.spikes(0, with_layer=True)
+
+    with pytest.raises(RuntimeError, match="lost"):
+        _write_layer_spikes(path, Broken())
+    assert path.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["spikes_test.parquet"]

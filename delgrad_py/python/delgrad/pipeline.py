@@ -34,7 +34,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from delgrad._core import Neuron, SpikeSet
+from delgrad._core import Neuron, SpikeSet, Trace
 from delgrad.config import FEATURE_DATASETS, SPIKING_AUDIO, ConfigError, PipelineConfig, load_config
 from delgrad.data.encoding import LatencyEncoder
 from delgrad.data.parquet import SpikeDataset, write_dataset
@@ -42,7 +42,7 @@ from delgrad.data.split import Split
 from delgrad.model import Model
 from delgrad.multi import MultiNetwork
 from delgrad.network import Network
-from delgrad.rundir import RunDir, RunDirError, atomic_write_parquet, read_config
+from delgrad.rundir import RunDir, RunDirError, atomic_path, atomic_write_parquet, read_config
 from delgrad.train import EvalResult, Trainer, evaluate_any
 
 __all__ = [
@@ -448,19 +448,31 @@ def evaluate_run(run_dir: str | Path, train_seconds: float | None = None, *, _ow
     cfg = read_config(run_dir)
     model = Model.load(run_dir)
     results: dict[str, float] = {}
-    evaluations: dict[str, tuple[Split, EvalResult]] = {}
     for split in SPLITS:
+        # Only the test split's spikes are written and plotted: the others are evaluated without
+        # keeping them (an SHD-sized training split's hidden spikes alone take gigabytes), and
+        # each split is released before the next is read.
         s, _, _ = load_split(run_dir / "data", split)
-        r = evaluate_any(model.network, s, cfg.train)
+        r = evaluate_any(model.network, s, cfg.train, keep_trace=split == "test")
         results[f"{split}_acc"], results[f"{split}_loss"] = r.accuracy, r.loss
-        evaluations[split] = (s, r)
-    test_split, test_eval = evaluations["test"]
+        if split == "test":
+            test_split, test_eval = s, r
+        del s, r
     _write_predictions(run_dir, test_split, test_eval, cfg)
-    trace = test_eval.trace
-    tables = [trace.spikes(index, with_layer=True) for index in range(trace.n_layers)]
-    atomic_write_parquet(run_dir / "spikes_test.parquet", pa.Table.from_batches(tables))
+    _write_layer_spikes(run_dir / "spikes_test.parquet", test_eval.trace)
     write_report(run_dir, cfg, model, results, test_split, test_eval, train_seconds)
     return results
+
+
+def _write_layer_spikes(path: Path, trace: Trace) -> None:
+    """Every layer's spikes as one Parquet file, converted and written a layer at a time (one
+    layer's Arrow copy in memory, not all of them), replaced atomically."""
+    import pyarrow.parquet as pq
+
+    schema = trace.spikes(0, with_layer=True).schema
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for index in range(trace.n_layers):
+            writer.write_batch(trace.spikes(index, with_layer=True))
 
 
 def _epoch_line(row: dict[str, Any]) -> str:

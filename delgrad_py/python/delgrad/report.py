@@ -28,6 +28,9 @@ from delgrad.figures import (  # noqa: E402
     time_unit,
 )
 
+# Test samples in the report's raster plot.
+RASTER_SAMPLES = 4
+
 
 def plot_curves(metrics: pl.DataFrame, out: Path) -> str:
     """Loss and accuracy per epoch; every epoch is a marked point, so a one-epoch run shows one."""
@@ -161,7 +164,7 @@ def plot_raster(
     names: list[str],
     out: Path,
     unit: str,
-    samples: int = 4,
+    samples: int = RASTER_SAMPLES,
 ) -> str:
     """Spikes of the first test samples: the input and every layer, each in a band of its own
     (equal heights, so that 3 input channels stay as visible as 256 hidden neurons; neuron index
@@ -235,12 +238,16 @@ def _finish_report(
     return path
 
 
-def _test_spikes(run_dir: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """The test set's input spikes and every network layer's (``spikes_test.parquet``)."""
+def _test_spikes(run_dir: Path, samples: int = RASTER_SAMPLES) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """The input spikes and every network layer's (``spikes_test.parquet``) of the first
+    ``samples`` test samples (scanned lazily: the rest of the test set is never read)."""
     from delgrad.data.parquet import SpikeDataset
 
-    inputs = pl.from_arrow(SpikeDataset(run_dir / "data", "test").all().spikes)
-    return inputs, pl.read_parquet(run_dir / "spikes_test.parquet")
+    dataset = SpikeDataset(run_dir / "data", "test")
+    first = dataset.first_sample
+    inputs = dataset.scan().filter(pl.col("sample") < first + samples).with_columns(pl.col("sample") - first)
+    layers = pl.scan_parquet(run_dir / "spikes_test.parquet").filter(pl.col("sample") < samples)
+    return inputs.collect(), layers.collect()
 
 
 def write_report(

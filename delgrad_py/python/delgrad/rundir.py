@@ -21,6 +21,8 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -37,20 +39,31 @@ class RunDirError(ValueError):
     """A run directory that this run may not write to; nothing in it was changed."""
 
 
-def atomic_write(path: Path, data: bytes | str) -> None:
-    """Writes ``path`` as one step: a temporary file beside it, fsync, rename, fsync the folder."""
+@contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """A temporary path beside ``path`` to write in full; on leaving the block without an
+    error it is fsynced and renamed onto ``path`` (then the folder is fsynced), otherwise
+    removed: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data.encode() if isinstance(data, str) else data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_write(path: Path, data: bytes | str) -> None:
+    """Writes ``path`` as one step (:func:`atomic_path`)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
 
 
 def atomic_write_parquet(path: Path, table: Any) -> None:

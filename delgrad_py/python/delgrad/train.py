@@ -56,6 +56,8 @@ __all__ = [
 
 CHECKPOINT = Path("checkpoint") / "state.npz"
 DEFAULT_SHARDS = DistributedConfig().shards
+# Samples per core call when a multi-spike split is evaluated without keeping its spikes.
+EVAL_CHUNK = 256
 
 
 @dataclass
@@ -66,7 +68,7 @@ class EvalResult:
     loss: float
     accuracy: float
     predictions: NDArray[np.int64]
-    trace: Trace
+    trace: Trace | None  # None: evaluated without keeping the spikes (evaluate_multi's keep_trace)
     stats: dict[str, float] = field(default_factory=dict)
     values: NDArray[np.float64] | None = None  # multi-spike: readout values (n_samples, n_classes)
 
@@ -380,7 +382,8 @@ class MultiTask(_ShardedTask):
         self.delays.sync()
 
     def evaluate(self, split: Split) -> EvalResult:
-        return evaluate_multi(self.net, split)
+        # The epoch's figures need no spikes; chunks keep an SHD-sized split's evaluation small.
+        return evaluate_multi(self.net, split, keep_trace=False)
 
     def state(self) -> dict[str, Any]:
         return {}
@@ -401,19 +404,47 @@ def evaluate(net: Network, split: Split, loss: LossConfig, forward: Forward | No
     return EvalResult(res.loss, _accuracy(res.predictions, split.labels), res.predictions, trace, silent)
 
 
-def evaluate_multi(net: MultiNetwork, split: Split) -> EvalResult:
-    """Loss, accuracy, readout values and spikes per sample of every hidden layer."""
-    out: MultiOutput = net.forward(split.spikes)
-    loss, _, predictions = _core.readout_cross_entropy(out.values, split.labels)
-    n = max(len(split), 1)
-    stats = {f"spikes_l{index}": out.trace.n_spikes(index) / n for index in range(out.trace.n_layers)}
-    return EvalResult(loss, _accuracy(predictions, split.labels), predictions, out.trace, stats, out.values)
+def evaluate_multi(net: MultiNetwork, split: Split, *, keep_trace: bool = True, chunk: int = EVAL_CHUNK) -> EvalResult:
+    """Loss, accuracy, readout values and spikes per sample of every hidden layer.
+
+    Without ``keep_trace`` the split goes through the core ``chunk`` samples at a time and
+    only the readout values and spike counts are kept: the hidden spikes of an SHD-sized split
+    take gigabytes. The figures are the same bits either way (samples are simulated
+    independently, and the loss is computed once over all values)."""
+    if chunk < 1:
+        raise ValueError(f"chunk must be >= 1, got {chunk}")
+    n_samples = len(split)
+    trace: Trace | None = None
+    if keep_trace or n_samples <= chunk:
+        out: MultiOutput = net.forward(split.spikes)
+        values = out.values
+        counts = [out.trace.n_spikes(index) for index in range(out.trace.n_layers)]
+        trace = out.trace if keep_trace else None
+    else:
+        parts, counts = [], [0] * len(net.layers)
+        for start in range(0, n_samples, chunk):
+            out = net.forward(split.spikes, select=np.arange(start, min(start + chunk, n_samples), dtype=np.uint32))
+            parts.append(out.values)
+            counts = [total + out.trace.n_spikes(index) for index, total in enumerate(counts)]
+        values = np.concatenate(parts)
+    loss, _, predictions = _core.readout_cross_entropy(values, split.labels)
+    n = max(n_samples, 1)
+    stats = {f"spikes_l{index}": count / n for index, count in enumerate(counts)}
+    return EvalResult(loss, _accuracy(predictions, split.labels), predictions, trace, stats, values)
 
 
-def evaluate_any(net: Network | MultiNetwork, split: Split, config: TrainConfig, forward: Forward | None = None):
-    """:func:`evaluate` or :func:`evaluate_multi`, by the network's kind."""
+def evaluate_any(
+    net: Network | MultiNetwork,
+    split: Split,
+    config: TrainConfig,
+    forward: Forward | None = None,
+    *,
+    keep_trace: bool = True,
+) -> EvalResult:
+    """:func:`evaluate` or :func:`evaluate_multi`, by the network's kind (a TTFS trace, one first
+    spike per neuron, is always kept: its loss is computed from it)."""
     if isinstance(net, MultiNetwork):
-        return evaluate_multi(net, split)
+        return evaluate_multi(net, split, keep_trace=keep_trace)
     return evaluate(net, split, config.loss, forward)
 
 
