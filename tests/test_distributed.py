@@ -211,6 +211,24 @@ def test_two_workers_give_the_bits_of_one_ttfs_with_weight_bumping(ray_local, re
     assert metrics(run).equals(metrics(references["ttfs"]))
 
 
+# Two epochs, so that each trains on its own augmented copy.
+AUGMENTED = ["train.epochs=2", "augment.enabled=true", "augment.channel_shift=1", "augment.blend=true"]
+
+
+@pytest.fixture(scope="module")
+def augmented_reference(tmp_path_factory) -> Path:
+    return pipeline.run(TEMPORAL, AUGMENTED, tmp_path_factory.mktemp("augmented") / "run", progress=False)
+
+
+@pytest.mark.parametrize("data", ["files", "object_store"])
+def test_two_workers_make_the_augmented_samples_of_one(ray_local, augmented_reference, tmp_path: Path, data: str):
+    """Every worker makes the augmented samples of its own shards, new each epoch: the bits of
+    one process, whether the workers read the files or the object store."""
+    cfg = load_config(TEMPORAL, [*AUGMENTED, "distributed.workers=2", f"distributed.data={data}"])
+    run = pipeline.run_config(cfg, tmp_path / "run", progress=False, say=lambda text: None)
+    assert metrics(run).equals(metrics(augmented_reference))
+
+
 def _trainer_and_data(references: dict[str, Path], **train: object):
     cfg = load_config(TEMPORAL, ONE_EPOCH)
     data = references["multi"] / "data"

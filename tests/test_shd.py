@@ -299,3 +299,131 @@ def test_shd_pipeline_runs_end_to_end_on_the_synthetic_stand_in(tmp_path):
     ds = SpikeDataset(run / "data", "train")
     assert ds.metadata["source"]["synthetic"] is True and len(ds) == 60
     assert "Multi-spike network 700-24-20" in (run / "report.md").read_text()
+
+
+# --- augmentation made per batch, new every epoch ------------------------------------------------
+
+
+def _augmentable(n: int = 24, n_channels: int = 70):
+    from delgrad._core import SpikeSet
+    from delgrad.data.split import Split
+
+    rng = np.random.default_rng(5)
+    counts = rng.integers(0, 30, n)
+    counts[3] = 0  # a sample without spikes
+    sample = np.repeat(np.arange(n), counts)
+    neuron = rng.integers(0, n_channels, sample.size)
+    time = rng.uniform(0.0, 100.0, sample.size)
+    order = np.lexsort((time, neuron, sample))
+    batch = spike_batch(sample[order], neuron[order], time[order])
+    labels = rng.integers(0, 4, n).astype(np.int64)
+    return Split(SpikeSet(batch, n), labels), batch
+
+
+def _rows(batch, k: int) -> tuple[np.ndarray, np.ndarray]:
+    s = batch.column("sample").to_numpy()
+    return batch.column("neuron").to_numpy()[s == k], batch.column("time").to_numpy()[s == k]
+
+
+def test_a_samples_augmentation_depends_on_seed_epoch_and_sample_only():
+    from delgrad.data.augment import EpochAugmentation
+
+    split, _ = _augmentable()
+    aug = EpochAugmentation(seed=7, n_channels=70, channel_shift=5, blend=True)
+    batch, labels = aug.samples(split.spikes, split.labels, np.array([5, 2, 9, 5]), epoch=3)
+    np.testing.assert_array_equal(labels, split.labels[[5, 2, 9, 5]])
+    for k, j in enumerate([5, 2, 9, 5]):
+        alone, _ = aug.samples(split.spikes, split.labels, np.array([j]), epoch=3)
+        for mine, theirs in zip(_rows(batch, k), _rows(alone, 0)):
+            assert mine.tobytes() == theirs.tobytes(), (k, j)
+    other_epoch, _ = aug.samples(split.spikes, split.labels, np.array([5, 2, 9, 5]), epoch=4)
+    other_seed, _ = EpochAugmentation(8, 70, 5, True).samples(split.spikes, split.labels, np.array([5, 2, 9]), 3)
+    assert not np.array_equal(_rows(batch, 0)[1], _rows(other_epoch, 0)[1])
+    assert not np.array_equal(_rows(batch, 0)[1], _rows(other_seed, 0)[1])
+
+
+def test_a_shift_alone_moves_every_channel_of_a_sample_by_one_amount():
+    from delgrad.data.augment import EpochAugmentation
+
+    split, original = _augmentable()
+    aug = EpochAugmentation(seed=1, n_channels=70, channel_shift=6)
+    batch, _ = aug.samples(split.spikes, split.labels, np.arange(len(split)), epoch=0)
+    seen = set()
+    for j in range(len(split)):
+        neuron, time = (x.astype(np.int64) if x.dtype.kind == "u" else x for x in _rows(original, j))
+        got_neuron, got_time = _rows(batch, j)
+        if not got_time.size:
+            continue
+        shift = int(got_neuron[0]) - int(neuron[time == got_time[0]][0])
+        keep = (neuron + shift >= 0) & (neuron + shift < 70)
+        assert abs(shift) <= 6
+        np.testing.assert_array_equal(got_neuron, neuron[keep] + shift)
+        assert got_time.tobytes() == time[keep].tobytes()
+        seen.add(shift)
+    assert len(seen) > 3, seen
+    with pytest.raises(ValueError, match="blend_p must be in"):
+        EpochAugmentation(seed=1, n_channels=70, blend_p=1.5)
+
+
+def test_a_batch_of_originals_and_augmented_samples_reads_each_as_made():
+    from delgrad.data.augment import EpochAugmentation
+    from delgrad.data.split import Split
+
+    plain, original = _augmentable()
+    n = len(plain)
+    aug = EpochAugmentation(seed=3, n_channels=70, channel_shift=4, blend=True)
+    split = Split(plain.spikes, plain.labels, aug)
+    assert (plain.epoch_size, split.epoch_size) == (n, 2 * n)
+    select = np.array([n + 5, 2, 3, n + 3, 17, n + 23], dtype=np.uint32)
+    batch, ids = split.take(select, epoch=2)
+    np.testing.assert_array_equal(ids, np.arange(6))
+    expected_labels = plain.labels[select % n]
+    np.testing.assert_array_equal(batch.labels, expected_labels)
+    made, _ = aug.samples(plain.spikes, plain.labels, np.array([5, 3, 23]), epoch=2)
+    got = batch.spikes.select()
+    for k, s in enumerate(select.tolist()):
+        if s < n:
+            want = _rows(original, s)
+        else:
+            want = _rows(made, [5, 3, 23].index(s - n))
+        for mine, theirs in zip(_rows(got, k), want):
+            assert mine.tobytes() == theirs.tobytes(), (k, s)
+    # A part of the batch reads the same samples (what a worker with some shards does).
+    part, _ = split.take(select[3:], epoch=2)
+    for k in range(3):
+        for mine, theirs in zip(_rows(part.spikes.select(), k), _rows(got, k + 3)):
+            assert mine.tobytes() == theirs.tobytes()
+    # Originals only, or no augmentation: the split itself.
+    assert split.take(select[[1, 2, 4]], epoch=2)[0] is split
+    assert plain.take(select, epoch=2)[0] is plain
+    with pytest.raises(IndexError, match=f"sample id {2 * n} is outside the epoch's 0..{2 * n - 1}"):
+        split.take(np.array([0, 2 * n], dtype=np.uint32), epoch=0)
+
+
+def test_the_training_split_holds_no_augmented_copy():
+    """``[augment]`` costs no memory up front: the training split shares the data set's spikes."""
+    from delgrad.config import load_config
+
+    plain, _ = _augmentable()
+    cfg = load_config(ROOT / "pipelines" / "shd.toml", ["augment.enabled=true"])
+    train = pipeline.augmented(cfg, plain, 700)
+    assert train.spikes is plain.spikes and train.epoch_size == 2 * len(plain)
+    assert train.augment.channel_shift == 40 and train.augment.blend and train.augment.seed == cfg.train.seed
+
+
+def test_an_augmented_epoch_trains_on_the_split_and_a_new_copy_of_it():
+    from delgrad.config import load_config
+    from delgrad.train import Trainer
+
+    plain, _ = _augmentable()
+    cfg = load_config(
+        ROOT / "pipelines" / "shd.toml",
+        ["augment.enabled=true", "network.hidden=[6]", "train.batch_size=10", "train.warmup_batches=0"],
+    )
+    train = pipeline.augmented(cfg, plain, 70)
+    net = pipeline.build_network(cfg, 70, 4)
+    trainer = Trainer(net, cfg.train, shards=2)
+    seen: list[tuple[int, int]] = []
+    row = trainer.run_epoch(train, on_batch=lambda done, total, loss: seen.append((done, total)))
+    assert seen[-1] == (2 * len(plain), 2 * len(plain)) and len(seen) == 5
+    assert np.isfinite(row["train_loss"]) and 0.0 <= row["train_acc"] <= 1.0

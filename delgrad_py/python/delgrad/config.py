@@ -227,7 +227,8 @@ _TTFS_TRAIN_KEYS = ("loss", "min_slope", "max_silent", "bump", "bump_exponential
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    """``[augment]``: one augmented copy of the training split (:mod:`delgrad.data.augment`)."""
+    """``[augment]``: every epoch also trains on a new augmented copy of the training split
+    (:class:`delgrad.data.augment.EpochAugmentation`)."""
 
     enabled: bool = True
     channel_shift: int = _spec(0, ge=0)

@@ -101,10 +101,11 @@ def set_network_arrays(net: Network | MultiNetwork, arrays: list[NDArray[np.floa
 
 def fingerprint(split: Split) -> tuple[int, int, str]:
     """What a worker checks it loaded: sample and spike counts, and a hash of the labels, the
-    spike counts per sample and the spikes of up to 64 evenly spaced samples (hashing every
+    spike counts per sample, the augmentation and the spikes of up to 64 evenly spaced samples (hashing every
     spike of an SHD-sized split would cost seconds per worker)."""
     digest = hashlib.sha256(split.labels.tobytes())
     digest.update(split.counts.tobytes())
+    digest.update(repr(split.augment).encode())
     probe = np.unique(np.linspace(0, max(len(split) - 1, 0), min(64, len(split))).astype(np.uint32))
     spikes = split.spikes.select(probe)
     for column in ("sample", "neuron", "time"):
@@ -116,7 +117,7 @@ def fingerprint(split: Split) -> tuple[int, int, str]:
 class DataSource:
     """Where a worker gets the training split: ``files`` (``read``, a picklable function that
     reads it, e.g. :func:`delgrad.pipeline.training_split` bound to a run's data directory) or
-    ``object_store`` (``ref`` to ``(spikes, n_samples, labels)``)."""
+    ``object_store`` (``ref`` to ``(spikes, n_samples, labels, augment)``)."""
 
     kind: str
     expected: tuple[int, int, str]
@@ -132,8 +133,8 @@ def _load(source: DataSource) -> Split:
     if source.kind == "object_store":
         import ray
 
-        spikes, n_samples, labels = ray.get(source.ref)
-        return Split(SpikeSet(spikes, n_samples), np.asarray(labels, dtype=np.int64))
+        spikes, n_samples, labels, augment = ray.get(source.ref)
+        return Split(SpikeSet(spikes, n_samples), np.asarray(labels, dtype=np.int64), augment)
     return source.read()
 
 
@@ -163,12 +164,17 @@ class ShardWorker:
         return os.getpid(), os.uname().nodename, self.error
 
     def shard_pass(
-        self, arrays: list[NDArray[np.float64]], select: NDArray[np.uint32], sizes: list[int], batch_size: int
+        self,
+        arrays: list[NDArray[np.float64]],
+        select: NDArray[np.uint32],
+        sizes: list[int],
+        batch_size: int,
+        epoch: int = 0,
     ) -> ShardPass:
         if self.split is None:
             raise WorkerError(f"worker {os.getpid()} has no data: {self.error}")
         set_network_arrays(self.net, arrays)
-        return self.task.shard_pass(self.split, select, sizes, batch_size)
+        return self.task.shard_pass(self.split, select, sizes, batch_size, epoch=epoch)
 
 
 # --- the executor -----------------------------------------------------------------------------
@@ -244,7 +250,7 @@ class RayShards:
     def _object_store(self) -> DataSource:
         """The training split put into the object store, once; every worker (a replacement
         too) reads it from there."""
-        ref = self.ray.put((self.split.spikes.select(), len(self.split), self.split.labels))
+        ref = self.ray.put((self.split.spikes.select(), len(self.split), self.split.labels, self.split.augment))
         return DataSource("object_store", self.expected, ref=ref)
 
     def _start(self, indices: range | list[int]) -> None:
@@ -284,8 +290,9 @@ class RayShards:
         except self.ray.exceptions.RayActorError as e:
             raise WorkerError(f"distributed: a worker died while starting: {_first_line(e)}") from None
 
-    def run(self, select: NDArray[np.uint32], sizes: list[int], batch_size: int) -> list[ShardPass]:
-        """The passes of all shards ``sizes`` of the batch ``select``, in shard order."""
+    def run(self, select: NDArray[np.uint32], sizes: list[int], batch_size: int, epoch: int = 0) -> list[ShardPass]:
+        """The passes of all shards ``sizes`` of the batch ``select`` of epoch ``epoch``, in shard
+        order."""
         ray = self.ray
         t0 = time.perf_counter()
         params = ray.put(network_arrays(self.net))
@@ -295,7 +302,7 @@ class RayShards:
         for k, shards in enumerate(assign(len(sizes), len(self.workers))):
             if shards:
                 jobs[k] = (select[edges[shards.start] : edges[shards.stop]], sizes[shards.start : shards.stop])
-        pending = {self.workers[k].shard_pass.remote(params, *job, batch_size): k for k, job in jobs.items()}
+        pending = {self.workers[k].shard_pass.remote(params, *job, batch_size, epoch): k for k, job in jobs.items()}
         results: dict[int, ShardPass] = {}
         restarts = 0
         self.in_flight = True
@@ -320,7 +327,7 @@ class RayShards:
                     )
                     self.ray.kill(self.workers[k], no_restart=True)
                     self._start([k])
-                    pending[self.workers[k].shard_pass.remote(params, *jobs[k], batch_size)] = k
+                    pending[self.workers[k].shard_pass.remote(params, *jobs[k], batch_size, epoch)] = k
         finally:
             # On Ctrl-C or an error the shards still in flight are left to :meth:`close`, which
             # kills their workers (Ray cannot force-cancel an actor's task).

@@ -166,41 +166,25 @@ def load_split(data_dir: Path, split: str) -> tuple[Split, np.ndarray, int]:
 
 
 def training_split(data_dir: Path, cfg: PipelineConfig) -> Split:
-    """The training split as the trainer sees it: read from ``data_dir``, plus its augmented
-    copy (what a data-parallel worker reads from a shared file system)."""
+    """The training split as the trainer sees it: read from ``data_dir``, with its ``[augment]``
+    (what a data-parallel worker reads from a shared file system)."""
     train, _, n_inputs = load_split(data_dir, "train")
     return augmented(cfg, train, n_inputs)
 
 
 def augmented(cfg: PipelineConfig, split: Split, n_inputs: int) -> Split:
-    """The training split with one augmented copy appended (``[augment]``, once per run):
-    ``channel_shift = k`` shifts every copy's channels by up to ±k, ``blend = true`` mixes
-    same-class pairs (:mod:`delgrad.data.augment`), seeded by ``[augment] seed``."""
-    from delgrad.data.augment import blend, channel_shift
-    from delgrad.data.encoding import spike_batch
+    """The training split with ``[augment]``: every epoch also trains on a new augmented copy of
+    it, made batch by batch (:class:`delgrad.data.augment.EpochAugmentation`):
+    ``channel_shift = k`` shifts each copy's channels by up to ±k, ``blend = true`` mixes
+    same-class pairs, seeded by ``[augment] seed`` (default ``train.seed``)."""
+    from delgrad.data.augment import EpochAugmentation
 
     a = cfg.augment
     if a is None or not a.enabled or not (a.channel_shift or a.blend):
         return split
-    rng = np.random.default_rng(a.seed if a.seed is not None else cfg.train.seed)
-    n = len(split)
-    original = split.spikes.select()  # the split's spikes as one batch, from memory
-    spikes, labels = original, split.labels
-    if a.blend:
-        b = blend(spikes, labels, rng, p=a.blend_p)
-        spikes, labels = b.spikes, b.labels
-    if a.channel_shift:
-        spikes = channel_shift(spikes, a.channel_shift, n_inputs, rng, n_samples=n)
-
-    def column(batch: pa.RecordBatch, name: str) -> np.ndarray:
-        return batch.column(name).to_numpy()
-
-    both = spike_batch(
-        np.concatenate([column(original, "sample"), column(spikes, "sample") + n]),
-        np.concatenate([column(original, "neuron"), column(spikes, "neuron")]),
-        np.concatenate([column(original, "time"), column(spikes, "time")]),
-    )
-    return Split(SpikeSet(both, 2 * n), np.concatenate([split.labels, labels]))
+    seed = a.seed if a.seed is not None else cfg.train.seed
+    augment = EpochAugmentation(seed, n_inputs, a.channel_shift, a.blend, a.blend_p)
+    return Split(split.spikes, split.labels, augment)
 
 
 # --- stage 2: the network and training ---------------------------------------------------------

@@ -135,11 +135,18 @@ class Task(Protocol):
     shards: int
 
     def shard_pass(
-        self, split: Split, select: NDArray[np.uint32], sizes: list[int], batch_size: int, local: bool = False
+        self,
+        split: Split,
+        select: NDArray[np.uint32],
+        sizes: list[int],
+        batch_size: int,
+        local: bool = False,
+        epoch: int = 0,
     ) -> ShardPass:
         """Forward, loss and backward of the consecutive shards ``sizes`` made of the samples
         ``select``, in a batch of ``batch_size`` samples (one core call each way). ``local``:
-        these are all of the batch's shards, so a step that will be skipped skips the backward."""
+        these are all of the batch's shards, so a step that will be skipped skips the backward.
+        ``epoch`` picks the augmented samples of an augmented split (:meth:`Split.take`)."""
         ...
 
     def combine(self, passes: list[ShardPass], batch_size: int) -> tuple[float, int, list[NDArray[np.float64]] | None]:
@@ -147,7 +154,9 @@ class Task(Protocol):
         in shard order."""
         ...
 
-    def step(self, split: Split, select: NDArray[np.uint32]) -> tuple[float, int, list[NDArray[np.float64]] | None]:
+    def step(
+        self, split: Split, select: NDArray[np.uint32], epoch: int = 0
+    ) -> tuple[float, int, list[NDArray[np.float64]] | None]:
         """Forward, loss and backward of one batch: (mean loss, correct, gradients or None to skip)."""
         ...
 
@@ -186,14 +195,22 @@ class _ShardedTask:
     delays: _DelayParams
     shards: int = DEFAULT_SHARDS
 
-    def step(self, split: Split, select: NDArray[np.uint32]) -> tuple[float, int, list[NDArray[np.float64]] | None]:
+    def step(
+        self, split: Split, select: NDArray[np.uint32], epoch: int = 0
+    ) -> tuple[float, int, list[NDArray[np.float64]] | None]:
         batch_size = len(select)
         sizes = shard_sizes(batch_size, self.shards)
-        passes = [self.shard_pass(split, select, sizes, batch_size, local=True)]
+        passes = [self.shard_pass(split, select, sizes, batch_size, local=True, epoch=epoch)]
         return self.combine(passes, batch_size)
 
     def shard_pass(
-        self, split: Split, select: NDArray[np.uint32], sizes: list[int], batch_size: int, local: bool = False
+        self,
+        split: Split,
+        select: NDArray[np.uint32],
+        sizes: list[int],
+        batch_size: int,
+        local: bool = False,
+        epoch: int = 0,
     ) -> ShardPass:
         raise NotImplementedError
 
@@ -294,9 +311,16 @@ class TTFSTask(_ShardedTask):
         return bool(bumped)
 
     def shard_pass(
-        self, split: Split, select: NDArray[np.uint32], sizes: list[int], batch_size: int, local: bool = False
+        self,
+        split: Split,
+        select: NDArray[np.uint32],
+        sizes: list[int],
+        batch_size: int,
+        local: bool = False,
+        epoch: int = 0,
     ) -> ShardPass:
         t0, cpu0 = time.perf_counter(), time.process_time()
+        split, select = split.take(select, epoch)
         trace = self.forward(self.net, split.spikes, select)
         labels = split.labels[select]
         cfg, tau_s = self.cfg.loss, self.net.neuron.tau_s
@@ -358,9 +382,16 @@ class MultiTask(_ShardedTask):
         self.roles = [(index, what) for index, _, what in entries]
 
     def shard_pass(
-        self, split: Split, select: NDArray[np.uint32], sizes: list[int], batch_size: int, local: bool = False
+        self,
+        split: Split,
+        select: NDArray[np.uint32],
+        sizes: list[int],
+        batch_size: int,
+        local: bool = False,
+        epoch: int = 0,
     ) -> ShardPass:
         t0, cpu0 = time.perf_counter(), time.process_time()
+        split, select = split.take(select, epoch)
         out = self.net.forward(split.spikes, select=select)
         labels = split.labels[select]
 
@@ -453,7 +484,7 @@ class ShardExecutor(Protocol):
     passes of all ``sizes`` made of the samples ``select`` of the training split, in shard
     order, with the trainer's current parameters."""
 
-    def run(self, select: NDArray[np.uint32], sizes: list[int], batch_size: int) -> list[ShardPass]: ...
+    def run(self, select: NDArray[np.uint32], sizes: list[int], batch_size: int, epoch: int) -> list[ShardPass]: ...
 
 
 class Trainer:
@@ -514,9 +545,9 @@ class Trainer:
         batch_size = len(select)
         sizes = shard_sizes(batch_size, self.task.shards)
         if self.executor is None:
-            passes = [self.task.shard_pass(split, select, sizes, batch_size, local=True)]
+            passes = [self.task.shard_pass(split, select, sizes, batch_size, local=True, epoch=self.epoch)]
         else:
-            passes = self.executor.run(select, sizes, batch_size)
+            passes = self.executor.run(select, sizes, batch_size, self.epoch)
         loss, correct, grads = self.task.combine(passes, batch_size)
         if grads is not None:
             clip_norm(grads, self.cfg.max_grad_norm)
@@ -545,7 +576,8 @@ class Trainer:
         """Trains one epoch (or the rest of one, after a mid-epoch checkpoint)."""
         lr_scale = self.lr_scale(self.epoch)
         self.epoch_rng_state = self.rng.bit_generator.state
-        perm = self.rng.permutation(len(train)).astype(np.uint32)
+        # An augmented split's epoch also holds its augmented copies (Split.epoch_size).
+        perm = self.rng.permutation(train.epoch_size).astype(np.uint32)
         total_loss, total_correct = self.totals
         every = self.cfg.checkpoint_every_batches
         batch_size = self.cfg.batch_size
@@ -561,7 +593,7 @@ class Trainer:
                 self.save_checkpoint(run_dir)
         self.epoch += 1
         self.position, self.totals = 0, (0.0, 0)
-        n = max(len(train), 1)
+        n = max(len(perm), 1)
         return {"train_loss": total_loss / n, "train_acc": total_correct / n, "lr_scale": lr_scale}
 
     def evaluate(self, split: Split) -> EvalResult:
