@@ -212,6 +212,14 @@ class _ShardedTask:
         local: bool = False,
         epoch: int = 0,
     ) -> ShardPass:
+        # An augmented split makes the batch's augmented samples here, in whichever process runs it.
+        split, select = split.take(select, epoch)
+        return self._pass(split, select, sizes, batch_size, local)
+
+    def _pass(
+        self, split: Split, select: NDArray[np.uint32], sizes: list[int], batch_size: int, local: bool
+    ) -> ShardPass:
+        """:meth:`shard_pass` of the samples ``select`` of ``split`` (the batch's own samples)."""
         raise NotImplementedError
 
     def combine(self, passes: list[ShardPass], batch_size: int) -> tuple[float, int, list[NDArray[np.float64]] | None]:
@@ -310,17 +318,10 @@ class TTFSTask(_ShardedTask):
         self.bump_streak = self.bump_streak + 1 if bumped else 0
         return bool(bumped)
 
-    def shard_pass(
-        self,
-        split: Split,
-        select: NDArray[np.uint32],
-        sizes: list[int],
-        batch_size: int,
-        local: bool = False,
-        epoch: int = 0,
+    def _pass(
+        self, split: Split, select: NDArray[np.uint32], sizes: list[int], batch_size: int, local: bool
     ) -> ShardPass:
         t0, cpu0 = time.perf_counter(), time.process_time()
-        split, select = split.take(select, epoch)
         trace = self.forward(self.net, split.spikes, select)
         labels = split.labels[select]
         cfg, tau_s = self.cfg.loss, self.net.neuron.tau_s
@@ -381,17 +382,10 @@ class MultiTask(_ShardedTask):
         self.params = [c.weights if what == "w" else next(raw) for _, c, what in entries]
         self.roles = [(index, what) for index, _, what in entries]
 
-    def shard_pass(
-        self,
-        split: Split,
-        select: NDArray[np.uint32],
-        sizes: list[int],
-        batch_size: int,
-        local: bool = False,
-        epoch: int = 0,
+    def _pass(
+        self, split: Split, select: NDArray[np.uint32], sizes: list[int], batch_size: int, local: bool
     ) -> ShardPass:
         t0, cpu0 = time.perf_counter(), time.process_time()
-        split, select = split.take(select, epoch)
         out = self.net.forward(split.spikes, select=select)
         labels = split.labels[select]
 
