@@ -46,6 +46,7 @@ pub mod neuron;
 pub mod potential;
 pub mod readout;
 pub mod recurrent;
+mod recurrent_binned;
 pub mod solver;
 pub mod spikes;
 pub mod ttfs;

@@ -38,6 +38,7 @@ use crate::adjoint::{Own, REF_END};
 use crate::layer::LayerRef;
 use crate::multi::{delay_factors, DelayFactors, FArr, MultiNeuron, RecLayer, MAX_FACTOR_SPAN};
 use crate::neuron::Neuron;
+use crate::recurrent_binned::{Bin, Rec, Sums};
 use crate::solver::{crossing_in_interval, first_crossing};
 use crate::ttfs::In;
 
@@ -64,18 +65,19 @@ impl SourceMajor {
         };
         for i in 0..layer.n_in {
             for j in 0..layer.n_out {
-                let d = layer.delay(j, i);
-                s.w.push(layer.weight(j, i));
+                let (d, w) = (layer.delay(j, i), layer.weight(j, i));
+                let (fm, fs) = ((d * n.inv_tau_m).exp(), (d * n.inv_tau_s).exp());
+                s.w.push(w);
                 s.d.push(d);
-                s.fm.push((d * n.inv_tau_m).exp());
-                s.fs.push((d * n.inv_tau_s).exp());
+                s.fm.push(fm);
+                s.fs.push(fs);
             }
         }
         s
     }
 
     #[inline]
-    fn row(&self, src: usize) -> Range<usize> {
+    pub(crate) fn row(&self, src: usize) -> Range<usize> {
         src * self.n_targets..(src + 1) * self.n_targets
     }
 }
@@ -88,6 +90,10 @@ pub struct RecFactors {
     pub ff: DelayFactors,
     pub ff_t: SourceMajor,
     pub rec_t: SourceMajor,
+    /// `(w exp(d/tau_m), w exp(d/tau_s))` per synapse, source-major over the feed-forward sources
+    /// and then the layer's own neurons: what an arrival adds to its bin
+    /// ([`crate::recurrent_binned`]), one read per arrival.
+    pub wf: Vec<[f64; 2]>,
     /// Largest delay, feed-forward or recurrent.
     pub max_delay: f64,
     /// Whether the delays are short enough (against the time constants) for the factored,
@@ -102,7 +108,11 @@ pub fn rec_factors(n: &Neuron, layer: &RecLayer) -> RecFactors {
     let rec_t = SourceMajor::new(n, &layer.rec);
     let max_delay = ff.max_delay.max(layer.rec.delays.iter().fold(0.0_f64, |m, &d| m.max(d)));
     let factored = max_delay * n.inv_tau_m.max(n.inv_tau_s) <= 300.0;
-    RecFactors { ff, ff_t, rec_t, max_delay, factored }
+    let wf = [&ff_t, &rec_t]
+        .iter()
+        .flat_map(|t| t.w.iter().zip(t.fm.iter().zip(&t.fs)).map(|(w, (fm, fs))| [w * fm, w * fs]))
+        .collect();
+    RecFactors { ff, ff_t, rec_t, wf, max_delay, factored }
 }
 
 /// Feed-forward arrivals per target in a window, on average.
@@ -112,7 +122,7 @@ const WINDOW_ARRIVALS: f64 = 4.0;
 /// are scattered over all buckets, so the hardware prefetcher cannot see the stream, and each
 /// new line of a bucket would otherwise stall the store.
 #[inline(always)]
-fn prefetch_tail(bucket: &[Pending]) {
+pub(crate) fn prefetch_tail<T>(bucket: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         let p = bucket.as_ptr().wrapping_add(bucket.len() + 3);
@@ -134,32 +144,38 @@ struct Pending {
 /// (`exp((t - base)/tau)`), its refractory end with that time's factors, and the index of the
 /// next arrival in its list for the current window.
 #[derive(Debug, Clone, Copy)]
-struct State {
-    v: f64,
-    i: f64,
-    t: f64,
-    fm: f64,
-    fs: f64,
-    refr_end: f64,
-    rfm: f64,
-    rfs: f64,
-    pos: usize,
+pub(crate) struct State {
+    pub(crate) v: f64,
+    pub(crate) i: f64,
+    pub(crate) t: f64,
+    pub(crate) fm: f64,
+    pub(crate) fs: f64,
+    pub(crate) refr_end: f64,
+    pub(crate) rfm: f64,
+    pub(crate) rfs: f64,
+    pub(crate) pos: usize,
 }
 
 /// Reusable buffers of the recurrent passes, one set per worker thread.
 #[derive(Default)]
 pub struct RecScratch {
     ring: Vec<Vec<Pending>>,
-    lists: Vec<Vec<FArr>>,
-    committed: Vec<State>,
-    scan: Vec<State>,
-    touched: Vec<bool>,
-    touched_list: Vec<u32>,
+    pub(crate) lists: Vec<Vec<FArr>>,
+    pub(crate) committed: Vec<State>,
+    pub(crate) scan: Vec<State>,
+    pub(crate) touched: Vec<bool>,
+    pub(crate) touched_list: Vec<u32>,
     /// Tentative crossing of each neuron in the current window (`INFINITY`: none).
-    crossing: Vec<f64>,
-    candidates: Vec<u32>,
-    dirty: Vec<u32>,
-    order: Vec<In>,
+    pub(crate) crossing: Vec<f64>,
+    pub(crate) candidates: Vec<u32>,
+    pub(crate) dirty: Vec<u32>,
+    pub(crate) order: Vec<In>,
+    // The binned forward pass ([`crate::recurrent_binned`]).
+    pub(crate) bins: Vec<Bin>,
+    pub(crate) arenas: Vec<Vec<Rec>>,
+    pub(crate) link: Vec<u32>,
+    pub(crate) sums: Vec<Sums>,
+    pub(crate) windows: Vec<Vec<Rec>>,
     // Backward.
     own: Own,
     owner: Vec<u32>,
@@ -226,7 +242,7 @@ fn with_factors<R>(n: &Neuron, layer: &RecLayer, f: impl FnOnce(&RecFactors) -> 
 /// The window of a time: `origin + b dt <= t < origin + (b + 1) dt`, with the boundaries computed
 /// exactly as the windows' own (so membership is consistent under rounding).
 #[inline]
-fn window_of(t: f64, origin: f64, dt: f64, inv_dt: f64) -> i64 {
+pub(crate) fn window_of(t: f64, origin: f64, dt: f64, inv_dt: f64) -> i64 {
     // `t >= origin`, so the cast truncates towards the floor (and saturates at 0 below).
     let mut b = ((t - origin) * inv_dt) as i64;
     while b > 0 && origin + b as f64 * dt > t {
@@ -243,7 +259,14 @@ fn window_of(t: f64, origin: f64, dt: f64, inv_dt: f64) -> i64 {
 /// holding it). Without a crossing `st` ends at its last arrival. The arithmetic is the
 /// feed-forward scan's ([`crate::multi::simulate_arr`]).
 #[inline]
-fn scan(m: &MultiNeuron, st: &mut State, list: &[FArr], t_hi: f64, end_f: (f64, f64), fact: bool) -> Option<f64> {
+pub(crate) fn scan(
+    m: &MultiNeuron,
+    st: &mut State,
+    list: &[FArr],
+    t_hi: f64,
+    end_f: (f64, f64),
+    fact: bool,
+) -> Option<f64> {
     let n = &m.neuron;
     loop {
         let has = st.pos < list.len();
@@ -308,7 +331,7 @@ fn may_ever_cross(n: &Neuron, st: &State) -> bool {
 }
 
 /// The next threshold crossing of a neuron without further input (`INFINITY`: none).
-fn next_crossing(m: &MultiNeuron, st: &State) -> f64 {
+pub(crate) fn next_crossing(m: &MultiNeuron, st: &State) -> f64 {
     let n = &m.neuron;
     let (start, v, i) = if st.refr_end > st.t {
         (st.refr_end, 0.0, st.i * (-(st.refr_end - st.t) * n.inv_tau_s).exp())
@@ -322,7 +345,7 @@ fn next_crossing(m: &MultiNeuron, st: &State) -> f64 {
 }
 
 #[inline]
-fn insertion_sort(v: &mut [FArr]) {
+pub(crate) fn insertion_sort(v: &mut [FArr]) {
     for k in 1..v.len() {
         let x = v[k];
         if v[k - 1].a <= x.a {
@@ -351,8 +374,30 @@ pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: 
     })
 }
 
-/// [`recurrent_forward`] with precomputed factors and the caller's scratch.
+/// [`recurrent_forward`] with precomputed factors and the caller's scratch: the binned scan
+/// ([`crate::recurrent_binned`]) where it applies (factored decays, a kernel of the difference
+/// form), else [`recurrent_forward_windowed`].
 pub fn recurrent_forward_with(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    factors: &RecFactors,
+    out: &mut Vec<In>,
+    scratch: &mut RecScratch,
+) -> bool {
+    if inputs.is_empty() || layer.ff.n_out == 0 {
+        return true;
+    }
+    if crate::recurrent_binned::applies(m, factors) {
+        return crate::recurrent_binned::forward(m, layer, inputs, factors, out, scratch);
+    }
+    recurrent_forward_windowed(m, layer, inputs, factors, out, scratch)
+}
+
+/// The recurrent forward pass with every arrival scanned one by one in its window (no bins): the
+/// path of equal or close time constants and of delays too long for factors; public so that
+/// tests can hold the binned scan against it.
+pub fn recurrent_forward_windowed(
     m: &MultiNeuron,
     layer: &RecLayer,
     inputs: &[In],

@@ -1,0 +1,493 @@
+//! The recurrent forward pass over time bins: a target's windows without a possible crossing
+//! advance in closed form (issue 14).
+//!
+//! The windows and the ring of buckets are [`crate::recurrent`]'s, but a bucket no longer holds
+//! arrival records to be sorted and scanned one by one. Every arrival, feed-forward or recurrent,
+//! adds to its target's *bin* of its window the factored sums `S_m = sum w exp((a - base)/tau_m)`,
+//! `S_s = sum w exp((a - base)/tau_s)` and its positive weight, and leaves an 8-byte record
+//! (source spike, next record) in the window's list for that target. A neuron's state is
+//! superposition between resets (the [`crate::binned`] device), so at every window boundary
+//!
+//! ```text
+//! V(T) = (E_m(T) sum_m - E_s(T) sum_s) / delta,   I(T) = E_s(T) sum_s,   E(T) = exp(-(T - base)/tau)
+//! ```
+//!
+//! from the running sums of the bins since its last reset. A window is processed as:
+//!
+//! 1. every target is tested with the bound of [`crate::binned`]: for windows no longer than the
+//!    kernel's peak time, `V(s) <= V e_m(s) + (I + P) K(s)` on the window (`P` the bin's positive
+//!    weight sum), and the solver's [`may_cross`] on that free evolution rules a crossing out
+//!    with certainty. A window that holds the end of a refractory clamp is exact as well;
+//! 2. the targets that may cross are *opened*: their state at the window's start, their records
+//!    expanded into arrivals (time, weight and factors from the source's spike and the synapse)
+//!    and sorted; each is scanned with [`crate::recurrent`]'s exact scan to its first crossing;
+//! 3. the earliest tentative crossing is final and committed; its spike fans out. An arrival that
+//!    lands in the current window opens its target if it was closed (from its state at the
+//!    window's start, which the closed form still holds) and rescans it. Repeat;
+//! 4. closed targets add their bins to their sums; open ones convert their scanned state at the
+//!    window's end back to sums.
+//!
+//! Most target-windows cost a bound test and two additions per arrival; only open ones are
+//! simulated arrival by arrival. Memory: the arrivals in flight (at most the largest delay's
+//! worth), 8 bytes each, plus a bin per target and window of the ring.
+//!
+//! Bins are grouping only: an arrival's own time decides where it acts in an open window.
+
+use crate::multi::{FArr, MultiNeuron, RecLayer};
+use crate::neuron::Neuron;
+use crate::recurrent::{insertion_sort, next_crossing, prefetch_tail, scan, window_of, RecFactors, RecScratch, State};
+use crate::solver::may_cross;
+use crate::ttfs::In;
+
+/// Marks the end of a bin's record list.
+pub(crate) const NONE: u32 = u32::MAX;
+
+/// One target's arrivals in one window: factored sums, positive weight sum, head of its records.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Bin {
+    sm: f64,
+    ss: f64,
+    pos: f64,
+    head: u32,
+}
+
+impl Default for Bin {
+    fn default() -> Self {
+        Self { sm: 0.0, ss: 0.0, pos: 0.0, head: NONE }
+    }
+}
+
+/// An arrival waiting in flight: what it adds to its bin (`w exp((a - base)/tau_m)`,
+/// `w exp((a - base)/tau_s)`), its time, its target and its window within its epoch. An open
+/// window takes its factors from its time (two `exp`) and its weight from `xs`: cheaper than
+/// reading the source spike and the synapse back from memory.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Rec {
+    xm: f64,
+    xs: f64,
+    a: f64,
+    target: u32,
+    sub: u32,
+}
+
+/// Windows per epoch (a power of two). Arrivals wait in a ring of epochs, not of windows: the
+/// fan-out appends to the few open ends of the epochs within the largest delay (they stay in the
+/// cache; a ring of windows has hundreds, and every append missed), and an epoch's records are
+/// split into its windows when it comes up.
+const EPOCH: i64 = 8;
+
+/// A target's state between windows: the running sums since its last reset and its refractory
+/// end (with that time's factors).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Sums {
+    m: f64,
+    s: f64,
+    refr_end: f64,
+    rfm: f64,
+    rfs: f64,
+}
+
+/// Whether a sample takes the binned recurrent scan: factored decays and a kernel of the
+/// difference form (`K = (e_m - e_s) / delta`).
+pub(crate) fn applies(m: &MultiNeuron, factors: &RecFactors) -> bool {
+    factors.factored && m.neuron.kernel_is_difference()
+}
+
+/// The binned recurrent forward pass (see the module doc); same contract as
+/// [`crate::recurrent::recurrent_forward_with`]. `inputs` non-empty, the layer non-empty.
+pub(crate) fn forward(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    factors: &RecFactors,
+    out: &mut Vec<In>,
+    scratch: &mut RecScratch,
+) -> bool {
+    let n = &m.neuron;
+    let n_out = layer.ff.n_out;
+    let RecScratch {
+        lists,
+        committed,
+        scan: scanned,
+        touched,
+        touched_list,
+        crossing,
+        candidates,
+        dirty,
+        order,
+        bins,
+        arenas,
+        windows,
+        link,
+        sums,
+        ..
+    } = scratch;
+    order.clear();
+    order.extend_from_slice(inputs);
+    order.sort_unstable_by(|a, b| a.1.total_cmp(&b.1));
+    let n_in_spikes = order.len();
+    let origin = order[0].1;
+    let span = order[n_in_spikes - 1].1 - origin;
+    let dmax = factors.max_delay;
+    let tau_min = n.tau_m.min(n.tau_s);
+    // A few feed-forward arrivals per target and window; bounded window and bucket counts; never
+    // wider than the kernel's peak (the bound test needs K rising over a window).
+    let mut dt = if span > 0.0 { WINDOW_ARRIVALS * span / n_in_spikes as f64 } else { tau_min };
+    dt = dt.max((span + dmax) / 4e6).max(dmax / 65536.0).min(50.0 * tau_min).min(n.kernel_peak());
+    let inv_dt = 1.0 / dt;
+    let nb = ((dmax / (dt * EPOCH as f64)).ceil() as usize + 3).next_power_of_two();
+    let mask = nb - 1;
+    let rebase_after = 200.0 * tau_min;
+    let (ref_fm, ref_fs) = ((m.t_ref * n.inv_tau_m).exp(), (m.t_ref * n.inv_tau_s).exp());
+    let (em_h, es_h) = n.decays(dt);
+    let k_h = n.kernel_from(dt, em_h, es_h);
+    let delta = n.inv_tau_s - n.inv_tau_m;
+
+    bins.clear();
+    bins.resize(n_out, Bin::default());
+    arenas.resize_with(nb.max(arenas.len()), Vec::new);
+    for a in arenas.iter_mut() {
+        a.clear();
+    }
+    lists.resize_with(n_out, Vec::new);
+    for l in lists.iter_mut() {
+        l.clear();
+    }
+    sums.clear();
+    sums.resize(n_out, Sums { m: 0.0, s: 0.0, refr_end: f64::NEG_INFINITY, rfm: 1.0, rfs: 1.0 });
+    let rest =
+        State { v: 0.0, i: 0.0, t: origin, fm: 1.0, fs: 1.0, refr_end: f64::NEG_INFINITY, rfm: 1.0, rfs: 1.0, pos: 0 };
+    committed.clear();
+    committed.resize(n_out, rest);
+    scanned.clear();
+    scanned.resize(n_out, rest);
+    touched.clear();
+    touched.resize(n_out, false);
+    touched_list.clear();
+    crossing.clear();
+    crossing.resize(n_out, f64::INFINITY);
+    candidates.clear();
+    dirty.clear();
+    let n_ff_rows = layer.ff.n_in;
+    let wf = &factors.wf[..];
+    windows.resize_with(EPOCH as usize, Vec::new);
+    for w in windows.iter_mut() {
+        w.clear();
+    }
+    let mut epoch = -1i64;
+
+    let start = out.len();
+    let mut base = origin;
+    let mut pending = 0usize;
+    let mut next_in = 0usize;
+    let mut c: i64 = 0;
+    let ff_t = &factors.ff_t;
+    let rec_t = &factors.rec_t;
+    loop {
+        let t_lo = origin + c as f64 * dt;
+        if t_lo > m.t_end {
+            break;
+        }
+        let (fm_lo, fs_lo) = (((t_lo - base) * n.inv_tau_m).exp(), ((t_lo - base) * n.inv_tau_s).exp());
+        if pending == 0 {
+            // Nothing in flight: jump to the window of the next input, of the earliest crossing a
+            // neuron makes on its own, or of the end of a refractory clamp (where its sums are
+            // re-based), instead of stepping through empty windows.
+            let mut t_next = order.get(next_in).map_or(f64::INFINITY, |x| x.1);
+            for sm in sums.iter() {
+                let st = state_at(n, sm, t_lo, fm_lo, fs_lo);
+                if sm.refr_end >= t_lo {
+                    t_next = t_next.min(sm.refr_end);
+                } else if st.v >= n.theta || (st.i > 0.0 && st.v.max(0.0) + st.i * n.k_max >= n.theta) {
+                    t_next = t_next.min(next_crossing(m, &st));
+                }
+            }
+            if t_next == f64::INFINITY || t_next > m.t_end {
+                break;
+            }
+            let b = window_of(t_next, origin, dt, inv_dt);
+            if b > c {
+                c = b;
+                continue;
+            }
+        }
+        let t_hi = origin + (c + 1) as f64 * dt;
+        let (fm_lo, fs_lo) = if t_hi - base > rebase_after {
+            // Keep the factors in range: measure them from this window's start from now on.
+            let (xm, xs) = (1.0 / fm_lo, 1.0 / fs_lo);
+            for sm in sums.iter_mut() {
+                sm.m *= xm;
+                sm.s *= xs;
+                sm.rfm *= xm;
+                sm.rfs *= xs;
+            }
+            for r in arenas.iter_mut().chain(windows.iter_mut()).flat_map(|a| a.iter_mut()) {
+                r.xm *= xm;
+                r.xs *= xs;
+            }
+            base = t_lo;
+            (1.0, 1.0)
+        } else {
+            (fm_lo, fs_lo)
+        };
+        let end_f = (((t_hi - base) * n.inv_tau_m).exp(), ((t_hi - base) * n.inv_tau_s).exp());
+        if c.div_euclid(EPOCH) != epoch {
+            // A new epoch: split its arrivals into its windows.
+            epoch = c.div_euclid(EPOCH);
+            let arena = &mut arenas[epoch as usize & mask];
+            for r in arena.iter() {
+                windows[r.sub as usize].push(*r);
+            }
+            arena.clear();
+        }
+        let place = Place { origin, dt, inv_dt, epoch, mask };
+        // Input spikes of this window (or earlier) fan out now; their arrivals are not earlier.
+        while next_in < n_in_spikes && window_of(order[next_in].1, origin, dt, inv_dt) <= c {
+            let (i, t) = order[next_in];
+            let (um, us) = (((t - base) * n.inv_tau_m).exp(), ((t - base) * n.inv_tau_s).exp());
+            let r = ff_t.row(i as usize);
+            let (w, d) = (&ff_t.w[r.clone()], &ff_t.d[r]);
+            let wf = &wf[i as usize * n_out..(i as usize + 1) * n_out];
+            for q in 0..n_out {
+                if w[q] == 0.0 {
+                    continue;
+                }
+                let a = t + d[q];
+                if a > m.t_end {
+                    continue;
+                }
+                let rec = Rec { xm: um * wf[q][0], xs: us * wf[q][1], a, target: q as u32, sub: 0 };
+                place.push(rec, window_of(a, origin, dt, inv_dt), arenas, windows);
+                pending += 1;
+            }
+            next_in += 1;
+        }
+        let slot = (c - epoch * EPOCH) as usize;
+        // This window's bins, and per target a list of its records (`link`).
+        for b in bins.iter_mut() {
+            *b = Bin::default();
+        }
+        link.clear();
+        for (r, rec) in windows[slot].iter().enumerate() {
+            let b = &mut bins[rec.target as usize];
+            b.sm += rec.xm;
+            b.ss += rec.xs;
+            b.pos += rec.xs.max(0.0);
+            link.push(b.head);
+            b.head = r as u32;
+        }
+        // Open every target that may cross in this window (or whose clamp ends in it) and scan it
+        // to its first crossing.
+        for q in 0..n_out {
+            let sm = &sums[q];
+            if sm.refr_end >= t_hi {
+                continue;
+            }
+            let bin = &bins[q];
+            let exact = sm.refr_end >= t_lo || {
+                let v = (sm.m / fm_lo - sm.s / fs_lo) * n.inv_delta;
+                // `pos / fs_lo` bounds the bin's positive weights: `w exp((a - base)/tau_s) >=
+                // w exp((t_lo - base)/tau_s)` for `w > 0`, `a >= t_lo`.
+                let ib = (sm.s + bin.pos) / fs_lo;
+                v >= n.theta
+                    || (ib > 0.0
+                        && v.max(0.0) + ib * k_h >= n.theta
+                        && may_cross(n, v, ib, dt, v * em_h + ib * k_h, ib * es_h))
+            };
+            if !exact {
+                continue;
+            }
+            open(n, base, &bins[q], (&windows[slot], link), &mut lists[q]);
+            committed[q] = state_at(n, sm, t_lo, fm_lo, fs_lo);
+            touched[q] = true;
+            touched_list.push(q as u32);
+            let st = &mut scanned[q];
+            *st = committed[q];
+            if let Some(tc) = scan(m, st, &lists[q], t_hi, end_f, true) {
+                crossing[q] = tc;
+                candidates.push(q as u32);
+            }
+        }
+        // Commit the tentative spikes in time order.
+        while !candidates.is_empty() {
+            let (mut best, mut best_t) = (0, f64::INFINITY);
+            for (k, &q) in candidates.iter().enumerate() {
+                let tq = crossing[q as usize];
+                if tq < best_t || (tq == best_t && q < candidates[best]) {
+                    best = k;
+                    best_t = tq;
+                }
+            }
+            let j = candidates.swap_remove(best) as usize;
+            let tc = best_t;
+            crossing[j] = f64::INFINITY;
+            if tc > m.t_end {
+                continue;
+            }
+            if out.len() - start >= m.max_spikes {
+                return false;
+            }
+            out.push((j as u32, tc));
+            let (fm_c, fs_c) = (((tc - base) * n.inv_tau_m).exp(), ((tc - base) * n.inv_tau_s).exp());
+            let st = &mut scanned[j];
+            st.i *= st.fs / fs_c;
+            st.v = 0.0;
+            st.t = tc;
+            st.fm = fm_c;
+            st.fs = fs_c;
+            st.refr_end = tc + m.t_ref;
+            st.rfm = fm_c * ref_fm;
+            st.rfs = fs_c * ref_fs;
+            committed[j] = *st;
+            dirty.push(j as u32);
+            // Fan out; arrivals inside this window join their target's list at once.
+            let r = rec_t.row(j);
+            let r0 = r.start;
+            let (w, d) = (&rec_t.w[r.clone()], &rec_t.d[r]);
+            let wf = &wf[(n_ff_rows + j) * n_out..(n_ff_rows + j + 1) * n_out];
+            for q in 0..n_out {
+                if w[q] == 0.0 {
+                    continue;
+                }
+                let a = tc + d[q];
+                if a > m.t_end {
+                    continue;
+                }
+                let b = window_of(a, origin, dt, inv_dt);
+                if b > c {
+                    let rec = Rec { xm: fm_c * wf[q][0], xs: fs_c * wf[q][1], a, target: q as u32, sub: 0 };
+                    place.push(rec, b, arenas, windows);
+                    pending += 1;
+                    continue;
+                }
+                if !touched[q] {
+                    // A closed target: open it from its state at the window's start.
+                    open(n, base, &bins[q], (&windows[slot], link), &mut lists[q]);
+                    committed[q] = state_at(n, &sums[q], t_lo, fm_lo, fs_lo);
+                    touched[q] = true;
+                    touched_list.push(q as u32);
+                }
+                let arr = FArr { a, w: w[q], fm: fm_c * rec_t.fm[r0 + q], fs: fs_c * rec_t.fs[r0 + q] };
+                let list = &mut lists[q];
+                let mut p = list.len();
+                list.push(arr);
+                while p > 0 && list[p - 1].a > a {
+                    list[p] = list[p - 1];
+                    p -= 1;
+                }
+                list[p] = arr;
+                if q != j {
+                    dirty.push(q as u32);
+                }
+            }
+            // Rescan the spiking neuron (after its reset) and the targets hit inside the window,
+            // each from its committed state.
+            for &q in dirty.iter() {
+                let q = q as usize;
+                if crossing[q] < f64::INFINITY {
+                    crossing[q] = f64::INFINITY;
+                    candidates.retain(|&x| x as usize != q);
+                }
+                let st = &mut scanned[q];
+                *st = committed[q];
+                if let Some(t2) = scan(m, st, &lists[q], t_hi, end_f, true) {
+                    crossing[q] = t2;
+                    candidates.push(q as u32);
+                }
+            }
+            dirty.clear();
+        }
+        // The window is final: closed targets add their bins, open ones take their scanned state.
+        for q in 0..n_out {
+            let bin = &bins[q];
+            let sm = &mut sums[q];
+            if touched[q] {
+                *sm = sums_at(n, &scanned[q], t_hi, end_f, delta);
+                touched[q] = false;
+                lists[q].clear();
+            } else {
+                if sm.refr_end < t_hi {
+                    sm.m += bin.sm;
+                }
+                sm.s += bin.ss;
+            }
+        }
+        touched_list.clear();
+        pending -= windows[slot].len();
+        windows[slot].clear();
+        c += 1;
+    }
+    out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    true
+}
+
+/// Feed-forward arrivals per target in a window, on average.
+const WINDOW_ARRIVALS: f64 = 4.0;
+
+/// Where an arrival waits: in its window's list when its epoch is the current one, else in its
+/// epoch's arena.
+struct Place {
+    origin: f64,
+    dt: f64,
+    inv_dt: f64,
+    epoch: i64,
+    mask: usize,
+}
+
+impl Place {
+    #[inline(always)]
+    fn push(&self, mut rec: Rec, window: i64, arenas: &mut [Vec<Rec>], windows: &mut [Vec<Rec>]) {
+        let _ = (self.origin, self.dt, self.inv_dt);
+        let e = window.div_euclid(EPOCH);
+        rec.sub = (window - e * EPOCH) as u32;
+        if e == self.epoch {
+            windows[rec.sub as usize].push(rec);
+        } else {
+            let arena = &mut arenas[e as usize & self.mask];
+            arena.push(rec);
+            prefetch_tail(arena);
+        }
+    }
+}
+
+/// A target's list for the window: its bin's records as arrivals, sorted by time.
+#[inline]
+fn open(n: &Neuron, base: f64, bin: &Bin, (recs, link): (&[Rec], &[u32]), list: &mut Vec<FArr>) {
+    list.clear();
+    let mut r = bin.head;
+    while r != NONE {
+        let rec = &recs[r as usize];
+        let (fm, fs) = (((rec.a - base) * n.inv_tau_m).exp(), ((rec.a - base) * n.inv_tau_s).exp());
+        list.push(FArr { a: rec.a, w: rec.xs / fs, fm, fs });
+        r = link[r as usize];
+    }
+    insertion_sort(list);
+}
+
+/// The state at a window's start `t` (factors `fm`, `fs`) from a target's sums: `V` from the
+/// closed form, or 0 while clamped.
+#[inline]
+fn state_at(n: &crate::neuron::Neuron, sm: &Sums, t: f64, fm: f64, fs: f64) -> State {
+    let i = sm.s / fs;
+    let v = if sm.refr_end >= t { 0.0 } else { (sm.m / fm - sm.s / fs) * n.inv_delta };
+    State { v, i, t, fm, fs, refr_end: sm.refr_end, rfm: sm.rfm, rfs: sm.rfs, pos: 0 }
+}
+
+/// A scanned state (at its last event in the window) as sums at the window's end (factors
+/// `end_f`), evolving it freely over the rest of the window.
+#[inline]
+fn sums_at(n: &crate::neuron::Neuron, st: &State, t_hi: f64, end_f: (f64, f64), delta: f64) -> Sums {
+    let (fm_hi, fs_hi) = end_f;
+    let i_hi = st.i * (st.fs / fs_hi);
+    let v_hi = if st.refr_end >= t_hi {
+        0.0
+    } else if st.refr_end > st.t {
+        // The clamp ends within the rest of the window: V is 0 there and free after it.
+        let (em, es) = (st.rfm / fm_hi, st.rfs / fs_hi);
+        st.i * (st.fs / st.rfs) * (em - es) * n.inv_delta
+    } else {
+        let (em, es) = (st.fm / fm_hi, st.fs / fs_hi);
+        st.v * em + st.i * (em - es) * n.inv_delta
+    };
+    Sums { m: (v_hi * delta + i_hi) * fm_hi, s: i_hi * fs_hi, refr_end: st.refr_end, rfm: st.rfm, rfs: st.rfs }
+}
