@@ -86,8 +86,9 @@ impl SourceMajor {
 /// batch ([`rec_factors`]) and share it across samples and threads.
 #[derive(Debug, Clone)]
 pub struct RecFactors {
-    /// Feed-forward synapses target by target (the backward pass's layout).
+    /// Feed-forward and recurrent synapses target by target (the backward pass's layout).
     pub ff: DelayFactors,
+    pub rec: DelayFactors,
     pub ff_t: SourceMajor,
     pub rec_t: SourceMajor,
     /// `(w exp(d/tau_m), w exp(d/tau_s))` per synapse, source-major over the feed-forward sources
@@ -104,6 +105,7 @@ pub struct RecFactors {
 /// The [`RecFactors`] of a layer.
 pub fn rec_factors(n: &Neuron, layer: &RecLayer) -> RecFactors {
     let ff = delay_factors(n, &layer.ff);
+    let rec = delay_factors(n, &layer.rec);
     let ff_t = SourceMajor::new(n, &layer.ff);
     let rec_t = SourceMajor::new(n, &layer.rec);
     let max_delay = ff.max_delay.max(layer.rec.delays.iter().fold(0.0_f64, |m, &d| m.max(d)));
@@ -112,7 +114,7 @@ pub fn rec_factors(n: &Neuron, layer: &RecLayer) -> RecFactors {
         .iter()
         .flat_map(|t| t.w.iter().zip(t.fm.iter().zip(&t.fs)).map(|(w, (fm, fs))| [w * fm, w * fs]))
         .collect();
-    RecFactors { ff, ff_t, rec_t, wf, max_delay, factored }
+    RecFactors { ff, rec, ff_t, rec_t, wf, max_delay, factored }
 }
 
 /// Feed-forward arrivals per target in a window, on average.
@@ -177,15 +179,24 @@ pub struct RecScratch {
     pub(crate) sums: Vec<Sums>,
     pub(crate) windows: Vec<Vec<Rec>>,
     // Backward.
-    own: Own,
-    owner: Vec<u32>,
-    events: Vec<u32>,
-    gsrc: Vec<f64>,
-    um: Vec<f64>,
-    us: Vec<f64>,
-    hm: Vec<f64>,
-    hs: Vec<f64>,
-    q_ref: Vec<f64>,
+    pub(crate) own: Own,
+    pub(crate) owner: Vec<u32>,
+    pub(crate) events: Vec<u32>,
+    pub(crate) gsrc: Vec<f64>,
+    pub(crate) um: Vec<f64>,
+    pub(crate) us: Vec<f64>,
+    pub(crate) hm: Vec<f64>,
+    pub(crate) hs: Vec<f64>,
+    pub(crate) q_ref: Vec<f64>,
+    // The backward pass's linear forms ([`crate::recurrent_linear`]).
+    pub(crate) cells: Vec<crate::recurrent_linear::Cells>,
+    pub(crate) grid: Vec<u32>,
+    pub(crate) lanes: Vec<[f64; 4]>,
+    pub(crate) coef: Vec<crate::eventprop::Coef>,
+    pub(crate) by_channel: crate::binned::ByChannel,
+    pub(crate) gsrc_bc: Vec<f64>,
+    pub(crate) rec_gw: Vec<f64>,
+    pub(crate) rec_gd: Vec<f64>,
 }
 
 thread_local! {
@@ -730,6 +741,9 @@ pub fn recurrent_backward_with(
     gsrc.clear();
     gsrc.resize(n_in_spikes, 0.0);
     gsrc.extend_from_slice(gout);
+    if crate::recurrent_linear::applies(m, fact) {
+        return crate::recurrent_linear::backward(m, layer, inputs, outputs, factors, (gw, gd, gin), scratch);
+    }
 
     // Currents at every own event: feed-forward arrivals target by target, recurrent ones spike
     // by spike.
