@@ -177,7 +177,6 @@ pub struct RecScratch {
     pub(crate) arenas: Vec<Vec<Rec>>,
     pub(crate) link: Vec<u32>,
     pub(crate) sums: Vec<Sums>,
-    pub(crate) windows: Vec<Vec<Rec>>,
     // Backward.
     pub(crate) own: Own,
     pub(crate) owner: Vec<u32>,

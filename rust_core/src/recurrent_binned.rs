@@ -72,8 +72,9 @@ pub(crate) struct Rec {
 
 /// Windows per epoch (a power of two). Arrivals wait in a ring of epochs, not of windows: the
 /// fan-out appends to the few open ends of the epochs within the largest delay (they stay in the
-/// cache; a ring of windows has hundreds, and every append missed), and an epoch's records are
-/// split into its windows when it comes up.
+/// cache; a ring of windows has hundreds, and every append missed). When an epoch comes up, its
+/// records are summed into the bins of its windows (`EPOCH x n_out`, in cache) and linked per
+/// bin; arrivals for a later window of the current epoch go straight to their bins.
 const EPOCH: i64 = 8;
 
 /// A target's state between windows: the running sums since its last reset and its refractory
@@ -117,7 +118,6 @@ pub(crate) fn forward(
         order,
         bins,
         arenas,
-        windows,
         link,
         sums,
         ..
@@ -144,7 +144,9 @@ pub(crate) fn forward(
     let delta = n.inv_tau_s - n.inv_tau_m;
 
     bins.clear();
-    bins.resize(n_out, Bin::default());
+    bins.resize(EPOCH as usize * n_out, Bin::default());
+    link.clear();
+    let mut counts = [0usize; EPOCH as usize];
     arenas.resize_with(nb.max(arenas.len()), Vec::new);
     for a in arenas.iter_mut() {
         a.clear();
@@ -170,10 +172,6 @@ pub(crate) fn forward(
     dirty.clear();
     let n_ff_rows = layer.ff.n_in;
     let wf = &factors.wf[..];
-    windows.resize_with(EPOCH as usize, Vec::new);
-    for w in windows.iter_mut() {
-        w.clear();
-    }
     let mut epoch = -1i64;
 
     let start = out.len();
@@ -221,9 +219,14 @@ pub(crate) fn forward(
                 sm.rfm *= xm;
                 sm.rfs *= xs;
             }
-            for r in arenas.iter_mut().chain(windows.iter_mut()).flat_map(|a| a.iter_mut()) {
+            for r in arenas.iter_mut().flat_map(|a| a.iter_mut()) {
                 r.xm *= xm;
                 r.xs *= xs;
+            }
+            for b in bins.iter_mut() {
+                b.sm *= xm;
+                b.ss *= xs;
+                b.pos *= xs;
             }
             base = t_lo;
             (1.0, 1.0)
@@ -232,15 +235,21 @@ pub(crate) fn forward(
         };
         let end_f = (((t_hi - base) * n.inv_tau_m).exp(), ((t_hi - base) * n.inv_tau_s).exp());
         if c.div_euclid(EPOCH) != epoch {
-            // A new epoch: split its arrivals into its windows.
-            epoch = c.div_euclid(EPOCH);
-            let arena = &mut arenas[epoch as usize & mask];
-            for r in arena.iter() {
-                windows[r.sub as usize].push(*r);
+            // A new epoch (all earlier records are done): its records into its windows' bins.
+            if epoch >= 0 {
+                arenas[epoch as usize & mask].clear();
             }
-            arena.clear();
+            epoch = c.div_euclid(EPOCH);
+            for b in bins.iter_mut() {
+                *b = Bin::default();
+            }
+            counts = [0; EPOCH as usize];
+            link.clear();
+            for (r, rec) in arenas[epoch as usize & mask].iter().enumerate() {
+                add_to_bin(bins, link, counts.as_mut_slice(), rec, r, n_out);
+            }
         }
-        let place = Place { origin, dt, inv_dt, epoch, mask };
+        let place = Place { epoch, mask, n_out };
         // Input spikes of this window (or earlier) fan out now; their arrivals are not earlier.
         while next_in < n_in_spikes && window_of(order[next_in].1, origin, dt, inv_dt) <= c {
             let (i, t) = order[next_in];
@@ -257,25 +266,17 @@ pub(crate) fn forward(
                     continue;
                 }
                 let rec = Rec { xm: um * wf[q][0], xs: us * wf[q][1], a, target: q as u32, sub: 0 };
-                place.push(rec, window_of(a, origin, dt, inv_dt), arenas, windows);
+                // A plain floor (bins are grouping only: an arrival that rounding puts a hair
+                // outside its window acts at its own time in an open window, and the bound test
+                // is off by the rounding of its time); never before the current window.
+                let b = (((a - origin) * inv_dt) as i64).max(c);
+                place.push(rec, b, arenas, (bins, link, &mut counts));
                 pending += 1;
             }
             next_in += 1;
         }
         let slot = (c - epoch * EPOCH) as usize;
-        // This window's bins, and per target a list of its records (`link`).
-        for b in bins.iter_mut() {
-            *b = Bin::default();
-        }
-        link.clear();
-        for (r, rec) in windows[slot].iter().enumerate() {
-            let b = &mut bins[rec.target as usize];
-            b.sm += rec.xm;
-            b.ss += rec.xs;
-            b.pos += rec.xs.max(0.0);
-            link.push(b.head);
-            b.head = r as u32;
-        }
+        let (row, cur) = (slot * n_out, epoch as usize & mask);
         // Open every target that may cross in this window (or whose clamp ends in it) and scan it
         // to its first crossing.
         for q in 0..n_out {
@@ -283,7 +284,7 @@ pub(crate) fn forward(
             if sm.refr_end >= t_hi {
                 continue;
             }
-            let bin = &bins[q];
+            let bin = &bins[row + q];
             let exact = sm.refr_end >= t_lo || {
                 let v = (sm.m / fm_lo - sm.s / fs_lo) * n.inv_delta;
                 // `pos / fs_lo` bounds the bin's positive weights: `w exp((a - base)/tau_s) >=
@@ -297,7 +298,7 @@ pub(crate) fn forward(
             if !exact {
                 continue;
             }
-            open(n, base, &bins[q], (&windows[slot], link), &mut lists[q]);
+            open(n, base, &bins[row + q], (&arenas[cur], link), &mut lists[q]);
             committed[q] = state_at(n, sm, t_lo, fm_lo, fs_lo);
             touched[q] = true;
             touched_list.push(q as u32);
@@ -353,16 +354,16 @@ pub(crate) fn forward(
                 if a > m.t_end {
                     continue;
                 }
-                let b = window_of(a, origin, dt, inv_dt);
+                let b = ((a - origin) * inv_dt) as i64;
                 if b > c {
                     let rec = Rec { xm: fm_c * wf[q][0], xs: fs_c * wf[q][1], a, target: q as u32, sub: 0 };
-                    place.push(rec, b, arenas, windows);
+                    place.push(rec, b, arenas, (bins, link, &mut counts));
                     pending += 1;
                     continue;
                 }
                 if !touched[q] {
                     // A closed target: open it from its state at the window's start.
-                    open(n, base, &bins[q], (&windows[slot], link), &mut lists[q]);
+                    open(n, base, &bins[row + q], (&arenas[cur], link), &mut lists[q]);
                     committed[q] = state_at(n, &sums[q], t_lo, fm_lo, fs_lo);
                     touched[q] = true;
                     touched_list.push(q as u32);
@@ -399,7 +400,7 @@ pub(crate) fn forward(
         }
         // The window is final: closed targets add their bins, open ones take their scanned state.
         for q in 0..n_out {
-            let bin = &bins[q];
+            let bin = &bins[row + q];
             let sm = &mut sums[q];
             if touched[q] {
                 *sm = sums_at(n, &scanned[q], t_hi, end_f, delta);
@@ -413,8 +414,7 @@ pub(crate) fn forward(
             }
         }
         touched_list.clear();
-        pending -= windows[slot].len();
-        windows[slot].clear();
+        pending -= counts[slot];
         c += 1;
     }
     out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
@@ -424,30 +424,46 @@ pub(crate) fn forward(
 /// Feed-forward arrivals per target in a window, on average.
 const WINDOW_ARRIVALS: f64 = 4.0;
 
-/// Where an arrival waits: in its window's list when its epoch is the current one, else in its
-/// epoch's arena.
+/// Where an arrival waits: in its epoch's arena, and when that epoch is the current one also in
+/// its window's bin at once.
 struct Place {
-    origin: f64,
-    dt: f64,
-    inv_dt: f64,
     epoch: i64,
     mask: usize,
+    n_out: usize,
 }
 
 impl Place {
     #[inline(always)]
-    fn push(&self, mut rec: Rec, window: i64, arenas: &mut [Vec<Rec>], windows: &mut [Vec<Rec>]) {
-        let _ = (self.origin, self.dt, self.inv_dt);
+    fn push(
+        &self,
+        mut rec: Rec,
+        window: i64,
+        arenas: &mut [Vec<Rec>],
+        bins: (&mut [Bin], &mut Vec<u32>, &mut [usize]),
+    ) {
         let e = window.div_euclid(EPOCH);
         rec.sub = (window - e * EPOCH) as u32;
+        let arena = &mut arenas[e as usize & self.mask];
+        arena.push(rec);
+        prefetch_tail(arena);
         if e == self.epoch {
-            windows[rec.sub as usize].push(rec);
-        } else {
-            let arena = &mut arenas[e as usize & self.mask];
-            arena.push(rec);
-            prefetch_tail(arena);
+            let (bins, link, counts) = bins;
+            add_to_bin(bins, link, counts, &rec, arena.len() - 1, self.n_out);
         }
     }
+}
+
+/// Adds record `r` of the current epoch's arena to its window's bin and the bin's list.
+#[inline(always)]
+fn add_to_bin(bins: &mut [Bin], link: &mut Vec<u32>, counts: &mut [usize], rec: &Rec, r: usize, n_out: usize) {
+    let b = &mut bins[rec.sub as usize * n_out + rec.target as usize];
+    b.sm += rec.xm;
+    b.ss += rec.xs;
+    b.pos += rec.xs.max(0.0);
+    debug_assert_eq!(link.len(), r);
+    link.push(b.head);
+    b.head = r as u32;
+    counts[rec.sub as usize] += 1;
 }
 
 /// A target's list for the window: its bin's records as arrivals, sorted by time.
