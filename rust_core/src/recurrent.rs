@@ -398,10 +398,27 @@ pub fn recurrent_forward_with(
     if inputs.is_empty() || layer.ff.n_out == 0 {
         return true;
     }
-    if crate::recurrent_binned::applies(m, factors) {
-        return crate::recurrent_binned::forward(m, layer, inputs, factors, out, scratch);
+    recurrent_forward_binned(m, layer, inputs, factors, out, scratch)
+        .unwrap_or_else(|| recurrent_forward_windowed(m, layer, inputs, factors, out, scratch))
+}
+
+/// The binned recurrent forward pass ([`crate::recurrent_binned`]), or `None` (and no output)
+/// when the sample cannot take it (delays too long for factors, a kernel not of the difference
+/// form, more than 2^32 targets). Public so that tests can hold it against
+/// [`recurrent_forward_windowed`].
+pub fn recurrent_forward_binned(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    factors: &RecFactors,
+    out: &mut Vec<In>,
+    scratch: &mut RecScratch,
+) -> Option<bool> {
+    if inputs.is_empty() || layer.ff.n_out == 0 {
+        return Some(true);
     }
-    recurrent_forward_windowed(m, layer, inputs, factors, out, scratch)
+    crate::recurrent_binned::applies(m, factors, layer.ff.n_out)
+        .then(|| crate::recurrent_binned::forward(m, layer, inputs, factors, out, scratch))
 }
 
 /// The recurrent forward pass with every arrival scanned one by one in its window (no bins): the
@@ -686,7 +703,9 @@ pub fn recurrent_forward_windowed(
 ///
 /// `outputs` sorted by neuron then time, `gout[k] = dL/dt` of `outputs[k]` from outside the
 /// layer. The gradient buffers are `gw = [ff (n_out x n_in) | rec (n_out x n_out)]`, `gd` the
-/// same; `gin` gets `dL/dt` of each input spike.
+/// same; `gin` gets `dL/dt` of each input spike. Takes the linear forms of
+/// [`crate::recurrent_linear`] where they apply (factored decays, a kernel of the difference
+/// form), else [`recurrent_backward_per_arrival`].
 #[allow(clippy::too_many_arguments)]
 pub fn recurrent_backward_with(
     m: &MultiNeuron,
@@ -698,13 +717,70 @@ pub fn recurrent_backward_with(
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut RecScratch,
 ) {
+    backward_impl(m, layer, inputs, outputs, gout, factors, grads, scratch, Path::Any);
+}
+
+/// [`recurrent_backward_with`] on the linear forms only: `false` (and no gradient) when the sample
+/// cannot take them. Public so that tests can hold it against [`recurrent_backward_per_arrival`].
+#[allow(clippy::too_many_arguments)]
+pub fn recurrent_backward_linear(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    factors: &RecFactors,
+    grads: (&mut [f64], &mut [f64], &mut [f64]),
+    scratch: &mut RecScratch,
+) -> bool {
+    backward_impl(m, layer, inputs, outputs, gout, factors, grads, scratch, Path::Linear)
+}
+
+/// The recurrent backward pass with every arrival's adjoint evaluated on its own (decays from
+/// factors or `exp`, the kernel per arrival): the path of equal or close time constants and of
+/// delays too long for factors.
+#[allow(clippy::too_many_arguments)]
+pub fn recurrent_backward_per_arrival(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    factors: &RecFactors,
+    grads: (&mut [f64], &mut [f64], &mut [f64]),
+    scratch: &mut RecScratch,
+) {
+    backward_impl(m, layer, inputs, outputs, gout, factors, grads, scratch, Path::PerArrival);
+}
+
+/// Which backward path to take.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Any,
+    Linear,
+    PerArrival,
+}
+
+/// The backward passes; returns whether the linear forms were taken.
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    factors: &RecFactors,
+    grads: (&mut [f64], &mut [f64], &mut [f64]),
+    scratch: &mut RecScratch,
+    path: Path,
+) -> bool {
     let (gw, gd, gin) = grads;
     let n = &m.neuron;
     let ff = &layer.ff;
     let n_out = ff.n_out;
     let n_in_spikes = inputs.len();
     if outputs.is_empty() {
-        return;
+        return path == Path::Linear && crate::recurrent_linear::applies(m, factors.factored);
     }
     let RecScratch { own, owner, events, gsrc, um, us, hm, hs, q_ref, .. } = scratch;
     own.clear();
@@ -740,8 +816,13 @@ pub fn recurrent_backward_with(
     gsrc.clear();
     gsrc.resize(n_in_spikes, 0.0);
     gsrc.extend_from_slice(gout);
-    if crate::recurrent_linear::applies(m, fact) {
-        return crate::recurrent_linear::backward(m, layer, inputs, outputs, factors, (gw, gd, gin), scratch);
+    let linear = crate::recurrent_linear::applies(m, fact);
+    if linear && path != Path::PerArrival {
+        crate::recurrent_linear::backward(m, layer, inputs, outputs, factors, (gw, gd, gin), scratch);
+        return true;
+    }
+    if path == Path::Linear {
+        return false;
     }
 
     // Currents at every own event: feed-forward arrivals target by target, recurrent ones spike
@@ -859,6 +940,7 @@ pub fn recurrent_backward_with(
     for (g, x) in gin.iter_mut().zip(&gsrc[..n_in_spikes]) {
         *g += x;
     }
+    false
 }
 
 /// [`recurrent_backward_with`] with per-thread factors and buffers (see [`recurrent_forward`]).

@@ -88,10 +88,10 @@ pub(crate) struct Sums {
     rfs: f64,
 }
 
-/// Whether a sample takes the binned recurrent scan: factored decays and a kernel of the
-/// difference form (`K = (e_m - e_s) / delta`).
-pub(crate) fn applies(m: &MultiNeuron, factors: &RecFactors) -> bool {
-    factors.factored && m.neuron.kernel_is_difference()
+/// Whether a sample takes the binned recurrent scan: factored decays, a kernel of the difference
+/// form (`K = (e_m - e_s) / delta`), targets that fit a record's `u32`.
+pub(crate) fn applies(m: &MultiNeuron, factors: &RecFactors, n_out: usize) -> bool {
+    factors.factored && m.neuron.kernel_is_difference() && n_out <= u32::MAX as usize
 }
 
 /// The binned recurrent forward pass (see the module doc); same contract as

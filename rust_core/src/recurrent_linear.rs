@@ -29,7 +29,7 @@ use crate::recurrent::{RecFactors, RecScratch};
 use crate::ttfs::In;
 
 /// Cells per own event of the interval look-up.
-const CELLS_PER_EVENT: usize = 16;
+const CELLS_PER_EVENT: usize = 4;
 
 /// The interval look-up of one neuron: its events are `start..start + n` of [`Own::time`], its
 /// cells `grid[off..off + cells + 2]`.
@@ -151,8 +151,7 @@ pub(crate) fn backward(
     lanes.clear();
     lanes.resize(n_ev, [0.0; 4]);
     let mut lane = 0usize;
-    for j in 0..n_out {
-        let cj = cells[j];
+    for (j, &cj) in cells.iter().enumerate() {
         if cj.n == 0 {
             continue;
         }
@@ -248,8 +247,7 @@ pub(crate) fn backward(
     // Feed-forward arrivals, now that every adjoint is known: synapse by synapse.
     gsrc_bc.clear();
     gsrc_bc.resize(n_in_spikes, 0.0);
-    for j in 0..n_out {
-        let cj = cells[j];
+    for (j, &cj) in cells.iter().enumerate() {
         if cj.n == 0 {
             continue;
         }
@@ -258,14 +256,15 @@ pub(crate) fn backward(
             let (d, fm_i, fs_i, w_i) = (ffac.delay[row + i], ffac.fm[row + i], ffac.fs[row + i], ff.weights[row + i]);
             let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
             let (mut acc_w, mut acc_d) = (0.0, 0.0);
-            for k in first..end {
-                let Some(g) = cj.interval(bc.time[k] + d, grid, &own.time) else { break };
+            let spikes = bc.time[first..end].iter().zip(bc.um[first..end].iter().zip(&bc.us[first..end]));
+            for ((&t, (&um, &us)), gs) in spikes.zip(&mut gsrc_bc[first..end]) {
+                let Some(g) = cj.interval(t + d, grid, &own.time) else { break };
                 let c = coef[g];
-                let (xm, xs) = (bc.um[k] * fm_i, bc.us[k] * fs_i);
+                let (xm, xs) = (um * fm_i, us * fs_i);
                 acc_w += c.q * xm + c.r * xs;
                 let ga = w_i * (c.u * xm + c.v * xs);
                 acc_d += ga;
-                gsrc_bc[k] += ga;
+                *gs += ga;
             }
             gw[row + i] += acc_w;
             gd[row + i] += acc_d;
