@@ -191,7 +191,7 @@ pub struct RecScratch {
     pub(crate) cells: Vec<crate::recurrent_linear::Cells>,
     pub(crate) grid: Vec<u32>,
     pub(crate) lanes: Vec<[f64; 4]>,
-    pub(crate) coef: Vec<crate::eventprop::Coef>,
+    pub(crate) coef: Vec<[f64; 2]>,
     pub(crate) by_channel: crate::binned::ByChannel,
     pub(crate) gsrc_bc: Vec<f64>,
     pub(crate) rec_gw: Vec<f64>,

@@ -12,7 +12,9 @@
 //! * the currents at the own events are per-interval sums of `w x_s` (`x = exp((a - t_0)/tau)`,
 //!   a product of the source spike's and the synapse's factors), in four lanes;
 //! * the adjoint at an arrival of interval `g` is the linear form of [`Coef`]: `dL/dw = q x_m +
-//!   r x_s`, `dL/da = w (u x_m + v x_s)` — no `exp` and no kernel per arrival. An interval's form
+//!   r x_s`, `dL/da = w (u x_m + v x_s)` — no `exp` and no kernel per arrival. Only `(q, r)` are
+//!   kept per interval (16 bytes: the pulls read them at random over the whole layer), as
+//!   `u = q / tau_m` and `v = r / tau_s`. An interval's form
 //!   is known once its end event has taken its jump, which in reverse time order is before any
 //!   spike that can reach it pulls from it;
 //! * feed-forward arrivals are visited synapse by synapse over the inputs grouped by channel (a
@@ -198,7 +200,7 @@ pub(crate) fn backward(
     q_ref.clear();
     q_ref.resize(n_out, 0.0);
     coef.clear();
-    coef.resize(n_ev, Coef::default());
+    coef.resize(n_ev, [0.0; 2]);
     rec_gw.clear();
     rec_gw.resize(n_out * n_out, 0.0);
     rec_gd.clear();
@@ -211,7 +213,7 @@ pub(crate) fn backward(
         let src = own.src[g];
         if src == REF_END {
             own.jump(m, g, after, 0.0, &mut q_ref[j]);
-            coef[g] = Coef::at(n, own, g);
+            coef[g] = form(n, own, g);
             continue;
         }
         let q = src as usize - n_in_spikes;
@@ -223,17 +225,17 @@ pub(crate) fn backward(
         let mut pulled = 0.0;
         for p in 0..n_out {
             let Some(gp) = cells[p].interval(t + d[p], grid, &own.time) else { continue };
-            let c = coef[gp];
+            let [cq, cr] = coef[gp];
             let (xm, xs) = (xm0 * fm[p], xs0 * fs[p]);
-            gw_row[p] += c.q * xm + c.r * xs;
-            let ga = w[p] * (c.u * xm + c.v * xs);
+            gw_row[p] += cq * xm + cr * xs;
+            let ga = w[p] * (cq * n.inv_tau_m * xm + cr * n.inv_tau_s * xs);
             gd_row[p] += ga;
             pulled += ga;
         }
         gsrc[src as usize] += pulled;
         let gs = gsrc[src as usize];
         own.jump(m, g, after, gs, &mut q_ref[j]);
-        coef[g] = Coef::at(n, own, g);
+        coef[g] = form(n, own, g);
     }
     // Recurrent gradients back to target-major (`[ff | rec]`, row = target).
     let off_rec = n_out * n_in;
@@ -259,10 +261,10 @@ pub(crate) fn backward(
             let spikes = bc.time[first..end].iter().zip(bc.um[first..end].iter().zip(&bc.us[first..end]));
             for ((&t, (&um, &us)), gs) in spikes.zip(&mut gsrc_bc[first..end]) {
                 let Some(g) = cj.interval(t + d, grid, &own.time) else { break };
-                let c = coef[g];
+                let [cq, cr] = coef[g];
                 let (xm, xs) = (um * fm_i, us * fs_i);
-                acc_w += c.q * xm + c.r * xs;
-                let ga = w_i * (c.u * xm + c.v * xs);
+                acc_w += cq * xm + cr * xs;
+                let ga = w_i * (cq * n.inv_tau_m * xm + cr * n.inv_tau_s * xs);
                 acc_d += ga;
                 *gs += ga;
             }
@@ -276,6 +278,13 @@ pub(crate) fn backward(
     for (g, x) in gin.iter_mut().zip(&gsrc[..n_in_spikes]) {
         *g += x;
     }
+}
+
+/// `(q, r)` of the [`Coef`] of the interval that ends at own event `g`.
+#[inline]
+fn form(n: &crate::neuron::Neuron, own: &crate::adjoint::Own, g: usize) -> [f64; 2] {
+    let c = Coef::at(n, own, g);
+    [c.q, c.r]
 }
 
 /// The end of the run of `outputs` (sorted by neuron) that starts at `q`.
