@@ -234,6 +234,7 @@ pub(crate) fn forward(
             (fm_lo, fs_lo)
         };
         let end_f = (((t_hi - base) * n.inv_tau_m).exp(), ((t_hi - base) * n.inv_tau_s).exp());
+        let (em_lo, es_lo) = (1.0 / fm_lo, 1.0 / fs_lo);
         if c.div_euclid(EPOCH) != epoch {
             // A new epoch (all earlier records are done): its records into its windows' bins.
             if epoch >= 0 {
@@ -286,10 +287,10 @@ pub(crate) fn forward(
             }
             let bin = &bins[row + q];
             let exact = sm.refr_end >= t_lo || {
-                let v = (sm.m / fm_lo - sm.s / fs_lo) * n.inv_delta;
+                let v = (sm.m * em_lo - sm.s * es_lo) * n.inv_delta;
                 // `pos / fs_lo` bounds the bin's positive weights: `w exp((a - base)/tau_s) >=
                 // w exp((t_lo - base)/tau_s)` for `w > 0`, `a >= t_lo`.
-                let ib = (sm.s + bin.pos) / fs_lo;
+                let ib = (sm.s + bin.pos) * es_lo;
                 v >= n.theta
                     || (ib > 0.0
                         && v.max(0.0) + ib * k_h >= n.theta
