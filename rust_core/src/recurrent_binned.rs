@@ -35,7 +35,7 @@
 
 use crate::multi::{FArr, MultiNeuron, RecLayer};
 use crate::neuron::Neuron;
-use crate::recurrent::{insertion_sort, next_crossing, prefetch_tail, scan, window_of, RecFactors, RecScratch, State};
+use crate::recurrent::{insertion_sort, next_crossing, scan, window_of, RecFactors, RecScratch, State};
 use crate::solver::may_cross;
 use crate::ttfs::In;
 
@@ -246,7 +246,9 @@ pub(crate) fn forward(
             }
             counts = [0; EPOCH as usize];
             link.clear();
-            for (r, rec) in arenas[epoch as usize & mask].iter().enumerate() {
+            let arena = &arenas[epoch as usize & mask];
+            for (r, rec) in arena.iter().enumerate() {
+                prefetch_at(arena, r + READ_AHEAD);
                 add_to_bin(bins, link, counts.as_mut_slice(), rec, r, n_out);
             }
         }
@@ -446,12 +448,32 @@ impl Place {
         rec.sub = (window - e * EPOCH) as u32;
         let arena = &mut arenas[e as usize & self.mask];
         arena.push(rec);
-        prefetch_tail(arena);
+        prefetch_at(arena, arena.len() + PUSH_AHEAD);
         if e == self.epoch {
             let (bins, link, counts) = bins;
             add_to_bin(bins, link, counts, &rec, arena.len() - 1, self.n_out);
         }
     }
+}
+
+/// How far ahead (in records) the fan-out asks for the line it will append to, and the epoch pass
+/// for the line it will read: the records in flight (the largest delay's worth of arrivals) do not
+/// stay in the caches, and neither the appends to a few dozen arenas nor the stalls on their
+/// lines are hidden otherwise.
+const PUSH_AHEAD: usize = 6;
+const READ_AHEAD: usize = 16;
+
+/// A prefetch of record `k`'s line of `v` (a hint: never faults, also past the end).
+#[inline(always)]
+fn prefetch_at(v: &[Rec], k: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let p = v.as_ptr().wrapping_add(k);
+        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (v, k);
 }
 
 /// Adds record `r` of the current epoch's arena to its window's bin and the bin's list.
