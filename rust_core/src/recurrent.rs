@@ -38,7 +38,7 @@ use crate::adjoint::{Own, REF_END};
 use crate::layer::LayerRef;
 use crate::multi::{delay_factors, DelayFactors, FArr, MultiNeuron, RecLayer, MAX_FACTOR_SPAN};
 use crate::neuron::Neuron;
-use crate::recurrent_binned::{Bin, Rec, Sums};
+use crate::recurrent_binned::{Bin, Rec, Source, Sums};
 use crate::solver::{crossing_in_interval, first_crossing};
 use crate::ttfs::In;
 
@@ -82,6 +82,16 @@ impl SourceMajor {
     }
 }
 
+/// A synapse in [`RecFactors::by_delay`]: its delay, `w exp(d/tau_m)`, `w exp(d/tau_s)` (what an
+/// arrival adds to its bin, times the source spike's factors) and its target.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BySyn {
+    pub(crate) d: f64,
+    pub(crate) wfm: f64,
+    pub(crate) wfs: f64,
+    pub(crate) target: u32,
+}
+
 /// Everything a recurrent layer's passes precompute from its parameters; compute it once per
 /// batch ([`rec_factors`]) and share it across samples and threads.
 #[derive(Debug, Clone)]
@@ -91,10 +101,12 @@ pub struct RecFactors {
     pub rec: DelayFactors,
     pub ff_t: SourceMajor,
     pub rec_t: SourceMajor,
-    /// `(w exp(d/tau_m), w exp(d/tau_s))` per synapse, source-major over the feed-forward sources
-    /// and then the layer's own neurons: what an arrival adds to its bin
-    /// ([`crate::recurrent_binned`]), one read per arrival.
-    pub wf: Vec<[f64; 2]>,
+    /// The synapses with a weight, source by source (the feed-forward sources, then the layer's
+    /// own neurons; source `k` is `by_delay_start[k]..by_delay_start[k + 1]`), by delay within a
+    /// source: [`crate::recurrent_binned`] emits a spike's arrivals epoch by epoch, each one when
+    /// its epoch comes up.
+    pub(crate) by_delay: Vec<BySyn>,
+    pub(crate) by_delay_start: Vec<u32>,
     /// Largest delay, feed-forward or recurrent.
     pub max_delay: f64,
     /// Whether the delays are short enough (against the time constants) for the factored,
@@ -110,11 +122,24 @@ pub fn rec_factors(n: &Neuron, layer: &RecLayer) -> RecFactors {
     let rec_t = SourceMajor::new(n, &layer.rec);
     let max_delay = ff.max_delay.max(layer.rec.delays.iter().fold(0.0_f64, |m, &d| m.max(d)));
     let factored = max_delay * n.inv_tau_m.max(n.inv_tau_s) <= 300.0;
-    let wf = [&ff_t, &rec_t]
-        .iter()
-        .flat_map(|t| t.w.iter().zip(t.fm.iter().zip(&t.fs)).map(|(w, (fm, fs))| [w * fm, w * fs]))
-        .collect();
-    RecFactors { ff, rec, ff_t, rec_t, wf, max_delay, factored }
+    let (mut by_delay, mut by_delay_start) = (Vec::new(), vec![0u32]);
+    // (Positions are `u32`: a layer with more synapses keeps the windowed scan.)
+    let fits = ff_t.w.len() + rec_t.w.len() <= u32::MAX as usize;
+    for t in [&ff_t, &rec_t].into_iter().filter(|_| fits) {
+        for src in 0..t.w.len() / t.n_targets.max(1) {
+            let r = t.row(src);
+            let first = by_delay.len();
+            by_delay.extend(r.filter(|&k| t.w[k] != 0.0).map(|k| BySyn {
+                d: t.d[k],
+                wfm: t.w[k] * t.fm[k],
+                wfs: t.w[k] * t.fs[k],
+                target: (k % t.n_targets) as u32,
+            }));
+            by_delay[first..].sort_by(|a, b| a.d.total_cmp(&b.d).then(a.target.cmp(&b.target)));
+            by_delay_start.push(by_delay.len() as u32);
+        }
+    }
+    RecFactors { ff, rec, ff_t, rec_t, by_delay, by_delay_start, max_delay, factored }
 }
 
 /// Feed-forward arrivals per target in a window, on average.
@@ -174,7 +199,8 @@ pub struct RecScratch {
     pub(crate) order: Vec<In>,
     // The binned forward pass ([`crate::recurrent_binned`]).
     pub(crate) bins: Vec<Bin>,
-    pub(crate) arenas: Vec<Vec<Rec>>,
+    pub(crate) arena: Vec<Rec>,
+    pub(crate) open_src: Vec<Source>,
     pub(crate) link: Vec<u32>,
     pub(crate) sums: Vec<Sums>,
     // Backward.

@@ -1,12 +1,13 @@
 //! The recurrent forward pass over time bins: a target's windows without a possible crossing
 //! advance in closed form (issue 14).
 //!
-//! The windows and the ring of buckets are [`crate::recurrent`]'s, but a bucket no longer holds
-//! arrival records to be sorted and scanned one by one. Every arrival, feed-forward or recurrent,
-//! adds to its target's *bin* of its window the factored sums `S_m = sum w exp((a - base)/tau_m)`,
-//! `S_s = sum w exp((a - base)/tau_s)` and its positive weight, and leaves an 8-byte record
-//! (source spike, next record) in the window's list for that target. A neuron's state is
-//! superposition between resets (the [`crate::binned`] device), so at every window boundary
+//! Time is cut into the windows of [`crate::recurrent`] (about four feed-forward arrivals per
+//! target, never longer than the kernel's peak time), grouped into epochs of [`EPOCH`] windows.
+//! Every arrival, feed-forward or recurrent, adds to its target's *bin* of its window the factored
+//! sums `S_m = sum w exp((a - base)/tau_m)`, `S_s = sum w exp((a - base)/tau_s)` and an upper
+//! bound of its positive weight, and leaves a record (the same two numbers, its time, target and
+//! window) in the epoch's list, linked per bin. A neuron's state is superposition between resets
+//! (the [`crate::binned`] device), so at every window boundary
 //!
 //! ```text
 //! V(T) = (E_m(T) sum_m - E_s(T) sum_s) / delta,   I(T) = E_s(T) sum_s,   E(T) = exp(-(T - base)/tau)
@@ -19,23 +20,28 @@
 //!    weight sum), and the solver's [`may_cross`] on that free evolution rules a crossing out
 //!    with certainty. A window that holds the end of a refractory clamp is exact as well;
 //! 2. the targets that may cross are *opened*: their state at the window's start, their records
-//!    expanded into arrivals (time, weight and factors from the source's spike and the synapse)
-//!    and sorted; each is scanned with [`crate::recurrent`]'s exact scan to its first crossing;
-//! 3. the earliest tentative crossing is final and committed; its spike fans out. An arrival that
-//!    lands in the current window opens its target if it was closed (from its state at the
-//!    window's start, which the closed form still holds) and rescans it. Repeat;
+//!    as arrivals (factors from the arrival's time, weight from `S_s`), sorted; each is scanned
+//!    with [`crate::recurrent`]'s exact scan to its first crossing;
+//! 3. the earliest tentative crossing is final and committed. The spike's arrivals inside the
+//!    current window open their targets if they were closed (from their state at the window's
+//!    start, which the closed form still holds) and rescan them. Repeat;
 //! 4. closed targets add their bins to their sums; open ones convert their scanned state at the
 //!    window's end back to sums.
 //!
-//! Most target-windows cost a bound test and two additions per arrival; only open ones are
-//! simulated arrival by arrival. Memory: the arrivals in flight (at most the largest delay's
-//! worth), 8 bytes each, plus a bin per target and window of the ring.
+//! Arrivals are not stored between their spike and their epoch. A spike is a *source* with a
+//! cursor into its synapses sorted by delay ([`RecFactors::by_delay`]); when an epoch comes up,
+//! every source emits the arrivals that land in it (the inputs within it become sources first; a
+//! spike committed during the epoch emits its arrivals within it at once) and stays a source
+//! until its last synapse. So the bins and records written are the current epoch's, in cache;
+//! memory is the sources within the largest delay plus one epoch's arrivals, O(spikes).
 //!
-//! Bins are grouping only: an arrival's own time decides where it acts in an open window.
+//! Most target-windows cost a bound test and two additions per arrival; only open ones are
+//! simulated arrival by arrival. Bins are grouping only: an arrival's own time decides where it
+//! acts in an open window.
 
 use crate::multi::{FArr, MultiNeuron, RecLayer};
 use crate::neuron::Neuron;
-use crate::recurrent::{insertion_sort, next_crossing, scan, window_of, RecFactors, RecScratch, State};
+use crate::recurrent::{insertion_sort, next_crossing, scan, window_of, BySyn, RecFactors, RecScratch, State};
 use crate::solver::may_cross;
 use crate::ttfs::In;
 
@@ -57,8 +63,8 @@ impl Default for Bin {
     }
 }
 
-/// An arrival waiting in flight: what it adds to its bin (`w exp((a - base)/tau_m)`,
-/// `w exp((a - base)/tau_s)`), its time, its target and its window within its epoch. An open
+/// An arrival of the current epoch: what it adds to its bin (`w exp((a - base)/tau_m)`,
+/// `w exp((a - base)/tau_s)`), its time, its target and its window within the epoch. An open
 /// window takes its factors from its time (two `exp`) and its weight from `xs`: cheaper than
 /// reading the source spike and the synapse back from memory.
 #[derive(Debug, Clone, Copy)]
@@ -70,11 +76,9 @@ pub(crate) struct Rec {
     sub: u32,
 }
 
-/// Windows per epoch (a power of two). Arrivals wait in a ring of epochs, not of windows: the
-/// fan-out appends to the few open ends of the epochs within the largest delay (they stay in the
-/// cache; a ring of windows has hundreds, and every append missed). When an epoch comes up, its
-/// records are summed into the bins of its windows (`EPOCH x n_out`, in cache) and linked per
-/// bin; arrivals for a later window of the current epoch go straight to their bins.
+/// Windows per epoch: the bins of an epoch (`EPOCH x n_out`) stay in cache while its arrivals are
+/// emitted; longer epochs mean fewer resumptions of the sources (each a cache miss in the
+/// synapse table).
 const EPOCH: i64 = 8;
 
 /// A target's state between windows: the running sums since its last reset and its refractory
@@ -89,9 +93,12 @@ pub(crate) struct Sums {
 }
 
 /// Whether a sample takes the binned recurrent scan: factored decays, a kernel of the difference
-/// form (`K = (e_m - e_s) / delta`), targets that fit a record's `u32`.
+/// form (`K = (e_m - e_s) / delta`), synapse positions that fit a `u32`.
 pub(crate) fn applies(m: &MultiNeuron, factors: &RecFactors, n_out: usize) -> bool {
-    factors.factored && m.neuron.kernel_is_difference() && n_out <= u32::MAX as usize
+    factors.factored
+        && m.neuron.kernel_is_difference()
+        && n_out <= u32::MAX as usize
+        && factors.by_delay_start.len() == factors.ff_t.w.len() / n_out.max(1) + n_out + 1
 }
 
 /// The binned recurrent forward pass (see the module doc); same contract as
@@ -117,7 +124,8 @@ pub(crate) fn forward(
         dirty,
         order,
         bins,
-        arenas,
+        arena,
+        open_src,
         link,
         sums,
         ..
@@ -135,8 +143,6 @@ pub(crate) fn forward(
     let mut dt = if span > 0.0 { WINDOW_ARRIVALS * span / n_in_spikes as f64 } else { tau_min };
     dt = dt.max((span + dmax) / 4e6).max(dmax / 65536.0).min(50.0 * tau_min).min(n.kernel_peak());
     let inv_dt = 1.0 / dt;
-    let nb = ((dmax / (dt * EPOCH as f64)).ceil() as usize + 3).next_power_of_two();
-    let mask = nb - 1;
     let rebase_after = 200.0 * tau_min;
     let (ref_fm, ref_fs) = ((m.t_ref * n.inv_tau_m).exp(), (m.t_ref * n.inv_tau_s).exp());
     let (em_h, es_h) = n.decays(dt);
@@ -147,10 +153,8 @@ pub(crate) fn forward(
     bins.resize(EPOCH as usize * n_out, Bin::default());
     link.clear();
     let mut counts = [0usize; EPOCH as usize];
-    arenas.resize_with(nb.max(arenas.len()), Vec::new);
-    for a in arenas.iter_mut() {
-        a.clear();
-    }
+    arena.clear();
+    open_src.clear();
     lists.resize_with(n_out, Vec::new);
     for l in lists.iter_mut() {
         l.clear();
@@ -171,15 +175,13 @@ pub(crate) fn forward(
     candidates.clear();
     dirty.clear();
     let n_ff_rows = layer.ff.n_in;
-    let wf = &factors.wf[..];
+    let (sorted, row_start) = (&factors.by_delay[..], &factors.by_delay_start[..]);
     let mut epoch = -1i64;
 
     let start = out.len();
     let mut base = origin;
-    let mut pending = 0usize;
     let mut next_in = 0usize;
     let mut c: i64 = 0;
-    let ff_t = &factors.ff_t;
     let rec_t = &factors.rec_t;
     loop {
         let t_lo = origin + c as f64 * dt;
@@ -187,7 +189,8 @@ pub(crate) fn forward(
             break;
         }
         let (fm_lo, fs_lo) = (((t_lo - base) * n.inv_tau_m).exp(), ((t_lo - base) * n.inv_tau_s).exp());
-        if pending == 0 {
+        let in_epoch = c.div_euclid(EPOCH) == epoch;
+        if open_src.is_empty() && !(in_epoch && counts[(c - epoch * EPOCH) as usize..].iter().any(|&k| k > 0)) {
             // Nothing in flight: jump to the window of the next input, of the earliest crossing a
             // neuron makes on its own, or of the end of a refractory clamp (where its sums are
             // re-based), instead of stepping through empty windows.
@@ -219,9 +222,13 @@ pub(crate) fn forward(
                 sm.rfm *= xm;
                 sm.rfs *= xs;
             }
-            for r in arenas.iter_mut().flat_map(|a| a.iter_mut()) {
+            for r in arena.iter_mut() {
                 r.xm *= xm;
                 r.xs *= xs;
+            }
+            for o in open_src.iter_mut() {
+                o.um *= xm;
+                o.us *= xs;
             }
             for b in bins.iter_mut() {
                 b.sm *= xm;
@@ -235,51 +242,41 @@ pub(crate) fn forward(
         };
         let end_f = (((t_hi - base) * n.inv_tau_m).exp(), ((t_hi - base) * n.inv_tau_s).exp());
         let (em_lo, es_lo) = (1.0 / fm_lo, 1.0 / fs_lo);
+        let limit = (c.div_euclid(EPOCH) + 1) * EPOCH;
+        let emit = Emit { origin, inv_dt, t_end: m.t_end, epoch: c.div_euclid(EPOCH), limit, n_out };
         if c.div_euclid(EPOCH) != epoch {
-            // A new epoch (all earlier records are done): its records into its windows' bins.
-            if epoch >= 0 {
-                arenas[epoch as usize & mask].clear();
-            }
+            // A new epoch (all earlier arrivals are done): the inputs within it become sources,
+            // and every source emits its arrivals within it into its windows' bins.
             epoch = c.div_euclid(EPOCH);
             for b in bins.iter_mut() {
                 *b = Bin::default();
             }
             counts = [0; EPOCH as usize];
             link.clear();
-            let arena = &arenas[epoch as usize & mask];
-            for (r, rec) in arena.iter().enumerate() {
-                prefetch_at(arena, r + READ_AHEAD);
-                add_to_bin(bins, link, counts.as_mut_slice(), rec, r, n_out);
+            arena.clear();
+            while next_in < n_in_spikes && window_of(order[next_in].1, origin, dt, inv_dt) < limit {
+                let (i, t) = order[next_in];
+                let (um, us) = (((t - base) * n.inv_tau_m).exp(), ((t - base) * n.inv_tau_s).exp());
+                let (pos, end) = (row_start[i as usize], row_start[i as usize + 1]);
+                open_src.push(Source { t, um, us, pos, end });
+                next_in += 1;
             }
-        }
-        let place = Place { epoch, mask, n_out };
-        // Input spikes of this window (or earlier) fan out now; their arrivals are not earlier.
-        while next_in < n_in_spikes && window_of(order[next_in].1, origin, dt, inv_dt) <= c {
-            let (i, t) = order[next_in];
-            let (um, us) = (((t - base) * n.inv_tau_m).exp(), ((t - base) * n.inv_tau_s).exp());
-            let r = ff_t.row(i as usize);
-            let (w, d) = (&ff_t.w[r.clone()], &ff_t.d[r]);
-            let wf = &wf[i as usize * n_out..(i as usize + 1) * n_out];
-            for q in 0..n_out {
-                if w[q] == 0.0 {
-                    continue;
+            let mut k = 0;
+            while k < open_src.len() {
+                // Each source resumes at its own place in the synapse table, which is not in the
+                // caches: ask for the line a few sources ahead.
+                if let Some(ahead) = open_src.get(k + SOURCES_AHEAD) {
+                    prefetch(sorted.as_ptr().wrapping_add(ahead.pos as usize));
                 }
-                let a = t + d[q];
-                if a > m.t_end {
-                    continue;
+                if emit.run(&mut open_src[k], sorted, c, (bins, link, &mut counts, arena)) {
+                    open_src.swap_remove(k);
+                } else {
+                    k += 1;
                 }
-                let rec = Rec { xm: um * wf[q][0], xs: us * wf[q][1], a, target: q as u32, sub: 0 };
-                // A plain floor (bins are grouping only: an arrival that rounding puts a hair
-                // outside its window acts at its own time in an open window, and the bound test
-                // is off by the rounding of its time); never before the current window.
-                let b = (((a - origin) * inv_dt) as i64).max(c);
-                place.push(rec, b, arenas, (bins, link, &mut counts));
-                pending += 1;
             }
-            next_in += 1;
         }
         let slot = (c - epoch * EPOCH) as usize;
-        let (row, cur) = (slot * n_out, epoch as usize & mask);
+        let row = slot * n_out;
         // Open every target that may cross in this window (or whose clamp ends in it) and scan it
         // to its first crossing.
         for q in 0..n_out {
@@ -301,7 +298,7 @@ pub(crate) fn forward(
             if !exact {
                 continue;
             }
-            open(n, base, &bins[row + q], (&arenas[cur], link), &mut lists[q]);
+            open(n, base, &bins[row + q], (arena, link), &mut lists[q]);
             committed[q] = state_at(n, sm, t_lo, fm_lo, fs_lo);
             touched[q] = true;
             touched_list.push(q as u32);
@@ -344,34 +341,28 @@ pub(crate) fn forward(
             st.rfs = fs_c * ref_fs;
             committed[j] = *st;
             dirty.push(j as u32);
-            // Fan out; arrivals inside this window join their target's list at once.
-            let r = rec_t.row(j);
-            let r0 = r.start;
-            let (w, d) = (&rec_t.w[r.clone()], &rec_t.d[r]);
-            let wf = &wf[(n_ff_rows + j) * n_out..(n_ff_rows + j + 1) * n_out];
-            for q in 0..n_out {
-                if w[q] == 0.0 {
-                    continue;
+            // Arrivals inside this window join their target's list at once (the synapses come by
+            // delay: they are the first ones); the later ones of this epoch go to their bins, the
+            // rest when their epoch comes up.
+            let r0 = rec_t.row(j).start;
+            let (pos, end) = (row_start[n_ff_rows + j], row_start[n_ff_rows + j + 1]);
+            let mut src = Source { t: tc, um: fm_c, us: fs_c, pos, end };
+            while src.pos < src.end {
+                let syn = &sorted[src.pos as usize];
+                let a = tc + syn.d;
+                if a > m.t_end || ((a - origin) * inv_dt) as i64 > c {
+                    break;
                 }
-                let a = tc + d[q];
-                if a > m.t_end {
-                    continue;
-                }
-                let b = ((a - origin) * inv_dt) as i64;
-                if b > c {
-                    let rec = Rec { xm: fm_c * wf[q][0], xs: fs_c * wf[q][1], a, target: q as u32, sub: 0 };
-                    place.push(rec, b, arenas, (bins, link, &mut counts));
-                    pending += 1;
-                    continue;
-                }
+                src.pos += 1;
+                let q = syn.target as usize;
                 if !touched[q] {
                     // A closed target: open it from its state at the window's start.
-                    open(n, base, &bins[row + q], (&arenas[cur], link), &mut lists[q]);
+                    open(n, base, &bins[row + q], (arena, link), &mut lists[q]);
                     committed[q] = state_at(n, &sums[q], t_lo, fm_lo, fs_lo);
                     touched[q] = true;
                     touched_list.push(q as u32);
                 }
-                let arr = FArr { a, w: w[q], fm: fm_c * rec_t.fm[r0 + q], fs: fs_c * rec_t.fs[r0 + q] };
+                let arr = FArr { a, w: rec_t.w[r0 + q], fm: fm_c * rec_t.fm[r0 + q], fs: fs_c * rec_t.fs[r0 + q] };
                 let list = &mut lists[q];
                 let mut p = list.len();
                 list.push(arr);
@@ -383,6 +374,9 @@ pub(crate) fn forward(
                 if q != j {
                     dirty.push(q as u32);
                 }
+            }
+            if !emit.run(&mut src, sorted, c, (bins, link, &mut counts, arena)) {
+                open_src.push(src);
             }
             // Rescan the spiking neuron (after its reset) and the targets hit inside the window,
             // each from its committed state.
@@ -417,7 +411,7 @@ pub(crate) fn forward(
             }
         }
         touched_list.clear();
-        pending -= counts[slot];
+        counts[slot] = 0;
         c += 1;
     }
     out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
@@ -427,53 +421,81 @@ pub(crate) fn forward(
 /// Feed-forward arrivals per target in a window, on average.
 const WINDOW_ARRIVALS: f64 = 4.0;
 
-/// Where an arrival waits: in its epoch's arena, and when that epoch is the current one also in
-/// its window's bin at once.
-struct Place {
+/// A spike whose arrivals are not all emitted yet: its time and factors, and its next synapse
+/// (`pos..end` in [`RecFactors::by_delay`], by delay).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Source {
+    t: f64,
+    um: f64,
+    us: f64,
+    pos: u32,
+    end: u32,
+}
+
+/// Emits sources' arrivals into the current epoch's bins.
+struct Emit {
+    origin: f64,
+    inv_dt: f64,
+    t_end: f64,
     epoch: i64,
-    mask: usize,
+    /// The first window after the epoch.
+    limit: i64,
     n_out: usize,
 }
 
-impl Place {
-    #[inline(always)]
-    fn push(
+impl Emit {
+    /// Emits `src`'s arrivals up to the end of the epoch (none before window `c`); returns whether
+    /// it has none left.
+    #[inline]
+    fn run(
         &self,
-        mut rec: Rec,
-        window: i64,
-        arenas: &mut [Vec<Rec>],
-        bins: (&mut [Bin], &mut Vec<u32>, &mut [usize]),
-    ) {
-        let e = window.div_euclid(EPOCH);
-        rec.sub = (window - e * EPOCH) as u32;
-        let arena = &mut arenas[e as usize & self.mask];
-        arena.push(rec);
-        prefetch_at(arena, arena.len() + PUSH_AHEAD);
-        if e == self.epoch {
-            let (bins, link, counts) = bins;
+        src: &mut Source,
+        sorted: &[BySyn],
+        c: i64,
+        (bins, link, counts, arena): (&mut [Bin], &mut Vec<u32>, &mut [usize; EPOCH as usize], &mut Vec<Rec>),
+    ) -> bool {
+        while src.pos < src.end {
+            let syn = &sorted[src.pos as usize];
+            let a = src.t + syn.d;
+            if a > self.t_end {
+                // So are the later ones: the synapses come by delay.
+                return true;
+            }
+            // A plain floor (bins are grouping only: an arrival that rounding puts a hair outside
+            // its window acts at its own time in an open window, and the bound test is off by the
+            // rounding of its time); never before the current window.
+            let b = (((a - self.origin) * self.inv_dt) as i64).max(c);
+            if b >= self.limit {
+                return false;
+            }
+            let rec = Rec {
+                xm: src.um * syn.wfm,
+                xs: src.us * syn.wfs,
+                a,
+                target: syn.target,
+                sub: (b - self.epoch * EPOCH) as u32,
+            };
+            arena.push(rec);
             add_to_bin(bins, link, counts, &rec, arena.len() - 1, self.n_out);
+            src.pos += 1;
         }
+        true
     }
 }
 
-/// How far ahead (in records) the fan-out asks for the line it will append to, and the epoch pass
-/// for the line it will read: the records in flight (the largest delay's worth of arrivals) do not
-/// stay in the caches, and neither the appends to a few dozen arenas nor the stalls on their
-/// lines are hidden otherwise.
-const PUSH_AHEAD: usize = 6;
-const READ_AHEAD: usize = 16;
+/// How many sources ahead the epoch's emission asks for a source's synapses.
+const SOURCES_AHEAD: usize = 4;
 
-/// A prefetch of record `k`'s line of `v` (a hint: never faults, also past the end).
+/// A prefetch of the line at `p` (a hint: never faults, whatever the address).
 #[inline(always)]
-fn prefetch_at(v: &[Rec], k: usize) {
+fn prefetch<T>(p: *const T) {
     #[cfg(target_arch = "x86_64")]
-    {
-        let p = v.as_ptr().wrapping_add(k);
-        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
-        unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8) };
-    }
+    // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
+    };
     #[cfg(not(target_arch = "x86_64"))]
-    let _ = (v, k);
+    let _ = p;
 }
 
 /// Adds record `r` of the current epoch's arena to its window's bin and the bin's list.
