@@ -2,6 +2,10 @@
 //!
 //! # Forward: time windows with per-target pending arrivals
 //!
+//! (Samples with factored decays and a kernel of the difference form take the binned scan of
+//! [`crate::recurrent_binned`] over the same windows; what follows is the windowed scan that
+//! simulates every arrival, [`recurrent_forward_windowed`].)
+//!
 //! Time is cut into windows of a fixed length (about eight feed-forward arrivals per target).
 //! Every arrival waits in the bucket of its window (a ring of buckets spanning the largest
 //! delay); a spike is fanned out to all its targets when it is committed, an input spike when
@@ -23,6 +27,9 @@
 //! per-event cost is the feed-forward scan's plus a bucket scatter.
 //!
 //! # Backward: adjoint pulled at the spikes, in global reverse time order
+//!
+//! (With factored decays and a kernel of the difference form, the same order of work runs on the
+//! linear forms of [`crate::recurrent_linear`].)
 //!
 //! See [`crate::adjoint`]: between its own events a neuron's adjoint is free, so an arrival's
 //! gradient needs no order among arrivals. The only coupling in a recurrent layer is that a
