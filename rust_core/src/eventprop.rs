@@ -104,11 +104,24 @@ pub const TARGET_BLOCK: usize = 32;
 /// `x_m = exp((a - t_0)/tau_m)`, `x_s = exp((a - t_0)/tau_s)` (kernels `K = (e_m - e_s)/delta`):
 /// `dL/dw = q x_m + r x_s` and `dL/da = w (u x_m + v x_s)`.
 #[derive(Debug, Clone, Copy, Default)]
-struct Coef {
-    q: f64,
-    r: f64,
-    u: f64,
-    v: f64,
+pub(crate) struct Coef {
+    pub(crate) q: f64,
+    pub(crate) r: f64,
+    pub(crate) u: f64,
+    pub(crate) v: f64,
+}
+
+impl Coef {
+    /// The form of the interval that ends at own event `g`, from `lambda(E_g^-)` and the event's
+    /// inverse factors.
+    #[inline]
+    pub(crate) fn at(n: &crate::neuron::Neuron, own: &Own, g: usize) -> Self {
+        let (lv, li) = (own.lv[g], own.li[g]);
+        let a = lv * own.inv_fm[g];
+        let q = a * n.inv_delta;
+        let r = (li - lv * n.inv_delta) * own.inv_fs[g];
+        Coef { q, r, u: q * n.inv_tau_s - a, v: r * n.inv_tau_s }
+    }
 }
 
 /// Backward pass of one feed-forward multi-spike layer for one sample.
@@ -455,13 +468,7 @@ fn target_factored(
     own.currents(m, 0);
     own.sweep(m, 0, gsrc);
     coef.clear();
-    coef.extend((0..n_ev).map(|g| {
-        let (lv, li) = (own.lv[g], own.li[g]);
-        let a = lv * own.inv_fm[g];
-        let q = a * n.inv_delta;
-        let r = (li - lv * n.inv_delta) * own.inv_fs[g];
-        Coef { q, r, u: q * n.inv_tau_s - a, v: r * n.inv_tau_s }
-    }));
+    coef.extend((0..n_ev).map(|g| Coef::at(n, own, g)));
     // Pass 2: every arrival's gradient.
     for i in 0..n_in {
         let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);

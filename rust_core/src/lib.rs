@@ -46,6 +46,8 @@ pub mod neuron;
 pub mod potential;
 pub mod readout;
 pub mod recurrent;
+mod recurrent_binned;
+mod recurrent_linear;
 pub mod solver;
 pub mod spikes;
 pub mod ttfs;

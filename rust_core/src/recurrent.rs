@@ -2,6 +2,10 @@
 //!
 //! # Forward: time windows with per-target pending arrivals
 //!
+//! (Samples with factored decays and a kernel of the difference form take the binned scan of
+//! [`crate::recurrent_binned`] over the same windows; what follows is the windowed scan that
+//! simulates every arrival, [`recurrent_forward_windowed`].)
+//!
 //! Time is cut into windows of a fixed length (about eight feed-forward arrivals per target).
 //! Every arrival waits in the bucket of its window (a ring of buckets spanning the largest
 //! delay); a spike is fanned out to all its targets when it is committed, an input spike when
@@ -24,6 +28,9 @@
 //!
 //! # Backward: adjoint pulled at the spikes, in global reverse time order
 //!
+//! (With factored decays and a kernel of the difference form, the same order of work runs on the
+//! linear forms of [`crate::recurrent_linear`].)
+//!
 //! See [`crate::adjoint`]: between its own events a neuron's adjoint is free, so an arrival's
 //! gradient needs no order among arrivals. The only coupling in a recurrent layer is that a
 //! spike's total `dL/dt` collects the adjoints of its targets at its arrivals, which lie later
@@ -38,6 +45,7 @@ use crate::adjoint::{Own, REF_END};
 use crate::layer::LayerRef;
 use crate::multi::{delay_factors, DelayFactors, FArr, MultiNeuron, RecLayer, MAX_FACTOR_SPAN};
 use crate::neuron::Neuron;
+use crate::recurrent_binned::{Bin, Rec, Source, Sums};
 use crate::solver::{crossing_in_interval, first_crossing};
 use crate::ttfs::In;
 
@@ -64,30 +72,48 @@ impl SourceMajor {
         };
         for i in 0..layer.n_in {
             for j in 0..layer.n_out {
-                let d = layer.delay(j, i);
-                s.w.push(layer.weight(j, i));
+                let (d, w) = (layer.delay(j, i), layer.weight(j, i));
+                let (fm, fs) = ((d * n.inv_tau_m).exp(), (d * n.inv_tau_s).exp());
+                s.w.push(w);
                 s.d.push(d);
-                s.fm.push((d * n.inv_tau_m).exp());
-                s.fs.push((d * n.inv_tau_s).exp());
+                s.fm.push(fm);
+                s.fs.push(fs);
             }
         }
         s
     }
 
     #[inline]
-    fn row(&self, src: usize) -> Range<usize> {
+    pub(crate) fn row(&self, src: usize) -> Range<usize> {
         src * self.n_targets..(src + 1) * self.n_targets
     }
+}
+
+/// A synapse in [`RecFactors::by_delay`]: its delay, `w exp(d/tau_m)`, `w exp(d/tau_s)` (what an
+/// arrival adds to its bin, times the source spike's factors) and its target.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct BySyn {
+    pub(crate) d: f64,
+    pub(crate) wfm: f64,
+    pub(crate) wfs: f64,
+    pub(crate) target: u32,
 }
 
 /// Everything a recurrent layer's passes precompute from its parameters; compute it once per
 /// batch ([`rec_factors`]) and share it across samples and threads.
 #[derive(Debug, Clone)]
 pub struct RecFactors {
-    /// Feed-forward synapses target by target (the backward pass's layout).
+    /// Feed-forward and recurrent synapses target by target (the backward pass's layout).
     pub ff: DelayFactors,
+    pub rec: DelayFactors,
     pub ff_t: SourceMajor,
     pub rec_t: SourceMajor,
+    /// The synapses with a weight, source by source (the feed-forward sources, then the layer's
+    /// own neurons; source `k` is `by_delay_start[k]..by_delay_start[k + 1]`), by delay within a
+    /// source: [`crate::recurrent_binned`] emits a spike's arrivals epoch by epoch, each one when
+    /// its epoch comes up.
+    pub(crate) by_delay: Vec<BySyn>,
+    pub(crate) by_delay_start: Vec<u32>,
     /// Largest delay, feed-forward or recurrent.
     pub max_delay: f64,
     /// Whether the delays are short enough (against the time constants) for the factored,
@@ -98,11 +124,29 @@ pub struct RecFactors {
 /// The [`RecFactors`] of a layer.
 pub fn rec_factors(n: &Neuron, layer: &RecLayer) -> RecFactors {
     let ff = delay_factors(n, &layer.ff);
+    let rec = delay_factors(n, &layer.rec);
     let ff_t = SourceMajor::new(n, &layer.ff);
     let rec_t = SourceMajor::new(n, &layer.rec);
     let max_delay = ff.max_delay.max(layer.rec.delays.iter().fold(0.0_f64, |m, &d| m.max(d)));
     let factored = max_delay * n.inv_tau_m.max(n.inv_tau_s) <= 300.0;
-    RecFactors { ff, ff_t, rec_t, max_delay, factored }
+    let (mut by_delay, mut by_delay_start) = (Vec::new(), vec![0u32]);
+    // (Positions are `u32`: a layer with more synapses keeps the windowed scan.)
+    let fits = ff_t.w.len() + rec_t.w.len() <= u32::MAX as usize;
+    for t in [&ff_t, &rec_t].into_iter().filter(|_| fits) {
+        for src in 0..t.w.len() / t.n_targets.max(1) {
+            let r = t.row(src);
+            let first = by_delay.len();
+            by_delay.extend(r.filter(|&k| t.w[k] != 0.0).map(|k| BySyn {
+                d: t.d[k],
+                wfm: t.w[k] * t.fm[k],
+                wfs: t.w[k] * t.fs[k],
+                target: (k % t.n_targets) as u32,
+            }));
+            by_delay[first..].sort_by(|a, b| a.d.total_cmp(&b.d).then(a.target.cmp(&b.target)));
+            by_delay_start.push(by_delay.len() as u32);
+        }
+    }
+    RecFactors { ff, rec, ff_t, rec_t, by_delay, by_delay_start, max_delay, factored }
 }
 
 /// Feed-forward arrivals per target in a window, on average.
@@ -112,7 +156,7 @@ const WINDOW_ARRIVALS: f64 = 4.0;
 /// are scattered over all buckets, so the hardware prefetcher cannot see the stream, and each
 /// new line of a bucket would otherwise stall the store.
 #[inline(always)]
-fn prefetch_tail(bucket: &[Pending]) {
+pub(crate) fn prefetch_tail<T>(bucket: &[T]) {
     #[cfg(target_arch = "x86_64")]
     {
         let p = bucket.as_ptr().wrapping_add(bucket.len() + 3);
@@ -134,42 +178,57 @@ struct Pending {
 /// (`exp((t - base)/tau)`), its refractory end with that time's factors, and the index of the
 /// next arrival in its list for the current window.
 #[derive(Debug, Clone, Copy)]
-struct State {
-    v: f64,
-    i: f64,
-    t: f64,
-    fm: f64,
-    fs: f64,
-    refr_end: f64,
-    rfm: f64,
-    rfs: f64,
-    pos: usize,
+pub(crate) struct State {
+    pub(crate) v: f64,
+    pub(crate) i: f64,
+    pub(crate) t: f64,
+    pub(crate) fm: f64,
+    pub(crate) fs: f64,
+    pub(crate) refr_end: f64,
+    pub(crate) rfm: f64,
+    pub(crate) rfs: f64,
+    pub(crate) pos: usize,
 }
 
 /// Reusable buffers of the recurrent passes, one set per worker thread.
 #[derive(Default)]
 pub struct RecScratch {
     ring: Vec<Vec<Pending>>,
-    lists: Vec<Vec<FArr>>,
-    committed: Vec<State>,
-    scan: Vec<State>,
-    touched: Vec<bool>,
-    touched_list: Vec<u32>,
+    pub(crate) lists: Vec<Vec<FArr>>,
+    pub(crate) committed: Vec<State>,
+    pub(crate) scan: Vec<State>,
+    pub(crate) touched: Vec<bool>,
+    pub(crate) touched_list: Vec<u32>,
     /// Tentative crossing of each neuron in the current window (`INFINITY`: none).
-    crossing: Vec<f64>,
-    candidates: Vec<u32>,
-    dirty: Vec<u32>,
-    order: Vec<In>,
+    pub(crate) crossing: Vec<f64>,
+    pub(crate) candidates: Vec<u32>,
+    pub(crate) dirty: Vec<u32>,
+    pub(crate) order: Vec<In>,
+    // The binned forward pass ([`crate::recurrent_binned`]).
+    pub(crate) bins: Vec<Bin>,
+    pub(crate) arena: Vec<Rec>,
+    pub(crate) open_src: Vec<Source>,
+    pub(crate) link: Vec<u32>,
+    pub(crate) sums: Vec<Sums>,
     // Backward.
-    own: Own,
-    owner: Vec<u32>,
-    events: Vec<u32>,
-    gsrc: Vec<f64>,
-    um: Vec<f64>,
-    us: Vec<f64>,
-    hm: Vec<f64>,
-    hs: Vec<f64>,
-    q_ref: Vec<f64>,
+    pub(crate) own: Own,
+    pub(crate) owner: Vec<u32>,
+    pub(crate) events: Vec<u32>,
+    pub(crate) gsrc: Vec<f64>,
+    pub(crate) um: Vec<f64>,
+    pub(crate) us: Vec<f64>,
+    pub(crate) hm: Vec<f64>,
+    pub(crate) hs: Vec<f64>,
+    pub(crate) q_ref: Vec<f64>,
+    // The backward pass's linear forms ([`crate::recurrent_linear`]).
+    pub(crate) cells: Vec<crate::recurrent_linear::Cells>,
+    pub(crate) grid: Vec<u32>,
+    pub(crate) lanes: Vec<[f64; 4]>,
+    pub(crate) coef: Vec<[f64; 2]>,
+    pub(crate) by_channel: crate::binned::ByChannel,
+    pub(crate) gsrc_bc: Vec<f64>,
+    pub(crate) rec_gw: Vec<f64>,
+    pub(crate) rec_gd: Vec<f64>,
 }
 
 thread_local! {
@@ -226,7 +285,7 @@ fn with_factors<R>(n: &Neuron, layer: &RecLayer, f: impl FnOnce(&RecFactors) -> 
 /// The window of a time: `origin + b dt <= t < origin + (b + 1) dt`, with the boundaries computed
 /// exactly as the windows' own (so membership is consistent under rounding).
 #[inline]
-fn window_of(t: f64, origin: f64, dt: f64, inv_dt: f64) -> i64 {
+pub(crate) fn window_of(t: f64, origin: f64, dt: f64, inv_dt: f64) -> i64 {
     // `t >= origin`, so the cast truncates towards the floor (and saturates at 0 below).
     let mut b = ((t - origin) * inv_dt) as i64;
     while b > 0 && origin + b as f64 * dt > t {
@@ -243,7 +302,14 @@ fn window_of(t: f64, origin: f64, dt: f64, inv_dt: f64) -> i64 {
 /// holding it). Without a crossing `st` ends at its last arrival. The arithmetic is the
 /// feed-forward scan's ([`crate::multi::simulate_arr`]).
 #[inline]
-fn scan(m: &MultiNeuron, st: &mut State, list: &[FArr], t_hi: f64, end_f: (f64, f64), fact: bool) -> Option<f64> {
+pub(crate) fn scan(
+    m: &MultiNeuron,
+    st: &mut State,
+    list: &[FArr],
+    t_hi: f64,
+    end_f: (f64, f64),
+    fact: bool,
+) -> Option<f64> {
     let n = &m.neuron;
     loop {
         let has = st.pos < list.len();
@@ -308,7 +374,7 @@ fn may_ever_cross(n: &Neuron, st: &State) -> bool {
 }
 
 /// The next threshold crossing of a neuron without further input (`INFINITY`: none).
-fn next_crossing(m: &MultiNeuron, st: &State) -> f64 {
+pub(crate) fn next_crossing(m: &MultiNeuron, st: &State) -> f64 {
     let n = &m.neuron;
     let (start, v, i) = if st.refr_end > st.t {
         (st.refr_end, 0.0, st.i * (-(st.refr_end - st.t) * n.inv_tau_s).exp())
@@ -322,7 +388,7 @@ fn next_crossing(m: &MultiNeuron, st: &State) -> f64 {
 }
 
 #[inline]
-fn insertion_sort(v: &mut [FArr]) {
+pub(crate) fn insertion_sort(v: &mut [FArr]) {
     for k in 1..v.len() {
         let x = v[k];
         if v[k - 1].a <= x.a {
@@ -351,8 +417,47 @@ pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: 
     })
 }
 
-/// [`recurrent_forward`] with precomputed factors and the caller's scratch.
+/// [`recurrent_forward`] with precomputed factors and the caller's scratch: the binned scan
+/// ([`crate::recurrent_binned`]) where it applies (factored decays, a kernel of the difference
+/// form), else [`recurrent_forward_windowed`].
 pub fn recurrent_forward_with(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    factors: &RecFactors,
+    out: &mut Vec<In>,
+    scratch: &mut RecScratch,
+) -> bool {
+    if inputs.is_empty() || layer.ff.n_out == 0 {
+        return true;
+    }
+    recurrent_forward_binned(m, layer, inputs, factors, out, scratch)
+        .unwrap_or_else(|| recurrent_forward_windowed(m, layer, inputs, factors, out, scratch))
+}
+
+/// The binned recurrent forward pass ([`crate::recurrent_binned`]), or `None` (and no output)
+/// when the sample cannot take it (delays too long for factors, a kernel not of the difference
+/// form, more than 2^32 targets). Public so that tests can hold it against
+/// [`recurrent_forward_windowed`].
+pub fn recurrent_forward_binned(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    factors: &RecFactors,
+    out: &mut Vec<In>,
+    scratch: &mut RecScratch,
+) -> Option<bool> {
+    if inputs.is_empty() || layer.ff.n_out == 0 {
+        return Some(true);
+    }
+    crate::recurrent_binned::applies(m, factors, layer.ff.n_out)
+        .then(|| crate::recurrent_binned::forward(m, layer, inputs, factors, out, scratch))
+}
+
+/// The recurrent forward pass with every arrival scanned one by one in its window (no bins): the
+/// path of equal or close time constants and of delays too long for factors; public so that
+/// tests can hold the binned scan against it.
+pub fn recurrent_forward_windowed(
     m: &MultiNeuron,
     layer: &RecLayer,
     inputs: &[In],
@@ -631,7 +736,9 @@ pub fn recurrent_forward_with(
 ///
 /// `outputs` sorted by neuron then time, `gout[k] = dL/dt` of `outputs[k]` from outside the
 /// layer. The gradient buffers are `gw = [ff (n_out x n_in) | rec (n_out x n_out)]`, `gd` the
-/// same; `gin` gets `dL/dt` of each input spike.
+/// same; `gin` gets `dL/dt` of each input spike. Takes the linear forms of
+/// [`crate::recurrent_linear`] where they apply (factored decays, a kernel of the difference
+/// form), else [`recurrent_backward_per_arrival`].
 #[allow(clippy::too_many_arguments)]
 pub fn recurrent_backward_with(
     m: &MultiNeuron,
@@ -643,13 +750,70 @@ pub fn recurrent_backward_with(
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut RecScratch,
 ) {
+    backward_impl(m, layer, inputs, outputs, gout, factors, grads, scratch, Path::Any);
+}
+
+/// [`recurrent_backward_with`] on the linear forms only: `false` (and no gradient) when the sample
+/// cannot take them. Public so that tests can hold it against [`recurrent_backward_per_arrival`].
+#[allow(clippy::too_many_arguments)]
+pub fn recurrent_backward_linear(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    factors: &RecFactors,
+    grads: (&mut [f64], &mut [f64], &mut [f64]),
+    scratch: &mut RecScratch,
+) -> bool {
+    backward_impl(m, layer, inputs, outputs, gout, factors, grads, scratch, Path::Linear)
+}
+
+/// The recurrent backward pass with every arrival's adjoint evaluated on its own (decays from
+/// factors or `exp`, the kernel per arrival): the path of equal or close time constants and of
+/// delays too long for factors.
+#[allow(clippy::too_many_arguments)]
+pub fn recurrent_backward_per_arrival(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    factors: &RecFactors,
+    grads: (&mut [f64], &mut [f64], &mut [f64]),
+    scratch: &mut RecScratch,
+) {
+    backward_impl(m, layer, inputs, outputs, gout, factors, grads, scratch, Path::PerArrival);
+}
+
+/// Which backward path to take.
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Any,
+    Linear,
+    PerArrival,
+}
+
+/// The backward passes; returns whether the linear forms were taken.
+#[allow(clippy::too_many_arguments)]
+fn backward_impl(
+    m: &MultiNeuron,
+    layer: &RecLayer,
+    inputs: &[In],
+    outputs: &[In],
+    gout: &[f64],
+    factors: &RecFactors,
+    grads: (&mut [f64], &mut [f64], &mut [f64]),
+    scratch: &mut RecScratch,
+    path: Path,
+) -> bool {
     let (gw, gd, gin) = grads;
     let n = &m.neuron;
     let ff = &layer.ff;
     let n_out = ff.n_out;
     let n_in_spikes = inputs.len();
     if outputs.is_empty() {
-        return;
+        return path == Path::Linear && crate::recurrent_linear::applies(m, factors.factored);
     }
     let RecScratch { own, owner, events, gsrc, um, us, hm, hs, q_ref, .. } = scratch;
     own.clear();
@@ -685,6 +849,14 @@ pub fn recurrent_backward_with(
     gsrc.clear();
     gsrc.resize(n_in_spikes, 0.0);
     gsrc.extend_from_slice(gout);
+    let linear = crate::recurrent_linear::applies(m, fact);
+    if linear && path != Path::PerArrival {
+        crate::recurrent_linear::backward(m, layer, inputs, outputs, factors, (gw, gd, gin), scratch);
+        return true;
+    }
+    if path == Path::Linear {
+        return false;
+    }
 
     // Currents at every own event: feed-forward arrivals target by target, recurrent ones spike
     // by spike.
@@ -801,6 +973,7 @@ pub fn recurrent_backward_with(
     for (g, x) in gin.iter_mut().zip(&gsrc[..n_in_spikes]) {
         *g += x;
     }
+    false
 }
 
 /// [`recurrent_backward_with`] with per-thread factors and buffers (see [`recurrent_forward`]).

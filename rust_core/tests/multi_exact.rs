@@ -514,7 +514,8 @@ fn gradients_feed_forward_two_layers() {
 
 #[test]
 fn gradients_recurrent() {
-    for (tm, t_ref) in [(2.0, 0.0), (1.5, 0.3), (1.0, 0.2), (2.0, 0.5)] {
+    // tau_m = 4 tau_s: the polynomial solver and the power decays in the binned forward pass.
+    for (tm, t_ref) in [(2.0, 0.0), (1.5, 0.3), (1.0, 0.2), (2.0, 0.5), (4.0, 0.0), (4.0, 0.3)] {
         run_cases(&format!("rec tm={tm} t_ref={t_ref}"), 4, |rng| {
             Case::new(rng, tm, t_ref, 3, &[3], &[true], (-1.0, 4.0))
         });
@@ -1041,4 +1042,229 @@ fn binned_scan_with_simultaneous_arrivals_and_early_trial_end() {
             }
         }
     }
+}
+
+// ---------------------------------------------------------------- binned recurrent layers (issue 14)
+
+/// One recurrent test layer: inputs (one sample), ff and rec parameters, neuron.
+struct RecCase {
+    inputs: Vec<(u32, u32, f64)>,
+    w: Vec<f64>,
+    d: Vec<f64>,
+    rw: Vec<f64>,
+    rd: Vec<f64>,
+    m: MultiNeuron,
+}
+
+impl RecCase {
+    /// `n_in` channels of 15 spikes over `span` (channel 1 repeats some of channel 0's spikes
+    /// through the same delays: equal arrival times), `n` neurons; recurrent delays all 0 when
+    /// `zero_rec_delays`.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        seed: u64,
+        n_in: usize,
+        n: usize,
+        tm: f64,
+        t_ref: f64,
+        t_end: f64,
+        span: f64,
+        zero_rec_delays: bool,
+    ) -> Self {
+        let mut rng = Rng(1300 + seed);
+        let mut inputs = random_inputs(&mut rng, 1, n_in, 15, span);
+        let w = rng.vec(n * n_in, -0.3, 0.6);
+        let mut d = rng.vec(n * n_in, 0.0, 3.0);
+        let copies: Vec<(u32, u32, f64)> =
+            inputs.iter().filter(|x| x.1 == 0).take(6).map(|&(s, _, t)| (s, 1, t)).collect();
+        inputs.extend(copies);
+        for j in 0..n {
+            d[j * n_in + 1] = d[j * n_in];
+        }
+        let rw = rng.vec(n * n, -0.5, 0.5);
+        let rd = if zero_rec_delays { vec![0.0; n * n] } else { rng.vec(n * n, 0.0, 3.0) };
+        let m = MultiNeuron::new(Neuron::new(tm, 1.0, 1.0).unwrap(), t_ref, t_end).unwrap();
+        Self { inputs, w, d, rw, rd, m }
+    }
+
+    fn layer(&self, n_in: usize, n: usize) -> (LayerRef<'_>, LayerRef<'_>) {
+        let ff = LayerRef::new(n, n_in, &self.w, DelayKind::Synaptic, &self.d, "ff").unwrap();
+        let rec = LayerRef::new(n, n, &self.rw, DelayKind::Synaptic, &self.rd, "rec").unwrap();
+        (ff, rec)
+    }
+
+    fn in_spikes(&self) -> Vec<(u32, f64)> {
+        self.inputs.iter().map(|&(_, i, t)| (i, t)).collect()
+    }
+}
+
+/// The binned recurrent scan (windows without a possible crossing in closed form) against the
+/// windowed scan that simulates every arrival, and against the dense reference where that is well
+/// conditioned: crossings, resets and refractory ends inside windows, clamps over many windows,
+/// `t_end` inside a window, negative weights, equal arrival times, recurrent delays of 0, tau ratios
+/// 2, 4 (the polynomial solver), 1.5 and 0.7, and a trial long enough for the factors to be
+/// re-based several times.
+#[test]
+fn recurrent_binned_scan_matches_windowed_scan_and_reference() {
+    use delgrad_core::multi::RecLayer;
+    use delgrad_core::recurrent::{self, RecScratch};
+    let (n_in, n) = (30, 8);
+    let (mut spikes, mut multi, mut vs_reference, mut late) = (0, 0, 0, 0);
+    for seed in 0..2u64 {
+        for tm in [2.0, 4.0, 1.5, 0.7] {
+            for t_ref in [0.0, 0.25, 2.0] {
+                for (t_end, span) in [(f64::INFINITY, 30.0), (17.3, 30.0), (f64::INFINITY, 600.0)] {
+                    for zero_rec_delays in [false, true] {
+                        let case = RecCase::new(seed, n_in, n, tm, t_ref, t_end, span, zero_rec_delays);
+                        let (ff, rec) = case.layer(n_in, n);
+                        let layer = RecLayer { ff, rec };
+                        let factors = recurrent::rec_factors(&case.m.neuron, &layer);
+                        let inputs = case.in_spikes();
+                        let mut scratch = RecScratch::default();
+                        let (mut binned, mut windowed) = (Vec::new(), Vec::new());
+                        let label =
+                            format!("seed {seed} tm {tm} t_ref {t_ref} t_end {t_end} span {span} d0 {zero_rec_delays}");
+                        let ok = recurrent::recurrent_forward_binned(
+                            &case.m,
+                            &layer,
+                            &inputs,
+                            &factors,
+                            &mut binned,
+                            &mut scratch,
+                        );
+                        assert_eq!(ok, Some(true), "{label}: the binned scan did not run");
+                        assert!(recurrent::recurrent_forward_windowed(
+                            &case.m,
+                            &layer,
+                            &inputs,
+                            &factors,
+                            &mut windowed,
+                            &mut scratch
+                        ));
+                        assert_eq!(binned.len(), windowed.len(), "{label}: spike counts");
+                        for (b, w) in binned.iter().zip(&windowed) {
+                            assert_eq!(b.0, w.0, "{label}: binned {b:?}, windowed {w:?}");
+                            assert!(
+                                (b.1 - w.1).abs() < 1e-9,
+                                "{label} neuron {}: binned {}, windowed {}",
+                                b.0,
+                                b.1,
+                                w.1
+                            );
+                        }
+                        spikes += binned.len();
+                        multi += (0..n as u32).filter(|&j| binned.iter().filter(|x| x.0 == j).count() > 1).count();
+                        late += binned.iter().filter(|x| x.1 > 400.0).count();
+                        if seed == 0 && t_end == f64::INFINITY && span == 30.0 {
+                            let arr: Vec<Vec<(f64, f64)>> =
+                                (0..n).map(|j| sorted_arrivals(&case.inputs, &case.w, &case.d, n_in, j)).collect();
+                            let (want, near) =
+                                reference_layer(tm, 1.0, 1.0, t_ref, &arr, Some((&case.rw[..], &case.rd[..])));
+                            if near < 1e-6 {
+                                continue;
+                            }
+                            for (j, want_j) in want.iter().enumerate() {
+                                let got: Vec<f64> = binned.iter().filter(|x| x.0 == j as u32).map(|x| x.1).collect();
+                                assert_eq!(
+                                    got.len(),
+                                    want_j.len(),
+                                    "{label} neuron {j}: {got:?} vs reference {want_j:?}"
+                                );
+                                for (g, r) in got.iter().zip(want_j) {
+                                    assert!((g - r).abs() < 1e-9, "{label} neuron {j}: binned {g}, reference {r}");
+                                }
+                            }
+                            vs_reference += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(spikes > 3000 && multi > 300, "too little activity: {spikes} spikes, {multi} repeat spikers");
+    assert!(late > 100, "too few spikes late in the long trials ({late})");
+    assert!(vs_reference >= 6, "only {vs_reference} cases against the reference");
+}
+
+/// The recurrent backward pass on the linear forms against the per-arrival one (every arrival's
+/// adjoint from its own decays and kernel), on the cases of the binned forward test.
+#[test]
+fn recurrent_linear_backward_matches_per_arrival_backward() {
+    use delgrad_core::multi::RecLayer;
+    use delgrad_core::recurrent::{self, RecScratch};
+    let (n_in, n) = (30, 8);
+    let mut checked = 0;
+    for seed in 0..2u64 {
+        for tm in [2.0, 4.0, 1.5, 0.7] {
+            for t_ref in [0.0, 0.25, 2.0] {
+                // 300: factors re-based in the forward pass, one origin in the backward pass; 700:
+                // too long for factors, so the linear forms must decline.
+                for (t_end, span) in
+                    [(f64::INFINITY, 30.0), (17.3, 30.0), (f64::INFINITY, 300.0), (f64::INFINITY, 700.0)]
+                {
+                    for zero_rec_delays in [false, true] {
+                        let case = RecCase::new(seed, n_in, n, tm, t_ref, t_end, span, zero_rec_delays);
+                        let (ff, rec) = case.layer(n_in, n);
+                        let layer = RecLayer { ff, rec };
+                        let factors = recurrent::rec_factors(&case.m.neuron, &layer);
+                        let inputs = case.in_spikes();
+                        let mut scratch = RecScratch::default();
+                        let mut out = Vec::new();
+                        assert!(recurrent::recurrent_forward_with(
+                            &case.m,
+                            &layer,
+                            &inputs,
+                            &factors,
+                            &mut out,
+                            &mut scratch
+                        ));
+                        let mut rng = Rng(seed + 31);
+                        let gout = rng.vec(out.len(), -1.0, 1.0);
+                        let size = n * n_in + n * n;
+                        let grads = || (vec![0.0; size], vec![0.0; size], vec![0.0; inputs.len()]);
+                        let (mut a, mut b) = (grads(), grads());
+                        let label =
+                            format!("seed {seed} tm {tm} t_ref {t_ref} t_end {t_end} span {span} d0 {zero_rec_delays}");
+                        let took = recurrent::recurrent_backward_linear(
+                            &case.m,
+                            &layer,
+                            &inputs,
+                            &out,
+                            &gout,
+                            &factors,
+                            (&mut a.0, &mut a.1, &mut a.2),
+                            &mut scratch,
+                        );
+                        if span > 600.0 {
+                            assert!(!took || out.is_empty(), "{label}: the linear forms took an unfactored sample");
+                            assert!(a.0.iter().all(|&x| x == 0.0), "{label}: a declined pass left gradients");
+                            continue;
+                        }
+                        assert!(took, "{label}: the linear forms were not taken");
+                        recurrent::recurrent_backward_per_arrival(
+                            &case.m,
+                            &layer,
+                            &inputs,
+                            &out,
+                            &gout,
+                            &factors,
+                            (&mut b.0, &mut b.1, &mut b.2),
+                            &mut scratch,
+                        );
+                        for (what, x, y) in [("dW", &a.0, &b.0), ("dD", &a.1, &b.1), ("dt_in", &a.2, &b.2)] {
+                            let scale = y.iter().fold(1.0_f64, |s, v| s.max(v.abs()));
+                            for (k, (p, q)) in x.iter().zip(y.iter()).enumerate() {
+                                assert!(
+                                    (p - q).abs() <= 1e-9 * scale,
+                                    "{label} {what}[{k}]: linear {p}, per arrival {q}"
+                                );
+                            }
+                        }
+                        checked += a.0[n * n_in..].iter().any(|&x| x != 0.0) as usize;
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 120, "only {checked} cases with a recurrent gradient");
 }
