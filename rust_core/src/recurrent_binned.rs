@@ -277,29 +277,29 @@ pub(crate) fn forward(
         }
         let slot = (c - epoch * EPOCH) as usize;
         let row = slot * n_out;
+        // Whether a target must be simulated arrival by arrival in this window: its clamp ends in
+        // it, or the bound with the bin's arrivals does not rule a crossing out.
+        let must_open = |sm: &Sums, bin: &Bin| -> bool {
+            sm.refr_end < t_hi
+                && (sm.refr_end >= t_lo || {
+                    let v = (sm.m * em_lo - sm.s * es_lo) * n.inv_delta;
+                    // `pos / fs_lo` bounds the bin's positive weights: `w exp((a - base)/tau_s) >=
+                    // w exp((t_lo - base)/tau_s)` for `w > 0`, `a >= t_lo`.
+                    let ib = (sm.s + bin.pos) * es_lo;
+                    v >= n.theta
+                        || (ib > 0.0
+                            && v.max(0.0) + ib * k_h >= n.theta
+                            && may_cross(n, v, ib, dt, v * em_h + ib * k_h, ib * es_h))
+                })
+        };
         // Open every target that may cross in this window (or whose clamp ends in it) and scan it
         // to its first crossing.
         for q in 0..n_out {
-            let sm = &sums[q];
-            if sm.refr_end >= t_hi {
-                continue;
-            }
-            let bin = &bins[row + q];
-            let exact = sm.refr_end >= t_lo || {
-                let v = (sm.m * em_lo - sm.s * es_lo) * n.inv_delta;
-                // `pos / fs_lo` bounds the bin's positive weights: `w exp((a - base)/tau_s) >=
-                // w exp((t_lo - base)/tau_s)` for `w > 0`, `a >= t_lo`.
-                let ib = (sm.s + bin.pos) * es_lo;
-                v >= n.theta
-                    || (ib > 0.0
-                        && v.max(0.0) + ib * k_h >= n.theta
-                        && may_cross(n, v, ib, dt, v * em_h + ib * k_h, ib * es_h))
-            };
-            if !exact {
+            if !must_open(&sums[q], &bins[row + q]) {
                 continue;
             }
             open(n, base, &bins[row + q], (arena, link), &mut lists[q]);
-            committed[q] = state_at(n, sm, t_lo, fm_lo, fs_lo);
+            committed[q] = state_at(n, &sums[q], t_lo, fm_lo, fs_lo);
             touched[q] = true;
             touched_list.push(q as u32);
             let st = &mut scanned[q];
@@ -356,11 +356,21 @@ pub(crate) fn forward(
                 src.pos += 1;
                 let q = syn.target as usize;
                 if !touched[q] {
-                    // A closed target: open it from its state at the window's start.
-                    open(n, base, &bins[row + q], (arena, link), &mut lists[q]);
-                    committed[q] = state_at(n, &sums[q], t_lo, fm_lo, fs_lo);
-                    touched[q] = true;
-                    touched_list.push(q as u32);
+                    // A closed target takes the arrival into its bin, and stays closed while the
+                    // bound with it still rules a crossing out: recurrent delays of 0 (the SHD
+                    // recipe's) would otherwise open every target at every spike.
+                    let rec = Rec { xm: fm_c * syn.wfm, xs: fs_c * syn.wfs, a, target: syn.target, sub: slot as u32 };
+                    arena.push(rec);
+                    add_to_bin(bins, link, &mut counts, &rec, arena.len() - 1, n_out);
+                    if must_open(&sums[q], &bins[row + q]) {
+                        // Opened from its state at the window's start; its list has the arrival.
+                        open(n, base, &bins[row + q], (arena, link), &mut lists[q]);
+                        committed[q] = state_at(n, &sums[q], t_lo, fm_lo, fs_lo);
+                        touched[q] = true;
+                        touched_list.push(q as u32);
+                        dirty.push(q as u32);
+                    }
+                    continue;
                 }
                 let arr = FArr { a, w: rec_t.w[r0 + q], fm: fm_c * rec_t.fm[r0 + q], fs: fs_c * rec_t.fs[r0 + q] };
                 let list = &mut lists[q];
