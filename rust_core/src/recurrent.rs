@@ -403,6 +403,23 @@ pub(crate) fn insertion_sort(v: &mut [FArr]) {
     }
 }
 
+/// Removes the earliest tentative spike of a window from `candidates` and returns it (neuron,
+/// time); ties go to the lower neuron index. It is final: no other spike precedes it, and a spike
+/// only creates arrivals after itself.
+pub(crate) fn take_earliest(candidates: &mut Vec<u32>, crossing: &mut [f64]) -> (usize, f64) {
+    let (mut best, mut best_t) = (0, f64::INFINITY);
+    for (k, &q) in candidates.iter().enumerate() {
+        let tq = crossing[q as usize];
+        if tq < best_t || (tq == best_t && q < candidates[best]) {
+            best = k;
+            best_t = tq;
+        }
+    }
+    let j = candidates.swap_remove(best) as usize;
+    crossing[j] = f64::INFINITY;
+    (j, best_t)
+}
+
 /// Forward pass of one recurrent multi-spike layer for one sample. Appends `(neuron, time)` for
 /// every spike, sorted by neuron then time. Returns `false` if the layer hit `max_spikes`.
 ///
@@ -632,17 +649,7 @@ pub fn recurrent_forward_windowed(
         }
         // Commit the tentative spikes in time order.
         while !candidates.is_empty() {
-            let (mut best, mut best_t) = (0, f64::INFINITY);
-            for (k, &q) in candidates.iter().enumerate() {
-                let tq = crossing[q as usize];
-                if tq < best_t || (tq == best_t && q < candidates[best]) {
-                    best = k;
-                    best_t = tq;
-                }
-            }
-            let j = candidates.swap_remove(best) as usize;
-            let tc = best_t;
-            crossing[j] = f64::INFINITY;
+            let (j, tc) = take_earliest(candidates, crossing);
             if tc > m.t_end {
                 continue;
             }

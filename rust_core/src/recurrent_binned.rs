@@ -41,7 +41,9 @@
 
 use crate::multi::{FArr, MultiNeuron, RecLayer};
 use crate::neuron::Neuron;
-use crate::recurrent::{insertion_sort, next_crossing, scan, window_of, BySyn, RecFactors, RecScratch, State};
+use crate::recurrent::{
+    insertion_sort, next_crossing, scan, take_earliest, window_of, BySyn, RecFactors, RecScratch, State,
+};
 use crate::solver::may_cross;
 use crate::ttfs::In;
 
@@ -311,17 +313,7 @@ pub(crate) fn forward(
         }
         // Commit the tentative spikes in time order.
         while !candidates.is_empty() {
-            let (mut best, mut best_t) = (0, f64::INFINITY);
-            for (k, &q) in candidates.iter().enumerate() {
-                let tq = crossing[q as usize];
-                if tq < best_t || (tq == best_t && q < candidates[best]) {
-                    best = k;
-                    best_t = tq;
-                }
-            }
-            let j = candidates.swap_remove(best) as usize;
-            let tc = best_t;
-            crossing[j] = f64::INFINITY;
+            let (j, tc) = take_earliest(candidates, crossing);
             if tc > m.t_end {
                 continue;
             }
