@@ -219,8 +219,15 @@ class HardwareClient:
             if attempt:
                 self.stats["resends"] += 1
                 self._reconnect()
-            self._sock.send_multipart(message, copy=False)
             deadline = time.monotonic() + wait
+            # A DEALER with no peer (one whose CURVE handshake the daemon refused has none) blocks
+            # a send until one appears: never for longer than the attempt.
+            self._sock.sndtimeo = max(1, int(wait * 1000))
+            try:
+                self._sock.send_multipart(message, copy=False)
+            except zmq.Again:
+                attempt += 1
+                continue
             restarted = False
             while True:
                 left = deadline - time.monotonic()
