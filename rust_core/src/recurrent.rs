@@ -420,6 +420,58 @@ pub(crate) fn take_earliest(candidates: &mut Vec<u32>, crossing: &mut [f64]) -> 
     (j, best_t)
 }
 
+/// Resets a neuron's scanned state at its spike `tc`: `V = 0`, the current carried to `tc`, the
+/// refractory clamp from `tc` on (`ref_factors`: its decays' factors). Returns the spike's factors
+/// `exp((tc - base)/tau)` (0 when the decays are not factored).
+pub(crate) fn reset_at_spike(
+    m: &MultiNeuron,
+    st: &mut State,
+    tc: f64,
+    base: f64,
+    fact: bool,
+    (ref_fm, ref_fs): (f64, f64),
+) -> (f64, f64) {
+    let n = &m.neuron;
+    let (fm_c, fs_c) =
+        if fact { (((tc - base) * n.inv_tau_m).exp(), ((tc - base) * n.inv_tau_s).exp()) } else { (0.0, 0.0) };
+    st.i *= if fact { st.fs / fs_c } else { (-(tc - st.t) * n.inv_tau_s).exp() };
+    st.v = 0.0;
+    st.t = tc;
+    st.fm = fm_c;
+    st.fs = fs_c;
+    st.refr_end = tc + m.t_ref;
+    st.rfm = fm_c * ref_fm;
+    st.rfs = fs_c * ref_fs;
+    (fm_c, fs_c)
+}
+
+/// Rescans the neurons in `dirty` (a spike's own and the targets it hit inside the window) from
+/// their committed states to the window's end `t_hi`, replacing their tentative crossings; empties
+/// `dirty`.
+pub(crate) fn rescan(
+    m: &MultiNeuron,
+    dirty: &mut Vec<u32>,
+    (committed, scanned): (&[State], &mut [State]),
+    lists: &[Vec<FArr>],
+    (crossing, candidates): (&mut [f64], &mut Vec<u32>),
+    (t_hi, end_f, fact): (f64, (f64, f64), bool),
+) {
+    for &q in dirty.iter() {
+        let q = q as usize;
+        if crossing[q] < f64::INFINITY {
+            crossing[q] = f64::INFINITY;
+            candidates.retain(|&x| x as usize != q);
+        }
+        let st = &mut scanned[q];
+        *st = committed[q];
+        if let Some(t2) = scan(m, st, &lists[q], t_hi, end_f, fact) {
+            crossing[q] = t2;
+            candidates.push(q as u32);
+        }
+    }
+    dirty.clear();
+}
+
 /// Forward pass of one recurrent multi-spike layer for one sample. Appends `(neuron, time)` for
 /// every spike, sorted by neuron then time. Returns `false` if the layer hit `max_spikes`.
 ///
@@ -657,18 +709,8 @@ pub fn recurrent_forward_windowed(
                 return false;
             }
             out.push((j as u32, tc));
-            let st = &mut scanned[j];
-            let (fm_c, fs_c) =
-                if fact { (((tc - base) * n.inv_tau_m).exp(), ((tc - base) * n.inv_tau_s).exp()) } else { (0.0, 0.0) };
-            st.i *= if fact { st.fs / fs_c } else { (-(tc - st.t) * n.inv_tau_s).exp() };
-            st.v = 0.0;
-            st.t = tc;
-            st.fm = fm_c;
-            st.fs = fs_c;
-            st.refr_end = tc + m.t_ref;
-            st.rfm = fm_c * ref_fm;
-            st.rfs = fs_c * ref_fs;
-            committed[j] = *st;
+            let (fm_c, fs_c) = reset_at_spike(m, &mut scanned[j], tc, base, fact, (ref_fm, ref_fs));
+            committed[j] = scanned[j];
             dirty.push(j as u32);
             // Fan out; arrivals inside this window join their target's list at once.
             let (um, us) = (fm_c, fs_c);
@@ -707,22 +749,8 @@ pub fn recurrent_forward_windowed(
                     dirty.push(q as u32);
                 }
             }
-            // Rescan the spiking neuron (after its reset) and the targets hit inside the window,
-            // each from its committed state.
-            for &q in dirty.iter() {
-                let q = q as usize;
-                if crossing[q] < f64::INFINITY {
-                    crossing[q] = f64::INFINITY;
-                    candidates.retain(|&x| x as usize != q);
-                }
-                let st = &mut scanned[q];
-                *st = committed[q];
-                if let Some(t2) = scan(m, st, &lists[q], t_hi, end_f, fact) {
-                    crossing[q] = t2;
-                    candidates.push(q as u32);
-                }
-            }
-            dirty.clear();
+            // The spiking neuron (after its reset) and the targets hit inside the window.
+            rescan(m, dirty, (committed, scanned), lists, (crossing, candidates), (t_hi, end_f, fact));
         }
         // The window is final for everyone who took part.
         for &q in touched_list.iter() {

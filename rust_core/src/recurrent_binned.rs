@@ -42,7 +42,8 @@
 use crate::multi::{FArr, MultiNeuron, RecLayer};
 use crate::neuron::Neuron;
 use crate::recurrent::{
-    insertion_sort, next_crossing, scan, take_earliest, window_of, BySyn, RecFactors, RecScratch, State,
+    insertion_sort, next_crossing, rescan, reset_at_spike, scan, take_earliest, window_of, BySyn, RecFactors,
+    RecScratch, State,
 };
 use crate::solver::may_cross;
 use crate::ttfs::In;
@@ -321,17 +322,8 @@ pub(crate) fn forward(
                 return false;
             }
             out.push((j as u32, tc));
-            let (fm_c, fs_c) = (((tc - base) * n.inv_tau_m).exp(), ((tc - base) * n.inv_tau_s).exp());
-            let st = &mut scanned[j];
-            st.i *= st.fs / fs_c;
-            st.v = 0.0;
-            st.t = tc;
-            st.fm = fm_c;
-            st.fs = fs_c;
-            st.refr_end = tc + m.t_ref;
-            st.rfm = fm_c * ref_fm;
-            st.rfs = fs_c * ref_fs;
-            committed[j] = *st;
+            let (fm_c, fs_c) = reset_at_spike(m, &mut scanned[j], tc, base, true, (ref_fm, ref_fs));
+            committed[j] = scanned[j];
             dirty.push(j as u32);
             // Arrivals inside this window join their target's list at once (the synapses come by
             // delay: they are the first ones); the later ones of this epoch go to their bins, the
@@ -380,22 +372,8 @@ pub(crate) fn forward(
             if !emit.run(&mut src, sorted, c, (bins, link, &mut counts, arena)) {
                 open_src.push(src);
             }
-            // Rescan the spiking neuron (after its reset) and the targets hit inside the window,
-            // each from its committed state.
-            for &q in dirty.iter() {
-                let q = q as usize;
-                if crossing[q] < f64::INFINITY {
-                    crossing[q] = f64::INFINITY;
-                    candidates.retain(|&x| x as usize != q);
-                }
-                let st = &mut scanned[q];
-                *st = committed[q];
-                if let Some(t2) = scan(m, st, &lists[q], t_hi, end_f, true) {
-                    crossing[q] = t2;
-                    candidates.push(q as u32);
-                }
-            }
-            dirty.clear();
+            // The spiking neuron (after its reset) and the targets hit inside the window.
+            rescan(m, dirty, (committed, scanned), lists, (crossing, candidates), (t_hi, end_f, true));
         }
         // The window is final: closed targets add their bins, open ones take their scanned state.
         for q in 0..n_out {
