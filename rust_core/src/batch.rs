@@ -81,7 +81,7 @@ impl SpikeSet {
         let input = self.input(select)?;
         let n = input.n_samples();
         let (neurons, times) = (self.table.neuron(), self.table.time());
-        let mut out = Spikes { offsets: Vec::with_capacity(n + 1), neuron: Vec::new(), time: Vec::new() };
+        let mut out = Spikes { offsets: Vec::with_capacity(n + 1), ..Default::default() };
         out.offsets.push(0);
         for s in 0..n {
             for r in input.rows(s) {

@@ -211,8 +211,8 @@ enum Flow {
 }
 
 /// Simulates the target whose synapses are `row..row + w.len()` of the factors (`w` its weights)
-/// on a sample [`prepare`]d in `bs`; appends its spike times to `out`. Returns `false` if
-/// `max_spikes` was reached.
+/// on a sample [`prepare`]d in `bs`; appends its spike times to `out.0` and the current at each
+/// to `out.1`. Returns `false` if `max_spikes` was reached.
 pub(crate) fn simulate_target(
     m: &MultiNeuron,
     f: &DelayFactors,
@@ -220,7 +220,7 @@ pub(crate) fn simulate_target(
     w: &[f64],
     bs: &BinSample,
     work: &mut BinWork,
-    out: &mut Vec<f64>,
+    (out, current): (&mut Vec<f64>, &mut Vec<f64>),
 ) -> bool {
     let n = &m.neuron;
     let g = bs.geometry;
@@ -303,7 +303,7 @@ pub(crate) fn simulate_target(
         }
         insertion_sort(seg);
         let mut st = State { t: t_b, v, i, refr_end };
-        match advance(m, &mut st, seg, t1, out, start) {
+        match advance(m, &mut st, seg, t1, (out, current), start) {
             Flow::Go => {}
             Flow::Done => return true,
             Flow::Full => return false,
@@ -317,7 +317,7 @@ pub(crate) fn simulate_target(
     let v = if refr_end >= t_n { 0.0 } else { (em * sum_m - es * sum_s) * n.inv_delta };
     let mut st = State { t: t_n, v, i: es * sum_s, refr_end };
     // Past the last bin (only when t_end lies beyond the last arrival): free evolution.
-    !matches!(advance(m, &mut st, &[], f64::INFINITY, out, start), Flow::Full)
+    !matches!(advance(m, &mut st, &[], f64::INFINITY, (out, current), start), Flow::Full)
 }
 
 fn insertion_sort(v: &mut [(f64, f64)]) {
@@ -333,9 +333,16 @@ fn insertion_sort(v: &mut [(f64, f64)]) {
 }
 
 /// Advances the exact simulation over the arrivals `arr` (sorted; times before `st.t` act at
-/// `st.t`) to `t_stop` (may be infinite), appending spikes to `out` (`start` is where this
-/// neuron's spikes begin).
-fn advance(m: &MultiNeuron, st: &mut State, arr: &[(f64, f64)], t_stop: f64, out: &mut Vec<f64>, start: usize) -> Flow {
+/// `st.t`) to `t_stop` (may be infinite), appending spikes to `out.0` and their currents to
+/// `out.1` (`start` is where this neuron's spikes begin).
+fn advance(
+    m: &MultiNeuron,
+    st: &mut State,
+    arr: &[(f64, f64)],
+    t_stop: f64,
+    (out, current): (&mut Vec<f64>, &mut Vec<f64>),
+    start: usize,
+) -> Flow {
     let n = &m.neuron;
     let mut k = 0;
     loop {
@@ -393,6 +400,7 @@ fn advance(m: &MultiNeuron, st: &mut State, arr: &[(f64, f64)], t_stop: f64, out
         }
         out.push(ts);
         st.i *= (-s * n.inv_tau_s).exp();
+        current.push(st.i);
         st.v = 0.0;
         st.t = ts;
         st.refr_end = ts + m.t_ref;

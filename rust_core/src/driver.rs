@@ -259,9 +259,11 @@ pub trait Kernel: Sync {
     /// Entries of each of the two per-chunk gradient buffers (weights, per-synapse delays).
     fn grad_len(&self) -> usize;
 
-    /// One sample: appends the layer's output events for `inputs` to the empty `out`. Returns
-    /// `false` when the sample cannot be computed (see [`Kernel::forward_error`]).
-    fn forward(&self, inputs: &[In], out: &mut Vec<In>, scratch: &mut Self::Scratch) -> bool;
+    /// One sample: appends the layer's output events for `inputs` to the empty `out`, and, for a
+    /// kernel that records them, each event's current to the empty `current` (see
+    /// [`Spikes::current`]; left empty otherwise). Returns `false` when the sample cannot be
+    /// computed (see [`Kernel::forward_error`]).
+    fn forward(&self, inputs: &[In], out: &mut Vec<In>, current: &mut Vec<f64>, scratch: &mut Self::Scratch) -> bool;
 
     /// The error for a sample whose `forward` returned `false`.
     fn forward_error(&self, layer: usize, sample: usize) -> Error {
@@ -275,12 +277,14 @@ pub trait Kernel: Sync {
     }
 
     /// One sample: accumulates `dL/dw` and the per-synapse `dL/dd` into `grads.0`, `grads.1`
-    /// (`grad_len` entries each) and `dL/d(input event)` into `grads.2`, given `outputs` and
-    /// `grad_out = dL/d(output event)`.
+    /// (`grad_len` entries each) and `dL/d(input event)` into `grads.2`, given `outputs`, their
+    /// recorded `current`s (empty when not recorded) and `grad_out = dL/d(output event)`.
+    #[allow(clippy::too_many_arguments)]
     fn backward(
         &self,
         inputs: &[In],
         outputs: &[In],
+        current: &[f64],
         grad_out: &[f64],
         grads: (&mut [f64], &mut [f64], &mut [f64]),
         scratch: &mut Self::Scratch,
@@ -302,13 +306,22 @@ pub fn forward<K: Kernel>(
         let mut outs: Vec<Spikes> = kernels.iter().map(|_| Spikes { offsets: vec![0], ..Default::default() }).collect();
         let mut cur: Vec<In> = Vec::new();
         let mut next: Vec<In> = Vec::new();
+        let mut current: Vec<f64> = Vec::new();
         for s in range {
             checkpoint.check()?;
             source.events(s, &mut cur);
             for (l, (kernel, out)) in kernels.iter().zip(outs.iter_mut()).enumerate() {
                 next.clear();
-                if !kernel.forward(&cur, &mut next, &mut scratch) {
+                current.clear();
+                if !kernel.forward(&cur, &mut next, &mut current, &mut scratch) {
                     return Err(kernel.forward_error(l, s));
+                }
+                // A layer's currents are kept only while every sample so far recorded them all.
+                if current.len() == next.len() && out.current.len() == out.time.len() {
+                    out.current.extend_from_slice(&current);
+                } else {
+                    out.current.clear();
+                    out.current.shrink_to_fit();
                 }
                 for &(j, t) in &next {
                     out.neuron.push(j);
@@ -439,7 +452,7 @@ pub fn backward_shards<K: Kernel>(
                     g_in.clear();
                     g_in.resize(inputs.len(), 0.0);
                     let grads = (&mut part.gw[l][..], &mut part.gd[l][..], &mut g_in[..]);
-                    kernels[l].backward(&inputs, &outs, &g_cur, grads, &mut scratch);
+                    kernels[l].backward(&inputs, &outs, outputs[l].current_of(s), &g_cur, grads, &mut scratch);
                     std::mem::swap(&mut g_cur, &mut g_in);
                 }
                 part.gin.extend(rows.iter().copied().zip(g_cur.iter().copied()));

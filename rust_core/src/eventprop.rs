@@ -126,13 +126,15 @@ impl Coef {
 
 /// Backward pass of one feed-forward multi-spike layer for one sample.
 ///
-/// `outputs` are the layer's spikes sorted by neuron then time, `gout[k] = dL/dt` of
-/// `outputs[k]`. Accumulates `dL/dw` and the per-synapse `dL/dd` (`(n_out, n_in)` row-major) and
+/// `outputs` are the layer's spikes sorted by neuron then time, `current` their currents as the
+/// forward pass recorded them (see [`crate::Spikes::current`]; empty when not recorded), and
+/// `gout[k] = dL/dt` of `outputs[k]`. Accumulates `dL/dw` and the per-synapse `dL/dd` (`(n_out, n_in)` row-major) and
 /// `dL/dt` of each input spike into `grads`.
 ///
 /// Each target is independent and needs no sorted arrivals (see [`crate::adjoint`]): one pass over
-/// its arrivals sums the currents at its own events, a sweep over those events gives the adjoint's
-/// jumps, and a second pass evaluates every arrival's gradient in closed form. Targets are taken
+/// its arrivals sums the currents at its own events (unless they were recorded), a sweep over
+/// those events gives the adjoint's jumps, and a second pass evaluates every arrival's gradient in
+/// closed form. Targets are taken
 /// in blocks of [`TARGET_BLOCK`] (see there).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_backward(
@@ -140,6 +142,7 @@ pub fn layer_backward(
     layer: &LayerRef,
     inputs: &[In],
     outputs: &[In],
+    current: &[f64],
     gout: &[f64],
     factors: Option<&DelayFactors>,
     grads: (&mut [f64], &mut [f64], &mut [f64]),
@@ -155,7 +158,7 @@ pub fn layer_backward(
         let targets = b..(b + TARGET_BLOCK).min(layer.n_out);
         let rows = targets.start * layer.n_in..targets.end * layer.n_in;
         let grads = (&mut gw[rows.clone()], &mut gd[rows]);
-        backward_block(m, layer, inputs, outputs, gout, factors, tables, targets, grads, work);
+        backward_block(m, layer, (inputs, outputs, current), gout, factors, tables, targets, grads, work);
         add_gin(tables, &work.gsrc[..inputs.len()], gin);
     }
 }
@@ -170,6 +173,7 @@ pub fn layer_backward_parallel(
     layer: &LayerRef,
     inputs: &[In],
     outputs: &[In],
+    current: &[f64],
     gout: &[f64],
     factors: Option<&DelayFactors>,
     grads: (&mut [f64], &mut [f64], &mut [f64]),
@@ -192,7 +196,7 @@ pub fn layer_backward_parallel(
         .map(|(k, (gw, gd))| {
             let targets = k * TARGET_BLOCK..((k + 1) * TARGET_BLOCK).min(layer.n_out);
             let mut work = Work::default();
-            backward_block(m, layer, inputs, outputs, gout, factors, tables, targets, (gw, gd), &mut work);
+            backward_block(m, layer, (inputs, outputs, current), gout, factors, tables, targets, (gw, gd), &mut work);
             work.gsrc.truncate(inputs.len());
             work.gsrc
         })
@@ -212,6 +216,7 @@ pub fn layer_backward_targets(
     layer: &LayerRef,
     inputs: &[In],
     outputs: &[In],
+    current: &[f64],
     gout: &[f64],
     factors: Option<&DelayFactors>,
     targets: std::ops::Range<usize>,
@@ -226,7 +231,7 @@ pub fn layer_backward_targets(
     let factors = prepare_sample(m, layer, inputs, outputs, factors, tables);
     let rows = targets.start * layer.n_in..targets.end * layer.n_in;
     let grads = (&mut gw[rows.clone()], &mut gd[rows]);
-    backward_block(m, layer, inputs, outputs, gout, factors, tables, targets, grads, work);
+    backward_block(m, layer, (inputs, outputs, current), gout, factors, tables, targets, grads, work);
     add_gin(tables, &work.gsrc[..inputs.len()], gin);
 }
 
@@ -274,8 +279,7 @@ fn add_gin(tables: &SampleTables, gsrc: &[f64], gin: &mut [f64]) {
 fn backward_block(
     m: &MultiNeuron,
     layer: &LayerRef,
-    inputs: &[In],
-    outputs: &[In],
+    (inputs, outputs, current): (&[In], &[In], &[f64]),
     gout: &[f64],
     factors: Option<&DelayFactors>,
     tables: &SampleTables,
@@ -313,7 +317,10 @@ fn backward_block(
         let (gw, gd) = (&mut gw[rel..rel + layer.n_in], &mut gd[rel..rel + layer.n_in]);
         if let (Some(f), true) = (factors, by_channel) {
             let w = &layer.weights[row..row + layer.n_in];
-            target_factored(m, &tables.by_channel, f, row, w, own, gsrc, (gw, gd), arrivals);
+            // Without a refractory time the own events are the spikes, whose currents the forward
+            // pass may have recorded.
+            let recorded = (current.len() == outputs.len() && m.t_ref == 0.0).then(|| &current[start..k]);
+            target_factored(m, &tables.by_channel, f, row, w, own, recorded, gsrc, (gw, gd), arrivals);
             continue;
         }
         let w = &layer.weights[row..row + layer.n_in];
@@ -387,10 +394,10 @@ fn backward_block(
 
 /// One target of [`layer_backward_targets`] on the factored path with a kernel of the difference
 /// form, synapse by synapse over the inputs grouped by channel (`bc`; `gsrc` in that order): the
-/// own events' currents from per-interval sums of `w x_s`, the adjoint sweep, then every
-/// arrival's gradient as a linear form of its factors ([`Coef`]): per arrival a grid look-up of
-/// its interval and a handful of multiply-adds, no `exp`; a synapse's gradients are summed in
-/// registers.
+/// own events' currents (`recorded` by the forward pass, else per-interval sums of `w x_s` over
+/// the arrivals), the adjoint sweep, then every arrival's gradient as a linear form of its factors
+/// ([`Coef`]): per arrival a grid look-up of its interval and a handful of multiply-adds, no
+/// `exp`; a synapse's gradients are summed in registers.
 #[allow(clippy::too_many_arguments)]
 fn target_factored(
     m: &MultiNeuron,
@@ -399,11 +406,12 @@ fn target_factored(
     row: usize,
     w: &[f64],
     own: &mut Own,
+    recorded: Option<&[f64]>,
     gsrc: &mut [f64],
     (gw, gd): (&mut [f64], &mut [f64]),
     bufs: &mut ArrivalBufs,
 ) {
-    let ArrivalBufs { slot, grid, ev_pad, lanes, coef } = bufs;
+    let ArrivalBufs { grid, ev_pad, lanes, coef, .. } = bufs;
     let n = &m.neuron;
     let n_in = w.len();
     let (d, fm, fs, wfs) =
@@ -425,62 +433,68 @@ fn target_factored(
     for c in 0..=cells {
         grid[c + 1] += grid[c];
     }
-    let ev = &own.time[..];
     ev_pad.clear();
-    ev_pad.extend_from_slice(ev);
+    ev_pad.extend_from_slice(&own.time);
     ev_pad.push(f64::INFINITY);
-    // Pass 1: the index of each arrival's interval, and per interval the sum of `w x_s`, in four
-    // lanes taken in turn (a neuron with few events puts most arrivals in one interval, and a
-    // single sum would chain every arrival's addition to the previous one's).
-    lanes.clear();
-    lanes.resize(n_ev, [0.0; 4]);
-    let mut lane = 0;
-    for i in 0..n_in {
-        let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
-        let (di, wfs_i) = (d[i], wfs[i]);
-        let spikes = bc.time[first..end].iter().zip(&bc.us[first..end]);
-        for ((&t, &us), slot) in spikes.zip(&mut slot[first..end]) {
-            let a = t + di;
-            if a >= last {
-                // So do this channel's later arrivals (times ascend within a channel).
-                *slot = n_ev as u32;
-                break;
+    let (grid, ev_pad) = (&*grid, &*ev_pad);
+    // The first event after `a`, for `a` before the last event.
+    let interval = |a: f64| {
+        let c = cell(a);
+        let (g0, g_end) = (grid[c] as usize, grid[c + 1] as usize);
+        // Most cells hold no event and a few one: a comparison without a branch (`ev_pad` ends
+        // in +inf, and the event after a cell lies after the arrival); the rare cell with
+        // several events takes the loop.
+        let mut g = g0 + (ev_pad[g0] <= a) as usize;
+        if g_end > g0 + 1 {
+            while g < g_end && ev_pad[g] <= a {
+                g += 1;
             }
-            let c = cell(a);
-            let (g0, g_end) = (grid[c] as usize, grid[c + 1] as usize);
-            // Most cells hold no event and a few one: a comparison without a branch (`ev_pad`
-            // ends in +inf, and the event after a cell lies after the arrival); the rare cell
-            // with several events takes the loop.
-            let mut g = g0 + (ev_pad[g0] <= a) as usize;
-            if g_end > g0 + 1 {
-                while g < g_end && ev[g] <= a {
-                    g += 1;
+        }
+        g
+    };
+    match recorded {
+        Some(current) => own.cur[..n_ev].copy_from_slice(current),
+        None => {
+            // Per interval the sum of `w x_s`, in four lanes taken in turn (a neuron with few
+            // events puts most arrivals in one interval, and a single sum would chain every
+            // arrival's addition to the previous one's).
+            lanes.clear();
+            lanes.resize(n_ev, [0.0; 4]);
+            let mut lane = 0;
+            for i in 0..n_in {
+                let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
+                let (di, wfs_i) = (d[i], wfs[i]);
+                for (&t, &us) in bc.time[first..end].iter().zip(&bc.us[first..end]) {
+                    let a = t + di;
+                    if a >= last {
+                        // So do this channel's later arrivals (times ascend within a channel).
+                        break;
+                    }
+                    lanes[interval(a)][lane & 3] += us * wfs_i;
+                    lane += 1;
                 }
             }
-            *slot = g as u32;
-            lanes[g][lane & 3] += us * wfs_i;
-            lane += 1;
+            for ((c, l), x) in own.cur[..n_ev].iter_mut().zip(lanes.iter()).zip(&own.inv_fs) {
+                *c = ((l[0] + l[1]) + (l[2] + l[3])) * x;
+            }
+            own.currents(m, 0);
         }
     }
-    for ((c, l), x) in own.cur[..n_ev].iter_mut().zip(lanes.iter()).zip(&own.inv_fs) {
-        *c = ((l[0] + l[1]) + (l[2] + l[3])) * x;
-    }
-    own.currents(m, 0);
     own.sweep(m, 0, gsrc);
     coef.clear();
     coef.extend((0..n_ev).map(|g| Coef::at(n, own, g)));
-    // Pass 2: every arrival's gradient.
+    // Every arrival's gradient.
     for i in 0..n_in {
         let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
-        let (fm_i, fs_i, w_i) = (fm[i], fs[i], w[i]);
+        let (di, fm_i, fs_i, w_i) = (d[i], fm[i], fs[i], w[i]);
         let (mut acc_w, mut acc_d) = (0.0, 0.0);
-        let spikes = slot[first..end].iter().zip(bc.um[first..end].iter().zip(&bc.us[first..end]));
-        for ((&g, (&um, &us)), gsrc) in spikes.zip(&mut gsrc[first..end]) {
-            let g = g as usize;
-            if g >= n_ev {
+        let spikes = bc.time[first..end].iter().zip(bc.um[first..end].iter().zip(&bc.us[first..end]));
+        for ((&t, (&um, &us)), gsrc) in spikes.zip(&mut gsrc[first..end]) {
+            let a = t + di;
+            if a >= last {
                 break;
             }
-            let c = coef[g];
+            let c = coef[interval(a)];
             let (xm, xs) = (um * fm_i, us * fs_i);
             acc_w += c.q * xm + c.r * xs;
             let ga = w_i * (c.u * xm + c.v * xs);
@@ -505,9 +519,10 @@ pub fn recurrent_backward(
     layer: &RecLayer,
     inputs: &[In],
     outputs: &[In],
+    current: &[f64],
     gout: &[f64],
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     _scratch: &mut Scratch,
 ) {
-    crate::recurrent::recurrent_backward(m, layer, inputs, outputs, gout, grads)
+    crate::recurrent::recurrent_backward(m, layer, inputs, outputs, current, gout, grads)
 }

@@ -307,12 +307,18 @@ pub struct FArr {
 /// spike times to `out`. Returns `false` if `max_spikes` was reached (the output is truncated).
 pub fn simulate(m: &MultiNeuron, arrivals: &[(f64, f64)], out: &mut Vec<f64>) -> bool {
     let arr: Vec<FArr> = arrivals.iter().map(|&(a, w)| FArr { a, w, fm: f64::NAN, fs: f64::NAN }).collect();
-    simulate_arr(m, &arr, false, out)
+    simulate_arr(m, &arr, false, out, &mut Vec::new())
 }
 
 /// [`simulate`] on [`FArr`] records; with `factored`, the decays between consecutive arrivals
-/// come from the records' factors.
-pub fn simulate_arr(m: &MultiNeuron, arrivals: &[FArr], factored: bool, out: &mut Vec<f64>) -> bool {
+/// come from the records' factors. Appends the current `I(t^-)` at each spike to `current`.
+pub fn simulate_arr(
+    m: &MultiNeuron,
+    arrivals: &[FArr],
+    factored: bool,
+    out: &mut Vec<f64>,
+    current: &mut Vec<f64>,
+) -> bool {
     let n = &m.neuron;
     if arrivals.is_empty() {
         return true;
@@ -400,6 +406,7 @@ pub fn simulate_arr(m: &MultiNeuron, arrivals: &[FArr], factored: bool, out: &mu
                 }
                 out.push(ts);
                 i *= (-s * n.inv_tau_s).exp();
+                current.push(i);
                 v = 0.0;
                 t = ts;
                 refr_end = ts + m.t_ref;
@@ -495,7 +502,7 @@ pub struct Scratch {
 }
 
 /// Forward pass of one feed-forward multi-spike layer for one sample. Appends `(neuron, time)`
-/// for every output spike, sorted by neuron then time. `factors` (from [`delay_factors`], once
+/// for every output spike, sorted by neuron then time, and its current `I(t^-)` to `current`. `factors` (from [`delay_factors`], once
 /// per batch) make the scan exp-free between arrivals. Returns `false` if a neuron hit
 /// `max_spikes`.
 pub fn layer_forward(
@@ -503,10 +510,10 @@ pub fn layer_forward(
     layer: &LayerRef,
     inputs: &[In],
     factors: Option<&DelayFactors>,
-    out: &mut Vec<In>,
+    (out, current): (&mut Vec<In>, &mut Vec<f64>),
     scratch: &mut Scratch,
 ) -> bool {
-    layer_forward_targets(m, layer, inputs, factors, 0..layer.n_out, out, scratch)
+    layer_forward_targets(m, layer, inputs, factors, 0..layer.n_out, (out, current), scratch)
 }
 
 /// [`layer_forward`] for the targets in `targets` only. Targets are independent, so disjoint
@@ -519,7 +526,7 @@ pub fn layer_forward_targets(
     inputs: &[In],
     factors: Option<&DelayFactors>,
     targets: std::ops::Range<usize>,
-    out: &mut Vec<In>,
+    (out, current): (&mut Vec<In>, &mut Vec<f64>),
     scratch: &mut Scratch,
 ) -> bool {
     let Scratch { arrivals, sort, times, um, us, sample, work } = scratch;
@@ -530,7 +537,7 @@ pub fn layer_forward_targets(
     let factors = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
     let (lo, hi) = time_range(inputs, layer);
     if let Some(f) = factors.filter(|_| crate::binned::prepare(m, inputs, um, us, layer.n_in, lo, hi, sample)) {
-        return binned_targets(m, layer, f, targets, sample, work, times, out);
+        return binned_targets(m, layer, f, targets, sample, work, times, (out, current));
     }
     for j in targets {
         let row = j * layer.n_in;
@@ -562,7 +569,7 @@ pub fn layer_forward_targets(
             }
         }
         times.clear();
-        ok &= simulate_arr(m, arrivals, factors.is_some(), times);
+        ok &= simulate_arr(m, arrivals, factors.is_some(), times, current);
         out.extend(times.iter().map(|&t| (j as u32, t)));
     }
     ok
@@ -578,13 +585,14 @@ fn binned_targets(
     sample: &BinSample,
     work: &mut BinWork,
     times: &mut Vec<f64>,
-    out: &mut Vec<In>,
+    (out, current): (&mut Vec<In>, &mut Vec<f64>),
 ) -> bool {
     let mut ok = true;
     for j in targets {
         let row = j * layer.n_in;
         times.clear();
-        ok &= crate::binned::simulate_target(m, f, row, &layer.weights[row..row + layer.n_in], sample, work, times);
+        let w = &layer.weights[row..row + layer.n_in];
+        ok &= crate::binned::simulate_target(m, f, row, w, sample, work, (times, current));
         out.extend(times.iter().map(|&t| (j as u32, t)));
     }
     ok
@@ -606,7 +614,7 @@ pub fn layer_forward_parallel(
     inputs: &[In],
     factors: Option<&DelayFactors>,
     parts: usize,
-    out: &mut Vec<In>,
+    (out, current): (&mut Vec<In>, &mut Vec<f64>),
     scratch: &mut Scratch,
 ) -> bool {
     use rayon::prelude::*;
@@ -617,32 +625,44 @@ pub fn layer_forward_parallel(
     let Scratch { um, us, sample, .. } = scratch;
     let factored = factors.filter(|f| spike_factors(&m.neuron, inputs, f.max_delay, um, us));
     let (lo, hi) = time_range(inputs, layer);
-    let parts: Vec<(bool, Vec<In>)> =
-        match factored.filter(|_| crate::binned::prepare(m, inputs, um, us, layer.n_in, lo, hi, sample)) {
-            Some(f) => {
-                let sample = &*sample;
-                ranges
-                    .into_par_iter()
-                    .map(|r| {
-                        let (mut work, mut times, mut part) = (BinWork::default(), Vec::new(), Vec::new());
-                        let ok = binned_targets(m, layer, f, r, sample, &mut work, &mut times, &mut part);
-                        (ok, part)
-                    })
-                    .collect()
-            }
-            None => ranges
+    let parts: Vec<(bool, Vec<In>, Vec<f64>)> = match factored
+        .filter(|_| crate::binned::prepare(m, inputs, um, us, layer.n_in, lo, hi, sample))
+    {
+        Some(f) => {
+            let sample = &*sample;
+            ranges
                 .into_par_iter()
                 .map(|r| {
-                    let mut part = Vec::new();
-                    let ok = layer_forward_targets(m, layer, inputs, factors, r, &mut part, &mut Scratch::default());
-                    (ok, part)
+                    let (mut work, mut times) = (BinWork::default(), Vec::new());
+                    let (mut part, mut part_current) = (Vec::new(), Vec::new());
+                    let ok =
+                        binned_targets(m, layer, f, r, sample, &mut work, &mut times, (&mut part, &mut part_current));
+                    (ok, part, part_current)
                 })
-                .collect(),
-        };
+                .collect()
+        }
+        None => ranges
+            .into_par_iter()
+            .map(|r| {
+                let (mut part, mut part_current) = (Vec::new(), Vec::new());
+                let ok = layer_forward_targets(
+                    m,
+                    layer,
+                    inputs,
+                    factors,
+                    r,
+                    (&mut part, &mut part_current),
+                    &mut Scratch::default(),
+                );
+                (ok, part, part_current)
+            })
+            .collect(),
+    };
     let mut ok = true;
-    for (part_ok, part) in parts {
+    for (part_ok, part, part_current) in parts {
         ok &= part_ok;
         out.extend_from_slice(&part);
+        current.extend_from_slice(&part_current);
     }
     ok
 }
@@ -668,10 +688,10 @@ pub struct RecLayer<'a> {
 }
 
 /// Forward pass of one recurrent multi-spike layer for one sample. Appends `(neuron, time)` for
-/// every spike, sorted by neuron then time. Returns `false` if the layer hit `max_spikes`.
+/// every spike, sorted by neuron then time, and its current `I(t^-)` to `out.1`. Returns `false` if the layer hit `max_spikes`.
 /// See [`crate::recurrent`] (time windows with per-target pending arrivals); this entry point
 /// computes the layer's factors on every call, [`crate::recurrent::recurrent_forward_with`] takes
 /// them precomputed.
-pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: &mut Vec<In>) -> bool {
+pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: (&mut Vec<In>, &mut Vec<f64>)) -> bool {
     crate::recurrent::recurrent_forward(m, layer, inputs, out)
 }

@@ -148,8 +148,9 @@ impl Kernel for MultiKernel<'_> {
         ff.n_out * ff.n_in + rec.map_or(0, |r| r.n_out * r.n_in)
     }
 
-    fn forward(&self, inputs: &[In], out: &mut Vec<In>, scratch: &mut MultiScratch) -> bool {
+    fn forward(&self, inputs: &[In], out: &mut Vec<In>, current: &mut Vec<f64>, scratch: &mut MultiScratch) -> bool {
         let m = &self.neuron;
+        let out = (out, current);
         match &self.layer.rec {
             None if self.target_parts > 1 => multi::layer_forward_parallel(
                 m,
@@ -179,6 +180,7 @@ impl Kernel for MultiKernel<'_> {
         &self,
         inputs: &[In],
         outputs: &[In],
+        current: &[f64],
         grad_out: &[f64],
         grads: (&mut [f64], &mut [f64], &mut [f64]),
         scratch: &mut MultiScratch,
@@ -191,19 +193,29 @@ impl Kernel for MultiKernel<'_> {
                 ff,
                 inputs,
                 outputs,
+                current,
                 grad_out,
                 Some(self.factors.as_ref()),
                 grads,
                 scratch,
             ),
-            None => {
-                eventprop::layer_backward(m, ff, inputs, outputs, grad_out, Some(self.factors.as_ref()), grads, scratch)
-            }
+            None => eventprop::layer_backward(
+                m,
+                ff,
+                inputs,
+                outputs,
+                current,
+                grad_out,
+                Some(self.factors.as_ref()),
+                grads,
+                scratch,
+            ),
             Some(rec) => eventprop::recurrent_backward(
                 m,
                 &RecLayer { ff: *ff, rec: *rec },
                 inputs,
                 outputs,
+                current,
                 grad_out,
                 grads,
                 scratch,

@@ -52,7 +52,7 @@ impl Kernel for TtfsKernel<'_> {
         self.layer.n_out * self.layer.n_in
     }
 
-    fn forward(&self, inputs: &[In], out: &mut Vec<In>, scratch: &mut Scratch) -> bool {
+    fn forward(&self, inputs: &[In], out: &mut Vec<In>, _current: &mut Vec<f64>, scratch: &mut Scratch) -> bool {
         ttfs::layer_forward(&self.neuron, &self.layer, inputs, &self.prepared, out, scratch);
         true
     }
@@ -61,6 +61,7 @@ impl Kernel for TtfsKernel<'_> {
         &self,
         inputs: &[In],
         outputs: &[In],
+        _current: &[f64],
         grad_out: &[f64],
         grads: (&mut [f64], &mut [f64], &mut [f64]),
         scratch: &mut Scratch,

@@ -402,7 +402,7 @@ impl Kernel for ReadoutKernel<'_> {
         self.readout.layer.n_out * self.readout.layer.n_in
     }
 
-    fn forward(&self, inputs: &[In], out: &mut Vec<In>, scratch: &mut KernelScratch) -> bool {
+    fn forward(&self, inputs: &[In], out: &mut Vec<In>, _current: &mut Vec<f64>, scratch: &mut KernelScratch) -> bool {
         let KernelScratch { scratch, values } = scratch;
         values.clear();
         values.resize(self.readout.layer.n_out, 0.0);
@@ -420,6 +420,7 @@ impl Kernel for ReadoutKernel<'_> {
         &self,
         inputs: &[In],
         _outputs: &[In],
+        _current: &[f64],
         grad_out: &[f64],
         grads: (&mut [f64], &mut [f64], &mut [f64]),
         scratch: &mut KernelScratch,

@@ -403,6 +403,16 @@ pub(crate) fn insertion_sort(v: &mut [FArr]) {
     }
 }
 
+/// Sorts a layer's spikes (emitted in time order) by neuron then time, their currents alongside.
+pub(crate) fn sort_by_neuron(out: &mut [In], current: &mut [f64]) {
+    let mut rows: Vec<(u32, f64, f64)> = out.iter().zip(current.iter()).map(|(&(j, t), &c)| (j, t, c)).collect();
+    rows.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    for ((o, c), (j, t, i)) in out.iter_mut().zip(current.iter_mut()).zip(rows) {
+        *o = (j, t);
+        *c = i;
+    }
+}
+
 /// Removes the earliest tentative spike of a window from `candidates` and returns it (neuron,
 /// time); ties go to the lower neuron index. It is final: no other spike precedes it, and a spike
 /// only creates arrivals after itself.
@@ -477,7 +487,7 @@ pub(crate) fn rescan(
 ///
 /// Keeps the layer's [`RecFactors`] and its buffers per thread (recomputing the factors when the
 /// parameters change); [`recurrent_forward_with`] takes both from the caller.
-pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: &mut Vec<In>) -> bool {
+pub fn recurrent_forward(m: &MultiNeuron, layer: &RecLayer, inputs: &[In], out: (&mut Vec<In>, &mut Vec<f64>)) -> bool {
     if inputs.is_empty() {
         return true;
     }
@@ -494,14 +504,14 @@ pub fn recurrent_forward_with(
     layer: &RecLayer,
     inputs: &[In],
     factors: &RecFactors,
-    out: &mut Vec<In>,
+    (out, current): (&mut Vec<In>, &mut Vec<f64>),
     scratch: &mut RecScratch,
 ) -> bool {
     if inputs.is_empty() || layer.ff.n_out == 0 {
         return true;
     }
-    recurrent_forward_binned(m, layer, inputs, factors, out, scratch)
-        .unwrap_or_else(|| recurrent_forward_windowed(m, layer, inputs, factors, out, scratch))
+    recurrent_forward_binned(m, layer, inputs, factors, (out, current), scratch)
+        .unwrap_or_else(|| recurrent_forward_windowed(m, layer, inputs, factors, (out, current), scratch))
 }
 
 /// The binned recurrent forward pass ([`crate::recurrent_binned`]), or `None` (and no output)
@@ -513,14 +523,14 @@ pub fn recurrent_forward_binned(
     layer: &RecLayer,
     inputs: &[In],
     factors: &RecFactors,
-    out: &mut Vec<In>,
+    (out, current): (&mut Vec<In>, &mut Vec<f64>),
     scratch: &mut RecScratch,
 ) -> Option<bool> {
     if inputs.is_empty() || layer.ff.n_out == 0 {
         return Some(true);
     }
     crate::recurrent_binned::applies(m, factors, layer.ff.n_out)
-        .then(|| crate::recurrent_binned::forward(m, layer, inputs, factors, out, scratch))
+        .then(|| crate::recurrent_binned::forward(m, layer, inputs, factors, (out, current), scratch))
 }
 
 /// The recurrent forward pass with every arrival scanned one by one in its window (no bins): the
@@ -531,7 +541,7 @@ pub fn recurrent_forward_windowed(
     layer: &RecLayer,
     inputs: &[In],
     factors: &RecFactors,
-    out: &mut Vec<In>,
+    (out, current): (&mut Vec<In>, &mut Vec<f64>),
     scratch: &mut RecScratch,
 ) -> bool {
     let n = &m.neuron;
@@ -710,6 +720,7 @@ pub fn recurrent_forward_windowed(
             }
             out.push((j as u32, tc));
             let (fm_c, fs_c) = reset_at_spike(m, &mut scanned[j], tc, base, fact, (ref_fm, ref_fs));
+            current.push(scanned[j].i);
             committed[j] = scanned[j];
             dirty.push(j as u32);
             // Fan out; arrivals inside this window join their target's list at once.
@@ -763,7 +774,7 @@ pub fn recurrent_forward_windowed(
         touched_list.clear();
         c += 1;
     }
-    out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    sort_by_neuron(&mut out[start..], &mut current[start..]);
     true
 }
 
@@ -780,12 +791,13 @@ pub fn recurrent_backward_with(
     layer: &RecLayer,
     inputs: &[In],
     outputs: &[In],
+    current: &[f64],
     gout: &[f64],
     factors: &RecFactors,
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut RecScratch,
 ) {
-    backward_impl(m, layer, inputs, outputs, gout, factors, grads, scratch, Path::Any);
+    backward_impl(m, layer, (inputs, outputs, current), gout, factors, grads, scratch, Path::Any);
 }
 
 /// [`recurrent_backward_with`] on the linear forms only: `false` (and no gradient) when the sample
@@ -796,12 +808,13 @@ pub fn recurrent_backward_linear(
     layer: &RecLayer,
     inputs: &[In],
     outputs: &[In],
+    current: &[f64],
     gout: &[f64],
     factors: &RecFactors,
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut RecScratch,
 ) -> bool {
-    backward_impl(m, layer, inputs, outputs, gout, factors, grads, scratch, Path::Linear)
+    backward_impl(m, layer, (inputs, outputs, current), gout, factors, grads, scratch, Path::Linear)
 }
 
 /// The recurrent backward pass with every arrival's adjoint evaluated on its own (decays from
@@ -813,12 +826,13 @@ pub fn recurrent_backward_per_arrival(
     layer: &RecLayer,
     inputs: &[In],
     outputs: &[In],
+    current: &[f64],
     gout: &[f64],
     factors: &RecFactors,
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut RecScratch,
 ) {
-    backward_impl(m, layer, inputs, outputs, gout, factors, grads, scratch, Path::PerArrival);
+    backward_impl(m, layer, (inputs, outputs, current), gout, factors, grads, scratch, Path::PerArrival);
 }
 
 /// Which backward path to take.
@@ -834,8 +848,7 @@ enum Path {
 fn backward_impl(
     m: &MultiNeuron,
     layer: &RecLayer,
-    inputs: &[In],
-    outputs: &[In],
+    (inputs, outputs, current): (&[In], &[In], &[f64]),
     gout: &[f64],
     factors: &RecFactors,
     grads: (&mut [f64], &mut [f64], &mut [f64]),
@@ -884,54 +897,64 @@ fn backward_impl(
     gsrc.clear();
     gsrc.resize(n_in_spikes, 0.0);
     gsrc.extend_from_slice(gout);
+    // Without a refractory time the own events are the spikes (in the outputs' order), whose
+    // currents the forward pass may have recorded.
+    let recorded = (current.len() == outputs.len() && m.t_ref == 0.0).then_some(current);
     let linear = crate::recurrent_linear::applies(m, fact);
     if linear && path != Path::PerArrival {
-        crate::recurrent_linear::backward(m, layer, inputs, outputs, factors, (gw, gd, gin), scratch);
+        crate::recurrent_linear::backward(m, layer, inputs, (outputs, recorded), factors, (gw, gd, gin), scratch);
         return true;
     }
     if path == Path::Linear {
         return false;
     }
 
-    // Currents at every own event: feed-forward arrivals target by target, recurrent ones spike
-    // by spike.
-    for j in 0..n_out {
-        let end = own.off[j + 1];
-        if own.off[j] == end {
-            continue;
-        }
-        let row = j * ff.n_in;
-        for (r, &(i, t)) in inputs.iter().enumerate() {
-            let i = i as usize;
-            let a = t + ff.delay(j, i);
-            let g = own.interval(j, a);
-            if g < end {
-                let es = if fact {
-                    us[r] * factors.ff.fs[row + i] * own.inv_fs[g]
-                } else {
-                    (-(own.time[g] - a) * n.inv_tau_s).exp()
-                };
-                own.cur[g] += ff.weights[row + i] * es;
+    // Currents at every own event: recorded, or summed over the feed-forward arrivals target by
+    // target and the recurrent ones spike by spike.
+    match recorded {
+        Some(current) => own.cur[..current.len()].copy_from_slice(current),
+        None => {
+            let rec_t = &factors.rec_t;
+            for j in 0..n_out {
+                let end = own.off[j + 1];
+                if own.off[j] == end {
+                    continue;
+                }
+                let row = j * ff.n_in;
+                for (r, &(i, t)) in inputs.iter().enumerate() {
+                    let i = i as usize;
+                    let a = t + ff.delay(j, i);
+                    let g = own.interval(j, a);
+                    if g < end {
+                        let es = if fact {
+                            us[r] * factors.ff.fs[row + i] * own.inv_fs[g]
+                        } else {
+                            (-(own.time[g] - a) * n.inv_tau_s).exp()
+                        };
+                        own.cur[g] += ff.weights[row + i] * es;
+                    }
+                }
+            }
+            for (q, &(i, t)) in outputs.iter().enumerate() {
+                let r = rec_t.row(i as usize);
+                let (w, d, fs) = (&rec_t.w[r.clone()], &rec_t.d[r.clone()], &rec_t.fs[r]);
+                for p in 0..n_out {
+                    let a = t + d[p];
+                    let g = own.interval(p, a);
+                    if g < own.off[p + 1] {
+                        let es =
+                            if fact { hs[q] * fs[p] * own.inv_fs[g] } else { (-(own.time[g] - a) * n.inv_tau_s).exp() };
+                        own.cur[g] += w[p] * es;
+                    }
+                }
+            }
+            for j in 0..n_out {
+                own.currents(m, j);
             }
         }
-    }
-    let rec_t = &factors.rec_t;
-    for (q, &(i, t)) in outputs.iter().enumerate() {
-        let r = rec_t.row(i as usize);
-        let (w, d, fs) = (&rec_t.w[r.clone()], &rec_t.d[r.clone()], &rec_t.fs[r]);
-        for p in 0..n_out {
-            let a = t + d[p];
-            let g = own.interval(p, a);
-            if g < own.off[p + 1] {
-                let es = if fact { hs[q] * fs[p] * own.inv_fs[g] } else { (-(own.time[g] - a) * n.inv_tau_s).exp() };
-                own.cur[g] += w[p] * es;
-            }
-        }
-    }
-    for j in 0..n_out {
-        own.currents(m, j);
     }
 
+    let rec_t = &factors.rec_t;
     // All own events in reverse time order; each spike pulls its recurrent arrivals' adjoints.
     owner.clear();
     for j in 0..n_out {
@@ -1018,6 +1041,7 @@ pub fn recurrent_backward(
     layer: &RecLayer,
     inputs: &[In],
     outputs: &[In],
+    current: &[f64],
     gout: &[f64],
     grads: (&mut [f64], &mut [f64], &mut [f64]),
 ) {
@@ -1025,6 +1049,8 @@ pub fn recurrent_backward(
         return;
     }
     with_factors(&m.neuron, layer, |factors| {
-        SCRATCH.with(|s| recurrent_backward_with(m, layer, inputs, outputs, gout, factors, grads, &mut s.borrow_mut()))
+        SCRATCH.with(|s| {
+            recurrent_backward_with(m, layer, inputs, outputs, current, gout, factors, grads, &mut s.borrow_mut())
+        })
     })
 }

@@ -42,8 +42,8 @@
 use crate::multi::{FArr, MultiNeuron, RecLayer};
 use crate::neuron::Neuron;
 use crate::recurrent::{
-    insertion_sort, next_crossing, rescan, reset_at_spike, scan, take_earliest, window_of, BySyn, RecFactors,
-    RecScratch, State,
+    insertion_sort, next_crossing, rescan, reset_at_spike, scan, sort_by_neuron, take_earliest, window_of, BySyn,
+    RecFactors, RecScratch, State,
 };
 use crate::solver::may_cross;
 use crate::ttfs::In;
@@ -111,7 +111,7 @@ pub(crate) fn forward(
     layer: &RecLayer,
     inputs: &[In],
     factors: &RecFactors,
-    out: &mut Vec<In>,
+    (out, current): (&mut Vec<In>, &mut Vec<f64>),
     scratch: &mut RecScratch,
 ) -> bool {
     let n = &m.neuron;
@@ -323,6 +323,7 @@ pub(crate) fn forward(
             }
             out.push((j as u32, tc));
             let (fm_c, fs_c) = reset_at_spike(m, &mut scanned[j], tc, base, true, (ref_fm, ref_fs));
+            current.push(scanned[j].i);
             committed[j] = scanned[j];
             dirty.push(j as u32);
             // Arrivals inside this window join their target's list at once (the synapses come by
@@ -394,7 +395,7 @@ pub(crate) fn forward(
         counts[slot] = 0;
         c += 1;
     }
-    out[start..].sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+    sort_by_neuron(&mut out[start..], &mut current[start..]);
     true
 }
 

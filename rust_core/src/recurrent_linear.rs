@@ -9,8 +9,9 @@
 //! * an arrival's interval (the first own event of its target after it) comes from a per-target
 //!   map of 16 cells per event, with an event's cell computed exactly as an arrival's (only the
 //!   events sharing the arrival's cell, usually none, are compared);
-//! * the currents at the own events are per-interval sums of `w x_s` (`x = exp((a - t_0)/tau)`,
-//!   a product of the source spike's and the synapse's factors), in four lanes;
+//! * the currents at the own events are those the forward pass recorded at its spikes, or else
+//!   per-interval sums of `w x_s` (`x = exp((a - t_0)/tau)`, a product of the source spike's and
+//!   the synapse's factors), in four lanes;
 //! * the adjoint at an arrival of interval `g` is the linear form of [`Coef`]: `dL/dw = q x_m +
 //!   r x_s`, `dL/da = w (u x_m + v x_s)` — no `exp` and no kernel per arrival. Only `(q, r)` are
 //!   kept per interval (16 bytes: the pulls read them at random over the whole layer), as
@@ -80,15 +81,16 @@ pub(crate) fn applies(m: &MultiNeuron, fact: bool) -> bool {
     fact && m.neuron.kernel_is_difference()
 }
 
-/// The backward pass (see the module doc); the caller has filled `scratch.own` (events, with
-/// factors), `um`, `us`, `hm`, `hs` (the inputs' and outputs' factors) and `gsrc` (`dL/dt` from
+/// The backward pass (see the module doc); `recorded` are the outputs' currents from the forward
+/// pass when the own events are the spikes (no refractory time). The caller has filled
+/// `scratch.own` (events, with factors), `um`, `us`, `hm`, `hs` (the inputs' and outputs' factors) and `gsrc` (`dL/dt` from
 /// outside the layer, inputs first). Same contract as
 /// [`crate::recurrent::recurrent_backward_with`].
 pub(crate) fn backward(
     m: &MultiNeuron,
     layer: &RecLayer,
     inputs: &[In],
-    outputs: &[In],
+    (outputs, recorded): (&[In], Option<&[f64]>),
     factors: &RecFactors,
     grads: (&mut [f64], &mut [f64], &mut [f64]),
     scratch: &mut RecScratch,
@@ -149,43 +151,49 @@ pub(crate) fn backward(
     let (ffac, rfac) = (&factors.ff, &factors.rec);
     let out_start = |i: usize| own_range(outputs, i);
 
-    // Currents at the own events: per interval `sum w x_s`, in four lanes taken in turn.
-    lanes.clear();
-    lanes.resize(n_ev, [0.0; 4]);
-    let mut lane = 0usize;
-    for (j, &cj) in cells.iter().enumerate() {
-        if cj.n == 0 {
-            continue;
-        }
-        let row = j * n_in;
-        for i in 0..n_in {
-            let (d, wfs) = (ffac.delay[row + i], ffac.wfs[row + i]);
-            let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
-            for (&t, &x) in bc.time[first..end].iter().zip(&bc.us[first..end]) {
-                let Some(g) = cj.interval(t + d, grid, &own.time) else { break };
-                lanes[g][lane & 3] += x * wfs;
-                lane += 1;
+    // Currents at the own events: recorded by the forward pass, or per interval `sum w x_s`
+    // over every arrival, in four lanes taken in turn.
+    match recorded {
+        Some(current) => own.cur[..n_ev].copy_from_slice(current),
+        None => {
+            lanes.clear();
+            lanes.resize(n_ev, [0.0; 4]);
+            let mut lane = 0usize;
+            for (j, &cj) in cells.iter().enumerate() {
+                if cj.n == 0 {
+                    continue;
+                }
+                let row = j * n_in;
+                for i in 0..n_in {
+                    let (d, wfs) = (ffac.delay[row + i], ffac.wfs[row + i]);
+                    let (first, end) = (bc.start[i] as usize, bc.start[i + 1] as usize);
+                    for (&t, &x) in bc.time[first..end].iter().zip(&bc.us[first..end]) {
+                        let Some(g) = cj.interval(t + d, grid, &own.time) else { break };
+                        lanes[g][lane & 3] += x * wfs;
+                        lane += 1;
+                    }
+                }
+                let row = j * n_out;
+                let mut q = 0;
+                while q < outputs.len() {
+                    let i = outputs[q].0 as usize;
+                    let end = out_start(q);
+                    let (d, wfs) = (rfac.delay[row + i], rfac.wfs[row + i]);
+                    for k in q..end {
+                        let Some(g) = cj.interval(outputs[k].1 + d, grid, &own.time) else { break };
+                        lanes[g][lane & 3] += hs[k] * wfs;
+                        lane += 1;
+                    }
+                    q = end;
+                }
+            }
+            for ((c, l), x) in own.cur[..n_ev].iter_mut().zip(lanes.iter()).zip(&own.inv_fs) {
+                *c = ((l[0] + l[1]) + (l[2] + l[3])) * x;
+            }
+            for j in 0..n_out {
+                own.currents(m, j);
             }
         }
-        let row = j * n_out;
-        let mut q = 0;
-        while q < outputs.len() {
-            let i = outputs[q].0 as usize;
-            let end = out_start(q);
-            let (d, wfs) = (rfac.delay[row + i], rfac.wfs[row + i]);
-            for k in q..end {
-                let Some(g) = cj.interval(outputs[k].1 + d, grid, &own.time) else { break };
-                lanes[g][lane & 3] += hs[k] * wfs;
-                lane += 1;
-            }
-            q = end;
-        }
-    }
-    for ((c, l), x) in own.cur[..n_ev].iter_mut().zip(lanes.iter()).zip(&own.inv_fs) {
-        *c = ((l[0] + l[1]) + (l[2] + l[3])) * x;
-    }
-    for j in 0..n_out {
-        own.currents(m, j);
     }
 
     // All own events in reverse time order; each spike pulls its recurrent arrivals' adjoints

@@ -255,11 +255,16 @@ pub struct Spikes {
     pub offsets: Vec<usize>,
     pub neuron: Vec<u32>,
     pub time: Vec<f64>,
+    /// The synaptic current `I(t^-)` of the neuron at each spike, as the multi-spike forward pass
+    /// computed it while finding the spike: the EventProp backward pass needs exactly these at
+    /// every own event, and without them it has to visit every arrival once more to sum them.
+    /// Empty when not recorded (spikes read from a table or from hardware, TTFS layers).
+    pub current: Vec<f64>,
 }
 
 impl Spikes {
     pub fn empty(n_samples: usize) -> Self {
-        Self { offsets: vec![0; n_samples + 1], neuron: Vec::new(), time: Vec::new() }
+        Self { offsets: vec![0; n_samples + 1], ..Default::default() }
     }
     pub fn n_samples(&self) -> usize {
         self.offsets.len() - 1
@@ -272,6 +277,14 @@ impl Spikes {
     }
     pub fn range(&self, s: usize) -> std::ops::Range<usize> {
         self.offsets[s]..self.offsets[s + 1]
+    }
+    /// The recorded currents of sample `s` (see [`Spikes::current`]); empty when not recorded.
+    pub fn current_of(&self, s: usize) -> &[f64] {
+        if self.current.len() == self.time.len() {
+            &self.current[self.range(s)]
+        } else {
+            &[]
+        }
     }
 
     /// The `sample` column, materialised from the offsets.
@@ -331,12 +344,17 @@ impl Spikes {
     }
 
     /// Concatenates per-chunk results (each covering consecutive samples) in order.
+    /// Currents are kept only when every part recorded them.
     pub(crate) fn concat(parts: Vec<Spikes>) -> Self {
         let mut out = Self { offsets: vec![0], ..Default::default() };
+        let recorded = parts.iter().all(|p| p.current.len() == p.time.len());
         for p in parts {
             let base = out.len();
             out.neuron.extend_from_slice(&p.neuron);
             out.time.extend_from_slice(&p.time);
+            if recorded {
+                out.current.extend_from_slice(&p.current);
+            }
             out.offsets.extend(p.offsets[1..].iter().map(|o| o + base));
         }
         out

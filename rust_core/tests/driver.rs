@@ -22,7 +22,7 @@ impl Kernel for DelayLine {
         1
     }
 
-    fn forward(&self, inputs: &[(u32, f64)], out: &mut Vec<(u32, f64)>, _: &mut ()) -> bool {
+    fn forward(&self, inputs: &[(u32, f64)], out: &mut Vec<(u32, f64)>, _: &mut Vec<f64>, _: &mut ()) -> bool {
         std::thread::sleep(self.sleep);
         out.extend(inputs.iter().map(|&(j, t)| (j, t + self.delay)));
         true
@@ -32,6 +32,7 @@ impl Kernel for DelayLine {
         &self,
         _inputs: &[(u32, f64)],
         _outputs: &[(u32, f64)],
+        _current: &[f64],
         grad_out: &[f64],
         grads: (&mut [f64], &mut [f64], &mut [f64]),
         _: &mut (),

@@ -1001,19 +1001,24 @@ fn target_parallel_passes_equal_serial_ones() {
         let m = MultiNeuron::new(Neuron::new(tm, 1.0, 1.0).unwrap(), 0.2, 45.0).unwrap();
         let ff = LayerRef::new(n, n_in, &w, DelayKind::Synaptic, &d, "ff").unwrap();
         let f = multi::delay_factors(&m.neuron, &ff);
-        let (mut serial, mut parallel) = (Vec::new(), Vec::new());
-        assert!(multi::layer_forward(&m, &ff, &inputs, Some(&f), &mut serial, &mut multi::Scratch::default()));
-        assert!(multi::layer_forward_parallel(&m, &ff, &inputs, Some(&f), 3, &mut parallel, &mut Default::default()));
-        assert!(serial.len() > 100, "tm {tm}: too few spikes ({})", serial.len());
+        let (mut serial, mut parallel) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
+        let mut scratch = multi::Scratch::default();
+        assert!(multi::layer_forward(&m, &ff, &inputs, Some(&f), (&mut serial.0, &mut serial.1), &mut scratch));
+        let into = (&mut parallel.0, &mut parallel.1);
+        assert!(multi::layer_forward_parallel(&m, &ff, &inputs, Some(&f), 3, into, &mut Default::default()));
+        assert!(serial.0.len() > 100, "tm {tm}: too few spikes ({})", serial.0.len());
+        assert_eq!(serial.1.len(), serial.0.len(), "tm {tm}: a current per spike");
         assert_eq!(serial, parallel, "tm {tm}: forward");
+        let (serial, current) = serial;
         let gout = rng.vec(serial.len(), -1.0, 1.0);
         let grads = || (vec![0.0; n * n_in], vec![0.0; n * n_in], vec![0.0; inputs.len()]);
         let (mut a, mut b) = (grads(), grads());
         let mut sa = eventprop::Scratch::default();
-        eventprop::layer_backward(&m, &ff, &inputs, &serial, &gout, Some(&f), (&mut a.0, &mut a.1, &mut a.2), &mut sa);
+        let ga = (&mut a.0[..], &mut a.1[..], &mut a.2[..]);
+        eventprop::layer_backward(&m, &ff, &inputs, &serial, &current, &gout, Some(&f), ga, &mut sa);
         let mut sb = eventprop::Scratch::default();
         let gb = (&mut b.0[..], &mut b.1[..], &mut b.2[..]);
-        eventprop::layer_backward_parallel(&m, &ff, &inputs, &serial, &gout, Some(&f), gb, &mut sb);
+        eventprop::layer_backward_parallel(&m, &ff, &inputs, &serial, &current, &gout, Some(&f), gb, &mut sb);
         assert!(a.0.iter().any(|&x| x != 0.0) && a.2.iter().any(|&x| x != 0.0), "tm {tm}: no gradient");
         assert_eq!(a, b, "tm {tm}: backward");
     }
@@ -1122,6 +1127,7 @@ fn recurrent_binned_scan_matches_windowed_scan_and_reference() {
                         let inputs = case.in_spikes();
                         let mut scratch = RecScratch::default();
                         let (mut binned, mut windowed) = (Vec::new(), Vec::new());
+                        let (mut binned_current, mut windowed_current) = (Vec::new(), Vec::new());
                         let label =
                             format!("seed {seed} tm {tm} t_ref {t_ref} t_end {t_end} span {span} d0 {zero_rec_delays}");
                         let ok = recurrent::recurrent_forward_binned(
@@ -1129,7 +1135,7 @@ fn recurrent_binned_scan_matches_windowed_scan_and_reference() {
                             &layer,
                             &inputs,
                             &factors,
-                            &mut binned,
+                            (&mut binned, &mut binned_current),
                             &mut scratch,
                         );
                         assert_eq!(ok, Some(true), "{label}: the binned scan did not run");
@@ -1138,10 +1144,14 @@ fn recurrent_binned_scan_matches_windowed_scan_and_reference() {
                             &layer,
                             &inputs,
                             &factors,
-                            &mut windowed,
+                            (&mut windowed, &mut windowed_current),
                             &mut scratch
                         ));
                         assert_eq!(binned.len(), windowed.len(), "{label}: spike counts");
+                        assert_eq!(binned_current.len(), binned.len(), "{label}: a current per spike");
+                        for (k, (b, w)) in binned_current.iter().zip(&windowed_current).enumerate() {
+                            assert!((b - w).abs() < 1e-9 * w.abs().max(1.0), "{label} spike {k}: current {b} vs {w}");
+                        }
                         for (b, w) in binned.iter().zip(&windowed) {
                             assert_eq!(b.0, w.0, "{label}: binned {b:?}, windowed {w:?}");
                             assert!(
@@ -1209,58 +1219,94 @@ fn recurrent_linear_backward_matches_per_arrival_backward() {
                         let factors = recurrent::rec_factors(&case.m.neuron, &layer);
                         let inputs = case.in_spikes();
                         let mut scratch = RecScratch::default();
-                        let mut out = Vec::new();
+                        let (mut out, mut current) = (Vec::new(), Vec::new());
                         assert!(recurrent::recurrent_forward_with(
                             &case.m,
                             &layer,
                             &inputs,
                             &factors,
-                            &mut out,
+                            (&mut out, &mut current),
                             &mut scratch
                         ));
+                        assert_eq!(current.len(), out.len());
                         let mut rng = Rng(seed + 31);
                         let gout = rng.vec(out.len(), -1.0, 1.0);
                         let size = n * n_in + n * n;
                         let grads = || (vec![0.0; size], vec![0.0; size], vec![0.0; inputs.len()]);
-                        let (mut a, mut b) = (grads(), grads());
                         let label =
                             format!("seed {seed} tm {tm} t_ref {t_ref} t_end {t_end} span {span} d0 {zero_rec_delays}");
-                        let took = recurrent::recurrent_backward_linear(
-                            &case.m,
-                            &layer,
-                            &inputs,
-                            &out,
-                            &gout,
-                            &factors,
-                            (&mut a.0, &mut a.1, &mut a.2),
-                            &mut scratch,
-                        );
-                        if span > 600.0 {
-                            assert!(!took || out.is_empty(), "{label}: the linear forms took an unfactored sample");
-                            assert!(a.0.iter().all(|&x| x == 0.0), "{label}: a declined pass left gradients");
-                            continue;
-                        }
-                        assert!(took, "{label}: the linear forms were not taken");
+                        // The reference: per arrival, currents summed over the arrivals.
+                        let mut reference = grads();
                         recurrent::recurrent_backward_per_arrival(
                             &case.m,
                             &layer,
                             &inputs,
                             &out,
+                            &[],
                             &gout,
                             &factors,
-                            (&mut b.0, &mut b.1, &mut b.2),
+                            (&mut reference.0, &mut reference.1, &mut reference.2),
                             &mut scratch,
                         );
-                        for (what, x, y) in [("dW", &a.0, &b.0), ("dD", &a.1, &b.1), ("dt_in", &a.2, &b.2)] {
-                            let scale = y.iter().fold(1.0_f64, |s, v| s.max(v.abs()));
-                            for (k, (p, q)) in x.iter().zip(y.iter()).enumerate() {
-                                assert!(
-                                    (p - q).abs() <= 1e-9 * scale,
-                                    "{label} {what}[{k}]: linear {p}, per arrival {q}"
+                        // Linear forms with the currents summed and as the forward pass recorded
+                        // them, and per arrival with the recorded ones.
+                        for (path, recorded) in [
+                            ("linear", &[][..]),
+                            ("linear, recorded", &current[..]),
+                            ("per arrival, recorded", &current[..]),
+                        ] {
+                            let mut a = grads();
+                            let into = (&mut a.0[..], &mut a.1[..], &mut a.2[..]);
+                            if path.starts_with("per arrival") {
+                                recurrent::recurrent_backward_per_arrival(
+                                    &case.m,
+                                    &layer,
+                                    &inputs,
+                                    &out,
+                                    recorded,
+                                    &gout,
+                                    &factors,
+                                    into,
+                                    &mut scratch,
                                 );
+                            } else {
+                                let took = recurrent::recurrent_backward_linear(
+                                    &case.m,
+                                    &layer,
+                                    &inputs,
+                                    &out,
+                                    recorded,
+                                    &gout,
+                                    &factors,
+                                    into,
+                                    &mut scratch,
+                                );
+                                if span > 600.0 {
+                                    assert!(
+                                        !took || out.is_empty(),
+                                        "{label}: the linear forms took an unfactored sample"
+                                    );
+                                    assert!(a.0.iter().all(|&x| x == 0.0), "{label}: a declined pass left gradients");
+                                    continue;
+                                }
+                                assert!(took, "{label}: the linear forms were not taken");
+                            }
+                            for (what, x, y) in
+                                [("dW", &a.0, &reference.0), ("dD", &a.1, &reference.1), ("dt_in", &a.2, &reference.2)]
+                            {
+                                let scale = y.iter().fold(1.0_f64, |s, v| s.max(v.abs()));
+                                for (k, (p, q)) in x.iter().zip(y.iter()).enumerate() {
+                                    assert!(
+                                        (p - q).abs() <= 1e-9 * scale,
+                                        "{label} {what}[{k}]: {path} {p}, per arrival {q}"
+                                    );
+                                }
                             }
                         }
-                        checked += a.0[n * n_in..].iter().any(|&x| x != 0.0) as usize;
+                        if span > 600.0 {
+                            continue;
+                        }
+                        checked += reference.0[n * n_in..].iter().any(|&x| x != 0.0) as usize;
                     }
                 }
             }
