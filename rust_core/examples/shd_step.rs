@@ -10,9 +10,12 @@
 //! counted once per step (not once per pass). Uses only the public batch API, so the same file
 //! builds against older commits for side-by-side runs.
 //!
-//! Run: `cargo run --release -p delgrad-core --example shd_step -- BATCH SPIKES REPS REC_STD W_MEAN`
-//! (`REC_STD` 0 = feed-forward; `W_MEAN` the input weights' mean, 0.0015 by default, sets the
-//! hidden rate). Prints one line per repetition and a `median` line.
+//! Run: `cargo run --release -p delgrad-core --example shd_step -- BATCH SPIKES REPS REC_STD W_MEAN
+//! HIDDEN REC_DELAY W_STD` (`REC_STD` 0 = feed-forward; `W_MEAN` the input weights' mean, 0.0015 by
+//! default, sets the hidden rate; `HIDDEN` 256, `REC_DELAY` the largest recurrent delay, 150 ms,
+//! `W_STD` the input weights' std, 0.02 by default; `pipelines/shd.toml`'s start is
+//! `REC_STD 0.001 W_MEAN 0.0015 HIDDEN 512 REC_DELAY 0 W_STD 0.0005`). Prints one line per
+//! repetition and a `median` line.
 
 use std::time::Instant;
 
@@ -46,7 +49,10 @@ fn main() {
     let reps = arg(3, 3.0) as usize;
     let rec_std = arg(4, 0.0);
     let w_mean = arg(5, 0.0015);
-    let (n_in, n_h, n_out) = (700usize, 256usize, 20usize);
+    let n_h = arg(6, 256.0) as usize;
+    let rec_delay = arg(7, 150.0);
+    let w_std = arg(8, 0.02);
+    let (n_in, n_out) = (700usize, 20usize);
     let t_trial = 1000.0;
     let mut rng = Rng(1);
 
@@ -64,12 +70,12 @@ fn main() {
     let set = SpikeSet::new(SpikeTable::from_vecs(s_col, n_col, t_col).unwrap(), batch).unwrap();
     let input = set.input(None).unwrap();
 
-    let half = 3f64.sqrt() * 0.02;
+    let half = 3f64.sqrt() * w_std;
     let w1: Vec<f64> = (0..n_h * n_in).map(|_| rng.uniform(w_mean - half, w_mean + half)).collect();
     let d1: Vec<f64> = (0..n_h * n_in).map(|_| rng.uniform(0.0, 150.0)).collect();
     let rec_half = 3f64.sqrt() * rec_std;
     let wr: Vec<f64> = (0..n_h * n_h).map(|_| rng.uniform(-rec_half, rec_half)).collect();
-    let dr: Vec<f64> = (0..n_h * n_h).map(|_| rng.uniform(0.0, 150.0)).collect();
+    let dr: Vec<f64> = (0..n_h * n_h).map(|_| rng.uniform(0.0, rec_delay)).collect();
     let w2: Vec<f64> = (0..n_out * n_h).map(|_| rng.uniform(-0.05, 0.05)).collect();
     let d2: Vec<f64> = Vec::new();
 
@@ -84,9 +90,13 @@ fn main() {
     let labels: Vec<i64> = (0..batch as i64).map(|s| s % n_out as i64).collect();
 
     println!(
-        "shd_step: batch {batch}, {per_sample} input spikes/sample, {n_in}-{n_h}-{n_out}, {}, input weight mean \
-         {w_mean}, synaptic delays U(0, 150) ms, {} rayon threads",
-        if recurrent { format!("recurrent (std {rec_std})") } else { "feed-forward".to_string() },
+        "shd_step: batch {batch}, {per_sample} input spikes/sample, {n_in}-{n_h}-{n_out}, {}, input weights \
+         mean {w_mean} std {w_std}, synaptic delays U(0, 150) ms, {} rayon threads",
+        if recurrent {
+            format!("recurrent (std {rec_std}, delays U(0, {rec_delay}) ms)")
+        } else {
+            "feed-forward".to_string()
+        },
         rayon::current_num_threads()
     );
     let (mut fwd, mut bwd, mut per_sample_ms, mut rates) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());

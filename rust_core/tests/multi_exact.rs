@@ -987,18 +987,18 @@ fn sparse_and_long_samples_take_the_sorted_scan() {
 
 /// Targets spread over threads within a sample give bit for bit the serial results, forward
 /// and backward (three blocks of targets, the last one short), on the binned/by-channel path
-/// and on the sorted one (equal time constants).
+/// and on the sorted one (equal time constants); with the forward pass's currents and without.
 #[test]
 fn target_parallel_passes_equal_serial_ones() {
     use delgrad_core::{eventprop, multi};
     let (n_in, n) = (50, 70);
-    for tm in [2.0, 1.0] {
+    for (tm, t_ref) in [(2.0, 0.2), (2.0, 0.0), (1.0, 0.2)] {
         let mut rng = Rng(5);
         let inputs: Vec<(u32, f64)> =
             (0..400).map(|_| ((rng.next() * n_in as f64) as u32, rng.uniform(0.0, 40.0))).collect();
         let w = rng.vec(n * n_in, -0.1, 0.25);
         let d = rng.vec(n * n_in, 0.0, 5.0);
-        let m = MultiNeuron::new(Neuron::new(tm, 1.0, 1.0).unwrap(), 0.2, 45.0).unwrap();
+        let m = MultiNeuron::new(Neuron::new(tm, 1.0, 1.0).unwrap(), t_ref, 45.0).unwrap();
         let ff = LayerRef::new(n, n_in, &w, DelayKind::Synaptic, &d, "ff").unwrap();
         let f = multi::delay_factors(&m.neuron, &ff);
         let (mut serial, mut parallel) = ((Vec::new(), Vec::new()), (Vec::new(), Vec::new()));
@@ -1021,6 +1021,17 @@ fn target_parallel_passes_equal_serial_ones() {
         eventprop::layer_backward_parallel(&m, &ff, &inputs, &serial, &current, &gout, Some(&f), gb, &mut sb);
         assert!(a.0.iter().any(|&x| x != 0.0) && a.2.iter().any(|&x| x != 0.0), "tm {tm}: no gradient");
         assert_eq!(a, b, "tm {tm}: backward");
+        // Without the recorded currents (a trace read from a table) the pass sums them over the
+        // arrivals: the same gradients up to rounding.
+        let mut c = grads();
+        let gc = (&mut c.0[..], &mut c.1[..], &mut c.2[..]);
+        eventprop::layer_backward(&m, &ff, &inputs, &serial, &[], &gout, Some(&f), gc, &mut sa);
+        for (what, x, y) in [("dW", &a.0, &c.0), ("dD", &a.1, &c.1), ("dt_in", &a.2, &c.2)] {
+            let scale = y.iter().fold(1.0_f64, |s, v| s.max(v.abs()));
+            for (k, (p, q)) in x.iter().zip(y).enumerate() {
+                assert!((p - q).abs() <= 1e-9 * scale, "tm {tm} {what}[{k}]: recorded {p}, summed {q}");
+            }
+        }
     }
 }
 
