@@ -119,6 +119,14 @@ def _fill(ds: SpikeDataset, path: Path, offsets: list[int]) -> None:
         column.flush()
 
 
+def _schema_text(schema: pa.Schema) -> str:
+    return schema.to_string(show_schema_metadata=False).replace("\n", ", ")
+
+
+def _refused(path: Path, why: str) -> MappedSplitError:
+    return MappedSplitError(f"{path}: {why}; delete it to rebuild it from the Parquet data set")
+
+
 def open_mapped(ds: SpikeDataset, path: str | Path) -> pa.RecordBatch:
     """The record batch of ``path``, its buffers in a read-only mapping of the file, checked
     against the data set ``ds`` (schema, recorded identity, one batch, rows, mapped buffers)."""
@@ -128,42 +136,33 @@ def open_mapped(ds: SpikeDataset, path: str | Path) -> pa.RecordBatch:
         source = pa.memory_map(str(path), "r")
         reader = pa.ipc.open_file(source)
         if not reader.schema.equals(SPIKE_SCHEMA, check_metadata=False):
-            raise MappedSplitError(
-                f"{path}: schema {reader.schema.to_string(show_schema_metadata=False)!r}, need {SPIKE_SCHEMA}"
-            )
+            raise _refused(path, f"schema ({_schema_text(reader.schema)}), need ({_schema_text(SPIKE_SCHEMA)})")
         recorded = (reader.schema.metadata or {}).get(METADATA_KEY)
         if recorded is None:
-            raise MappedSplitError(f"{path}: has no {METADATA_KEY.decode()} record (not written by delgrad)")
+            raise _refused(path, f"has no {METADATA_KEY.decode()} record (not written by delgrad)")
         have = json.loads(recorded)
         differ = sorted(key for key in set(want) | set(have) if want.get(key) != have.get(key))
         if differ:
             details = ", ".join(f"{key} {have.get(key)!r} (data set: {want.get(key)!r})" for key in differ)
-            raise MappedSplitError(f"{path}: made from other data than {ds.paths.spikes}: {details}")
+            raise _refused(path, f"made from other data than {ds.paths.spikes}: {details}")
         if reader.num_record_batches != 1:
-            raise MappedSplitError(f"{path}: {reader.num_record_batches} record batches, need 1")
+            raise _refused(path, f"{reader.num_record_batches} record batches, need 1")
         batch = reader.get_batch(0)
         batch.validate()
-    except MappedSplitError as e:
-        raise MappedSplitError(f"{e}; delete it to rebuild it from the Parquet data set") from None
+    except MappedSplitError:
+        raise
     except (OSError, pa.ArrowException, ValueError, UnicodeDecodeError) as e:
-        raise MappedSplitError(
-            f"{path}: not a readable Arrow IPC file of split {ds.split!r} ({type(e).__name__}: {e}); "
-            "delete it to rebuild it from the Parquet data set"
-        ) from None
+        raise _refused(path, f"not a readable Arrow IPC file of split {ds.split!r} ({type(e).__name__}: {e})") from None
     if batch.num_rows != want["n_spikes"]:
-        raise MappedSplitError(f"{path}: {batch.num_rows} spike rows, the data set has {want['n_spikes']}")
+        raise _refused(path, f"{batch.num_rows} spike rows, the data set has {want['n_spikes']}")
     source.seek(0)
-    mapping = source.read_buffer(source.size()) if source.size() else None
+    mapping = source.read_buffer(source.size())
     for name, column in zip(batch.schema.names, batch.columns):
         values = column.buffers()[1]
-        inside = mapping is not None and values is not None
-        inside = (
-            inside
-            and mapping.address <= values.address
-            and values.address + values.size <= (mapping.address + mapping.size)
-        )
+        inside = values is not None and mapping.address <= values.address
+        inside = inside and values.address + values.size <= mapping.address + mapping.size
         if batch.num_rows and not inside:
-            raise MappedSplitError(f"{path}: column {name!r} is not stored plainly in the file (compressed?)")
+            raise _refused(path, f"column {name!r} is not stored plainly in the file (compressed?)")
     return batch
 
 
@@ -187,24 +186,15 @@ def mapped_spikes(ds: SpikeDataset) -> SpikeSet:
     for r0 in range(0, sample.size, SORT_BLOCK):
         block = sample[max(r0 - 1, 0) : r0 + SORT_BLOCK]
         if np.any(block[1:] < block[:-1]):
-            raise MappedSplitError(
-                f"{path}: spike rows near row {r0} are not sorted by sample; "
-                "delete it to rebuild it from the Parquet data set"
-            )
+            raise _refused(path, f"spike rows near row {r0} are not sorted by sample")
     try:
         spikes = SpikeSet(batch, len(ds))
     except ValueError as e:  # ids or times the core refuses
-        raise MappedSplitError(f"{path}: {e}; delete it to rebuild it from the Parquet data set") from None
+        raise _refused(path, str(e)) from None
     counts = spikes.spike_counts().astype(np.int64)
     if not np.array_equal(counts, ds.n_spikes):
         first = int(np.flatnonzero(counts != ds.n_spikes)[0])
-        raise MappedSplitError(
-            f"{path}: sample {first} has {counts[first]} spike rows, the data set {ds.n_spikes[first]}; "
-            "delete it to rebuild it from the Parquet data set"
-        )
+        raise _refused(path, f"sample {first} has {counts[first]} spike rows, the data set {ds.n_spikes[first]}")
     if spikes.n_channels > ds.n_inputs:
-        raise MappedSplitError(
-            f"{path}: neuron ids reach {spikes.n_channels - 1}, the data set has {ds.n_inputs} inputs; "
-            "delete it to rebuild it from the Parquet data set"
-        )
+        raise _refused(path, f"neuron ids reach {spikes.n_channels - 1}, the data set has {ds.n_inputs} inputs")
     return spikes
