@@ -18,7 +18,9 @@ sample), and prints wall time and the process's peak resident set (VmHWM):
   mapped: ``SpikeDataset.all()`` into a ``SpikeSet``) and *mapped* (``pipeline.load_split``:
   ``data/train.arrow`` memory-mapped; the first mapped process writes the file, a second one
   reuses it, a third one after evicting the file from the page cache with
-  ``posix_fadvise(DONTNEED)``). Each reports the load time, then one epoch of batch gathers
+  ``posix_fadvise(DONTNEED)``, a fourth one evicts the mapped pages after loading, with
+  ``madvise(MADV_PAGEOUT)``, so that its epoch reads the split from the disk, as under memory
+  pressure). Each reports the load time, then one epoch of batch gathers
   (``SpikeSet.select`` of ``--batch`` samples of a uniform permutation, the rows a training
   step reads), and ``RssAnon`` / ``RssFile`` (``/proc/self/status``) after the load and after
   the epoch. ``--dataset ssc`` takes SSC's class count (35); ``--samples 75000`` is SSC's
@@ -42,7 +44,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The gather measurements, in the order they run: the first mapped process writes train.arrow.
-GATHERS = ("gather-mapped", "gather-reused", "gather-cold", "gather-resident")
+GATHERS = ("gather-mapped", "gather-reused", "gather-cold", "gather-evicted", "gather-resident")
 
 
 def overrides(args: argparse.Namespace) -> list[str]:
@@ -74,6 +76,28 @@ def memory() -> dict[str, float]:
     return {key: status_mb(key) for key in ("RssAnon", "RssFile", "VmHWM")}
 
 
+def evict(path: Path) -> None:
+    """Drops this process's mapped pages of ``path`` and the file from the page cache
+    (``madvise(MADV_PAGEOUT)``, then ``posix_fadvise(DONTNEED)``): what the kernel does to a
+    mapped split under memory pressure, so the next reads come from the disk."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    madv_pageout = 21  # linux/mman.h, Linux >= 5.4
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and fields[5] == str(path.resolve()):
+            start, end = (int(x, 16) for x in fields[0].split("-"))
+            if libc.madvise(start, end - start, madv_pageout) != 0:
+                raise OSError(ctypes.get_errno(), f"madvise(MADV_PAGEOUT) on {path}")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
 def gather(args: argparse.Namespace, data_dir: Path) -> dict:
     """One of the ``gather`` measurements (``args.child``): load the split, one epoch of gathers."""
     import numpy as np
@@ -96,6 +120,9 @@ def gather(args: argparse.Namespace, data_dir: Path) -> dict:
         spikes = pipeline.load_split(data_dir, "train")[0].spikes
     load = time.perf_counter() - t0
     loaded = memory()
+    if args.child == "gather-evicted":
+        evict(arrow)
+        loaded = memory()
     order = np.random.default_rng(0).permutation(spikes.n_samples).astype(np.uint32)
     rows = 0
     t0 = time.perf_counter()

@@ -313,7 +313,7 @@ def inspect_run(
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be train, validation or test, got {split!r}")
     model = Model.load(run_dir)
-    # The run's mapped split (delgrad.data.mapped): one sample is read, not the split.
+    # The run's mapped split (delgrad.data.mapped): the split is not copied into memory.
     data, _, _ = load_split(run_dir / "data", split)
     labels, spikes = data.labels, data.spikes
     activity = sample_activity(model.network, spikes, sample)
