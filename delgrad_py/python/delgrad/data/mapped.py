@@ -18,8 +18,11 @@ The file
 * is refused (:class:`MappedSplitError`, naming the file and what is wrong) when it does not
   match the Parquet data set, is not a readable Arrow IPC file (truncated, foreign), has another
   schema, more than one record batch, buffers that are not in the file itself (compressed), or
-  spike rows whose per-sample counts, sample ids, neuron ids or times disagree with the data set.
-  It is **not** rebuilt: it was written atomically, so a file that does not match was changed by
+  spike rows whose per-sample counts disagree with the data set, that are not sorted by sample,
+  or whose neuron ids or times the data set cannot hold (ids beyond its inputs, non-finite
+  times). The values of the rows themselves are not compared with the Parquet file (that would
+  read the whole data set at every load): the recorded identity and the atomic write vouch for
+  them. It is **not** rebuilt: it was written atomically, so a file that does not match was changed by
   something other than this code (or the Parquet data set was), and a run must neither train on
   nor silently replace data it cannot vouch for. Deleting the file rebuilds it from the Parquet
   data set on the next load.
