@@ -77,3 +77,23 @@ def test_layer_forward_does_not_modify_input():
     delgrad.layer_forward(rb, np.full((3, 8), 0.7), None, delgrad.Neuron(), n_samples=50)
     for k in range(3):
         np.testing.assert_array_equal(rb.column(k).to_numpy(), before[k])
+
+
+def test_all_samples_of_a_set_sorted_by_sample_are_its_own_buffers():
+    """``SpikeSet.select()`` of a table sorted by sample returns the table the set borrows (what
+    a memory-mapped split puts into Ray's object store without a copy in between); a table in
+    another order is grouped, so its samples come out in order, in new buffers."""
+    rb = _batch()
+    spikes = delgrad.SpikeSet(rb, 50)
+    whole = spikes.select()
+    assert _buffer_addresses(whole) == _buffer_addresses(rb)
+    assert all(whole.column(name).equals(rb.column(name)) for name in COLS)
+    shuffled = rb.take(pa.array(np.random.default_rng(1).permutation(rb.num_rows)))
+    regrouped = delgrad.SpikeSet(shuffled, 50).select()
+    assert not set(_buffer_addresses(regrouped).values()) & set(_buffer_addresses(shuffled).values())
+    assert regrouped.column("sample").equals(rb.column("sample"))
+    # Same rows per sample, in the shuffled table's order within each sample.
+    for s in (0, 17, 49):
+        rows = shuffled.filter(pa.compute.equal(shuffled.column("sample"), s))
+        got = regrouped.filter(pa.compute.equal(regrouped.column("sample"), s))
+        assert got.column("time").equals(rows.column("time"))

@@ -157,9 +157,13 @@ impl PySpikeSet {
         (0..self.n_samples()).map(|s| g.sample_len(s) as u64).collect::<Vec<_>>().into_pyarray(py)
     }
     /// The spikes of samples `select` (all when None) as one RecordBatch, samples renumbered
-    /// `0..len(select)` in the order given.
+    /// `0..len(select)` in the order given. All samples of a table sorted by sample are the
+    /// table itself: its buffers are shared, not copied (a memory-mapped split stays mapped).
     #[pyo3(signature = (select=None))]
     fn select(&self, py: Python<'_>, select: Option<Select<'_>>) -> PyResult<Py<PyAny>> {
+        if select.is_none() && self.inner.grouping.in_row_order() {
+            return Ok(PyRecordBatch::new(self.inner.table.to_record_batch()).into_pyarrow(py)?.unbind());
+        }
         let ids = select_ids(&select, &self.inner)?;
         let spikes = run(py, |_| self.inner.gather(ids.as_deref()))?;
         Ok(PyRecordBatch::new(spikes.to_record_batch(None)).into_pyarrow(py)?.unbind())

@@ -217,7 +217,12 @@ impl Grouping {
         self.offsets.len() - 1
     }
 
-    /// Row indices of sample `s`.
+    /// Whether the table was already sorted by sample: sample `s` is the run of rows
+    /// `offsets[s]..offsets[s + 1]`, and the whole set in order is the table itself.
+    pub fn in_row_order(&self) -> bool {
+        self.order.is_none()
+    }
+
     /// The number of rows of sample `s`.
     pub fn sample_len(&self, s: usize) -> usize {
         self.offsets[s + 1] - self.offsets[s]

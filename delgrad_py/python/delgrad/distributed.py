@@ -249,7 +249,9 @@ class RayShards:
 
     def _object_store(self) -> DataSource:
         """The training split put into the object store, once; every worker (a replacement
-        too) reads it from there."""
+        too) reads it from there. ``select()`` of a split sorted by sample (a run's mapped
+        split) is the SpikeSet's own buffers, so the put reads the mapped file without a copy
+        in between."""
         ref = self.ray.put((self.split.spikes.select(), len(self.split), self.split.labels, self.split.augment))
         return DataSource("object_store", self.expected, ref=ref)
 

@@ -303,9 +303,9 @@ def inspect_run(
     """Plots sample ``sample`` of ``split`` of a finished run (see the module doc); returns the
     figure's path. Default ``out``: ``plots/inspect-<split>-<sample>.png`` in the run directory
     (written under the run's lock). An existing ``out`` is replaced only if delgrad wrote it."""
-    from delgrad.data.parquet import SpikeDataset
     from delgrad.figures import read_summary
     from delgrad.model import Model
+    from delgrad.pipeline import load_split
     from delgrad.rundir import RunDir, read_config
 
     run_dir = Path(run_dir)
@@ -313,9 +313,9 @@ def inspect_run(
     if split not in ("train", "validation", "test"):
         raise ValueError(f"split must be train, validation or test, got {split!r}")
     model = Model.load(run_dir)
-    batch = SpikeDataset(run_dir / "data", split).all()
-    labels = np.asarray(batch.labels, dtype=np.int64)
-    spikes = SpikeSet(batch.spikes, len(labels))
+    # The run's mapped split (delgrad.data.mapped): the split is not copied into memory.
+    data, _, _ = load_split(run_dir / "data", split)
+    labels, spikes = data.labels, data.spikes
     activity = sample_activity(model.network, spikes, sample)
     label = int(labels[sample])
     refs = neurons if neurons is not None else default_neurons(model.network, activity, label)

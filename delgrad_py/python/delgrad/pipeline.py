@@ -6,7 +6,9 @@ Run directory (owned through its manifest, :mod:`delgrad.rundir`)::
 
     run.json             manifest: delgrad version, config hash, status, times
     config.toml          the resolved configuration (after --set overrides)
-    data/                spikes.parquet + samples.parquet (encoded data set)
+    data/                spikes.parquet + samples.parquet (encoded data set); train.arrow,
+                         validation.arrow, test.arrow: each split's spikes as one uncompressed
+                         Arrow record batch, written on first load and memory-mapped
     checkpoint/          state.npz: the resumable training state (one atomic file)
     metrics.parquet      one row per epoch, rewritten atomically after every epoch
     model/               model.json + network.npz (TTFS) or multi_network.npz (multi-spike)
@@ -34,9 +36,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from delgrad._core import Neuron, SpikeSet, Trace
+from delgrad._core import Neuron, Trace
 from delgrad.config import FEATURE_DATASETS, SPIKING_AUDIO, ConfigError, PipelineConfig, load_config
 from delgrad.data.encoding import LatencyEncoder
+from delgrad.data.mapped import mapped_spikes
 from delgrad.data.parquet import SpikeDataset, write_dataset
 from delgrad.data.split import Split
 from delgrad.model import Model
@@ -158,11 +161,13 @@ def encode(cfg: PipelineConfig, run_dir: Path) -> Path:
 
 
 def load_split(data_dir: Path, split: str) -> tuple[Split, np.ndarray, int]:
-    """A split read back from Parquet: the core's SpikeSet, labels, raw features, n_inputs."""
+    """A split of the data set in ``data_dir``: the core's SpikeSet, labels, raw features,
+    n_inputs. The spikes are memory-mapped from ``data_dir/<split>.arrow``, written from the
+    Parquet data set on first use and reused after (:mod:`delgrad.data.mapped`): the split is
+    file-backed memory the kernel can page out, not an anonymous copy."""
     ds = SpikeDataset(data_dir, split)
-    batch = ds.all()
-    spikes = SpikeSet(batch.spikes, len(batch.labels))
-    return Split(spikes, np.asarray(batch.labels, dtype=np.int64)), ds.features(), ds.n_inputs
+    spikes = mapped_spikes(ds)
+    return Split(spikes, ds.labels.copy()), ds.features(), ds.n_inputs
 
 
 def training_split(data_dir: Path, cfg: PipelineConfig) -> Split:

@@ -524,18 +524,27 @@ class SpikeDataset:
         total = int(self.offsets[-1])
         sample = np.repeat(np.arange(len(self), dtype=np.uint32), self.n_spikes)
         neuron, time = np.empty(total, np.uint32), np.empty(total, np.float64)
-        filled = 0
-        for k in range(self._groups.size):
-            group_neuron, group_time, row0 = self._read_groups(np.array([k]))
-            if row0 != filled or row0 + group_neuron.size > total:
-                raise ValueError(f"{self.paths.spikes}: spike rows disagree with the sample table")
+        for row0, group_neuron, group_time in self.row_groups():
             neuron[row0 : row0 + group_neuron.size] = group_neuron
             time[row0 : row0 + group_time.size] = group_time
-            filled += group_neuron.size
-        if filled != total:
-            raise ValueError(f"{self.paths.spikes}: spike rows disagree with the sample table")
         spikes = pa.record_batch([pa.array(sample), pa.array(neuron), pa.array(time)], schema=SPIKE_SCHEMA)
         return Batch(spikes, self.labels.copy(), self.sample_ids)
+
+    def row_groups(self) -> Iterator[tuple[int, np.ndarray, np.ndarray]]:
+        """The split's spike rows one row group at a time, in order: ``(row0, neuron, time)``
+        with ``row0`` the split-relative row of the group's first row. Checked to cover the
+        split's rows exactly once, as the sample table counts them (a mismatch raises
+        ``ValueError`` naming the file)."""
+        total = int(self.offsets[-1])
+        filled = 0
+        for k in range(self._groups.size):
+            neuron, time, row0 = self._read_groups(np.array([k]))
+            if row0 != filled or row0 + neuron.size > total:
+                raise ValueError(f"{self.paths.spikes}: spike rows disagree with the sample table")
+            yield row0, neuron, time
+            filled += neuron.size
+        if filled != total:
+            raise ValueError(f"{self.paths.spikes}: spike rows disagree with the sample table")
 
     # -- reading spike rows ------------------------------------------------------------------
 
