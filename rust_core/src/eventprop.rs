@@ -128,14 +128,13 @@ impl Coef {
 ///
 /// `outputs` are the layer's spikes sorted by neuron then time, `current` their currents as the
 /// forward pass recorded them (see [`crate::Spikes::current`]; empty when not recorded), and
-/// `gout[k] = dL/dt` of `outputs[k]`. Accumulates `dL/dw` and the per-synapse `dL/dd` (`(n_out, n_in)` row-major) and
-/// `dL/dt` of each input spike into `grads`.
+/// `gout[k] = dL/dt` of `outputs[k]`. Accumulates `dL/dw` and the per-synapse `dL/dd`
+/// (`(n_out, n_in)` row-major) and `dL/dt` of each input spike into `grads`.
 ///
 /// Each target is independent and needs no sorted arrivals (see [`crate::adjoint`]): one pass over
 /// its arrivals sums the currents at its own events (unless they were recorded), a sweep over
 /// those events gives the adjoint's jumps, and a second pass evaluates every arrival's gradient in
-/// closed form. Targets are taken
-/// in blocks of [`TARGET_BLOCK`] (see there).
+/// closed form. Targets are taken in blocks of [`TARGET_BLOCK`] (see there).
 #[allow(clippy::too_many_arguments)]
 pub fn layer_backward(
     m: &MultiNeuron,

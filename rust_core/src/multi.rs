@@ -502,9 +502,9 @@ pub struct Scratch {
 }
 
 /// Forward pass of one feed-forward multi-spike layer for one sample. Appends `(neuron, time)`
-/// for every output spike, sorted by neuron then time, and its current `I(t^-)` to `current`. `factors` (from [`delay_factors`], once
-/// per batch) make the scan exp-free between arrivals. Returns `false` if a neuron hit
-/// `max_spikes`.
+/// for every output spike, sorted by neuron then time, to `out.0` and its current `I(t^-)` to
+/// `out.1`. `factors` (from [`delay_factors`], once per batch) make the scan exp-free between
+/// arrivals. Returns `false` if a neuron hit `max_spikes`.
 pub fn layer_forward(
     m: &MultiNeuron,
     layer: &LayerRef,
@@ -688,7 +688,8 @@ pub struct RecLayer<'a> {
 }
 
 /// Forward pass of one recurrent multi-spike layer for one sample. Appends `(neuron, time)` for
-/// every spike, sorted by neuron then time, and its current `I(t^-)` to `out.1`. Returns `false` if the layer hit `max_spikes`.
+/// every spike, sorted by neuron then time, to `out.0` and its current `I(t^-)` to `out.1`.
+/// Returns `false` if the layer hit `max_spikes`.
 /// See [`crate::recurrent`] (time windows with per-target pending arrivals); this entry point
 /// computes the layer's factors on every call, [`crate::recurrent::recurrent_forward_with`] takes
 /// them precomputed.

@@ -483,7 +483,8 @@ pub(crate) fn rescan(
 }
 
 /// Forward pass of one recurrent multi-spike layer for one sample. Appends `(neuron, time)` for
-/// every spike, sorted by neuron then time. Returns `false` if the layer hit `max_spikes`.
+/// every spike, sorted by neuron then time, to `out.0` and the current `I(t^-)` at each to
+/// `out.1`. Returns `false` if the layer hit `max_spikes`.
 ///
 /// Keeps the layer's [`RecFactors`] and its buffers per thread (recomputing the factors when the
 /// parameters change); [`recurrent_forward_with`] takes both from the caller.
@@ -780,8 +781,9 @@ pub fn recurrent_forward_windowed(
 
 /// Backward pass of one recurrent multi-spike layer for one sample.
 ///
-/// `outputs` sorted by neuron then time, `gout[k] = dL/dt` of `outputs[k]` from outside the
-/// layer. The gradient buffers are `gw = [ff (n_out x n_in) | rec (n_out x n_out)]`, `gd` the
+/// `outputs` sorted by neuron then time, `current` their currents as the forward pass recorded
+/// them (empty when not recorded; used without a refractory time), `gout[k] = dL/dt` of
+/// `outputs[k]` from outside the layer. The gradient buffers are `gw = [ff (n_out x n_in) | rec (n_out x n_out)]`, `gd` the
 /// same; `gin` gets `dL/dt` of each input spike. Takes the linear forms of
 /// [`crate::recurrent_linear`] where they apply (factored decays, a kernel of the difference
 /// form), else [`recurrent_backward_per_arrival`].
