@@ -279,6 +279,23 @@ def test_synthetic_stand_in_has_the_shape_and_is_class_dependent(tmp_path):
     assert mean_ch.std() > 2 * within
 
 
+def test_the_default_stand_in_wakes_the_recipe_s_hidden_layer(tmp_path):
+    """`shd.toml`'s weights are set for SHD's input rate. The stand-in's default rate must drive
+    its hidden layer at the start (at a quarter of it the layer is silent and nothing learns)."""
+    from delgrad.config import load_config
+
+    cfg = load_config(ROOT / "pipelines" / "shd.toml", ["network.hidden=[64]"])
+    per_sample = {}
+    for name, options in [("default", {}), ("quarter", {"spikes_per_sample": shd.SYNTHETIC_SPIKES // 4})]:
+        sizes = {"train": 4, "validation": 1, "test": 1}
+        shd.write_synthetic_dataset(tmp_path / name, "shd", sizes=sizes, **options)
+        train, _, n_in = pipeline.load_split(tmp_path / name, "train")
+        net = pipeline.build_network(cfg, n_in, pipeline.n_classes(cfg))
+        per_sample[name] = net.forward(train.spikes).trace.n_spikes(0) / len(train)
+    assert per_sample["default"] >= 5 * 64, per_sample
+    assert per_sample["quarter"] < 0.1 * per_sample["default"], per_sample
+
+
 def test_shd_pipeline_runs_end_to_end_on_the_synthetic_stand_in(tmp_path):
     sets = [
         "data.synthetic=true",
