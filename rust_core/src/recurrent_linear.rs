@@ -83,8 +83,8 @@ pub(crate) fn applies(m: &MultiNeuron, fact: bool) -> bool {
 
 /// The backward pass (see the module doc); `recorded` are the outputs' currents from the forward
 /// pass when the own events are the spikes (no refractory time). The caller has filled
-/// `scratch.own` (events, with factors), `um`, `us`, `hm`, `hs` (the inputs' and outputs' factors) and `gsrc` (`dL/dt` from
-/// outside the layer, inputs first). Same contract as
+/// `scratch.own` (events, with factors), `um`, `us`, `hm`, `hs` (the inputs' and outputs'
+/// factors) and `gsrc` (`dL/dt` from outside the layer, inputs first). Same contract as
 /// [`crate::recurrent::recurrent_backward_with`].
 pub(crate) fn backward(
     m: &MultiNeuron,
