@@ -507,9 +507,10 @@ fn target_factored(
 
 /// Backward pass of one recurrent multi-spike layer for one sample.
 ///
-/// `outputs` sorted by neuron then time, `gout[k] = dL/dt` of `outputs[k]` from outside the
-/// layer. The gradient buffers are `gw = [ff (n_out x n_in) | rec (n_out x n_out)]`, `gd` the
-/// same; `gin` gets `dL/dt` of each input spike. See [`crate::recurrent`]; this entry point
+/// `outputs` sorted by neuron then time, `current` their recorded currents (empty when not
+/// recorded), `gout[k] = dL/dt` of `outputs[k]` from outside the layer. The gradient buffers are
+/// `gw = [ff (n_out x n_in) | rec (n_out x n_out)]`, `gd` the same; `gin` gets `dL/dt` of each
+/// input spike. See [`crate::recurrent`]; this entry point
 /// computes the layer's factors on every call and keeps its buffers per thread (`_scratch` is
 /// not needed), [`crate::recurrent::recurrent_backward_with`] takes both from the caller.
 #[allow(clippy::too_many_arguments)]

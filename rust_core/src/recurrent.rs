@@ -430,20 +430,25 @@ pub(crate) fn take_earliest(candidates: &mut Vec<u32>, crossing: &mut [f64]) -> 
     (j, best_t)
 }
 
-/// Resets a neuron's scanned state at its spike `tc`: `V = 0`, the current carried to `tc`, the
-/// refractory clamp from `tc` on (`ref_factors`: its decays' factors). Returns the spike's factors
-/// `exp((tc - base)/tau)` (0 when the decays are not factored).
-pub(crate) fn reset_at_spike(
+/// Commits neuron `j`'s spike at `tc`: appends it to `out.0` and the current it carries to
+/// `out.1` (what the backward pass takes, see [`crate::Spikes::current`]), resets the scanned
+/// state there (`V = 0`, the current carried to `tc`, the refractory clamp from `tc` on;
+/// `ref_factors`: its decays' factors), makes that state the committed one and puts `j` in
+/// `dirty` for the rescan. Returns the spike's factors `exp((tc - base)/tau)` (0 when the decays
+/// are not factored).
+pub(crate) fn commit_spike(
     m: &MultiNeuron,
-    st: &mut State,
-    tc: f64,
-    base: f64,
-    fact: bool,
+    (j, tc): (usize, f64),
+    (out, current): (&mut Vec<In>, &mut Vec<f64>),
+    (committed, scanned): (&mut [State], &mut [State]),
+    dirty: &mut Vec<u32>,
+    (base, fact): (f64, bool),
     (ref_fm, ref_fs): (f64, f64),
 ) -> (f64, f64) {
     let n = &m.neuron;
     let (fm_c, fs_c) =
         if fact { (((tc - base) * n.inv_tau_m).exp(), ((tc - base) * n.inv_tau_s).exp()) } else { (0.0, 0.0) };
+    let st = &mut scanned[j];
     st.i *= if fact { st.fs / fs_c } else { (-(tc - st.t) * n.inv_tau_s).exp() };
     st.v = 0.0;
     st.t = tc;
@@ -452,6 +457,10 @@ pub(crate) fn reset_at_spike(
     st.refr_end = tc + m.t_ref;
     st.rfm = fm_c * ref_fm;
     st.rfs = fs_c * ref_fs;
+    out.push((j as u32, tc));
+    current.push(st.i);
+    committed[j] = *st;
+    dirty.push(j as u32);
     (fm_c, fs_c)
 }
 
@@ -719,11 +728,8 @@ pub fn recurrent_forward_windowed(
             if out.len() - start >= m.max_spikes {
                 return false;
             }
-            out.push((j as u32, tc));
-            let (fm_c, fs_c) = reset_at_spike(m, &mut scanned[j], tc, base, fact, (ref_fm, ref_fs));
-            current.push(scanned[j].i);
-            committed[j] = scanned[j];
-            dirty.push(j as u32);
+            let (fm_c, fs_c) =
+                commit_spike(m, (j, tc), (out, current), (committed, scanned), dirty, (base, fact), (ref_fm, ref_fs));
             // Fan out; arrivals inside this window join their target's list at once.
             let (um, us) = (fm_c, fs_c);
             let r = rec_t.row(j);

@@ -42,7 +42,7 @@
 use crate::multi::{FArr, MultiNeuron, RecLayer};
 use crate::neuron::Neuron;
 use crate::recurrent::{
-    insertion_sort, next_crossing, rescan, reset_at_spike, scan, sort_by_neuron, take_earliest, window_of, BySyn,
+    commit_spike, insertion_sort, next_crossing, rescan, scan, sort_by_neuron, take_earliest, window_of, BySyn,
     RecFactors, RecScratch, State,
 };
 use crate::solver::may_cross;
@@ -322,11 +322,8 @@ pub(crate) fn forward(
             if out.len() - start >= m.max_spikes {
                 return false;
             }
-            out.push((j as u32, tc));
-            let (fm_c, fs_c) = reset_at_spike(m, &mut scanned[j], tc, base, true, (ref_fm, ref_fs));
-            current.push(scanned[j].i);
-            committed[j] = scanned[j];
-            dirty.push(j as u32);
+            let (fm_c, fs_c) =
+                commit_spike(m, (j, tc), (out, current), (committed, scanned), dirty, (base, true), (ref_fm, ref_fs));
             // Arrivals inside this window join their target's list at once (the synapses come by
             // delay: they are the first ones); the later ones of this epoch go to their bins, the
             // rest when their epoch comes up.
