@@ -185,6 +185,7 @@ def test_a_killed_writer_leaves_nothing_under_the_final_name(data_dir: Path, tmp
     assert not mapped_path(data_dir, "train").exists()
     split, _, _ = pipeline.load_split(data_dir, "train")  # the next load writes it in full
     assert split.spikes.select().equals(SpikeDataset(data_dir, "train").all().spikes)
+    assert not list(data_dir.glob(".train.arrow.tmp*")), "and removes what the killed writer left"
 
 
 def _good_batch(data_dir: Path) -> tuple[pa.RecordBatch, dict]:

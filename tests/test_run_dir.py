@@ -238,6 +238,34 @@ def test_a_checkpoint_is_one_atomic_file(tmp_path: Path) -> None:
     assert files == ["state.npz"]
 
 
+def test_what_a_killed_writer_left_goes_at_the_next_write_and_nothing_else(tmp_path: Path) -> None:
+    """A SIGKILL skips ``atomic_path``'s clean-up; the next write of the same file removes the
+    temporaries of writers that are gone, and leaves a live writer's and every other name."""
+    from delgrad.rundir import atomic_write
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait(timeout=30)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        stale = tmp_path / f".state.npz.tmp{gone.pid}"
+        kept = [
+            tmp_path / f".state.npz.tmp{live.pid}",  # a writer still at work
+            tmp_path / ".state.npz.tmp",  # no pid: not a temporary of atomic_path
+            tmp_path / f".state.npz.tmp{gone.pid}x",
+            tmp_path / f".other.npz.tmp{gone.pid}",  # another file's
+            tmp_path / f"state.npz.tmp{gone.pid}",
+        ]
+        for p in [stale, *kept]:
+            p.write_text("left")
+        atomic_write(tmp_path / "state.npz", "new")
+        assert (tmp_path / "state.npz").read_text() == "new"
+        assert not stale.exists()
+        assert all(p.read_text() == "left" for p in kept)
+    finally:
+        live.kill()
+        live.wait(timeout=30)
+
+
 # --- the one trainer ---------------------------------------------------------------------------
 
 

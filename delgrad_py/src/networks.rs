@@ -1,7 +1,7 @@
 //! Passes through layers and networks: single layers on spike tables (either mode), TTFS
 //! networks and multi-spike networks on batches of a `SpikeSet`.
 
-use delgrad_core::{self as core, Network};
+use delgrad_core::{self as core, Network, SpikeCount};
 use numpy::{IntoPyArray, PyArray1, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use pyo3_arrow::input::AnyRecordBatch;
@@ -11,7 +11,7 @@ use crate::arrays::{
     extract_layers, grad_arrays, layer_refs, read_table, select_ids, shard_grad_arrays, AnyPair, LayerArgs, LayerGrads,
     SampleCount, Select,
 };
-use crate::errors::{check, run, ShapeError};
+use crate::errors::{check, run, to_py, ShapeError};
 use crate::neuron::PyNeuron;
 use crate::spikes::{PySpikeSet, Trace};
 
@@ -212,9 +212,15 @@ pub fn multi_network_forward(
 /// the last layer in the row order of `trace.spikes(-1)`. Returns the feed-forward
 /// `(dW, dD)` per layer, the recurrent `(dW, dD)` per layer (None for feed-forward layers) and
 /// `dL/dt` of each input spike row. With `shards`, each gradient array has a leading axis over
-/// the shards (as `network_backward`).
+/// the shards (as `network_backward`). With `spike_count`, one `(target, strength_above,
+/// strength_below)` per hidden layer, every hidden spike also takes the spike-count
+/// regulariser's pull (`delgrad_core::spike_count`); `batch_size` is the whole batch (default:
+/// these samples).
 #[pyfunction]
-#[pyo3(signature = (spikes, select, layers, neuron, trace, grad_spikes, recurrent = None, shards = None))]
+#[pyo3(signature = (
+    spikes, select, layers, neuron, trace, grad_spikes, recurrent = None, shards = None, spike_count = None,
+    batch_size = None
+))]
 #[allow(clippy::type_complexity, clippy::too_many_arguments)]
 pub fn multi_network_backward<'py>(
     py: Python<'py>,
@@ -226,6 +232,8 @@ pub fn multi_network_backward<'py>(
     grad_spikes: PyReadonlyArray1<'py, f64>,
     recurrent: Option<Bound<'py, PyAny>>,
     shards: Option<Vec<usize>>,
+    spike_count: Option<Vec<(f64, f64, f64)>>,
+    batch_size: Option<usize>,
 ) -> PyResult<(Vec<AnyPair<'py>>, Vec<Option<AnyPair<'py>>>, Bound<'py, PyArray1<f64>>)> {
     let ff = extract_layers(layers)?;
     let rec = extract_recurrent(&recurrent, ff.len())?;
@@ -234,7 +242,12 @@ pub fn multi_network_backward<'py>(
     let input = trace_batch(spikes, ids.as_deref(), trace)?;
     let g = grad_spikes.as_slice().map_err(|_| ShapeError::new_err("grad_spikes must be contiguous"))?;
     let sizes = shards.clone().unwrap_or_else(|| vec![trace.n_samples]);
-    let (per_shard, inputs) = run(py, |cancel| net.backward_shards(&input, &trace.layers, g, &sizes, cancel))?;
+    let regs: Option<Vec<SpikeCount>> = spike_count
+        .map(|layers| layers.into_iter().map(|(target, above, below)| SpikeCount::new(target, above, below)).collect())
+        .transpose()
+        .map_err(to_py)?;
+    let reg = regs.as_deref().map(|r| (r, batch_size.unwrap_or(trace.n_samples)));
+    let (per_shard, inputs) = run(py, |cancel| net.backward_shards(&input, &trace.layers, g, &sizes, reg, cancel))?;
     let (ff_shards, rec_shards): (Vec<_>, Vec<_>) = per_shard.into_iter().unzip();
     let n_layers = net.layers.len();
     let mut ff_out = Vec::new();

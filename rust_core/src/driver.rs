@@ -389,7 +389,30 @@ pub fn backward_shards<K: Kernel>(
     shards: &[usize],
     cancel: &Cancel,
 ) -> Result<ShardGrads<K::Grad>> {
+    backward_shards_with(kernels, source, outputs, grad_out, &[], policy, shards, cancel)
+}
+
+/// [`backward_shards`] with `dL/d(output)` of inner layers from outside the stack as well
+/// (`layer_grad[l]`, one entry per row of `outputs[l]`; absent or `None`: nothing), added to
+/// what the layer above passes down: a regulariser's pull on hidden spikes
+/// ([`crate::spike_count`]).
+#[allow(clippy::too_many_arguments)]
+pub fn backward_shards_with<K: Kernel>(
+    kernels: &[K],
+    source: &impl Source,
+    outputs: &[Spikes],
+    grad_out: &[f64],
+    layer_grad: &[Option<Vec<f64>>],
+    policy: ChunkPolicy,
+    shards: &[usize],
+    cancel: &Cancel,
+) -> Result<ShardGrads<K::Grad>> {
     assert_eq!(outputs.len(), kernels.len(), "one output per layer");
+    for (l, g) in layer_grad.iter().enumerate() {
+        if let Some(g) = g {
+            assert_eq!(g.len(), outputs[l].len(), "one entry per row of layer {l}'s output");
+        }
+    }
     let n = source.n_samples();
     let n_layers = kernels.len();
     let (top, last) = (kernels.last().expect("at least one layer"), outputs.last().expect("at least one layer"));
@@ -443,6 +466,11 @@ pub fn backward_shards<K: Kernel>(
                 g_cur.clear();
                 g_cur.extend_from_slice(&grad_out[top.grad_rows(last, s)]);
                 for l in (0..n_layers).rev() {
+                    if let Some(Some(extra)) = layer_grad.get(l) {
+                        for (g, x) in g_cur.iter_mut().zip(&extra[kernels[l].grad_rows(&outputs[l], s)]) {
+                            *g += x;
+                        }
+                    }
                     if l == 0 {
                         source.rows_events(s, &mut rows, &mut inputs);
                     } else {

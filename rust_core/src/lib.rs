@@ -49,6 +49,7 @@ pub mod recurrent;
 mod recurrent_binned;
 mod recurrent_linear;
 pub mod solver;
+pub mod spike_count;
 pub mod spikes;
 pub mod ttfs;
 
@@ -62,6 +63,7 @@ pub use multi_network::{MultiGrad, MultiLayer, MultiNetwork};
 pub use network::{NetGrad, Network};
 pub use neuron::Neuron;
 pub use readout::{Readout, ReadoutKind};
+pub use spike_count::SpikeCount;
 pub use spikes::{SpikeTable, Spikes};
 
 /// Forward pass of a single TTFS layer: the output spikes of every sample.

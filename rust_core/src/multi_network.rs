@@ -11,6 +11,7 @@ use crate::error::{shape_err, spikes_err, Error, Result};
 use crate::eventprop;
 use crate::layer::{LayerGrad, LayerRef};
 use crate::multi::{self, MultiNeuron, RecLayer};
+use crate::spike_count::SpikeCount;
 use crate::spikes::{SpikeTable, Spikes};
 use crate::ttfs::In;
 
@@ -342,14 +343,17 @@ impl<'a> MultiNetwork<'a> {
         grad_out: &[f64],
         cancel: &Cancel,
     ) -> Result<MultiGrad> {
-        let (mut shards, inputs) = self.backward_shards(input, spikes, grad_out, &[input.n_samples()], cancel)?;
+        let (mut shards, inputs) = self.backward_shards(input, spikes, grad_out, &[input.n_samples()], None, cancel)?;
         let (layers, rec) = shards.pop().expect("one shard");
         Ok(MultiGrad { layers, rec, inputs })
     }
 
     /// [`MultiNetwork::backward_with`] for a batch cut into consecutive shards of `shards[k]`
     /// samples: the feed-forward and recurrent gradients of each shard as a batch of its own
-    /// ([`driver::backward_shards`]), and `dL/dt` of each input row.
+    /// ([`driver::backward_shards`]), and `dL/dt` of each input row. With `spike_count = (regs,
+    /// batch_size)`, the spike-count regulariser's pull ([`SpikeCount`], one per layer) on every
+    /// hidden layer's spikes is added to their `dL/dt`; `batch_size` is the whole batch these
+    /// shards belong to.
     #[allow(clippy::type_complexity)]
     pub fn backward_shards(
         &self,
@@ -357,6 +361,7 @@ impl<'a> MultiNetwork<'a> {
         spikes: &[Spikes],
         grad_out: &[f64],
         shards: &[usize],
+        spike_count: Option<(&[SpikeCount], usize)>,
         cancel: &Cancel,
     ) -> Result<(Vec<(Vec<LayerGrad>, Vec<Option<LayerGrad>>)>, Vec<f64>)> {
         self.check_input(input)?;
@@ -366,9 +371,29 @@ impl<'a> MultiNetwork<'a> {
             check_multi_spikes(sp, n_samples, layer.ff.n_out, &format!("layer {l} spikes"))?;
         }
         driver::check_grad_out(spikes.last().expect("at least one layer"), grad_out)?;
+        let layer_grad = match spike_count {
+            None => Vec::new(),
+            Some((regs, _)) if regs.len() != self.layers.len() => {
+                return Err(shape_err(format!(
+                    "spike-count regulariser: {} settings for {} hidden layers",
+                    regs.len(),
+                    self.layers.len()
+                )))
+            }
+            Some((regs, batch_size)) => (spikes.iter().zip(&self.layers).zip(regs).enumerate())
+                .map(|(l, ((sp, layer), reg))| {
+                    if reg.above == 0.0 && reg.below == 0.0 {
+                        return Ok(None);
+                    }
+                    let what = format!("layer {l} spikes");
+                    reg.grad(&self.neuron.neuron, sp, layer.ff.n_out, shards, batch_size, &what).map(Some)
+                })
+                .collect::<Result<_>>()?,
+        };
         let policy = ChunkPolicy::SLOW_SAMPLES;
+        let kernels = self.kernels(n_samples);
         let (grads, inputs) =
-            driver::backward_shards(&self.kernels(n_samples), input, spikes, grad_out, policy, shards, cancel)?;
+            driver::backward_shards_with(&kernels, input, spikes, grad_out, &layer_grad, policy, shards, cancel)?;
         Ok((grads.into_iter().map(|shard| shard.into_iter().unzip()).collect(), inputs))
     }
 }

@@ -152,6 +152,8 @@ def multi_network_backward(
     grad_spikes: NDArray[np.float64],
     recurrent: list[_LayerArgs | None] | None = None,
     shards: list[int] | None = None,
+    spike_count: list[tuple[float, float, float]] | None = None,
+    batch_size: int | None = None,
 ) -> tuple[
     list[tuple[NDArray[np.float64], NDArray[np.float64]]],
     list[tuple[NDArray[np.float64], NDArray[np.float64]] | None],

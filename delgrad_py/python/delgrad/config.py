@@ -46,6 +46,7 @@ __all__ = [
     "LossConfig",
     "NetworkConfig",
     "PipelineConfig",
+    "SpikeCountConfig",
     "TrainConfig",
     "check_key",
     "load_config",
@@ -181,6 +182,45 @@ class NetworkConfig:
     tau_w: float | None = _spec(None, gt=0.0, doc="exp_mean weighting; default: t_end")
 
 
+@dataclass(frozen=True)
+class SpikeCountConfig:
+    """``[train.spike_count]``: mlGeNN's spike-count regulariser (multi-spike networks; the
+    core's ``spike_count`` module): a pull on the time of every hidden spike towards ``target``
+    spikes per neuron and sample, as mlGeNN's EventProp compiler applies it. A count has no
+    gradient, so this is not the gradient of a loss; off while every strength is 0. Strengths
+    are one number for every hidden layer or a list with one per hidden layer."""
+
+    target: float = _spec(14.0, ge=0.0, doc="spikes per hidden neuron and sample (mlGeNN's reg_nu_upper)")
+    strength_above: float | list[float] = _spec(
+        0.0, ge=0.0, doc="pull while a neuron fires more than target (mlGeNN's reg_lambda_upper)"
+    )
+    strength_below: float | list[float] = _spec(0.0, ge=0.0, doc="pull while it fires less (mlGeNN's reg_lambda_lower)")
+
+    def per_layer(self, n_layers: int) -> list[tuple[float, float]]:
+        """``(strength_above, strength_below)`` of each of ``n_layers`` hidden layers."""
+        values = []
+        for name in ("strength_above", "strength_below"):
+            value = getattr(self, name)
+            if isinstance(value, (int, float)):
+                values.append([float(value)] * n_layers)
+            elif len(value) == n_layers:
+                values.append([float(x) for x in value])
+            else:
+                raise ConfigError(
+                    f"train.spike_count.{name}: {len(value)} values for {n_layers} hidden layers "
+                    "(give one per hidden layer or one number)"
+                )
+        return list(zip(*values))
+
+    def as_args(self, n_layers: int) -> list[tuple[float, float, float]] | None:
+        """The core's ``spike_count`` argument, one ``(target, above, below)`` per hidden layer;
+        None when every strength is 0."""
+        layers = self.per_layer(n_layers)
+        if not any(above or below for above, below in layers):
+            return None
+        return [(self.target, above, below) for above, below in layers]
+
+
 _MULTI_NETWORK_KEYS = ("t_ref", "t_end", "recurrent", "recurrent_std", "readout", "readout_tau_m", "readout_tau_s")
 _MULTI_NETWORK_KEYS += ("tau_w", "recurrent_delay_range")
 
@@ -214,6 +254,8 @@ class TrainConfig:
     )
     checkpoint_every: int = _spec(1, ge=1, doc="epochs between checkpoints")
     checkpoint_every_batches: int = _spec(0, ge=0, doc="also checkpoint within epochs (0: off)")
+    # multi-spike only
+    spike_count: SpikeCountConfig = field(default_factory=SpikeCountConfig)
     # TTFS only
     loss: LossConfig = field(default_factory=LossConfig)
     min_slope: float | None = _spec(None, gt=0.0, doc="floor on V'(T) in the gradients; false: exact")
@@ -223,6 +265,7 @@ class TrainConfig:
 
 
 _TTFS_TRAIN_KEYS = ("loss", "min_slope", "max_silent", "bump", "bump_exponential")
+_MULTI_TRAIN_KEYS = ("spike_count",)
 
 
 @dataclass(frozen=True)
@@ -432,6 +475,9 @@ def _check_applicability(cfg: PipelineConfig, raw: dict[str, Any]) -> None:
         for key in _MULTI_NETWORK_KEYS:
             if key in given_net:
                 raise ConfigError(f"network.{key}: applies to multi-spike networks only (network.mode is 'ttfs')")
+        for key in _MULTI_TRAIN_KEYS:
+            if key in given_train:
+                raise ConfigError(f"train.{key}: applies to multi-spike networks only (network.mode is 'ttfs')")
     stages = len(cfg.network.hidden) + 1
     for key in ("weight_mean", "weight_std"):
         value = getattr(cfg.network, key)
@@ -449,6 +495,8 @@ def _check_applicability(cfg: PipelineConfig, raw: dict[str, Any]) -> None:
             raise ConfigError(
                 "network.recurrent_delay_range: applies to recurrent networks only (network.recurrent is false)"
             )
+    if cfg.multi:
+        cfg.train.spike_count.per_layer(len(cfg.network.hidden))  # one strength per hidden layer
     if cfg.train.patience and not cfg.train.select_on:
         raise ConfigError("train.patience: early stopping needs train.select_on (the split whose accuracy it watches)")
     d = cfg.train.delay  # the sigmoid's own range is checked by DelayParam
@@ -636,6 +684,7 @@ def _inapplicable_keys(cfg: PipelineConfig) -> set[str]:
         out |= {f"train.{key}" for key in _TTFS_TRAIN_KEYS}
     else:
         out |= {f"network.{key}" for key in _MULTI_NETWORK_KEYS}
+        out |= {f"train.{key}" for key in _MULTI_TRAIN_KEYS}
     return out
 
 

@@ -169,10 +169,18 @@ class MultiNetwork:
         *,
         select: Any = None,
         shards: Sequence[int] | None = None,
+        spike_count: tuple[float, float, float] | Sequence[tuple[float, float, float]] | None = None,
+        batch_size: int | None = None,
     ) -> MultiGrad:
         """Exact gradients (EventProp) of a loss with ``dy = dL/dvalues``. ``shards``: sizes of
         consecutive shards of the batch; then each gradient array has a leading axis with one
-        entry per shard (as :meth:`delgrad.Network.backward`)."""
+        entry per shard (as :meth:`delgrad.Network.backward`).
+
+        ``spike_count = (target, strength_above, strength_below)`` (or a list of one per hidden
+        layer) adds mlGeNN's spike-count regulariser: a pull on every hidden spike's time
+        towards ``target`` spikes per neuron and sample (the core's ``spike_count`` module says
+        how; it is not the gradient of a loss). ``batch_size``: the whole batch when these
+        samples are part of one (default: these samples)."""
         r = self.readout
         w, d, kind, ro_neuron = r._call()
         last = out.trace.spikes(out.trace.n_layers - 1)
@@ -180,8 +188,12 @@ class MultiNetwork:
         gw, gd, g_spikes = _core.readout_backward(
             last, w, d, kind, ro_neuron, out.trace.n_samples, r.kind, r.t_end, np.ascontiguousarray(dy), r.tau_w, sizes
         )
+        regs = None
+        if spike_count is not None:
+            per_layer = [spike_count] * len(self.layers) if np.isscalar(spike_count[0]) else spike_count
+            regs = [tuple(float(x) for x in r) for r in per_layer]
         layers, rec, _ = _core.multi_network_backward(
-            spikes, _select(select), self._ff(), self.neuron, out.trace, g_spikes, self._rec(), sizes
+            spikes, _select(select), self._ff(), self.neuron, out.trace, g_spikes, self._rec(), sizes, regs, batch_size
         )
         return MultiGrad(layers, rec, (gw, gd))
 

@@ -17,6 +17,7 @@ or mixed:
 from __future__ import annotations
 
 import fcntl
+import glob
 import json
 import os
 import shutil
@@ -45,7 +46,8 @@ def atomic_path(path: Path) -> Iterator[Path]:
     error it is fsynced and renamed onto ``path`` (then the folder is fsynced), otherwise
     removed: a reader sees the old file or the new one, never half of one."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    _remove_stale_temporaries(path)
+    tmp = path.with_name(f"{_temporary_prefix(path)}{os.getpid()}")
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -58,6 +60,32 @@ def atomic_path(path: Path) -> Iterator[Path]:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def _temporary_prefix(path: Path) -> str:
+    return f".{path.name}.tmp"
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Removes what killed writers of ``path`` left beside it: a SIGKILL skips
+    :func:`atomic_path`'s clean-up, and its ``.NAME.tmpPID`` would stay for good. Only names of
+    exactly that form go, and only when PID is no live process on this machine (run
+    directories are written by the process that holds their lock, never from another host)."""
+    prefix = _temporary_prefix(path)
+    for tmp in path.parent.glob(glob.escape(prefix) + "*"):
+        pid = tmp.name[len(prefix) :]
+        if pid.isdecimal() and not _alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True  # another user's process, or no pid at all: not ours to judge
+    return True
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:

@@ -400,7 +400,9 @@ class MultiTask(_ShardedTask):
             for k in range(len(net.layers))
         ]
         events = _synaptic_events(int(split.counts[select].sum()), out.trace, fan_out)
-        grads = net.flat_grads(net.backward(split.spikes, out, dy, select=select, shards=sizes))
+        reg = self.cfg.spike_count.as_args(len(net.layers))
+        g = net.backward(split.spikes, out, dy, select=select, shards=sizes, spike_count=reg, batch_size=batch_size)
+        grads = net.flat_grads(g)
         return ShardPass(losses, correct, grads, events, None, time.perf_counter() - t0, time.process_time() - cpu0)
 
     def sync(self) -> None:
